@@ -1,0 +1,41 @@
+"""retouch: edit real images with text, using diffusion models (DiffEdit, LEDITS).
+
+    import retouch
+    model = retouch.load()
+    result = retouch.diffedit(model, "in.png", query="a green circle on a white background",
+                              reference="a red circle on a white background")
+    result.image.save("out.png")
+
+Importing retouch is light: torch, diffusers and transformers load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "retouch.models",
+    "ModelBundle": "retouch.types",
+    "Mask": "retouch.types",
+    "Encoding": "retouch.types",
+    "Inversion": "retouch.types",
+    "EditResult": "retouch.types",
+    "diffedit": "retouch.methods.diffedit",
+    "diffedit_mask": "retouch.methods.diffedit",
+    "ddim_encoding": "retouch.methods.diffedit",
+    "DiffEditConfig": "retouch.methods.diffedit",
+    "ledits": "retouch.methods.ledits",
+    "invert": "retouch.methods.ledits",
+    "LEditsConfig": "retouch.methods.ledits",
+    "PRESETS": "retouch.methods.ledits",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'retouch' has no attribute {name!r}")

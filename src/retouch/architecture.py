@@ -1,0 +1,154 @@
+"""The mini Stable Diffusion's components, built from the real diffusers/transformers classes.
+
+`build_components(size)` makes an untrained bundle of the same classes Stable Diffusion uses:
+"mini" is the shipped ShapesWorld model's architecture, "tiny" a toy one for tests.
+`save_pipeline` writes them in the diffusers folder format (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from retouch.shapes.world import vocabulary
+
+# Stable Diffusion 1.x's scheduler: scaled-linear betas over 1000 steps, "leading" spacing + offset 1.
+SD1_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+
+SIZES = {
+    # name: (vae channels, unet channels, text width, text layers, unet layers per block, heads dim)
+    "mini": dict(vae=(32, 64, 64), unet=(64, 96, 128), text=64, text_layers=2, layers=1, head_dim=16),
+    "tiny": dict(vae=(8, 16), unet=(16, 32), text=16, text_layers=1, layers=1, head_dim=8),
+}
+
+
+def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Merges that turn every word into a single CLIP token ("word</w>")."""
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+
+    def bpe(word: str) -> list[str]:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            pairs = [p for p in pairs if p[0] is not None]
+            if not pairs:
+                break
+            _, i = min(pairs)
+            parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
+        return parts
+
+    for word in words:
+        parts = bpe(word)
+        while len(parts) > 1:  # merge left to right until the word is one token
+            pair = (parts[0], parts[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            parts = bpe(word)
+    return merges
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for bytes (GPT-2/CLIP convention)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def build_tokenizer(folder: Path, words: list[str] | None = None, max_length: int = 77):
+    """A CLIP BPE tokenizer whose vocabulary holds every grammar word as one token."""
+    from transformers import CLIPTokenizer
+
+    words = [w for w in (words or vocabulary()) if len(w) > 1]
+    merges = _bpe_merges(words)
+    chars = _byte_chars()
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+    )
+    tok.save_pretrained(folder)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def build_components(
+    size: str = "mini", prediction_type: str = "epsilon", tokenizer_dir: Path | None = None, seed=0
+) -> dict:
+    """Untrained components of a Stable Diffusion of the given size: a dict of pipeline parts."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    s = SIZES[size]
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(Path(tokenizer_dir or tempfile.mkdtemp(prefix="retouch-tok-")))
+    n_vae = len(s["vae"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        block_out_channels=s["vae"],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s["text"],
+            intermediate_size=s["text"] * 4,
+            num_hidden_layers=s["text_layers"],
+            num_attention_heads=max(1, s["text"] // 16),
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=s["text"],
+        )
+    )
+    n_unet = len(s["unet"])
+    unet = UNet2DConditionModel(
+        sample_size=64 // 2 ** (n_vae - 1),
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        block_out_channels=s["unet"],
+        layers_per_block=s["layers"],
+        cross_attention_dim=s["text"],
+        attention_head_dim=s["head_dim"],
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def save_pipeline(folder: Path, components: dict) -> Path:
+    """Write the components as a diffusers StableDiffusionPipeline folder (safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)

@@ -1,0 +1,66 @@
+"""The one network protocol every loop calls: eps_fn(x_t, t, cond) -> ε.
+
+x_t [B, C, h, w] latents, t an integer training timestep, cond [B, L, D] text embeddings (the same
+B: a caller batches all branches of a step into one call). The UNet's output is converted to ε
+whatever the model's prediction type, so loops never see v-prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from retouch.schedule import Schedule
+from retouch.types import ModelBundle
+
+EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalCounter:
+    """UNet evaluations spent, counted in batch elements. Made per call, never shared."""
+
+    n: int = 0
+
+
+def unet_eps(bundle: ModelBundle, schedule: Schedule, counter: EvalCounter) -> EpsFn:
+    """The bundle's UNet as an ε-predictor that counts its batch elements in `counter`."""
+    unet = bundle.unet
+
+    @torch.no_grad()
+    def eps_fn(x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        counter.n += x_t.shape[0]
+        tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
+        out = unet(x_t.to(bundle.dtype), tt, encoder_hidden_states=cond.to(bundle.dtype)).sample
+        return schedule.to_eps(out.float(), x_t.float(), t)
+
+    return eps_fn
+
+
+def branches(eps_fn: EpsFn, x_t: torch.Tensor, t: int, conds: list[torch.Tensor]) -> list[torch.Tensor]:
+    """ε for one latent under several conditions, in ONE batched network call.
+
+    x_t [1, C, h, w] (or [B, ...] shared by all); conds: k tensors [B, L, D] → k tensors [B, C, h, w].
+    """
+    b = x_t.shape[0]
+    eps = eps_fn(x_t.repeat(len(conds), *([1] * (x_t.dim() - 1))), t, torch.cat(conds))
+    return list(eps.split(b))
+
+
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ε̃ = ε(∅) + w·(ε(c) − ε(∅))   (Ho & Salimans 2022, Eq. 6)."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> EpsFn:
+    """eps_fn with classifier-free guidance folded in; scale 1 or no uncond: a single branch."""
+    if uncond is None or scale == 1.0:
+        return lambda x, t, _c=None: eps_fn(x, t, cond.expand(x.shape[0], -1, -1))
+
+    def fn(x, t, _c=None):
+        e_u, e_c = branches(eps_fn, x, t, [uncond.expand(x.shape[0], -1, -1), cond.expand(x.shape[0], -1, -1)])
+        return cfg(e_u, e_c, scale)
+
+    return fn

@@ -1,0 +1,79 @@
+"""SEGA, semantic guidance (Brack et al. 2023; METHODS §3), as a pure function of one step.
+
+The caller makes one batched network call per step over [∅, target (if any), e_1..e_k] and hands
+the ε's here with the momentum of the previous step; this returns the guided ε̃ and the new
+momentum. Nothing else is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One SEGA concept: text, direction (+1 add, −1 remove) and its settings.
+
+    scale s_i; warmup δ_i (steps before the term is applied); cooldown (step from which it is no
+    longer applied; None: never); threshold λ_i (per-channel quantile: 0.95 keeps 5 %); weight w_i.
+    """
+
+    text: str
+    direction: int
+    scale: float = 7.0
+    warmup: int = 2
+    cooldown: int | None = None
+    threshold: float = 0.95
+    weight: float = 1.0
+
+
+def threshold_per_channel(psi: torch.Tensor, q: float) -> torch.Tensor:
+    """Keep the elements with |ψ| ≥ quantile(|ψ|, q) over h·w, per channel; zero the rest.
+
+    psi [B, C, h, w]; the quantile is computed in float32 (fp16 quantiles are too coarse)."""
+    a = psi.float().abs().flatten(2)  # [B, C, h·w]
+    cut = torch.quantile(a, q, dim=2, keepdim=True)[..., None]  # [B, C, 1, 1]
+    return torch.where(psi.float().abs() >= cut, psi.float(), 0.0).to(psi.dtype)
+
+
+def sega_step(
+    eps_uncond: torch.Tensor,
+    eps_concepts: list[torch.Tensor],
+    concepts: list[Concept],
+    step: int,
+    momentum: torch.Tensor,
+    momentum_scale: float,
+    momentum_beta: float,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SEGA term γ of one step and the new momentum ν   (SEGA, Eqs. 4–8).
+
+    ψ_i = d_i·(ε(e_i) − ε(∅)), thresholded per channel, scaled by s_i; weights w_i normalised
+    over the concepts not yet cooled down; γ = Σ w_i ψ_i (+ s_m·ν); ν ← β ν + (1−β) γ. A concept
+    in warm-up feeds the momentum but is not applied; while any concept warms up, only the warmed
+    ones are applied, without momentum (as SEGA's reference code). mask [h, w] confines γ.
+    All ε [B, C, h, w]. Returns (γ to add to ε̃, new ν).
+    """
+    live = [i for i, c in enumerate(concepts) if c.cooldown is None or step < c.cooldown]
+    psis = {}
+    for i in live:
+        c = concepts[i]
+        psi = c.direction * (eps_concepts[i] - eps_uncond)
+        psi = threshold_per_channel(psi, c.threshold) * c.scale
+        psis[i] = psi if mask is None else psi * mask
+    gamma = _weighted(psis, concepts, live)
+    gamma = gamma + momentum_scale * momentum
+    new_momentum = momentum_beta * momentum + (1 - momentum_beta) * gamma
+    warm = [i for i, c in enumerate(concepts) if step >= c.warmup]
+    if len(warm) == len(concepts):
+        return gamma, new_momentum
+    return _weighted(psis, concepts, [i for i in warm if i in psis]), new_momentum
+
+
+def _weighted(psis: dict, concepts: list[Concept], idx: list[int]) -> torch.Tensor | float:
+    total = sum(max(concepts[i].weight, 0.0) for i in idx)
+    if not idx or total <= 0:
+        return 0.0
+    return sum(max(concepts[i].weight, 0.0) / total * psis[i] for i in idx)

@@ -1,0 +1,70 @@
+"""Inversions: DDIM encoding (DiffEdit, METHODS §1.2) and edit-friendly DDPM inversion (§2).
+
+Loops call only eps_fn(x_t, t) (guidance already folded in by the caller) and the schedule's step
+math. Each returns values; nothing is kept between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from retouch.schedule import Schedule, pairs
+
+Progress = Callable[[int, int], None] | None
+EpsT = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def ddim_encode(
+    eps_fn: EpsT, schedule: Schedule, x0: torch.Tensor, timesteps: list[int], progress: Progress = None
+) -> list[torch.Tensor]:
+    """DDIM inversion of x0 up through `timesteps` (ascending, least noisy first).
+
+    Each step goes from the current level to the next noisier t, with ε evaluated at (x, t) as
+    in DDIM inversion (DDIM paper, Eq. 13 run backwards). x0 [1, C, h, w] sits at level -1.
+    Returns [x0, x_{t_1}, ..., x_{t_k}]: k+1 latents [1, C, h, w].
+    """
+    latents = [x0]
+    x, level = x0, -1
+    for i, t in enumerate(timesteps):
+        eps = eps_fn(x, t)
+        x = schedule.ddim_step(x, eps, level, t)
+        latents.append(x)
+        level = t
+        if progress:
+            progress(i + 1, len(timesteps))
+    return latents
+
+
+def ddpm_invert(
+    eps_fn: EpsT,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    timesteps: list[int],
+    generator: torch.Generator,
+    progress: Progress = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, Alg. 1).
+
+    timesteps: the steps editing will run, noisiest first. x0 [1, C, h, w].
+    1. x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε̃_t with an INDEPENDENT ε̃_t per timestep;
+    2. downward: μ_t from ε(x_t); z_t = (x_next − μ_t)/σ_t; x_next ← μ_t + σ_t z_t (so the next
+       network call sees exactly what the sampler will produce);
+    3. the last map (to the clean level, where x_next = x0) is kept too.
+    Returns (trajectory [x_{t_1}, ..., x_{t_k}, x0] of k+1 latents, z maps [k, C, h, w]).
+    """
+    noisy = [
+        schedule.add_noise(x0, torch.randn(x0.shape, generator=generator, device=x0.device), t)
+        for t in timesteps
+    ] + [x0]
+    trajectory, zs = [noisy[0]], []
+    for i, (t, t_next) in enumerate(pairs(timesteps)):
+        x_t = trajectory[-1]
+        mu, sigma = schedule.ddpm_mean_sigma(x_t, eps_fn(x_t, t), t, t_next)
+        z = (noisy[i + 1] - mu) / sigma
+        zs.append(z)
+        trajectory.append(x0 if t_next < 0 else mu + sigma * z)
+        if progress:
+            progress(i + 1, len(timesteps))
+    return trajectory, torch.cat(zs)

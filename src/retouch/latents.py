@@ -1,0 +1,175 @@
+"""Images in and out: reading and checking a user's image, pixels <-> VAE latents.
+
+Pixels are [1, 3, H, W] in [-1, 1]; latents [1, C, h, w] scaled by the VAE's scaling factor.
+Sides that are not a multiple of the model's size multiple are padded (edge pixels repeated) and
+the original size is restored on output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from retouch.types import ModelBundle
+
+MIN_SIDE = 8
+MAX_SIDE = 4096
+
+
+class ImageError(ValueError):
+    """An image retouch cannot use, with the reason in one line."""
+
+
+def _check_size(w: int, h: int, name: str) -> None:
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name} is {w}x{h}: each side must be at least {MIN_SIDE} pixels")
+    if max(w, h) > MAX_SIDE:
+        raise ImageError(f"{name} is {w}x{h}: each side must be at most {MAX_SIDE} pixels")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageError(f"cannot read image {path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"cannot read image {path}: the file is empty")
+    try:
+        img = Image.open(path)
+    except Exception as e:  # Pillow raises several types for undecodable files
+        raise ImageError(f"cannot read image {path}: not an image Pillow can decode") from e
+    _check_size(*img.size, str(path))  # from the header: before decoding a huge image
+    try:
+        img.load()
+    except Exception as e:
+        raise ImageError(f"cannot read image {path}: the file is truncated or corrupt ({e})") from e
+    return img
+
+
+def _drop_opaque_alpha(img: Image.Image, name: str) -> Image.Image:
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() < 255:
+            raise ImageError(
+                f"{name} has transparent pixels (alpha channel): flatten it onto a background first"
+            )
+        img = img.convert("RGB")
+    return img
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    img = _drop_opaque_alpha(img, name)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit or float grayscale
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"{name} array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 257).round().astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{name} array has NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageError(f"{name} float array must be in [0, 1]")
+        arr = (arr * 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageError(f"{name} array has dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+    if arr.shape[-1] == 4:
+        if arr[..., 3].min() < 255:
+            raise ImageError(f"{name} has transparent pixels (alpha channel): flatten it first")
+        arr = arr[..., :3]
+    return Image.fromarray(np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr)
+
+
+def load_image(image, name: str = "image") -> Image.Image:
+    """A user's image (path, PIL image or array) as a checked 8-bit RGB PIL image."""
+    if isinstance(image, (str, Path)):
+        img = _to_rgb(_open(Path(image)), str(image))
+    elif isinstance(image, Image.Image):
+        img = _to_rgb(image, name)
+    elif isinstance(image, np.ndarray):
+        img = _from_array(image, name)
+    elif isinstance(image, torch.Tensor):
+        img = _from_array(image.detach().cpu().numpy(), name)
+    else:
+        raise ImageError(f"{name} must be a path, a PIL image or an array, got {type(image).__name__}")
+    _check_size(*img.size, name)
+    return img
+
+
+def image_hash(img: Image.Image) -> str:
+    """sha256 of the RGB pixels and size: identifies an image independent of its file format."""
+    h = hashlib.sha256(f"{img.size}".encode())
+    h.update(np.asarray(img.convert("RGB")).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """An image as model input: [1, 3, H', W'] in [-1, 1], padded; (H, W) its original size."""
+
+    tensor: torch.Tensor
+    height: int
+    width: int
+
+
+def to_pixels(bundle: ModelBundle, img: Image.Image) -> Pixels:
+    """Pad to the model's size multiple (repeating edge pixels); [1, 3, H', W'] in [-1, 1]."""
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1  # (H, W, 3)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None]  # [1, 3, H, W]
+    m = bundle.size_multiple
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return Pixels(x.to(bundle.device), h, w)
+
+
+def to_image(pixels: torch.Tensor, height: int, width: int) -> Image.Image:
+    """[1, 3, H', W'] in [-1, 1] → RGB PIL image cropped to (height, width)."""
+    x = pixels[0, :, :height, :width].float().clamp(-1, 1)
+    arr = ((x + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+@torch.no_grad()
+def encode(bundle: ModelBundle, pixels: torch.Tensor) -> torch.Tensor:
+    """x0 = VAE posterior MEAN × scaling factor (not a sample): [1, 3, H, W] → [1, C, H/f, W/f]."""
+    post = bundle.vae.encode(pixels.to(bundle.dtype)).latent_dist
+    return post.mean.float() * bundle.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
+    """[1, C, h, w] scaled latents → pixels [1, 3, h·f, w·f] in [-1, 1]."""
+    z = latents.to(bundle.dtype) / bundle.vae.config.scaling_factor
+    return bundle.vae.decode(z).sample.float()
+
+
+def upsample_mask(mask: torch.Tensor, factor: int, height: int, width: int, feather: float = 0.0):
+    """A latent mask [h, w] (of the padded image) as a soft pixel mask [height, width] in [0, 1]:
+    bilinear upsampling by `factor`, cropped to the original size, feathered by a Gaussian of
+    `feather` pixels (0: none)."""
+    m = mask[None, None].float()  # [1, 1, h, w]
+    m = F.interpolate(m, scale_factor=factor, mode="bilinear", align_corners=False)[..., :height, :width]
+    if feather > 0:
+        r = max(1, int(round(2 * feather)))
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / feather) ** 2)
+        k = (k / k.sum()).to(m.device)
+        m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return m[0, 0].clamp(0, 1)  # [height, width]

@@ -1,0 +1,80 @@
+"""DiffEdit's inferred mask (METHODS §1.1) and masks a user gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from retouch.denoiser import EpsFn, cfg
+from retouch.schedule import Schedule
+
+
+def difference_map(
+    eps_fn: EpsFn,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    t: int,
+    cond_query: torch.Tensor,
+    cond_ref: torch.Tensor,
+    noises: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
+    chunk: int = 16,
+) -> torch.Tensor:
+    """D = mean over noises and channels of |ε(x_t,t,Q) − ε(x_t,t,R)|   (DiffEdit, §3.2).
+
+    x0 [1, C, h, w]; noises [n, C, h, w], one independent noise per sample; cond_* [1, L, D].
+    With guidance_scale (diffusers' variant) both sides get CFG; ε(∅) cancels in the difference,
+    so this only costs evaluations. Query and reference of one noise share one batched call.
+    Returns D [h, w].
+    """
+    total = torch.zeros(x0.shape[-2:], device=x0.device)
+    for nz in noises.split(chunk):
+        x_t = schedule.add_noise(x0.expand_as(nz), nz, t)  # [b, C, h, w]
+        b = x_t.shape[0]
+        conds = [cond_query, cond_ref] + ([uncond] if guidance_scale is not None else [])
+        c = torch.cat([cc.expand(b, -1, -1) for cc in conds])  # [k·b, L, D]
+        eps = eps_fn(x_t.repeat(len(conds), 1, 1, 1), t, c).split(b)
+        e_q, e_r = eps[0], eps[1]
+        if guidance_scale is not None:
+            e_q, e_r = cfg(eps[2], e_q, guidance_scale), cfg(eps[2], e_r, guidance_scale)
+        total += (e_q - e_r).abs().mean(dim=1).sum(dim=0)
+    return total / noises.shape[0]
+
+
+def binarize(d: torch.Tensor, clamp: float = 3.0, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove extreme values and binarise (DiffEdit §3.2): clamp D to [0, k·mean D], rescale to
+    [0, 1], threshold. D [h, w] → (mask {0,1} [h, w], scores [h, w]). Identical texts give D = 0:
+    an empty mask, not 0/0."""
+    top = clamp * d.mean()
+    if not torch.isfinite(top) or top <= 1e-12:
+        scores = torch.zeros_like(d)
+    else:
+        scores = d.clamp(0, top) / top
+    return (scores > threshold).float(), scores
+
+
+def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor: int) -> torch.Tensor:
+    """A mask a user gives (path, PIL image, array or tensor; nonzero = edit), of the image's size
+    (height, width), at latent resolution: {0,1} [h, w]. A latent cell is in the mask if any of
+    its pixels is."""
+    if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
+        try:
+            mask = Image.open(mask)
+            mask.load()
+        except Exception as e:
+            raise ValueError(f"cannot read mask {mask}: {e}") from e
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    m = torch.as_tensor(np.asarray(mask)).float()
+    if m.dim() == 3:
+        m = m.amax(dim=-1) if m.shape[-1] in (1, 3, 4) else m.amax(dim=0)
+    if tuple(m.shape) != (height, width):
+        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]}, the image is {width}x{height}")
+    if not torch.isfinite(m).all():
+        raise ValueError("mask has NaN or infinite values")
+    h, w = latent_hw
+    padded = F.pad((m > 0).float()[None, None], (0, w * factor - width, 0, h * factor - height))
+    return (F.max_pool2d(padded, factor)[0, 0] > 0).float()  # [h, w]

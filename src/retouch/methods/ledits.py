@@ -1,0 +1,262 @@
+"""LEDITS (Tsaban & Passos 2023, arXiv 2307.00522) = edit-friendly DDPM inversion + SEGA.
+
+    inv = invert(model, image, source="a red circle on a white background")   # METHODS §2
+    out = ledits(model, inv, add=["green circle"], remove=["red circle"])       # §3, §4
+    out = ledits(model, inv, prompt="a green circle on a white background")
+
+The inversion is a value: reuse it for any number of edits, or save it and load it later.
+Beyond the paper: `mask="infer"` (DiffEdit's mask) or a given mask confines the guidance to the
+edited region and pins the latents outside it to the inversion's trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from retouch.denoiser import EvalCounter, branches, guided_eps, unet_eps
+from retouch.denoiser import cfg as apply_cfg
+from retouch.guidance import Concept, sega_step
+from retouch.inversion import ddpm_invert
+from retouch.latents import decode, image_hash, load_image, to_image, upsample_mask
+from retouch.masks import user_mask
+from retouch.methods.common import (
+    ProgressArg,
+    SettingError,
+    Timer,
+    check_number,
+    check_seed,
+    generator,
+    prepare,
+    progress_bar,
+    with_settings,
+)
+from retouch.schedule import Schedule, pairs
+from retouch.text import check_prompt, encode_text
+from retouch.types import EditResult, Inversion, Mask, ModelBundle
+
+# The reference demo's presets: (edit_scale, edit_warmup, edit_threshold)   (METHODS §4)
+PRESETS = {"style": (8.0, 2, 0.92), "face": (5.0, 2, 0.95), "object": (15.0, 5, 0.95)}
+
+Number = float | Sequence[float]
+
+
+@dataclass(frozen=True)
+class LEditsConfig:
+    """Every LEDITS default, once: the reference demo's values (METHODS §4).
+
+    The edit_* fields are one value for every concept or a sequence of one per concept (the
+    concepts to add first, then those to remove)."""
+
+    num_inference_steps: int = 100  # N
+    skip: float = 36  # steps not edited at the top: a count (36) or a fraction of N (0.36)
+    source_guidance_scale: float = 3.5  # w_src, CFG of the source prompt while inverting
+    target_guidance_scale: float = 15.0  # w_tar, CFG of the target prompt while editing
+    edit_scale: Number = 7.0  # s_i
+    edit_warmup: Number = 2  # δ_i, steps before a concept's term is applied
+    edit_cooldown: Number | None = None  # step from which a concept's term stops (None: never)
+    edit_threshold: Number = 0.95  # λ_i: per-channel quantile; 0.95 keeps 5 %
+    edit_weight: Number = 1.0  # w_i ≥ 0, normalised over the active concepts
+    momentum_scale: float = 0.3  # s_m
+    momentum_beta: float = 0.6  # β_m
+    feather: float = 1.0  # pixels, for the display mask
+
+    def check(self) -> None:
+        check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
+        check_number("skip", self.skip, 0)
+        if self.skip_steps >= self.num_inference_steps:
+            raise SettingError(f"skip ({self.skip}) must leave at least one of the "
+                               f"{self.num_inference_steps} steps to edit")
+        check_number("source_guidance_scale", self.source_guidance_scale, 0)
+        check_number("target_guidance_scale", self.target_guidance_scale, 0)
+        check_number("momentum_scale", self.momentum_scale, 0)
+        check_number("momentum_beta", self.momentum_beta, 0, 1)
+        check_number("feather", self.feather, 0, 64)
+
+    @property
+    def skip_steps(self) -> int:
+        """skip as a step count: a value below 1 is a fraction of num_inference_steps."""
+        if 0 < self.skip < 1:
+            return int(round(self.skip * self.num_inference_steps))
+        if int(self.skip) != self.skip:
+            raise SettingError(f"skip must be a whole step count or a fraction in (0, 1), got {self.skip}")
+        return int(self.skip)
+
+
+def _config(config, preset, settings) -> LEditsConfig:
+    cfg = config or LEditsConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise SettingError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        s, w, t = PRESETS[preset]
+        cfg = with_settings(cfg, dict(edit_scale=s, edit_warmup=w, edit_threshold=t))
+    cfg = with_settings(cfg, settings)
+    cfg.check()
+    return cfg
+
+
+def _per_concept(name: str, value, k: int, **limits) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * k
+    if len(values) != k:
+        raise SettingError(f"{name} has {len(values)} values for {k} concepts")
+    for v in values:
+        if v is not None:
+            check_number(name, v, **limits)
+    return values
+
+
+def make_concepts(model, add: Sequence[str], remove: Sequence[str], cfg: LEditsConfig) -> list[Concept]:
+    """The SEGA concepts of an edit, with their per-concept settings checked."""
+    if isinstance(add, str) or isinstance(remove, str):
+        raise SettingError("add and remove take lists of concepts, e.g. add=['green circle']")
+    texts = [check_prompt(model, c, "concept") for c in [*add, *remove]]
+    k = len(texts)
+    scale = _per_concept("edit_scale", cfg.edit_scale, k, low=0)
+    warmup = _per_concept("edit_warmup", cfg.edit_warmup, k, low=0, integer=True)
+    cooldown = _per_concept("edit_cooldown", cfg.edit_cooldown, k, low=0, integer=True)
+    threshold = _per_concept("edit_threshold", cfg.edit_threshold, k, low=0, high=1)
+    weight = _per_concept("edit_weight", cfg.edit_weight, k, low=0)
+    return [
+        Concept(texts[i], +1 if i < len(add) else -1, float(scale[i]), int(warmup[i]),
+                None if cooldown[i] is None else int(cooldown[i]), float(threshold[i]), float(weight[i]))
+        for i in range(k)
+    ]
+
+
+def invert(
+    model: ModelBundle, image, source: str = "", config: LEditsConfig | None = None, seed: int = 0,
+    progress: ProgressArg = True, **settings,
+) -> Inversion:
+    """Edit-friendly DDPM inversion of `image` (§2) over the steps editing will run.
+
+    source: the image's caption ('' for none); with a caption ε̃ uses CFG w_src, without it ε(∅).
+    """
+    cfg = _config(config, None, settings)
+    source = check_prompt(model, source, "source", allow_empty=True)
+    seed = check_seed(seed)
+    prep = prepare(model, image)
+    schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
+    timesteps = schedule.timesteps(cfg.num_inference_steps)[cfg.skip_steps :]
+    uncond, cond = encode_text(model, ["", source]).split(1)
+    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond if source else None,
+                     cfg.source_guidance_scale if source else 1.0)
+    with progress_bar(progress, len(timesteps), "invert") as cb:
+        trajectory, zs = ddpm_invert(eps, schedule, prep.x0, timesteps, generator(model, seed), cb)
+    return Inversion(
+        prep.x0, torch.cat(trajectory), zs, tuple(timesteps), cfg.num_inference_steps,
+        cfg.skip_steps, source, cfg.source_guidance_scale if source else 1.0, model.fingerprint,
+        model.model_id, prep.hash, prep.pixels.height, prep.pixels.width, seed, counter.n,
+    )
+
+
+def sega_ddpm_sample(eps_fn, schedule, inv: Inversion, uncond, target, target_scale, concepts,
+                     concept_conds, cfg: LEditsConfig, mask=None, progress=None) -> torch.Tensor:
+    """DDPM sampling from the inversion's x_{t_start} with its stored z maps (§2) and ε̃ from
+    CFG on the target (if any) plus SEGA (§3). One batched call per step over
+    [∅, target?, e_1..e_k]. mask [h, w]: guidance only inside, latents outside pinned to the
+    inversion's trajectory. Returns x0 [1, C, h, w]."""
+    x = inv.trajectory[:1]
+    nu = torch.zeros_like(x)
+    conds = [uncond] + ([target] if target is not None else []) + list(concept_conds)
+    for i, (t, t_next) in enumerate(pairs(list(inv.timesteps))):
+        eps = branches(eps_fn, x, t, conds)
+        e = apply_cfg(eps[0], eps[1], target_scale) if target is not None else eps[0]
+        if concepts:
+            gamma, nu = sega_step(eps[0], eps[-len(concepts):], concepts, i, nu,
+                                  cfg.momentum_scale, cfg.momentum_beta, mask)
+            e = e + gamma
+        mu, sigma = schedule.ddpm_mean_sigma(x, e, t, t_next)
+        x = mu + sigma * inv.zs[i : i + 1]
+        if mask is not None:
+            x = mask * x + (1 - mask) * inv.trajectory[i + 1 : i + 2]
+        if progress:
+            progress(i + 1, len(inv.timesteps))
+    return x
+
+
+def _edit_mask(model, image, inv, mask, prompt, concepts, seed) -> Mask | None:
+    if mask is None:
+        return None
+    if isinstance(mask, Mask):
+        return mask
+    h, w = inv.x0.shape[-2:]
+    if isinstance(mask, str) and mask == "infer":
+        from retouch.methods.diffedit import diffedit_mask
+
+        if image is None:
+            raise SettingError("mask='infer' needs the image: pass image= with the inversion")
+        query = prompt or ", ".join(c.text for c in concepts if c.direction > 0)
+        reference = inv.source or ", ".join(c.text for c in concepts if c.direction < 0)
+        return diffedit_mask(model, image, query or reference, reference if query else "", seed=seed)
+    latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor)
+    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width))
+
+
+def ledits(
+    model: ModelBundle,
+    image_or_inversion,
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+    prompt: str = "",
+    source: str = "",
+    config: LEditsConfig | None = None,
+    preset: str | None = None,
+    seed: int = 0,
+    mask=None,
+    image=None,
+    progress: ProgressArg = True,
+    **settings,
+) -> EditResult:
+    """Edit with SEGA concepts (add/remove) and/or a target prompt, from an Inversion (or an
+    image, inverted here with `source`). mask: None, "infer", a Mask, or a user mask.
+    Settings: LEditsConfig fields; preset: "style", "face" or "object"."""
+    cfg = _config(config, preset, settings)
+    seed = check_seed(seed)
+    prompt = check_prompt(model, prompt, "prompt", allow_empty=True)
+    concepts = make_concepts(model, add, remove, cfg)
+    timer = Timer(model.device)
+    inv = image_or_inversion
+    if not isinstance(inv, Inversion):
+        image = inv if image is None else image
+        with timer("invert"):
+            inv = invert(model, image, source, cfg, seed, progress)
+    elif image is not None and image_hash(load_image(image)) != inv.image_hash:
+        raise SettingError("the inversion was made from another image")
+    _check_inversion(model, inv, cfg)
+    settings_out = {"method": "ledits", "prompt": prompt, "add": list(add), "remove": list(remove),
+                    "source": inv.source, **asdict(cfg), "preset": preset, "model": model.model_id}
+    spent = inv.unet_evals if "invert" in timer.times else 0
+    if not concepts and not prompt:
+        img = to_image(decode(model, inv.x0), inv.height, inv.width)
+        return EditResult(img, None, spent, settings_out, seed, dict(timer.times), inv.x0,
+                          "no concepts and no target prompt: returned the reconstruction")
+    with timer("mask"):
+        m = _edit_mask(model, image, inv, mask, prompt, concepts, seed)
+    schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
+    # No target prompt: the base term is the inversion's own (source with w_src, or ∅), so that
+    # everything SEGA does not touch is reconstructed exactly.
+    base_text = prompt or inv.source
+    base_scale = cfg.target_guidance_scale if prompt else inv.source_guidance_scale
+    texts = ["", *([base_text] if base_text else []), *[c.text for c in concepts]]
+    embs = encode_text(model, texts).split(1)
+    target = embs[1] if base_text else None
+    with timer("edit"), progress_bar(progress, len(inv.timesteps), "edit") as cb:
+        z = sega_ddpm_sample(unet_eps(model, schedule, counter), schedule, inv, embs[0], target,
+                             base_scale, concepts, embs[len(embs) - len(concepts):], cfg,
+                             None if m is None else m.latent.to(inv.x0), cb)
+        out = decode(model, z)
+    spent += counter.n + (m.unet_evals if (m is not None and "mask" in timer.times) else 0)
+    return EditResult(to_image(out, inv.height, inv.width), m, spent, settings_out, seed,
+                      dict(timer.times), z)
+
+
+def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
+    if inv.fingerprint != model.fingerprint:
+        raise SettingError(f"inversion was made with another model ({inv.model_id})")
+    if (inv.num_inference_steps, inv.skip) != (cfg.num_inference_steps, cfg.skip_steps):
+        raise SettingError(
+            f"inversion has num_inference_steps={inv.num_inference_steps}, skip={inv.skip}; the edit "
+            f"asks for {cfg.num_inference_steps}, {cfg.skip_steps}: invert again with those"
+        )

@@ -1,0 +1,100 @@
+"""Loading a Stable Diffusion 1.x/2.x model (diffusers folder or hub id) into a ModelBundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from retouch.types import ModelBundle
+
+SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded, with the reason in one line."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ModelError(f"dtype {dtype!r} is not one of {sorted(names)}")
+    return names[dtype]
+
+
+def load(
+    model: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+) -> ModelBundle:
+    """Load a model once, to reuse for every edit.
+
+    model: None for the shipped ShapesWorld model, a local diffusers folder, or a hub id.
+    device: default CUDA when available, else CPU. dtype: default float16 on GPU, float32 on CPU.
+    allow_pickle: also accept .bin/.ckpt weights (unpickling runs code: off unless asked for).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = str(SHIPPED if model is None else model)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _dtype(dtype, dev)
+    kw = dict(use_safetensors=None if allow_pickle else True)
+    if Path(source).exists() and not (Path(source) / "model_index.json").is_file():
+        raise ModelError(f"{source} is not a diffusers model folder (no model_index.json)")
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dt, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {source}: {first}") from e
+    for m in (vae, unet, text_encoder):
+        m.to(dev).eval().requires_grad_(False)
+    return ModelBundle(vae, text_encoder, tokenizer, unet, scheduler, source, dev, dt,
+                       fingerprint(vae, text_encoder, unet, scheduler))
+
+
+def fingerprint(vae, text_encoder, unet, scheduler) -> str:
+    """A short hash of the configs and a few weights: the same model gives the same value
+    wherever it is installed, another model (almost surely) another one."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for cfg in (vae.config, unet.config, text_encoder.config.to_dict(), scheduler.config):
+        h.update(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")},
+                            sort_keys=True, default=str).encode())
+    for p in (unet.conv_in.weight, unet.conv_out.weight, vae.encoder.conv_in.weight,
+              text_encoder.get_input_embeddings().weight[:8]):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def from_components(
+    vae, text_encoder, tokenizer, unet, scheduler, model_id: str = "in-memory", device=None, dtype=None
+) -> ModelBundle:
+    """A ModelBundle from components already in memory (a diffusers pipeline's, or built in code)."""
+    from diffusers import DDIMScheduler
+
+    dev = torch.device(device) if device is not None else next(unet.parameters()).device
+    dt = _dtype(dtype, dev) if dtype is not None else next(unet.parameters()).dtype
+    for m in (vae, unet, text_encoder):
+        m.to(dev).eval().requires_grad_(False)
+        if next(m.parameters()).dtype != dt:
+            m.to(dtype=dt)
+    sched = DDIMScheduler.from_config(scheduler.config)
+    return ModelBundle(vae, text_encoder, tokenizer, unet, sched, model_id, dev, dt,
+                       fingerprint(vae, text_encoder, unet, sched))

@@ -1,0 +1,81 @@
+"""Step math of the diffusion schedule, in one place. Never calls a network.
+
+Notation of METHODS.md: ᾱ_t the cumulative product of alphas; t > t_next (t_next less noisy);
+t_next = -1 means "the clean end" (ᾱ = the scheduler's final alpha, as diffusers' DDIM does).
+Timesteps are integer training timesteps; a loop's position is a step index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """ᾱ per training timestep (float64 computed once by diffusers, kept as float32) and the
+    inference timesteps of the scheduler the model ships with."""
+
+    alphas_cumprod: torch.Tensor  # [T] float64
+    final_alpha_cumprod: float
+    prediction_type: str
+    scheduler: object
+
+    @classmethod
+    def from_scheduler(cls, scheduler) -> Schedule:
+        from diffusers import DDIMScheduler
+
+        ddim = DDIMScheduler.from_config(scheduler.config)
+        final = 1.0 if ddim.config.set_alpha_to_one else float(ddim.alphas_cumprod[0])
+        return cls(ddim.alphas_cumprod.double(), final, ddim.config.prediction_type, ddim)
+
+    def timesteps(self, num_inference_steps: int) -> list[int]:
+        """The scheduler's own inference timesteps, noisiest first (SD 1.x: leading + offset)."""
+        sched = type(self.scheduler).from_config(self.scheduler.config)
+        sched.set_timesteps(num_inference_steps)
+        return [int(t) for t in sched.timesteps]
+
+    def alpha_bar(self, t: int) -> float:
+        return self.final_alpha_cumprod if t < 0 else float(self.alphas_cumprod[t])
+
+    def to_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The network's output as a noise prediction ε, whatever its prediction type."""
+        a = self.alpha_bar(t)
+        if self.prediction_type == "epsilon":
+            return model_output
+        if self.prediction_type == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x0  ⇒  ε = √ᾱ v + √(1−ᾱ) x_t
+            return a**0.5 * model_output + (1 - a) ** 0.5 * x_t
+        if self.prediction_type == "sample":  # x0 given: ε = (x_t − √ᾱ x0) / √(1−ᾱ)
+            return (x_t - a**0.5 * model_output) / (1 - a) ** 0.5
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def pred_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        """x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t   (DDIM paper, Eq. 9)."""
+        a = self.alpha_bar(t)
+        return (x_t - (1 - a) ** 0.5 * eps) / a**0.5
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε   (DDPM, Eq. 4)."""
+        a = self.alpha_bar(t)
+        return a**0.5 * x0 + (1 - a) ** 0.5 * noise
+
+    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_next: int) -> torch.Tensor:
+        """Deterministic DDIM (η=0) from level t to t_next, either direction (DDIM paper, Eq. 12):
+        x_next = √ᾱ_next x̂0 + √(1−ᾱ_next) ε. Used with t_next > t it is DDIM inversion."""
+        a_next = self.alpha_bar(t_next)
+        return a_next**0.5 * self.pred_x0(x_t, eps, t) + (1 - a_next) ** 0.5 * eps
+
+    def ddpm_mean_sigma(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_next: int):
+        """DDPM posterior as DDIM with η=1 (DDIM paper, Eq. 16):
+        σ² = (1−ᾱ_next)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_next);  μ = √ᾱ_next x̂0 + √(1−ᾱ_next−σ²) ε.
+        Returns (μ [B, C, h, w], σ float)."""
+        a_t, a_next = self.alpha_bar(t), self.alpha_bar(t_next)
+        var = (1 - a_next) / (1 - a_t) * (1 - a_t / a_next)
+        mu = a_next**0.5 * self.pred_x0(x_t, eps, t) + max(1 - a_next - var, 0.0) ** 0.5 * eps
+        return mu, var**0.5
+
+
+def pairs(timesteps: list[int]) -> list[tuple[int, int]]:
+    """(t, t_next) for each denoising step, noisiest first; the last t_next is -1 (clean)."""
+    return list(zip(timesteps, [*timesteps[1:], -1]))

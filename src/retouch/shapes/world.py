@@ -1,0 +1,253 @@
+"""ShapesWorld: procedurally rendered scenes of coloured shapes with captions and ground-truth masks.
+
+A scene is plain data (a background colour and 1 to 3 non-overlapping objects). Rendering is
+deterministic and anti-aliased (supersampled, then box-downsampled). Every scene has a caption
+from a small grammar, and every edit of a scene gives the ground-truth target image and the
+ground-truth changed region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "yellow": (245, 215, 30),
+    "purple": (140, 50, 190),
+    "orange": (250, 130, 20),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+}
+SIZE = 64  # rendered images are SIZE x SIZE RGB
+SUPERSAMPLE = 4
+MIN_RADIUS, MAX_RADIUS = 7.0, 13.0
+EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "remove", "add", "background")
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object: its shape, colour, centre (x, y) in pixels and radius in pixels."""
+
+    shape: str
+    color: str
+    x: float
+    y: float
+    r: float
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    objects: tuple[Obj, ...]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        return cls(d["background"], tuple(Obj(**o) for o in d["objects"]))
+
+
+def _fits(obj: Obj, others: tuple[Obj, ...] | list[Obj], gap: float = 3.0) -> bool:
+    margin = 1.0
+    if not (margin + obj.r <= obj.x <= SIZE - margin - obj.r):
+        return False
+    if not (margin + obj.r <= obj.y <= SIZE - margin - obj.r):
+        return False
+    return all(np.hypot(obj.x - o.x, obj.y - o.y) >= obj.r + o.r + gap for o in others)
+
+
+def sample_object(rng: np.random.Generator, others=(), tries: int = 200, **fixed) -> Obj | None:
+    """A random object that does not overlap `others`; keyword arguments fix its fields."""
+    for _ in range(tries):
+        r = fixed.get("r", rng.uniform(MIN_RADIUS, MAX_RADIUS))
+        obj = Obj(
+            shape=fixed.get("shape", SHAPES[rng.integers(len(SHAPES))]),
+            color=fixed.get("color", list(COLORS)[rng.integers(len(COLORS))]),
+            x=float(rng.uniform(r + 1, SIZE - 1 - r)),
+            y=float(rng.uniform(r + 1, SIZE - 1 - r)),
+            r=float(r),
+        )
+        if _fits(obj, others):
+            return obj
+    return None
+
+
+def sample_scene(seed: int, n_objects: int | None = None) -> Scene:
+    """The scene of a seed: deterministic, 1 to 3 objects (or exactly `n_objects`)."""
+    rng = np.random.default_rng([seed, 0x5EA])
+    n = int(rng.integers(1, 4)) if n_objects is None else n_objects
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    objects: list[Obj] = []
+    while len(objects) < n:
+        obj = sample_object(rng, objects)
+        if obj is None:  # crowded: start over with fresh positions
+            objects = []
+            continue
+        objects.append(obj)
+    return Scene(background, tuple(sorted(objects, key=lambda o: (o.x, o.y))))
+
+
+def object_coverage(obj: Obj, size: int = SIZE, ss: int = SUPERSAMPLE) -> np.ndarray:
+    """Anti-aliased coverage of one object in [0, 1]: float32 (size, size)."""
+    n = size * ss
+    c = (np.arange(n, dtype=np.float32) + 0.5) / ss  # supersample centres, in pixels
+    dx = c[None, :] - obj.x  # (1, n)
+    dy = c[:, None] - obj.y  # (n, 1)
+    if obj.shape == "circle":
+        inside = dx**2 + dy**2 <= obj.r**2
+    elif obj.shape == "square":
+        h = obj.r * 0.82
+        inside = (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    elif obj.shape == "diamond":
+        inside = np.abs(dx) + np.abs(dy) <= obj.r * 1.08
+    elif obj.shape == "triangle":
+        # equilateral, pointing up, inscribed in the circle of radius r
+        top, base = -obj.r, obj.r * 0.5
+        half_width = (dy - top) / (base - top) * obj.r * np.sqrt(3) / 2
+        inside = (dy >= top) & (dy <= base) & (np.abs(dx) <= half_width)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+    inside = np.broadcast_to(inside, (n, n)).astype(np.float32)
+    return inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
+
+
+def render(scene: Scene, size: int = SIZE) -> np.ndarray:
+    """The scene as uint8 RGB (size, size, 3)."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = BACKGROUNDS[scene.background]
+    for obj in scene.objects:
+        a = object_coverage(obj, size)[..., None]
+        img = img * (1 - a) + np.asarray(COLORS[obj.color], np.float32) * a
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def masks(scene: Scene, size: int = SIZE) -> np.ndarray:
+    """Ground-truth binary mask per object: bool (n_objects, size, size), coverage >= 0.5."""
+    if not scene.objects:
+        return np.zeros((0, size, size), bool)
+    return np.stack([object_coverage(o, size) >= 0.5 for o in scene.objects])
+
+
+def _object_list(phrases: list[str]) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def caption(scene: Scene) -> str:
+    """'a red circle and a blue square on a white background' (objects left to right)."""
+    phrases = [f"a {o.phrase}" for o in scene.objects]
+    if not phrases:
+        return f"a {scene.background} background"
+    return f"{_object_list(phrases)} on a {scene.background} background"
+
+
+def vocabulary() -> list[str]:
+    """Every word the caption grammar (and the edit concepts) can produce."""
+    words = ["a", "and", "on", "background", ",", *SHAPES, *COLORS, *BACKGROUNDS]
+    return list(dict.fromkeys(words))
+
+
+# --- edits -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit of a scene and its ground truth.
+
+    kind: one of EDIT_KINDS; index: the object edited (None for add and background);
+    add / remove: the edit as SEGA concepts; target: the edited scene.
+    """
+
+    kind: str
+    source: Scene
+    target: Scene
+    index: int | None
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    @property
+    def source_caption(self) -> str:
+        return caption(self.source)
+
+    @property
+    def target_caption(self) -> str:
+        return caption(self.target)
+
+    def changed_region(self, size: int = SIZE) -> np.ndarray:
+        """Ground-truth changed region: bool (size, size), where source and target differ."""
+        a = render(self.source, size).astype(np.int16)
+        b = render(self.target, size).astype(np.int16)
+        return np.abs(a - b).max(axis=-1) > 0
+
+
+def recolor(scene: Scene, i: int, color: str) -> Scene:
+    objs = list(scene.objects)
+    objs[i] = replace(objs[i], color=color)
+    return replace(scene, objects=tuple(objs))
+
+
+def reshape(scene: Scene, i: int, shape: str) -> Scene:
+    objs = list(scene.objects)
+    objs[i] = replace(objs[i], shape=shape)
+    return replace(scene, objects=tuple(objs))
+
+
+def remove(scene: Scene, i: int) -> Scene:
+    return replace(scene, objects=scene.objects[:i] + scene.objects[i + 1 :])
+
+
+def add(scene: Scene, obj: Obj) -> Scene:
+    objs = sorted([*scene.objects, obj], key=lambda o: (o.x, o.y))
+    return replace(scene, objects=tuple(objs))
+
+
+def with_background(scene: Scene, background: str) -> Scene:
+    return replace(scene, background=background)
+
+
+def sample_edit(seed: int, kind: str) -> Edit:
+    """A deterministic edit of `kind` on a scene sampled from `seed`."""
+    if kind not in EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}; expected one of {EDIT_KINDS}")
+    rng = np.random.default_rng([seed, 0xED17, EDIT_KINDS.index(kind)])
+    n = {"add": int(rng.integers(1, 3)), "remove": int(rng.integers(2, 4))}.get(
+        kind, int(rng.integers(1, 4))
+    )
+    src = sample_scene(seed, n_objects=n)
+    i = int(rng.integers(len(src.objects)))
+    o = src.objects[i]
+    if kind == "recolor":
+        new = str(rng.choice([c for c in COLORS if c != o.color]))
+        tgt = recolor(src, i, new)
+        return Edit(kind, src, tgt, i, (f"{new} {o.shape}",), (o.phrase,))
+    if kind == "reshape":
+        new = str(rng.choice([s for s in SHAPES if s != o.shape]))
+        tgt = reshape(src, i, new)
+        return Edit(kind, src, tgt, i, (f"{o.color} {new}",), (o.phrase,))
+    if kind == "remove":
+        return Edit(kind, src, remove(src, i), i, (), (o.phrase,))
+    if kind == "add":
+        obj = sample_object(rng, src.objects)
+        while obj is None:  # no room: drop to one object
+            src = replace(src, objects=src.objects[:1])
+            obj = sample_object(rng, src.objects)
+        tgt = add(src, obj)
+        return Edit(kind, src, tgt, None, (obj.phrase,), ())
+    new_bg = str(rng.choice([b for b in BACKGROUNDS if b != src.background]))
+    tgt = with_background(src, new_bg)
+    return Edit(kind, src, tgt, None, (f"{new_bg} background",), (f"{src.background} background",))

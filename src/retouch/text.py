@@ -1,0 +1,36 @@
+"""Text prompts to CLIP embeddings [B, L, D], with the checks a user's prompt needs."""
+
+from __future__ import annotations
+
+import torch
+
+from retouch.types import ModelBundle
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used: empty where text is required, or longer than the encoder."""
+
+
+def check_prompt(bundle: ModelBundle, text: str, name: str, allow_empty: bool = False) -> str:
+    """The prompt, stripped; a PromptError naming `name` if it is not a usable string."""
+    if not isinstance(text, str):
+        raise PromptError(f"{name} must be a string, got {type(text).__name__}")
+    text = text.strip()
+    if not text and not allow_empty:
+        raise PromptError(f"{name} is empty")
+    n = len(bundle.tokenizer(text).input_ids)  # with start and end tokens
+    limit = bundle.tokenizer.model_max_length
+    if n > limit:
+        raise PromptError(f"{name} is too long: {n} tokens, the text encoder takes at most {limit}")
+    return text
+
+
+@torch.no_grad()
+def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
+    """CLIP last hidden states, as Stable Diffusion conditions on them: [B, L, D]."""
+    tok = bundle.tokenizer
+    ids = tok(
+        list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(bundle.device)  # [B, L]
+    return bundle.text_encoder(ids)[0].to(bundle.dtype)  # [B, L, D]

@@ -1,0 +1,263 @@
+"""Training the mini Stable Diffusion on ShapesWorld: autoencoder, then UNet + text encoder.
+
+Each stage is resumable: it checkpoints into its work folder (weights as safetensors, optimiser
+state as plain tensors loaded with `weights_only=True`) and picks up from the last checkpoint.
+Training uses scene seeds below HELD_OUT_SEED; every evaluation uses seeds at or above it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from retouch.shapes import world
+
+HELD_OUT_SEED = 10_000_000  # scenes used for any evaluation start here; training stays below
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    threads: int = 2
+    # autoencoder
+    kl_weight: float = 1e-6
+    decoder_only: bool = False  # fine-tune the decoder with the encoder (and so the latents) frozen
+    # unet
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023)
+    dataset_size: int = 60_000
+
+
+def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
+    """Scenes of `seeds` as pixels [B, 3, 64, 64] in [-1, 1] and their captions."""
+    scenes = [world.sample_scene(int(s)) for s in seeds]
+    imgs = np.stack([world.render(s) for s in scenes])  # (B, 64, 64, 3) uint8
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, [world.caption(s) for s in scenes]
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def _save_ckpt(work: Path, step: int, modules: dict, opt: torch.optim.Optimizer) -> None:
+    tmp = work / "ckpt.tmp"
+    tmp.mkdir(exist_ok=True)
+    for name, m in modules.items():
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp / f"{name}.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    final = work / "ckpt"
+    if final.exists():
+        old = work / "ckpt.old"
+        final.rename(old)
+        tmp.rename(final)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(final)
+
+
+def _load_ckpt(work: Path, modules: dict, opt: torch.optim.Optimizer) -> int:
+    ckpt = work / "ckpt"
+    if not (ckpt / "step.json").exists():
+        return 0
+    for name, m in modules.items():
+        m.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    return json.loads((ckpt / "step.json").read_text())["step"]
+
+
+def _loop(work: Path, cfg: TrainConfig, modules, params, step_fn: Callable, log, after_step=None):
+    """The shared training loop: lr schedule, logging, checkpointing, resume."""
+    torch.set_num_threads(cfg.threads)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    start = _load_ckpt(work, modules, opt)
+    if start:
+        log(f"resumed at step {start}")
+    t0, losses = time.time(), []
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        loss = step_fn(step, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if after_step:
+            after_step()
+        losses.append(loss.item())
+        if (step + 1) % cfg.log_every == 0:
+            rate = (step + 1 - start) / (time.time() - t0)
+            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses):.5f} lr {_lr_at(step, cfg):.2e} "
+                f"{rate:.2f} it/s")
+            losses = []
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_ckpt(work, step + 1, modules, opt)
+    return cfg.steps
+
+
+def _logger(work: Path):
+    f = open(work / "train.log", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        f.write(line + "\n")
+        f.flush()
+
+    return log
+
+
+def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
+    """Stage 1: the autoencoder (L1 + MSE reconstruction, tiny KL), on freshly rendered scenes."""
+    from retouch.architecture import build_components
+
+    work.mkdir(parents=True, exist_ok=True)
+    log = _logger(work)
+    log(f"train vae {asdict(cfg)}")
+    vae = build_components("mini", tokenizer_dir=work / "tokenizer")["vae"]
+    if init is not None and not (work / "ckpt").exists():
+        vae.load_state_dict(load_file(init / "vae.safetensors"))
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    if cfg.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    else:
+        params = list(vae.parameters())
+    rng = np.random.default_rng(cfg.seed)
+
+    def step_fn(step, gen):
+        x, _ = render_batch(rng.integers(0, HELD_OUT_SEED, cfg.batch_size))
+        with torch.set_grad_enabled(not cfg.decoder_only):
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=gen)
+        y = vae.decode(z).sample
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        kl = post.kl().mean() / x[0].numel() if not cfg.decoder_only else 0.0
+        return rec + cfg.kl_weight * kl
+
+    _loop(work, cfg, {"vae": vae}, params, step_fn, log)
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae, n: int = 512) -> float:
+    """1 / std of the autoencoder's latent means over n training renders (SD's recipe)."""
+    x, _ = render_batch(range(n))
+    z = torch.cat([vae.encode(b).latent_dist.mean for b in x.split(64)])
+    return float(1.0 / z.std())
+
+
+@torch.no_grad()
+def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig, log):
+    """Latent means (scaled) and token ids of `dataset_size` training scenes, cached on disk."""
+    path = work / f"latents_{cfg.dataset_size}.safetensors"
+    if path.exists():
+        d = load_file(path)
+        return d["latents"], d["ids"], float(d["scale"])
+    scale = measure_scaling_factor(vae)
+    lats, ids = [], []
+    seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
+    for i in range(0, cfg.dataset_size, 256):
+        x, caps = render_batch(seeds[i : i + 256])
+        lats.append(vae.encode(x).latent_dist.mean * scale)  # [B, 4, 16, 16]
+        ids.append(_tokenize(tokenizer, caps))
+        if i % 10240 == 0:
+            log(f"encoding dataset {i}/{cfg.dataset_size}")
+    d = {"latents": torch.cat(lats), "ids": torch.cat(ids), "scale": torch.tensor(scale)}
+    save_file(d, path)
+    return d["latents"], d["ids"], scale
+
+
+def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
+    """Stage 2: UNet and text encoder together, epsilon loss, caption dropout, EMA, Min-SNR."""
+    from diffusers import DDPMScheduler
+
+    from retouch.architecture import SD1_SCHEDULER, build_components
+
+    work.mkdir(parents=True, exist_ok=True)
+    log = _logger(work)
+    log(f"train unet {asdict(cfg)}")
+    parts = build_components("mini", tokenizer_dir=work / "tokenizer", seed=cfg.seed)
+    vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
+    vae.eval()
+    latents, ids, scale = _latent_dataset(work, vae, tok, cfg, log)
+    log(f"dataset {tuple(latents.shape)} scaling factor {scale:.4f}")
+    empty_ids = _tokenize(tok, [""])[0]
+    sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER.items() if k != "set_alpha_to_one"})
+    alphas_cumprod = sched.alphas_cumprod
+    ema_unet, ema_te = build_components("mini", tokenizer_dir=work / "tokenizer")["unet"], None
+    ema_te = build_components("mini", tokenizer_dir=work / "tokenizer")["text_encoder"]
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_te.load_state_dict(te.state_dict())
+    pairs = [(ema_unet, unet), (ema_te, te)]
+    params = list(unet.parameters()) + list(te.parameters())
+
+    def step_fn(step, gen):
+        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+        x0 = latents[idx]  # [B, 4, h, w]
+        tok_ids = ids[idx].clone()
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+        tok_ids[drop] = empty_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        x_t = sched.add_noise(x0, noise, t)
+        pred = unet(x_t, t, te(tok_ids)[0]).sample
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon targets
+        return (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    @torch.no_grad()
+    def ema_update():
+        for ema, live in pairs:
+            for pe, p in zip(ema.parameters(), live.parameters()):
+                pe.lerp_(p, 1 - cfg.ema_decay)
+
+    modules = {"unet": unet, "text_encoder": te, "ema_unet": ema_unet, "ema_text_encoder": ema_te}
+    _loop(work, cfg, modules, params, step_fn, log, after_step=ema_update)
+
+
+def export(out: Path, vae_work: Path, unet_work: Path, decoder_work: Path | None = None) -> Path:
+    """Assemble the trained parts into a diffusers folder (EMA weights, measured scaling factor)."""
+    from retouch.architecture import build_components, save_pipeline
+
+    parts = build_components("mini", tokenizer_dir=unet_work / "tokenizer")
+    vae_state = load_file(vae_work / "ckpt" / "vae.safetensors")
+    if decoder_work is not None:  # decoder fine-tuned with the encoder frozen: latents unchanged
+        vae_state = load_file(decoder_work / "ckpt" / "vae.safetensors")
+    parts["vae"].load_state_dict(vae_state)
+    parts["unet"].load_state_dict(load_file(unet_work / "ckpt" / "ema_unet.safetensors"))
+    parts["text_encoder"].load_state_dict(load_file(unet_work / "ckpt" / "ema_text_encoder.safetensors"))
+    scale = float(load_file(next(unet_work.glob("latents_*.safetensors")))["scale"])
+    parts["vae"].register_to_config(scaling_factor=scale)
+    return save_pipeline(out, parts)

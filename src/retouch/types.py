@@ -1,0 +1,173 @@
+"""The values retouch passes around: a loaded model, a mask, an inversion, an edit's result.
+
+All are frozen: a step returns a value, the caller keeps it and passes it on; nothing is stashed
+between calls, so one loaded model can serve any number of users at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A Stable Diffusion 1.x/2.x model loaded once and reused for every edit."""
+
+    vae: Any  # diffusers AutoencoderKL
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    unet: Any  # diffusers UNet2DConditionModel
+    scheduler: Any  # diffusers DDIMScheduler, used for its config and timesteps only
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str = ""  # identifies the weights: inversions record it and refuse another model
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for Stable Diffusion)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE downsampling times UNet downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The image side the model was trained at (512 for SD 1.5, 64 for the shipped model)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+
+@dataclass(frozen=True)
+class Mask:
+    """An edit mask: 1 where the image may change.
+
+    latent: float {0,1} [h, w] at latent resolution (what the sampler uses);
+    soft:   float [0,1] [H, W] at the original image's resolution (display, compositing);
+    scores: float [0,1] [h, w] the DiffEdit difference map before binarising (None if given).
+    """
+
+    latent: torch.Tensor
+    soft: torch.Tensor
+    scores: torch.Tensor | None = None
+    unet_evals: int = 0
+
+    def image(self) -> Image.Image:
+        """The soft mask as an 8-bit grayscale image of the original size."""
+        arr = (self.soft.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return Image.fromarray(arr, mode="L")
+
+    @property
+    def area(self) -> float:
+        """Fraction of latent cells inside the mask."""
+        return float(self.latent.float().mean())
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """DiffEdit's DDIM encoding of one image: every intermediate latent, reusable across queries.
+
+    latents[i] is x at timesteps[i] (levels from clean to noisy): latents[0] is the clean latent
+    x0 at level "0"; timesteps[0] is -1 for it. Each latent is [1, C, h, w].
+    """
+
+    latents: tuple[torch.Tensor, ...]
+    timesteps: tuple[int, ...]
+    num_inference_steps: int
+    encode_ratio: float
+    unet_evals: int
+    image_hash: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What every edit returns."""
+
+    image: Image.Image
+    mask: Mask | None
+    unet_evals: int
+    settings: dict
+    seed: int
+    timings: dict = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # final latent [1, C, h, w] before decoding
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """An edit-friendly DDPM inversion of one image (METHODS §2): a value to keep, save, reuse.
+
+    timesteps: the K steps editing runs, noisiest first; trajectory [K+1, C, h, w]: x at each of
+    them and finally x0; zs [K, C, h, w]: the noise maps; x0 [1, C, h, w] the image's latent.
+    """
+
+    x0: torch.Tensor
+    trajectory: torch.Tensor
+    zs: torch.Tensor
+    timesteps: tuple[int, ...]
+    num_inference_steps: int
+    skip: int
+    source: str
+    source_guidance_scale: float
+    fingerprint: str
+    model_id: str
+    image_hash: str
+    height: int
+    width: int
+    seed: int
+    unet_evals: int
+
+    _META = ("timesteps", "num_inference_steps", "skip", "source", "source_guidance_scale",
+             "fingerprint", "model_id", "image_hash", "height", "width", "seed", "unet_evals")
+
+    def save(self, path) -> None:
+        """Write to a safetensors file (tensors + settings as metadata), atomically."""
+        import json
+        import os
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {k: getattr(self, k) for k in self._META}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tensors = {"x0": self.x0, "trajectory": self.trajectory, "zs": self.zs}
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"retouch_inversion": json.dumps(meta)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, model: ModelBundle | None = None, device=None) -> Inversion:
+        """Read an inversion file; with `model`, refuse one made with another model."""
+        import json
+
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["retouch_inversion"])
+                tensors = {k: f.get_tensor(k) for k in ("x0", "trajectory", "zs")}
+        except FileNotFoundError:
+            raise ValueError(f"cannot read inversion {path}: no such file") from None
+        except Exception as e:
+            raise ValueError(f"cannot read inversion {path}: not a retouch inversion file") from e
+        meta["timesteps"] = tuple(meta["timesteps"])
+        dev = device if device is not None else (model.device if model is not None else "cpu")
+        inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
+        if model is not None and inv.fingerprint != model.fingerprint:
+            raise ValueError(f"inversion {path} was made with another model ({inv.model_id})")
+        return inv

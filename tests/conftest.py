@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random Stable Diffusion models built in code, and the shipped model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def make_tiny(prediction_type: str, tmp_path_factory):
+    from retouch.architecture import build_components
+    from retouch.models import from_components
+
+    tok_dir = tmp_path_factory.mktemp(f"tok-{prediction_type}")
+    parts = build_components("tiny", prediction_type=prediction_type, tokenizer_dir=tok_dir, seed=0)
+    return from_components(**parts, model_id=f"tiny-{prediction_type}")
+
+
+@pytest.fixture(scope="session")
+def tiny_eps(tmp_path_factory):
+    """A tiny random epsilon-prediction model (real diffusers/transformers classes)."""
+    return make_tiny("epsilon", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_v(tmp_path_factory):
+    """A tiny random v-prediction model."""
+    return make_tiny("v_prediction", tmp_path_factory)
+
+
+@pytest.fixture(scope="session", params=["epsilon", "v_prediction"])
+def tiny(request, tmp_path_factory):
+    return make_tiny(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    """The shipped ShapesWorld model, on the CPU in float32."""
+    import retouch
+
+    return retouch.load(device="cpu")
+
+
+@pytest.fixture()
+def scene_image():
+    """A held-out ShapesWorld render (uint8 (64, 64, 3)) and its scene."""
+    from retouch.shapes.world import render, sample_scene
+    from retouch.train import HELD_OUT_SEED
+
+    scene = sample_scene(HELD_OUT_SEED + 7, n_objects=1)
+    return render(scene), scene
