@@ -187,7 +187,7 @@ def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig, log):
         if i % 10240 == 0:
             log(f"encoding dataset {i}/{cfg.dataset_size}")
     d = {"latents": torch.cat(lats), "ids": torch.cat(ids), "scale": torch.tensor(scale)}
-    save_file(d, path)
+    save_file({k: v.contiguous() for k, v in d.items()}, path)
     return d["latents"], d["ids"], scale
 
 

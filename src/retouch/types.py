@@ -146,9 +146,12 @@ class Inversion:
         meta = {k: getattr(self, k) for k in self._META}
         tmp = path.with_name(f".{path.name}.tmp")
         tensors = {"x0": self.x0, "trajectory": self.trajectory, "zs": self.zs}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={"retouch_inversion": json.dumps(meta)})
-        os.replace(tmp, path)
+        try:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                      metadata={"retouch_inversion": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:  # a failed write leaves neither a partial file nor a stray temporary one
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path, model: ModelBundle | None = None, device=None) -> Inversion:

@@ -10,7 +10,7 @@ and reuses for other queries on the same image.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -76,7 +76,8 @@ class DiffEditConfig:
 def _config(config: DiffEditConfig | None, settings: dict) -> DiffEditConfig:
     cfg = with_settings(config or DiffEditConfig(), settings)
     cfg.check()
-    return cfg
+    # the check accepts whole-number floats (10.0); store them as ints, which size and index tensors
+    return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
 
 
 def diffedit_mask(
@@ -192,6 +193,8 @@ def diffedit(
         mask = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, cfg.feather))
     elif not use_mask:
         mask = None
+    if mask is not None and tuple(mask.latent.shape) != (h, w):
+        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {(h, w)}")
     schedule = Schedule.from_scheduler(model.scheduler)
     counter = EvalCounter()
     all_ts = schedule.timesteps(cfg.num_inference_steps)

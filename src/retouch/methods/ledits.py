@@ -215,23 +215,25 @@ def ledits(
     cfg = _config(config, preset, settings)
     seed = check_seed(seed)
     prompt = check_prompt(model, prompt, "prompt", allow_empty=True)
+    source = check_prompt(model, source, "source", allow_empty=True)
     concepts = make_concepts(model, add, remove, cfg)
     timer = Timer(model.device)
     inv = image_or_inversion
-    if not isinstance(inv, Inversion):
+    if isinstance(inv, Inversion):
+        if image is not None and image_hash(load_image(image)) != inv.image_hash:
+            raise SettingError("the inversion was made from another image")
+        _check_inversion(model, inv, cfg)
+    else:
         image = inv if image is None else image
+    settings_out = {"method": "ledits", "prompt": prompt, "add": list(add), "remove": list(remove),
+                    "source": inv.source if isinstance(inv, Inversion) else source, **asdict(cfg),
+                    "preset": preset, "model": model.model_id}
+    if not concepts and not prompt:  # nothing to edit: neither invert nor sample
+        return _reconstruction(model, inv, settings_out, seed)
+    if not isinstance(inv, Inversion):
         with timer("invert"):
             inv = invert(model, image, source, cfg, seed, progress)
-    elif image is not None and image_hash(load_image(image)) != inv.image_hash:
-        raise SettingError("the inversion was made from another image")
-    _check_inversion(model, inv, cfg)
-    settings_out = {"method": "ledits", "prompt": prompt, "add": list(add), "remove": list(remove),
-                    "source": inv.source, **asdict(cfg), "preset": preset, "model": model.model_id}
     spent = inv.unet_evals if "invert" in timer.times else 0
-    if not concepts and not prompt:
-        img = to_image(decode(model, inv.x0), inv.height, inv.width)
-        return EditResult(img, None, spent, settings_out, seed, dict(timer.times), inv.x0,
-                          "no concepts and no target prompt: returned the reconstruction")
     with timer("mask"):
         m = _edit_mask(model, image, inv, mask, prompt, concepts, seed)
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
@@ -247,9 +249,23 @@ def ledits(
                              base_scale, concepts, embs[len(embs) - len(concepts):], cfg,
                              None if m is None else m.latent.to(inv.x0), cb)
         out = decode(model, z)
-    spent += counter.n + (m.unet_evals if (m is not None and "mask" in timer.times) else 0)
+    inferred = isinstance(mask, str) and mask == "infer"  # a Mask passed in was paid for before
+    spent += counter.n + (m.unet_evals if inferred else 0)
     return EditResult(to_image(out, inv.height, inv.width), m, spent, settings_out, seed,
                       dict(timer.times), z)
+
+
+def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> EditResult:
+    """The VAE reconstruction of the image's x0 [1, C, h, w], with no UNet evaluation."""
+    if isinstance(image_or_inversion, Inversion):
+        inv = image_or_inversion
+        x0, height, width = inv.x0, inv.height, inv.width
+    else:
+        prep = prepare(model, image_or_inversion)
+        x0, height, width = prep.x0, prep.pixels.height, prep.pixels.width
+    img = to_image(decode(model, x0), height, width)
+    return EditResult(img, None, 0, settings, seed, {}, x0,
+                      "no concepts and no target prompt: returned the reconstruction")
 
 
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:

@@ -1,0 +1,437 @@
+"""retouch's LEDITS beside diffusers' LEditsPPPipelineStableDiffusion, on held-out ShapesWorld edits.
+
+    python benchmarks/compare_ledits.py                      # the shipped model, 6 held-out edits
+    python benchmarks/compare_ledits.py --model DIR          # another diffusers folder
+    python benchmarks/compare_ledits.py --random-mini DIR    # untrained weights of the shipped
+                                                             # architecture, written to DIR if absent
+
+diffusers runs with its DEFAULT scheduler, the one its constructor swaps in for any scheduler it does
+not take: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2) (LEDITS++'s
+DPM-Solver++ 2M SDE inversion). With a DDIMScheduler (the edit-friendly DDPM inversion retouch
+implements) diffusers 0.42.1's invert() crashes: float timesteps reach add_noise. retouch runs its
+own edit-friendly DDPM inversion (METHODS §2) on the model's DDIM schedule.
+
+Matched settings (printed): N total steps and the same K = N − skip edited steps (diffusers: its
+num_inversion_steps = K, skip = skip/K so that its int(K·(1+skip)) = N); the concepts, their
+direction, scale s, warm-up δ and threshold λ; no momentum (diffusers' LEDITS++ has none, so retouch
+runs with momentum_scale 0 unless --momentum-scale); source text ∅ (LEDITS++'s default) or, with
+--source caption, the scene's caption at w_src = 3.5 for both inversions.
+
+diffusers runs twice per edit after ONE inversion: with its masks on (its default,
+use_intersect_mask=True: the top-λ of |ψ| summed over channels intersected with a cross-attention
+mask, the attention mask alone for t > 800) and off (use_intersect_mask=False and
+use_cross_attn_mask=False: then λ thresholds |ψ| summed over channels, no mask). retouch thresholds ψ
+per channel (SEGA) and uses no mask here.
+
+Printed per edit:
+  * reconstruction with no concepts, PSNR against the model's VAE round trip of the input (each
+    side's own round trip; inf = identical pixels): retouch through its sampler (sega_ddpm_sample,
+    no concepts; retouch.ledits itself returns the round trip without sampling), diffusers with masks
+    on and off (no concept: the flags change nothing), and diffusers with final_sigmas_type=
+    "sigma_min" ("fixed"): its default scheduler ends on σ = 0, where its inversion can keep no noise
+    map (z = 0) and its sampler takes a first-order last step where the inversion took a second-order
+    one, so its default cannot reconstruct exactly; "sigma_min" makes it exact. With a source
+    caption diffusers cannot be exact at all: its edit guides with ∅ only, not with the source.
+  * UNet evaluations (batch elements, counted by wrapping unet.forward, for both) and wall time
+    (time.perf_counter after a warm-up edit; CUDA synchronised) of the inversion and of one edit
+    after it, separately. diffusers' invert() also decodes the VAE round trip; each edit decodes.
+  * the edit: PSNR against the input outside the dilated changed region (how much of the rest is
+    kept) and, when the judge's weights exist, whether the judge reads the edited object as the
+    target ("ok").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import retouch
+from retouch.models import SHIPPED
+from retouch.shapes.world import EDIT_KINDS, masks, render, sample_edit
+from retouch.train import HELD_OUT_SEED
+
+W_SRC = 3.5  # source guidance scale, both sides (METHODS §2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = retouch.LEditsConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=SHIPPED, help="diffusers model folder (default: shipped)")
+    p.add_argument(
+        "--random-mini",
+        type=Path,
+        metavar="DIR",
+        help="use untrained 'mini' weights saved in DIR (written there if absent)",
+    )
+    p.add_argument("--edits", type=int, default=6, help="number of edits")
+    p.add_argument("--kind", choices=EDIT_KINDS, default="recolor", help="ShapesWorld edit kind")
+    p.add_argument("--first-seed", type=int, default=HELD_OUT_SEED, help="scene seed of the first edit")
+    p.add_argument("--num-inference-steps", type=int, default=50, help="N, total steps")
+    p.add_argument("--skip", type=float, default=0.2, help="steps not edited: a count, or a fraction of N")
+    p.add_argument("--source", choices=["empty", "caption"], default="empty", help="source text")
+    p.add_argument("--edit-scale", type=float, default=d.edit_scale, help="s, each concept")
+    p.add_argument("--edit-warmup", type=int, default=d.edit_warmup, help="δ, each concept")
+    p.add_argument("--edit-threshold", type=float, default=d.edit_threshold, help="λ, each concept")
+    p.add_argument("--momentum-scale", type=float, default=0.0, help="retouch only (diffusers has none)")
+    p.add_argument("--save", type=Path, metavar="DIR", help="write input | retouch | diffusers on | off")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def model_folder(args) -> Path:
+    """The folder to compare on; with --random-mini, untrained mini weights written there once."""
+    if args.random_mini is None:
+        return args.model
+    folder = args.random_mini
+    if not (folder / "model_index.json").is_file():
+        from retouch.architecture import build_components, save_pipeline
+
+        save_pipeline(folder, build_components("mini", tokenizer_dir=folder / "tokenizer", seed=0))
+    return folder
+
+
+def load_diffusers(folder: Path, device: str, final_sigmas_type: str = "zero"):
+    """diffusers' LEDITS++ pipeline on the folder's weights, float32, with its default scheduler
+    (DPM-Solver++ 2M SDE; final_sigmas_type "zero" is DPMSolverMultistepScheduler's default)."""
+    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
+
+    pipe = LEditsPPPipelineStableDiffusion.from_pretrained(
+        folder,
+        torch_dtype=torch.float32,
+        use_safetensors=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config,
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        final_sigmas_type=final_sigmas_type,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class UNetCount:
+    """UNet evaluations (batch elements) of every forward call, by wrapping unet.forward."""
+
+    def __init__(self, unet):
+        self.n, forward = 0, unet.forward
+
+        def counting(sample, *args, **kwargs):
+            self.n += sample.shape[0]
+            return forward(sample, *args, **kwargs)
+
+        unet.forward = counting
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+
+def timed(fn, device: torch.device, count: UNetCount):
+    """(fn(), seconds, UNet evaluations) with the clock read after a CUDA synchronisation."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    count.take()
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t0, count.take()
+
+
+def steps(args) -> tuple[int, int]:
+    """(N, K): total steps and the K = N − skip steps both sides edit."""
+    n = args.num_inference_steps
+    skip = retouch.LEditsConfig(num_inference_steps=n, skip=args.skip).skip_steps
+    return n, n - skip
+
+
+def their_skip(n: int, k: int) -> float:
+    """diffusers' skip fraction for N total and K edited steps: it runs int(K·(1 + skip)) = N."""
+    return (n - k) / k + 1e-9
+
+
+def settings(args) -> dict:
+    n, k = steps(args)
+    return dict(
+        N=n,
+        edited_steps=k,
+        source=args.source,
+        w_src=W_SRC,
+        s=args.edit_scale,
+        warmup=args.edit_warmup,
+        threshold=args.edit_threshold,
+        momentum_scale_retouch=args.momentum_scale,
+        device=args.device,
+    )
+
+
+# --- one side each ------------------------------------------------------------------------------
+
+
+def reconstruct_ours(model, inv) -> Image.Image:
+    """retouch's DDPM sampler with the inversion's own text and scale and no concepts."""
+    from retouch.denoiser import EvalCounter, unet_eps
+    from retouch.latents import decode, to_image
+    from retouch.methods.ledits import LEditsConfig, sega_ddpm_sample
+    from retouch.schedule import Schedule
+    from retouch.text import encode_text
+
+    schedule = Schedule.from_scheduler(model.scheduler)
+    uncond, cond = encode_text(model, ["", inv.source]).split(1)
+    x = sega_ddpm_sample(
+        unet_eps(model, schedule, EvalCounter()),
+        schedule,
+        inv,
+        uncond,
+        cond if inv.source else None,
+        inv.source_guidance_scale,
+        [],
+        [],
+        LEditsConfig(),
+    )
+    return to_image(decode(model, x), inv.height, inv.width)
+
+
+def run_ours(model, count: UNetCount, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
+    from retouch.latents import decode, to_image
+
+    kw = dict(num_inference_steps=args.num_inference_steps, skip=args.skip, progress=False)
+    inv, t_inv, n_inv = timed(
+        lambda: retouch.invert(model, image, source=source, seed=seed, **kw), model.device, count
+    )
+    vae = to_image(decode(model, inv.x0), inv.height, inv.width)
+    rec = reconstruct_ours(model, inv)
+    out, t_edit, n_edit = timed(
+        lambda: retouch.ledits(
+            model,
+            inv,
+            add=list(edit.add),
+            remove=list(edit.remove),
+            seed=seed,
+            edit_scale=args.edit_scale,
+            edit_warmup=args.edit_warmup,
+            edit_threshold=args.edit_threshold,
+            momentum_scale=args.momentum_scale,
+            **kw,
+        ),
+        model.device,
+        count,
+    )
+    assert n_edit == out.unet_evals and n_inv == inv.unet_evals  # retouch's own count agrees
+    return dict(vae=vae, rec=rec, edit=out.image, t_inv=t_inv, n_inv=n_inv, t_edit=t_edit, n_edit=n_edit)
+
+
+def their_edit(pipe, edit, masks_on: bool, args, concepts: bool = True) -> Image.Image:
+    texts = [*edit.add, *edit.remove] if concepts else None
+    out = pipe(
+        editing_prompt=texts,
+        reverse_editing_direction=[False] * len(edit.add) + [True] * len(edit.remove),
+        edit_guidance_scale=args.edit_scale,
+        edit_warmup_steps=args.edit_warmup,
+        edit_threshold=args.edit_threshold,
+        use_intersect_mask=masks_on,
+        use_cross_attn_mask=False,
+    )
+    return out.images[0]
+
+
+def run_theirs(pipe, count: UNetCount, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
+    n, k = steps(args)
+    gen = torch.Generator(device=pipe.device).manual_seed(seed)
+    inv, t_inv, n_inv = timed(
+        lambda: pipe.invert(
+            image=Image.fromarray(image),
+            source_prompt=source,
+            source_guidance_scale=W_SRC,
+            num_inversion_steps=k,
+            skip=their_skip(n, k),
+            generator=gen,
+        ),
+        pipe.device,
+        count,
+    )
+    assert len(pipe.scheduler.timesteps) == n and len(pipe.inversion_steps) == k
+    r = dict(vae=inv.vae_reconstruction_images[0], t_inv=t_inv, n_inv=n_inv)
+    for name, on in (("on", True), ("off", False)):
+        r[f"rec_{name}"] = their_edit(pipe, edit, on, args, concepts=False)
+        r[f"edit_{name}"], r[f"t_edit_{name}"], r[f"n_edit_{name}"] = timed(
+            lambda on=on: their_edit(pipe, edit, on, args), pipe.device, count
+        )
+    return r
+
+
+def reconstruct_theirs(pipe, image: np.ndarray, source: str, seed: int, args) -> tuple:
+    """(reconstruction, VAE round trip) of a diffusers pipeline, no concepts."""
+    n, k = steps(args)
+    gen = torch.Generator(device=pipe.device).manual_seed(seed)
+    inv = pipe.invert(
+        image=Image.fromarray(image),
+        source_prompt=source,
+        source_guidance_scale=W_SRC,
+        num_inversion_steps=k,
+        skip=their_skip(n, k),
+        generator=gen,
+    )
+    return pipe(editing_prompt=None, use_intersect_mask=False).images[0], inv.vae_reconstruction_images[0]
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def psnr(a, b, where: np.ndarray | None = None) -> float:
+    """PSNR in dB of two 8-bit images, over the pixels `where` (bool (H, W)) or all."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = (a - b) ** 2 if where is None else ((a - b) ** 2)[where]
+    mse = float(d.mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def edit_ok(judge, image, edit) -> bool | None:
+    """Whether the judge reads the edited object as the target's (None without a judge or index)."""
+    if judge is None or edit.index is None:
+        return None
+    from retouch.shapes.judge import read_region
+
+    o = edit.target.objects[edit.index]
+    region = masks(edit.target)[edit.index] | masks(edit.source)[edit.index]
+    return read_region(judge, image, region) == (o.shape, o.color)
+
+
+def load_judge_if_any():
+    from retouch.shapes.judge import DEFAULT_WEIGHTS, load_judge
+
+    return load_judge() if DEFAULT_WEIGHTS.is_file() else None
+
+
+# --- the comparison -------------------------------------------------------------------------------
+
+
+def compare(model, pipe, pipe_fixed, counts, seed: int, args, judge) -> dict:
+    from scipy.ndimage import binary_dilation
+
+    edit = sample_edit(seed, args.kind)
+    image = render(edit.source)
+    source = edit.source_caption if args.source == "caption" else ""
+    ours = run_ours(model, counts[0], image, edit, source, seed, args)
+    theirs = run_theirs(pipe, counts[1], image, edit, source, seed, args)
+    fixed_rec, fixed_vae = reconstruct_theirs(pipe_fixed, image, source, seed, args)
+    keep = ~binary_dilation(edit.changed_region(), iterations=3)
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        strip = [image, ours["edit"], theirs["edit_on"], theirs["edit_off"]]
+        Image.fromarray(np.concatenate([np.asarray(im) for im in strip], 1)).save(args.save / f"{seed}.png")
+    return dict(
+        seed=seed,
+        edit=" ".join([*(f"+{c}" for c in edit.add), *(f"-{c}" for c in edit.remove)]),
+        rec_ours=psnr(ours["rec"], ours["vae"]),
+        rec_on=psnr(theirs["rec_on"], theirs["vae"]),
+        rec_off=psnr(theirs["rec_off"], theirs["vae"]),
+        rec_fixed=psnr(fixed_rec, fixed_vae),
+        n_inv_ours=ours["n_inv"],
+        t_inv_ours=ours["t_inv"],
+        n_inv_theirs=theirs["n_inv"],
+        t_inv_theirs=theirs["t_inv"],
+        n_edit_ours=ours["n_edit"],
+        t_edit_ours=ours["t_edit"],
+        n_edit_on=theirs["n_edit_on"],
+        t_edit_on=theirs["t_edit_on"],
+        n_edit_off=theirs["n_edit_off"],
+        t_edit_off=theirs["t_edit_off"],
+        keep_ours=psnr(ours["edit"], image, keep),
+        keep_on=psnr(theirs["edit_on"], image, keep),
+        keep_off=psnr(theirs["edit_off"], image, keep),
+        ok_ours=edit_ok(judge, ours["edit"], edit),
+        ok_on=edit_ok(judge, theirs["edit_on"], edit),
+        ok_off=edit_ok(judge, theirs["edit_off"], edit),
+    )
+
+
+COLUMNS = [  # (key, header, format)
+    ("seed", "seed", "{:>9}"),
+    ("edit", "edit", "{:<32}"),
+    ("rec_ours", "rec ours", "{:>8.2f}"),
+    ("rec_on", "rec on", "{:>7.2f}"),
+    ("rec_off", "rec off", "{:>7.2f}"),
+    ("rec_fixed", "rec fix", "{:>7.2f}"),
+    ("n_inv_ours", "inv n ours", "{:>10}"),
+    ("t_inv_ours", "s", "{:>6.3f}"),
+    ("n_inv_theirs", "inv n theirs", "{:>12}"),
+    ("t_inv_theirs", "s", "{:>6.3f}"),
+    ("n_edit_ours", "edit n ours", "{:>11}"),
+    ("t_edit_ours", "s", "{:>6.3f}"),
+    ("n_edit_on", "n on", "{:>5}"),
+    ("t_edit_on", "s", "{:>6.3f}"),
+    ("n_edit_off", "n off", "{:>5}"),
+    ("t_edit_off", "s", "{:>6.3f}"),
+    ("keep_ours", "keep ours", "{:>9.2f}"),
+    ("keep_on", "on", "{:>6.2f}"),
+    ("keep_off", "off", "{:>6.2f}"),
+    ("ok_ours", "ok ours", "{:>7}"),
+    ("ok_on", "on", "{:>5}"),
+    ("ok_off", "off", "{:>5}"),
+]
+
+
+def fmt(key_fmt: str, value) -> str:
+    if value is None:
+        return key_fmt.replace(".2f", "").replace(".3f", "").format("-")
+    return key_fmt.format(value)
+
+
+def means(rows: list[dict]) -> dict:
+    """Column means; PSNRs that are inf (identical) count as 99 dB; judge verdicts as a rate."""
+    out = {"seed": "mean", "edit": f"{len(rows)} edits"}
+    for key, _, _ in COLUMNS[2:]:
+        vals = [r[key] for r in rows if r[key] is not None]
+        is_psnr = key.startswith(("rec_", "keep_"))
+        out[key] = (
+            float(np.mean([min(float(v), 99.0) if is_psnr else float(v) for v in vals])) if vals else None
+        )
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = [len(fmt(f, rows[0][k])) for k, _, f in COLUMNS]
+    print(
+        "  ".join(
+            h.rjust(w) if i > 1 else h.ljust(w) for i, ((_, h, _), w) in enumerate(zip(COLUMNS, widths))
+        )
+    )
+    for r in [*rows, means(rows)]:
+        print("  ".join(fmt(f, r[k]) for k, _, f in COLUMNS))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = model_folder(args)
+    if not (folder / "model_index.json").is_file():
+        raise SystemExit(f"no model at {folder}: train it, or pass --model DIR or --random-mini DIR")
+    model = retouch.load(folder, device=args.device, dtype="float32")
+    pipe = load_diffusers(folder, args.device)
+    pipe_fixed = load_diffusers(folder, args.device, final_sigmas_type="sigma_min")
+    counts = (UNetCount(model.unet), UNetCount(pipe.unet))
+    judge = load_judge_if_any()
+    print(
+        f"model {folder}; diffusers scheduler: {type(pipe.scheduler).__name__}"
+        f"(algorithm_type={pipe.scheduler.config.algorithm_type}, solver_order=2); judge: {judge is not None}"
+    )
+    print("settings:", settings(args))
+    compare(model, pipe, pipe_fixed, counts, args.first_seed + args.edits, args, judge)  # warm-up
+    rows = [
+        compare(model, pipe, pipe_fixed, counts, args.first_seed + i, args, judge) for i in range(args.edits)
+    ]
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

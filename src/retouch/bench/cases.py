@@ -1,0 +1,107 @@
+"""ShapesBench cases: one ShapesWorld edit per seed, with everything a metric needs.
+
+    case = make_case(10_000_123, "recolor")
+    case.source_image, case.target_image   # uint8 (64, 64, 3): the input and the ground truth
+    case.region                            # bool (64, 64): where source and target differ
+    case.add, case.remove                  # the edit as SEGA concepts
+
+Deterministic per seed: the same (seed, kind) always gives the same case, on any machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from retouch.shapes import world
+from retouch.shapes.world import EDIT_KINDS, Edit
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark edit: a ShapesWorld Edit and the ground truth derived from it."""
+
+    seed: int
+    kind: str
+    edit: Edit
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.seed}"
+
+    @property
+    def source_caption(self) -> str:
+        return self.edit.source_caption
+
+    @property
+    def target_caption(self) -> str:
+        return self.edit.target_caption
+
+    @property
+    def add(self) -> tuple[str, ...]:
+        return self.edit.add
+
+    @property
+    def remove(self) -> tuple[str, ...]:
+        return self.edit.remove
+
+    @cached_property
+    def source_image(self) -> np.ndarray:
+        """The input: uint8 (H, W, 3)."""
+        return world.render(self.edit.source)
+
+    @cached_property
+    def target_image(self) -> np.ndarray:
+        """The ground-truth result: uint8 (H, W, 3)."""
+        return world.render(self.edit.target)
+
+    @cached_property
+    def region(self) -> np.ndarray:
+        """The ground-truth changed region: bool (H, W), True where source and target differ."""
+        return self.edit.changed_region()
+
+    def judged_region(self) -> tuple[np.ndarray, tuple[str | None, str | None], tuple[str | None, str | None]]:
+        """(region bool (H, W), expected read, source read) for the judge's edit-success read.
+
+        recolor/reshape: the union of the object's old and new masks, expecting the new
+        (shape, colour); remove: the old object's mask, expecting (None, None); add: the new
+        object's mask, expecting it. Background edits are read with the background head instead.
+        """
+        e = self.edit
+        if self.kind in ("recolor", "reshape"):
+            old, new = e.source.objects[e.index], e.target.objects[e.index]
+            region = world.masks(e.source)[e.index] | world.masks(e.target)[e.index]
+            return region, (new.shape, new.color), (old.shape, old.color)
+        if self.kind == "remove":
+            old = e.source.objects[e.index]
+            return world.masks(e.source)[e.index], (None, None), (old.shape, old.color)
+        if self.kind == "add":
+            i = next(i for i, o in enumerate(e.target.objects) if o not in e.source.objects)
+            new = e.target.objects[i]
+            return world.masks(e.target)[i], (new.shape, new.color), (None, None)
+        raise ValueError(f"{self.kind} edits are judged on the background, not a region")
+
+    def untouched(self) -> list[tuple[world.Obj, np.ndarray]]:
+        """Every object the edit must leave alone, with its ground-truth mask bool (H, W)."""
+        e = self.edit
+        edited = e.source.objects[e.index] if e.index is not None else None
+        ms = world.masks(e.source)
+        return [(o, m) for o, m in zip(e.source.objects, ms) if o != edited]
+
+
+def make_case(seed: int, kind: str) -> Case:
+    """The case of (seed, kind): a deterministic ShapesWorld edit."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return Case(int(seed), kind, world.sample_edit(int(seed), kind))
+
+
+def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS) -> list[Case]:
+    """n cases: case i is kind kinds[i mod len(kinds)] on scene seed `seed + i`."""
+    unknown = [k for k in kinds if k not in EDIT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown edit kind {unknown[0] if unknown else ''!r}; expected some of {EDIT_KINDS}")
+    return [make_case(seed + i, kinds[i % len(kinds)]) for i in range(n)]

@@ -1,0 +1,323 @@
+"""`retouch bench edits`: ShapesBench, every method on the same ShapesWorld edits, judged.
+
+    retouch bench edits --seed 10000000 --cases 20 --methods all --out runs/bench
+    retouch bench edits --cases 10 --methods diffedit,diffusers_diffedit --steps 20 --sweep --out runs/s
+
+Case i is the ShapesWorld edit of kind EDIT_KINDS[i mod 5] on scene seed S + i (default S: the
+first held-out seed). Every method runs on the same model, with the same steps and seeds. Per case
+and method a JSON line goes to OUT/cases.jsonl (the judge's verdicts, PSNR/SSIM to the input outside
+the changed region, PSNR to the ground truth inside it, mask IoU, UNet evaluations and wall time of
+a first and of a second edit); at the end OUT/summary.md, OUT/grid_<kind>.png and, with --sweep,
+OUT/tradeoff_<family>.png. A run resumes: rows already in cases.jsonl are not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+from retouch.bench.cases import Case, make_cases
+from retouch.bench.methods import METHODS, Context, Method, Output, Settings, Timed, parse_methods, run_method
+from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
+from retouch.cli import CONTEXT, SettingsCommand, given_settings, setting_options
+from retouch.shapes.world import EDIT_KINDS
+from retouch.train import HELD_OUT_SEED
+
+DEFAULT_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)  # DiffEdit's encoding ratio (the paper sweeps 0.5–0.9)
+DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)  # × LEDITS's target and concept guidance scales
+SWEEP_NAMES = {"diffedit": "encode_ratio", "ledits": "guidance_factor"}
+SWEEP_LABELS = {"diffedit": "encoding ratio r", "ledits": "guidance × factor"}
+
+
+def sweep_points(method: Method, settings: Settings, ratios, factors) -> list[dict | None]:
+    """The settings a method runs at: None (the defaults), then each sweep value that differs."""
+    if method.family == "diffedit":
+        values, default = ratios, settings.diffedit.encode_ratio
+    elif method.family == "ledits":
+        values, default = factors, 1.0
+    else:
+        return [None]
+    name = SWEEP_NAMES[method.family]
+    return [None, *({name: float(v)} for v in values if abs(float(v) - default) > 1e-9)]
+
+
+def _settings_at(settings: Settings, method: Method, point: dict | None) -> Settings:
+    return settings.with_sweep(method.family, None if point is None else next(iter(point.values())))
+
+
+def row_key(case_id: str, method: str, point: dict | None) -> tuple[str, str, str]:
+    return case_id, method, json.dumps(point or None, sort_keys=True)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a cases.jsonl; a line cut short by an interrupted run is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def evaluate(case: Case, method: Method, point: dict | None, out: Output, prep: Timed | None, edit: Timed,
+             judge, vae_scale_factor: int) -> tuple[dict, np.ndarray | None]:
+    """The row of one edit, and its pixel mask bool (H, W) (None if the method has no mask)."""
+    h, w = case.source_image.shape[:2]
+    mask = None if out.mask is None else pixel_mask(out.mask, vae_scale_factor, h, w)
+    verdicts = (judge_case(judge, out.image, case) if judge is not None else
+                dict(success=None, source_gone=None, read=None, preserved=None, preserved_fraction=None))
+    first_evals = (prep.evals if prep else 0) + edit.evals
+    row = dict(
+        case=case.id, seed=case.seed, kind=case.kind, method=method.name, library=method.library,
+        sweep=point, **verdicts, **image_metrics(out.image, case), **mask_metrics(mask, case),
+        unet_evals=first_evals,
+        seconds=(prep.seconds if prep else 0.0) + edit.seconds,
+        unet_evals_second=edit.evals if prep else None,
+        seconds_second=edit.seconds if prep else None,
+        seconds_prepare=prep.seconds if prep else None,
+        unet_evals_edit=edit.evals,
+        unet_evals_reported=out.reported_evals,
+        source_caption=case.source_caption, target_caption=case.target_caption,
+        add=list(case.add), remove=list(case.remove),
+    )
+    return row, mask
+
+
+def _save_images(images_dir: Path, case: Case, method: str, out: Output, mask: np.ndarray | None) -> None:
+    from PIL import Image
+
+    folder = images_dir / case.id
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out.image).save(folder / f"{method}.png")
+    if mask is not None:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{method}.mask.png")
+
+
+def _warm_up(ctx: Context, methods: Sequence[str]) -> None:
+    """First calls (kernels, allocator, lazily built pipelines) happen before any clock runs."""
+    import torch
+
+    from retouch.latents import decode, encode
+    from retouch.text import encode_text
+
+    m = ctx.model
+    side = m.native_size
+    x = torch.zeros(1, 3, side, side, device=m.device)
+    with torch.no_grad():
+        z = encode(m, x)
+        decode(m, z)
+        t = int(m.scheduler.config.num_train_timesteps // 2)
+        m.unet(z.to(m.dtype), t, encoder_hidden_states=encode_text(m, [""]).to(m.dtype))
+    for name in methods:
+        if METHODS[name].library == "diffusers":
+            ctx.pipe(name.split("_", 1)[1])
+
+
+def run_bench(ctx: Context, cases: list[Case], methods: Sequence[str], settings: Settings, out_dir: Path,
+              judge=None, sweep: tuple[Sequence[float], Sequence[float]] | None = None,
+              progress: bool = True) -> list[dict]:
+    """Run every (case, method, sweep point) not yet in out_dir/cases.jsonl, appending a row for
+    each as it finishes (and its images, at the default settings). Returns all rows of the file."""
+    from tqdm.auto import tqdm
+
+    from retouch.bench.diffusers_pipelines import UNetCalls
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "cases.jsonl"
+    done = {row_key(r["case"], r["method"], r.get("sweep")) for r in read_rows(path)}
+    jobs = [(case, METHODS[m], point) for case in cases for m in methods
+            for point in (sweep_points(METHODS[m], settings, *sweep) if sweep else [None])]
+    todo = [j for j in jobs if row_key(j[0].id, j[1].name, j[2]) not in done]
+    if todo:
+        _warm_up(ctx, methods)
+    calls = UNetCalls(ctx.model.unet)
+    preps: dict = {}
+    current = None
+    try:
+        with open(path, "a") as f, tqdm(total=len(todo), desc="bench", disable=not progress, file=sys.stderr,
+                                         dynamic_ncols=True) as bar:
+            for case, method, point in todo:
+                if case.id != current:  # preparations are shared within a case only
+                    preps, current = {}, case.id
+                bar.set_postfix_str(f"{case.id} {method.name}", refresh=False)
+                s = _settings_at(settings, method, point)
+                out, prep, edit = run_method(ctx, calls, method, case, s, preps)
+                row, mask = evaluate(case, method, point, out, prep, edit, judge, ctx.model.vae_scale_factor)
+                if point is None:
+                    _save_images(out_dir / "images", case, method.name, out, mask)
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                bar.update(1)
+    finally:
+        calls.unwrap()
+    return read_rows(path)
+
+
+def write_reports(out_dir: Path, rows: list[dict], cases: list[Case], methods: Sequence[str], settings: Settings,
+                  run: dict, grid_cases: int = 4) -> list[Path]:
+    """summary.md, a grid per kind and, where sweep rows exist, a trade-off plot per family."""
+    from retouch.bench import report
+
+    written = []
+    path = out_dir / "summary.md"
+    path.write_text(report.summary_markdown(rows, run, methods, EDIT_KINDS))
+    written.append(path)
+    have = {(r["case"], r["method"]) for r in report.default_rows(rows)}
+    for kind in EDIT_KINDS:
+        mine = [c for c in cases if c.kind == kind and any((c.id, m) in have for m in methods)][:grid_cases]
+        if mine:
+            written.append(out_dir / f"grid_{kind}.png")
+            report.grid(mine, methods, out_dir / "images", written[-1])
+    judged = any(r.get("success") is not None for r in rows)
+    y_key, y_label = ("success", "edit success (judge)") if judged else ("psnr_target", "PSNR to target (dB)")
+    for family, default in (("diffedit", settings.diffedit.encode_ratio), ("ledits", 1.0)):
+        names = [m for m in METHODS if METHODS[m].family == family]
+        series = report.tradeoff_points(rows, names, SWEEP_NAMES[family], default, y_key)
+        if series:
+            written.append(out_dir / f"tradeoff_{family}.png")
+            report.tradeoff_plot(series, written[-1], f"{family}: edit vs background", SWEEP_LABELS[family],
+                                 y_label)
+    return written
+
+
+def settings_line(s: Settings) -> str:
+    d, c = s.diffedit, s.ledits
+    return (f"DiffEdit N={d.num_inference_steps} r={d.encode_ratio} n={d.mask_samples} w={d.guidance_scale}; "
+            f"LEDITS N={c.num_inference_steps} skip={c.skip_steps} w_src={c.source_guidance_scale} "
+            f"w_tar={c.target_guidance_scale} s={c.edit_scale} δ={c.edit_warmup} λ={c.edit_threshold} "
+            f"momentum={c.momentum_scale}; source={s.source}")
+
+
+def make_settings(given: dict, steps: int | None, source: str) -> Settings:
+    """Settings from the flags given: fields of DiffEditConfig and LEditsConfig (a field both
+    have applies to both), --steps for both methods' num_inference_steps."""
+    from retouch.methods.common import with_settings
+
+    base = Settings(source=source)
+    if steps is not None:
+        given = {**given, "num_inference_steps": steps}
+    configs = {}
+    for name in ("diffedit", "ledits"):
+        cfg = getattr(base, name)
+        names = {f.name for f in fields(cfg)}
+        configs[name] = with_settings(cfg, {k: v for k, v in given.items() if k in names})
+        configs[name].check()
+    return replace(base, **configs)
+
+
+def _run_record(model, settings: Settings, judge_path) -> dict:
+    return dict(model=str(model.model_id), fingerprint=model.fingerprint,
+                settings=json.loads(json.dumps(asdict(settings))), judge=None if judge_path is None else str(judge_path),
+                settings_line=settings_line(settings))
+
+
+def _check_resume(out_dir: Path, record: dict) -> None:
+    """A folder holds one configuration: refuse to mix rows of other settings or another model."""
+    path = out_dir / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key in ("fingerprint", "settings"):
+            if old.get(key) != record[key]:
+                raise click.ClickException(
+                    f"{out_dir} holds a run with other {key} ({old.get('settings_line', '?')} on "
+                    f"{old.get('model')}): use another --out, or the same settings to resume")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _float_list(text: str | None, default: Sequence[float]) -> tuple[float, ...]:
+    if text is None:
+        return tuple(default)
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma list of numbers") from None
+
+
+def _settings_options():
+    from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.ledits import LEditsConfig
+
+    return setting_options({"diffedit": DiffEditConfig, "ledits": LEditsConfig},
+                           keep=lambda n: n not in ("mode", "num_inference_steps"))
+
+
+def _load_judge(judge: str | None):
+    """(judge or None, its path or None): --judge PATH, 'none', or the shipped one if present."""
+    from retouch.shapes.judge import DEFAULT_WEIGHTS, load_judge
+
+    if judge == "none":
+        return None, None
+    path = Path(judge) if judge is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        if judge is not None:
+            raise click.BadParameter(f"no judge weights at {path}", param_hint="--judge")
+        click.echo(f"note: no judge at {path}: judge metrics are left out", err=True)
+        return None, None
+    return load_judge(path), path
+
+
+@click.command("edits", cls=SettingsCommand, settings=_settings_options, context_settings=CONTEXT)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for cases.jsonl, summary.md, grids and plots (a run there resumes).")
+@click.option("--seed", type=click.IntRange(0), default=HELD_OUT_SEED, show_default=True,
+              help="Scene seed of the first case (case i: seed + i).")
+@click.option("--cases", "n_cases", type=click.IntRange(1), default=10, show_default=True, help="Number of cases.")
+@click.option("--kinds", default=",".join(EDIT_KINDS), show_default=True, help="Edit kinds, cycled over cases.")
+@click.option("--methods", default="all", show_default=True,
+              help=f"'all' or a comma list of: {', '.join(METHODS)}.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None,
+              help="num_inference_steps of every method [default: each method's own: 50 DiffEdit, 100 LEDITS].")
+@click.option("--source", type=click.Choice(["caption", "empty"]), default="caption", show_default=True,
+              help="Source text of LEDITS inversions (retouch and diffusers).")
+@click.option("--sweep", is_flag=True, help="Also run the trade-off sweeps (encoding ratio, guidance factor).")
+@click.option("--ratios", default=None, help=f"DiffEdit encoding ratios of the sweep [default: "
+              f"{','.join(map(str, DEFAULT_RATIOS))}].")
+@click.option("--factors", default=None, help=f"LEDITS guidance factors of the sweep [default: "
+              f"{','.join(map(str, DEFAULT_FACTORS))}].")
+@click.option("--model", default=None, metavar="FOLDER", help="Model folder [default: the shipped model].")
+@click.option("--judge", default=None, metavar="PATH|none", help="Judge weights [default: the shipped judge].")
+@click.option("--device", default=None, help="cpu, cuda... [default: cuda if available].")
+@click.option("--dtype", default=None, help="float32, float16... [default: float16 on GPU, float32 on CPU].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option("--grid-cases", type=click.IntRange(0), default=4, show_default=True, help="Cases per grid.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def edits_command(out_dir, seed, n_cases, kinds, methods, steps, source, sweep, ratios, factors, model, judge,
+                  device, dtype, threads, grid_cases, no_progress, **settings):
+    """ShapesBench: run editing methods on ShapesWorld edits, judge them, write a report."""
+    import torch
+
+    import retouch
+    from retouch.cli import _quiet_libraries
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        names = parse_methods(methods)
+        cases = make_cases(seed, n_cases, [k.strip() for k in kinds.split(",") if k.strip()])
+        bench_settings = make_settings(given_settings(settings), steps, source)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if "autoencoder" not in names:
+        names = ["autoencoder", *names]  # the ceiling of preservation: always a row
+    sweep_values = (_float_list(ratios, DEFAULT_RATIOS), _float_list(factors, DEFAULT_FACTORS)) if sweep else None
+    if seed < HELD_OUT_SEED:
+        click.echo(f"note: seeds below {HELD_OUT_SEED} are training scenes", err=True)
+    _quiet_libraries()
+    bundle = retouch.load(model, device=device, dtype=dtype)
+    judge_model, judge_path = _load_judge(judge)
+    record = _run_record(bundle, bench_settings, judge_path)
+    _check_resume(out_dir, record)
+    rows = run_bench(Context(bundle), cases, names, bench_settings, out_dir, judge_model, sweep_values,
+                     progress=not no_progress)
+    for path in write_reports(out_dir, rows, cases, names, bench_settings, record, grid_cases):
+        click.echo(f"wrote {path}")

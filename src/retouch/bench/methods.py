@@ -1,0 +1,276 @@
+"""The methods ShapesBench runs, each split into the part an edit can reuse and the edit itself.
+
+    prep = method.prepare(ctx, case, settings)      # DDIM encoding / DDPM inversion (or None)
+    out  = method.edit(ctx, case, settings, prep)   # Output(image, mask, reported evals)
+
+A second edit of the same image costs only `edit`: timing the two parts apart gives the cost of
+a first and of a second edit. Methods with the same `prep_key` share one preparation per case.
+
+retouch: diffedit (and the paper's ablations diffedit_no_mask, diffedit_no_encoding, sdedit);
+ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer").
+diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
+(LEditsPPPipelineStableDiffusion, concepts only: LEDITS++ has no target prompt).
+autoencoder: the VAE round trip alone, the ceiling of preservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from retouch.bench import diffusers_pipelines as dp
+from retouch.bench.cases import Case
+from retouch.methods.diffedit import DiffEditConfig
+from retouch.methods.ledits import LEditsConfig
+from retouch.types import ModelBundle
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One benchmark configuration: both methods' configs and the LEDITS source text."""
+
+    diffedit: DiffEditConfig = field(default_factory=DiffEditConfig)
+    ledits: LEditsConfig = field(default_factory=lambda: LEditsConfig(skip=0.36))
+    source: str = "caption"  # LEDITS inversions (both libraries): "caption" or "empty"
+
+    def source_text(self, case: Case) -> str:
+        return case.source_caption if self.source == "caption" else ""
+
+    def with_sweep(self, family: str, value: float | None) -> Settings:
+        """The settings at one point of a family's sweep: DiffEdit's encoding ratio, or a factor
+        on LEDITS's guidance (target_guidance_scale and edit_scale alike). None: unchanged."""
+        if value is None:
+            return self
+        if family == "diffedit":
+            return replace(self, diffedit=replace(self.diffedit, encode_ratio=float(value)))
+        lc = self.ledits
+        scale = lc.edit_scale
+        scaled = [float(v) * value for v in scale] if isinstance(scale, (list, tuple)) else float(scale) * value
+        return replace(self, ledits=replace(lc, target_guidance_scale=lc.target_guidance_scale * value,
+                                            edit_scale=scaled))
+
+
+@dataclass(frozen=True)
+class Output:
+    """An edit's result: image uint8 (H, W, 3), mask bool (h, w) at latent resolution (None if the
+    method has none), and the UNet evaluations the method itself reports (None if it does not)."""
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    reported_evals: int | None = None
+
+
+class Context:
+    """The loaded model and, built on first use, diffusers' pipelines on the same modules."""
+
+    def __init__(self, model: ModelBundle):
+        self.model = model
+        self._pipes: dict[str, Any] = {}
+
+    def pipe(self, name: str):
+        if name not in self._pipes:
+            build = {"diffedit": dp.diffedit_pipeline, "ledits": dp.ledits_pipeline}[name]
+            self._pipes[name] = build(self.model)
+        return self._pipes[name]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # "diffedit" or "ledits": which settings it reads, what its sweep varies
+    edit: Callable[[Context, Case, Settings, Any], Output]
+    prepare: Callable[[Context, Case, Settings], Any] | None = None
+    prep_key: Callable[[Settings], tuple] | None = None
+    has_mask: bool = False
+    library: str = "retouch"
+
+
+def _image(pil) -> np.ndarray:
+    return np.asarray(pil.convert("RGB"))
+
+
+def _mask(result) -> np.ndarray | None:
+    return None if result.mask is None else result.mask.latent.cpu().numpy() > 0.5
+
+
+# --- retouch DiffEdit ------------------------------------------------------------------------------
+
+
+def _ddim_key(s: Settings) -> tuple:
+    return ("ddim", s.diffedit.num_inference_steps, s.diffedit.encode_ratio)
+
+
+def _ddim_encoding(ctx: Context, case: Case, s: Settings):
+    from retouch.methods.diffedit import ddim_encoding
+
+    return ddim_encoding(ctx.model, case.source_image, config=s.diffedit, progress=False)
+
+
+def _diffedit(mode: str) -> Callable:
+    def edit(ctx: Context, case: Case, s: Settings, encoding) -> Output:
+        from retouch.methods.diffedit import diffedit
+
+        r = diffedit(ctx.model, case.source_image, case.target_caption, case.source_caption,
+                     config=replace(s.diffedit, mode=mode), seed=case.seed, encoding=encoding, progress=False)
+        return Output(_image(r.image), _mask(r), r.unet_evals)
+
+    return edit
+
+
+# --- retouch LEDITS --------------------------------------------------------------------------------
+
+
+def _ddpm_key(s: Settings) -> tuple:
+    c = s.ledits
+    return ("ddpm", s.source, c.num_inference_steps, c.skip_steps, c.source_guidance_scale)
+
+
+def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
+    from retouch.methods.ledits import invert
+
+    return invert(ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed,
+                  progress=False)
+
+
+def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
+    def edit(ctx: Context, case: Case, s: Settings, inv) -> Output:
+        from retouch.methods.ledits import ledits
+
+        r = ledits(ctx.model, inv, add=list(case.add) if concepts else [],
+                   remove=list(case.remove) if concepts else [],
+                   prompt=case.target_caption if prompt else "", config=s.ledits, seed=case.seed,
+                   mask="infer" if masked else None, image=case.source_image if masked else None,
+                   progress=False)
+        return Output(_image(r.image), _mask(r), r.unet_evals)
+
+    return edit
+
+
+# --- diffusers --------------------------------------------------------------------------------------
+
+
+def _their_ddim_encoding(ctx: Context, case: Case, s: Settings):
+    from retouch.latents import load_image, to_pixels
+
+    pipe = ctx.pipe("diffedit")
+    x0 = dp.vae_mean_latents(pipe, to_pixels(ctx.model, load_image(case.source_image)).tensor)
+    return x0, dp.diffedit_encode(pipe, x0, s.diffedit, case.seed)
+
+
+def _their_diffedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
+    from retouch.latents import to_image
+
+    x0, encoded = prep
+    pipe = ctx.pipe("diffedit")
+    mask = dp.diffedit_mask(pipe, x0, case.target_caption, case.source_caption, s.diffedit, case.seed)
+    z = dp.diffedit_decode(pipe, case.target_caption, mask, encoded, s.diffedit)
+    h, w = case.source_image.shape[:2]
+    return Output(_image(to_image(dp.decode_latents(pipe, z), h, w)), mask[0] > 0.5)
+
+
+def _ledits_steps(s: Settings) -> tuple[int, int]:
+    n = s.ledits.num_inference_steps
+    return n, n - s.ledits.skip_steps
+
+
+def _their_ddpm_key(s: Settings) -> tuple:
+    return ("dpm-sde", *_ddpm_key(s)[1:])
+
+
+def _their_inversion(ctx: Context, case: Case, s: Settings):
+    from PIL import Image
+
+    pipe = ctx.pipe("ledits")
+    n, k = _ledits_steps(s)
+    dp.ledits_invert(pipe, Image.fromarray(case.source_image), s.source_text(case),
+                     s.ledits.source_guidance_scale, n, k, case.seed)
+    token = (case.id, _their_ddpm_key(s))
+    pipe._retouch_bench_inverted = token  # the pipeline keeps its inversion: remember whose it is
+    return token
+
+
+def _their_ledits(ctx: Context, case: Case, s: Settings, token) -> Output:
+    pipe = ctx.pipe("ledits")
+    if getattr(pipe, "_retouch_bench_inverted", None) != token:
+        raise RuntimeError(f"diffusers' LEDITS++ pipeline holds another inversion than {token}")
+    c = s.ledits
+    k = len(case.add) + len(case.remove)
+    scale, warmup, threshold = (v if isinstance(v, (list, tuple)) else [v] * k
+                                for v in (c.edit_scale, c.edit_warmup, c.edit_threshold))
+    img = dp.ledits_edit(pipe, case.add, case.remove, list(scale), list(warmup), list(threshold),
+                         masks=True, seed=case.seed)
+    return Output(_image(img))
+
+
+# --- the ceiling ----------------------------------------------------------------------------------
+
+
+def _autoencoder(ctx: Context, case: Case, s: Settings, prep) -> Output:
+    from retouch.latents import decode, encode, load_image, to_image, to_pixels
+
+    px = to_pixels(ctx.model, load_image(case.source_image))
+    with torch.no_grad():
+        out = decode(ctx.model, encode(ctx.model, px.tensor))
+    return Output(_image(to_image(out, px.height, px.width)), None, 0)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("autoencoder", "none", _autoencoder, library="vae"),
+        Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
+        Method("diffedit_no_mask", "diffedit", _diffedit("no_mask"), _ddim_encoding, _ddim_key),
+        Method("diffedit_no_encoding", "diffedit", _diffedit("no_encoding"), has_mask=True),
+        Method("sdedit", "diffedit", _diffedit("sdedit")),
+        Method("ledits_prompt", "ledits", _ledits(True, False), _ddpm_inversion, _ddpm_key),
+        Method("ledits_concepts", "ledits", _ledits(False, True), _ddpm_inversion, _ddpm_key),
+        Method("ledits_both", "ledits", _ledits(True, True), _ddpm_inversion, _ddpm_key),
+        Method("ledits_masked", "ledits", _ledits(True, True, masked=True), _ddpm_inversion, _ddpm_key,
+               has_mask=True),
+        Method("diffusers_diffedit", "diffedit", _their_diffedit, _their_ddim_encoding,
+               lambda s: ("diffusers", *_ddim_key(s)), has_mask=True, library="diffusers"),
+        Method("diffusers_ledits", "ledits", _their_ledits, _their_inversion, _their_ddpm_key,
+               library="diffusers"),
+    ]
+}
+
+# retouch's method and its diffusers counterpart with matched settings (benchmarks/speed.py)
+COUNTERPARTS = {"diffedit": "diffusers_diffedit", "ledits_concepts": "diffusers_ledits"}
+
+
+def parse_methods(text: str) -> list[str]:
+    """'all' or a comma list of method names → the names, in the registry's order."""
+    names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; valid: all, {', '.join(METHODS)}")
+    return [n for n in METHODS if n in names]
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A phase's value, wall seconds and UNet evaluations."""
+
+    value: Any
+    seconds: float
+    evals: int
+
+
+def run_method(ctx: Context, calls: dp.UNetCalls, method: Method, case: Case, settings: Settings,
+               preps: dict) -> tuple[Output, Timed | None, Timed]:
+    """Run one method on one case: (output, its preparation (None if it has none), its edit).
+    preps: a per-case cache {prep_key: Timed}, shared by methods with the same key."""
+    device = ctx.model.device
+    prep = None
+    if method.prepare is not None:
+        key = method.prep_key(settings)
+        if key not in preps:
+            value, seconds, evals = dp.timed(lambda: method.prepare(ctx, case, settings), device, calls)
+            preps[key] = Timed(value, seconds, evals)
+        prep = preps[key]
+    out, seconds, evals = dp.timed(lambda: method.edit(ctx, case, settings, prep and prep.value), device, calls)
+    return out, prep, Timed(None, seconds, evals)

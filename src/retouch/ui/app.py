@@ -1,0 +1,254 @@
+"""The web app (Gradio): upload an image, pick a method, write the texts, edit, download.
+
+The settings form is derived from the methods' config dataclasses (one field per setting, the
+dataclass default pre-filled). Model work runs one request at a time (the queue); each visitor's
+inversions live in their own gr.State. Uploads are bounded in size (MAX_FILE_SIZE) and in pixels
+(retouch.latents' limits, checked from the header before decoding); the app only reads files
+Gradio received as uploads and only writes its own result files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from retouch.cli import Setting, is_input_error, parse_numbers, save_image, settings_fields
+from retouch.latents import MAX_SIDE, MIN_SIDE
+from retouch.methods.diffedit import DiffEditConfig
+from retouch.methods.ledits import PRESETS, LEditsConfig
+from retouch.types import ModelBundle
+from retouch.ui.session import Cache, EditRequest, run
+
+MAX_FILE_SIZE = "10mb"
+CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
+PRESET_FIELDS = ("edit_scale", "edit_warmup", "edit_threshold")  # the order of PRESETS' tuples
+RESULTS = Path(tempfile.gettempdir()) / "retouch-ui"  # the app's own result files
+KEEP_RESULTS_S = 3600
+# Small images (ShapesWorld's are 64x64) are shown scaled up, pixels kept sharp.
+CSS = "#image img, #overlay img, #result img {image-rendering: pixelated; width: 100%; height: 100%; " \
+      "object-fit: contain;}"
+
+
+def shown(s: Setting):
+    """A setting's default as the form shows it (per-concept fields are text)."""
+    if s.kind == "per_concept":
+        return "" if s.default is None else str(s.default)
+    return s.default
+
+
+def form_defaults(method: str) -> dict:
+    """The settings form's initial values for a method: its config's defaults."""
+    return {s.name: shown(s) for s in settings_fields(CONFIGS[method])}
+
+
+def _field(method: str, s: Setting):
+    """The form component of one config field."""
+    kw = dict(label=s.label, info=s.help or None, elem_id=f"{method}-{s.name}")
+    if s.kind == "bool":
+        return gr.Checkbox(value=s.default, **kw)
+    if s.kind == "str":
+        return gr.Textbox(value=s.default, **kw)
+    if s.kind == "per_concept":
+        kw["info"] = f"{s.help} — one value, or one per concept separated by commas".lstrip(" —")
+        return gr.Textbox(value=shown(s), **kw)
+    return gr.Number(value=s.default, precision=0 if s.kind == "int" else None, **kw)
+
+
+def form_settings(method: str, values: dict) -> dict:
+    """The form's values of a method's settings as config fields ({name: value})."""
+    out = {}
+    for s in settings_fields(CONFIGS[method]):
+        v = values[s.name]
+        if s.kind == "per_concept":
+            text = str(v).strip()
+            try:
+                v = parse_numbers(text, s.optional) if text else None
+            except ValueError:
+                raise ValueError(f"{s.label}: {text!r} is not a number or a comma list of numbers") from None
+            if v is None and not s.optional:
+                raise ValueError(f"{s.label} is empty")
+        elif s.kind in ("int", "float") and v is None and not s.optional:
+            raise ValueError(f"{s.label} is empty")
+        out[s.name] = v
+    return out
+
+
+def _concepts(text: str | None) -> tuple[str, ...]:
+    """Concepts typed one per line or separated by commas."""
+    return tuple(c.strip() for line in (text or "").splitlines() for c in line.split(",") if c.strip())
+
+
+def _uploaded(image):
+    """An uploaded image: Gradio gives the path of the file it received (refused unless it is in
+    Gradio's upload folder: a visitor never names a server path); tests give PIL images or arrays."""
+    if image is None:
+        raise ValueError("upload an image first")
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return image
+    path = Path(str(image)).resolve()
+    if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        raise ValueError("the image must be uploaded")
+    return path
+
+
+def _result_file(outcome) -> str:
+    """The result as a PNG carrying its parameters, in the app's own folder (old ones removed)."""
+    RESULTS.mkdir(exist_ok=True)
+    now = time.time()
+    for old in RESULTS.glob("retouch-*.png"):
+        if now - old.stat().st_mtime > KEEP_RESULTS_S:
+            old.unlink(missing_ok=True)
+    path = RESULTS / f"retouch-{outcome.params['method']}-{uuid.uuid4().hex[:12]}.png"
+    save_image(outcome.result.image, path, outcome.params)
+    return str(path)
+
+
+def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts: dict, seed,
+             diffedit_values: dict, ledits_values: dict, progress=None):
+    """The Edit button: returns (mask over the image, result, download file, status, cache).
+    Bad input gives a warning and the reason in the status box; the server keeps serving."""
+    cache = cache if cache is not None else Cache()
+    try:
+        values = diffedit_values if method == "diffedit" else ledits_values
+        req = EditRequest(
+            image=_uploaded(image), method=method, settings=form_settings(method, values),
+            seed=int(seed) if seed is not None and float(seed).is_integer() else seed,
+            query=texts.get("query") or "", reference=texts.get("reference") or "",
+            prompt=texts.get("prompt") or "", source=texts.get("source") or "",
+            add=_concepts(texts.get("add")), remove=_concepts(texts.get("remove")),
+            mask=texts.get("mask") or "none",
+        )
+        outcome = run(model, cache, req, _stage_progress(progress))
+    except ValueError as e:
+        if not (is_input_error(e) or type(e) is ValueError):
+            raise
+        message = " ".join(str(e).split())
+        gr.Warning(message)
+        return None, None, None, f"Error: {message}", cache
+    return outcome.overlay, outcome.result.image, _result_file(outcome), outcome.status, cache
+
+
+def _stage_progress(progress):
+    if progress is None:
+        return lambda stage: False
+
+    def stage(name):
+        return lambda done, total: progress((done, total), desc=name)
+
+    return stage
+
+
+def _example_images() -> list[list]:
+    """A few held-out ShapesWorld scenes (what the shipped model knows) with their captions."""
+    from retouch.shapes.world import caption, render, sample_scene
+    from retouch.train import HELD_OUT_SEED
+
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    for i in (3, 7, 12):
+        scene = sample_scene(HELD_OUT_SEED + i, n_objects=1)
+        path = RESULTS / f"example-{i}.png"
+        if not path.exists():
+            Image.fromarray(render(scene)).save(path)
+        text = caption(scene)
+        rows.append([str(path), text, text])
+    return rows
+
+
+def build_app(model: ModelBundle) -> gr.Blocks:
+    """The app for one loaded model."""
+    with gr.Blocks(title="retouch", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
+        gr.Markdown("# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
+                    "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
+                    f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}.")
+        cache = gr.State(None, time_to_live=3600)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(label="Image", type="filepath", image_mode=None, height=320,
+                                 sources=["upload", "clipboard"], elem_id="image")
+                method = gr.Radio(list(CONFIGS), value="diffedit", label="Method", elem_id="method")
+                with gr.Group(visible=True) as diffedit_box:
+                    query = gr.Textbox(label="Query", info="What the edited image should show",
+                                       elem_id="query")
+                    reference = gr.Textbox(label="Reference", info="What the image shows now (optional)",
+                                           elem_id="reference")
+                with gr.Group(visible=False) as ledits_box:
+                    source = gr.Textbox(label="Source", info="The image's caption (optional)",
+                                        elem_id="source")
+                    add = gr.Textbox(label="Add", info="Concepts to add, comma-separated", elem_id="add")
+                    remove = gr.Textbox(label="Remove", info="Concepts to remove, comma-separated",
+                                        elem_id="remove")
+                    prompt = gr.Textbox(label="Target prompt", info="Optional", elem_id="prompt")
+                    with gr.Row():
+                        preset = gr.Dropdown(["none", *PRESETS], value="none", label="Preset",
+                                             elem_id="preset")
+                        mask = gr.Radio(["none", "infer"], value="none", label="Mask",
+                                        info="infer: edit only inside DiffEdit's mask", elem_id="mask")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
+                fields = {}
+                for name, cls in CONFIGS.items():
+                    with gr.Accordion(f"{'DiffEdit' if name == 'diffedit' else 'LEDITS'} settings",
+                                      open=False, visible=name == "diffedit") as box:
+                        fields[name] = {s.name: _field(name, s) for s in settings_fields(cls)}
+                    fields[name]["_box"] = box
+            with gr.Column(scale=1):
+                with gr.Row():
+                    overlay = gr.Image(label="Mask over the image", type="pil", format="png", height=320,
+                                       interactive=False, elem_id="overlay")
+                    result = gr.Image(label="Result", type="pil", format="png", height=320,
+                                      interactive=False, elem_id="result")
+                download = gr.File(label="Download (PNG with its parameters)", elem_id="download")
+                status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="status")
+        gr.Examples(_example_images(), inputs=[image, reference, source], label="ShapesWorld examples")
+
+        boxes = [diffedit_box, ledits_box, fields["diffedit"]["_box"], fields["ledits"]["_box"]]
+        method.change(_show_method, inputs=method, outputs=boxes, queue=False)
+        preset_targets = [fields["ledits"][n] for n in PRESET_FIELDS]
+        preset.change(_preset_values, inputs=preset, outputs=preset_targets, queue=False)
+
+        form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
+        texts = {"query": query, "reference": reference, "prompt": prompt, "source": source, "add": add,
+                 "remove": remove, "mask": mask}
+
+        def on_edit(data, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress this way)
+            return run_edit(
+                model, data[cache], data[image], data[method], {k: data[c] for k, c in texts.items()},
+                data[seed], {k: data[c] for k, c in form["diffedit"].items()},
+                {k: data[c] for k, c in form["ledits"].items()}, progress,
+            )
+
+        inputs = {cache, image, method, seed, *texts.values(), *form["diffedit"].values(),
+                  *form["ledits"].values()}
+        edit_button.click(on_edit, inputs=inputs, outputs=[overlay, result, download, status, cache],
+                          concurrency_limit=1)
+    return demo
+
+
+def _show_method(method: str):
+    """Visibility of [diffedit texts, ledits texts, diffedit settings, ledits settings]."""
+    d, m = method == "diffedit", method == "ledits"
+    return [gr.update(visible=d), gr.update(visible=m), gr.update(visible=d), gr.update(visible=m)]
+
+
+def _preset_values(preset: str):
+    """The form's edit_* fields for a preset ("none": the config's defaults)."""
+    if preset in PRESETS:
+        return [str(v) for v in PRESETS[preset]]
+    defaults = form_defaults("ledits")
+    return [defaults[n] for n in PRESET_FIELDS]
+
+
+def launch(model: ModelBundle, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
+    """Serve the app: model work one request at a time, the others queued."""
+    demo = build_app(model)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=True,
+                prevent_thread_lock=not block, css=CSS)
+    return demo

@@ -1,0 +1,152 @@
+"""What the web app does for one visitor, without the web framework: edit, reusing what it can.
+
+Invert once, edit many: a visitor's inversions (LEDITS), encodings and masks (DiffEdit) are kept
+in their own Cache (the app holds one per browser session, never shared), keyed by the image's
+hash and the settings that produced them, so a second edit of the same image skips that work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from retouch.cli import MASK_FIELDS, mask_overlay
+from retouch.latents import image_hash, load_image
+from retouch.methods.common import check_seed, with_settings
+from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
+from retouch.methods.ledits import LEditsConfig, invert, ledits
+from retouch.types import EditResult, ModelBundle
+
+Progress = Callable[[str], Callable[[int, int], None] | bool]  # stage name → a step callback
+
+
+@dataclass
+class Cache:
+    """A visitor's reusable values (inversions, encodings, masks), the most recent `size` kept."""
+
+    size: int = 4
+    entries: OrderedDict = field(default_factory=OrderedDict)
+
+    def get(self, key: Hashable):
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: Hashable, value) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit as the form describes it. settings: the method's config fields."""
+
+    image: Image.Image
+    method: str  # "diffedit" or "ledits"
+    settings: dict
+    seed: int = 0
+    query: str = ""
+    reference: str = ""
+    prompt: str = ""
+    source: str = ""
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    mask: str = "none"  # ledits: "none" or "infer"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An edit's result, the mask over the input (or the input when there is no mask), and how
+    long each step took (None: skipped, its value reused)."""
+
+    result: EditResult
+    overlay: Image.Image
+    steps: tuple[tuple[str, float | None], ...]
+    unet_evals: int  # this request's, reused values cost nothing
+    params: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        lines = [f"{name}: skipped (reused)" if t is None else f"{name}: {t:.1f} s" for name, t in self.steps]
+        lines.append(f"UNet evaluations: {self.unet_evals}")
+        if self.result.mask is not None:
+            lines.append(f"mask area: {self.result.mask.area:.0%}")
+        if self.result.message:
+            lines.append(self.result.message)
+        return "\n".join(lines)
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t0
+
+
+def _reused(cache: Cache, key, make) -> tuple[Any, float | None]:
+    """The cached value for key (and None for its time), or make() it, time it and keep it."""
+    value = cache.get(key)
+    if value is not None:
+        return value, None
+    value, seconds = _timed(make)
+    cache.put(key, value)
+    return value, seconds
+
+
+def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress | None = None) -> Outcome:
+    """Run one edit, reusing the visitor's cached inversion/encoding/mask when they fit."""
+    progress = progress or (lambda stage: False)
+    image = load_image(req.image)
+    seed = check_seed(req.seed)
+    key = (image_hash(image), model.fingerprint)
+    if req.method == "diffedit":
+        result, steps, made = _diffedit(model, cache, req, image, seed, key, progress)
+    elif req.method == "ledits":
+        result, steps, made = _ledits(model, cache, req, image, seed, key, progress)
+    else:
+        raise ValueError(f"method must be diffedit or ledits, got {req.method!r}")
+    overlay = image if result.mask is None else mask_overlay(image, result.mask)
+    params = {"model": model.model_id, "fingerprint": model.fingerprint, "method": req.method,
+              "settings": result.settings, "seed": result.seed}
+    evals = result.unet_evals + sum(v.unet_evals for v in made)
+    return Outcome(result, overlay, tuple(steps), evals, params)
+
+
+def _diffedit(model, cache, req, image, seed, key, progress):
+    cfg = with_settings(DiffEditConfig(), req.settings)
+    cfg.check()
+    steps, made, mask, encoding = [], [], None, None
+    if cfg.mode in ("diffedit", "no_encoding"):
+        mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
+        mask, t = _reused(cache, ("mask", *key, req.query, req.reference, seed, mask_settings),
+                          lambda: diffedit_mask(model, image, req.query, req.reference, seed, cfg))
+        steps.append(("mask", t))
+        made += [mask] if t is not None else []
+    if cfg.mode in ("diffedit", "no_mask"):
+        encoding, t = _reused(cache, ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio),
+                              lambda: ddim_encoding(model, image, cfg, progress("encoding")))
+        steps.append(("encoding", t))
+        made += [encoding] if t is not None else []
+    result, t = _timed(lambda: diffedit(model, image, req.query, req.reference, cfg, seed, mask, encoding,
+                                        progress("edit")))
+    steps.append(("edit", t))
+    return result, steps, made
+
+
+def _ledits(model, cache, req, image, seed, key, progress):
+    cfg = with_settings(LEditsConfig(), req.settings)
+    cfg.check()
+    inv_key = ("inversion", *key, req.source.strip(), cfg.num_inference_steps, cfg.skip_steps,
+               cfg.source_guidance_scale, seed)
+    inv, t = _reused(cache, inv_key,
+                     lambda: invert(model, image, req.source, cfg, seed, progress("inversion")))
+    result, t_edit = _timed(lambda: ledits(
+        model, inv, add=req.add, remove=req.remove, prompt=req.prompt, config=cfg, seed=seed,
+        mask="infer" if req.mask == "infer" else None, image=image, progress=progress("edit")))
+    return result, [("inversion", t), ("edit", t_edit)], [inv] if t is not None else []

@@ -1,0 +1,355 @@
+"""The `retouch` command, in process (click's CliRunner), on the shipped model with few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fuzz import CAPTION, QUERY, build_corpus, held_out_scene, scene
+from retouch.cli import PNG_KEY, main, read_params, settings_fields
+
+torch.set_num_threads(1)
+
+FAST = {  # few steps: every command runs in about a second on the shipped model
+    "diffedit": ["--num-inference-steps", "10", "--mask-samples", "2"],
+    "ledits": ["--num-inference-steps", "10", "--skip", "2"],
+}
+REFERENCE = CAPTION
+
+
+@pytest.fixture(scope="session")
+def model_args(tmp_path_factory) -> list[str]:
+    """No flag: the shipped model (the default) when it is installed. RETOUCH_TEST_MODEL=FOLDER
+    uses another one; without either (or with RETOUCH_TEST_TINY=1), a tiny random model folder."""
+    from retouch.models import SHIPPED
+
+    if os.environ.get("RETOUCH_TEST_MODEL"):
+        return ["--model", os.environ["RETOUCH_TEST_MODEL"]]
+    if (SHIPPED / "model_index.json").is_file() and not os.environ.get("RETOUCH_TEST_TINY"):
+        return []
+    return ["--model", str(tiny_folder(tmp_path_factory))]
+
+
+def tiny_folder(tmp_path_factory) -> Path:
+    from retouch.architecture import build_components, save_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    return save_pipeline(folder / "model", build_components("tiny", tokenizer_dir=folder / "tok"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    return {case.name: case for case in build_corpus(tmp_path_factory.mktemp("corpus"))}
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(path)
+    return path
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def edit(image, out, model_args, method="diffedit", *args):
+    texts = ["--query", QUERY, "--reference", REFERENCE] if method == "diffedit" else []
+    return run("edit", image, "-o", out, "--method", method, *texts, *FAST[method], *model_args,
+               "--no-progress", *args)
+
+
+def test_the_test_scene_is_what_the_texts_say():
+    from retouch.shapes.world import caption
+
+    assert caption(held_out_scene()) == CAPTION
+
+
+def test_importing_the_cli_and_help_stay_light():
+    code = "import sys, retouch.cli; assert not {'torch', 'gradio'} & set(sys.modules), 'heavy import'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("edit", "mask", "invert", "train", "bench", "ui"):
+        assert command in result.output
+
+
+def test_every_config_field_is_a_flag():
+    from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.ledits import PRESETS, LEditsConfig
+    from retouch.train import TrainConfig
+
+    help_text = run("edit", "--help").output
+    for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
+        assert s.flag in help_text
+    options = {p.name: p for p in main.commands["edit"].params}
+    assert set(options["preset"].type.choices) == set(PRESETS)
+    assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
+    assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")
+    train_help = run("train", "vae", "--help").output
+    for s in settings_fields(TrainConfig):
+        assert s.flag in train_help
+
+
+def test_edit_diffedit_writes_png_with_parameters_and_json(image, tmp_path, model_args):
+    out = tmp_path / "out.png"
+    result = edit(image, out, model_args, "diffedit", "--json", "--seed", "3", "--guidance-scale", "5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["output"] == str(out) and summary["method"] == "diffedit" and summary["seed"] == 3
+    assert summary["settings"]["guidance_scale"] == 5 and summary["settings"]["num_inference_steps"] == 10
+    assert summary["settings"]["encode_ratio"] == 0.8  # the config's default, untouched
+    assert summary["unet_evals"] > 0 and 0 <= summary["mask_area"] <= 1
+    assert {"load", "mask", "encode", "decode", "write"} <= set(summary["timings"])
+    with Image.open(out) as img:
+        assert img.size == (64, 64) and img.format == "PNG"
+        params = json.loads(img.text[PNG_KEY])
+    assert params["method"] == "diffedit" and params["seed"] == 3 and params["model"]
+    assert params["settings"]["query"] == QUERY and params["settings"]["guidance_scale"] == 5
+    assert sorted(os.listdir(tmp_path)) == ["out.png", "scene.png"]  # no temporary file left
+
+
+def test_edit_ledits_concepts_preset_and_per_concept_settings(image, tmp_path, model_args):
+    out = tmp_path / "out.png"
+    result = edit(image, out, model_args, "ledits", "--add", "red circle", "--remove", "purple circle",
+                  "--preset", "object", "--edit-scale", "9,4", "--json")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)["settings"]
+    assert s["add"] == ["red circle"] and s["remove"] == ["purple circle"]
+    assert s["edit_scale"] == [9, 4]  # the flag beats the preset
+    assert s["edit_warmup"] == 5 and s["preset"] == "object"  # the preset beats the default
+    assert read_params(out)["method"] == "ledits"
+
+
+def test_edit_ledits_target_prompt_human_summary(image, tmp_path, model_args):
+    result = edit(image, tmp_path / "out.png", model_args, "ledits", "--prompt", QUERY)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"wrote {tmp_path / 'out.png'} (ledits")
+
+
+def test_mask_writes_mask_and_overlay(image, tmp_path, model_args):
+    out = tmp_path / "m.png"
+    result = run("mask", image, "-o", out, "--query", QUERY, "--reference", REFERENCE,
+                 "--num-inference-steps", "10", "--mask-samples", "2", *model_args, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["overlay"] == str(tmp_path / "m.overlay.png") and summary["unet_evals"] == 4
+    with Image.open(out) as m, Image.open(tmp_path / "m.overlay.png") as o:
+        assert m.mode == "L" and m.size == o.size == (64, 64) and o.mode == "RGB"
+    assert read_params(out)["settings"]["mask_samples"] == 2
+
+
+def test_invert_once_then_edit_from_the_inversion(image, tmp_path, model_args):
+    inv = tmp_path / "scene.safetensors"
+    result = run("invert", image, "-o", inv, "--source", CAPTION, *FAST["ledits"], *model_args, "-q")
+    assert result.exit_code == 0, result.output
+    concepts = ["--add", "red circle", "--remove", "purple circle", "--seed", "0"]
+    # the inversion's steps and skip are taken from the file: no need to repeat them
+    reused = run("edit", image, "-o", tmp_path / "a.png", "--method", "ledits", "--inversion", inv,
+                 *concepts, *model_args, "--json", "--no-progress")
+    assert reused.exit_code == 0, reused.output
+    fresh = edit(image, tmp_path / "b.png", model_args, "ledits", "--source", CAPTION, *concepts, "--json")
+    a, b = json.loads(reused.stdout), json.loads(fresh.stdout)
+    assert "invert" not in a["timings"] and "invert" in b["timings"]
+    assert a["unet_evals"] < b["unet_evals"]
+    with Image.open(tmp_path / "a.png") as x, Image.open(tmp_path / "b.png") as y:
+        assert np.array_equal(np.asarray(x), np.asarray(y))  # same seed: the very same edit
+
+
+def test_inversion_of_another_image_or_other_steps_is_refused(image, tmp_path, model_args):
+    inv = tmp_path / "scene.safetensors"
+    assert run("invert", image, "-o", inv, *FAST["ledits"], *model_args, "-q").exit_code == 0
+    other = tmp_path / "other.png"
+    other_pixels = scene().copy()
+    other_pixels[0, 0] = 0  # another image, by one pixel
+    Image.fromarray(other_pixels).save(other)
+    out = tmp_path / "out.png"
+    common = ["-o", out, "--method", "ledits", "--add", "red circle", *model_args, "-q"]
+    assert "another image" in one_error_line(run("edit", other, *common, "--inversion", inv))
+    line = one_error_line(run("edit", image, *common, "--inversion", inv, "--num-inference-steps", "12"))
+    assert "invert again" in line
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    assert "not a retouch inversion file" in one_error_line(run("edit", image, *common, "--inversion", bad))
+    assert not out.exists()
+
+
+def test_given_mask_and_inferred_mask_for_ledits(image, tmp_path, model_args):
+    mask = tmp_path / "mask.png"
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "out.png"
+    result = edit(image, out, model_args, "diffedit", "--mask", mask, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["mask_area"] == pytest.approx(0.25, abs=0.05)
+    assert "mask" not in json.loads(result.stdout)["timings"]  # given, not inferred
+    result = edit(image, out, model_args, "ledits", "--add", "red circle", "--mask", "infer", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["mask_area"] is not None
+    Image.fromarray(m[:32]).save(mask)
+    assert "the image is 64x64" in one_error_line(edit(image, out, model_args, "diffedit", "--mask", mask))
+
+
+def test_refuses_to_overwrite_the_input(image, model_args):
+    before = image.read_bytes()
+    spelled_otherwise = image.parent / "." / ".." / image.parent.name / image.name
+    for out in (image, spelled_otherwise):
+        line = one_error_line(edit(image, out, model_args))
+        assert "refusing to overwrite" in line
+    assert image.read_bytes() == before
+    line = one_error_line(run("mask", image, "-o", image, "--query", QUERY, *model_args))
+    assert "refusing to overwrite" in line
+
+
+def test_write_is_atomic(image, tmp_path, model_args, monkeypatch):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the previous result")
+
+    def failing_save(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half an image")  # the crash happens mid-write
+        raise RuntimeError("disk pulled out")
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    result = edit(image, out, model_args)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    assert out.read_bytes() == b"the previous result"
+    assert sorted(os.listdir(tmp_path)) == ["out.png", "scene.png"]
+
+
+def test_unwritable_output_is_one_line_before_loading(image, tmp_path, model_args, monkeypatch):
+    import retouch
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(retouch, "load", no_load)
+    (tmp_path / "file").write_text("x")
+    for out, why in [(tmp_path / "missing" / "out.png", "does not exist"),
+                     (tmp_path / "file" / "out.png", "does not exist"),
+                     (tmp_path, "is a folder"),
+                     (tmp_path / "out.xyz", "unknown image format")]:
+        assert why in one_error_line(edit(image, out, model_args))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    assert "is not writable" in one_error_line(edit(image, tmp_path / "out.png", model_args))
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--method", "diffedit"], "needs --query"),
+    (["--method", "ledits"], "needs --prompt"),
+    (["--method", "diffedit", "--query", QUERY, "--add", "red circle"], "--add is not used"),
+    (["--method", "ledits", "--add", "red circle", "--guidance-scale", "3"], "not a ledits setting"),
+    (["--method", "ledits", "--add", "red circle", "--prompt", "  "], "prompt is empty"),
+    (["--method", "magic"], "Invalid value for '--method'"),
+    (["--query", QUERY, "--mode", "nope"], "mode must be one of"),
+    (["--query", QUERY, "--mask", "missing.png"], "no such file"),
+])
+def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeypatch, args, why):
+    import retouch
+
+    monkeypatch.setattr(retouch, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    assert why in one_error_line(run("edit", image, "-o", tmp_path / "out.png", *model_args, *args))
+
+
+def test_ui_command_serves_the_loaded_model(tmp_path, model_args, monkeypatch):
+    pytest.importorskip("gradio")
+    import retouch.ui
+
+    served = {}
+    monkeypatch.setattr(retouch.ui, "launch", lambda model, host, port: served.update(model=model, host=host,
+                                                                                         port=port))
+    result = run("ui", "--port", "7999", *model_args)
+    assert result.exit_code == 0, result.output
+    assert served["host"] == "127.0.0.1" and served["port"] == 7999 and served["model"].fingerprint
+    assert "Invalid value" in one_error_line(run("ui", "--port", "0"))
+
+
+def test_unloadable_model_is_one_line(image, tmp_path):
+    line = one_error_line(run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--model", tmp_path))
+    assert "not a diffusers model folder" in line
+    line = one_error_line(run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--dtype", "float7"))
+    assert "dtype" in line
+    if not torch.cuda.is_available():
+        result = run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--device", "cuda")
+        assert "CUDA is not available" in one_error_line(result)
+
+
+def test_corpus(corpus, tmp_path, model_args):
+    """Every bad input: exit code 2 and one line; every awkward valid one: a correct edit."""
+    outcomes = {}
+    for case in corpus.values():
+        out = tmp_path / "out.png"
+        out.unlink(missing_ok=True)
+        result = run("edit", case.image, "-o", out, *FAST[case.method], *model_args, "-q", *case.args)
+        if case.expect == "error":
+            outcomes[case.name] = one_error_line(result)
+            assert not out.exists()
+        else:
+            assert result.exit_code == 0, (case.name, result.output, result.exception)
+            with Image.open(out) as img:
+                assert img.size == case.size and img.mode == "RGB", case.name
+                assert np.asarray(img).std() > 0, case.name
+            outcomes[case.name] = "edit"
+    assert sum(v == "edit" for v in outcomes.values()) == 3
+
+
+def test_progress_goes_to_stderr(image, tmp_path, model_args):
+    result = edit(image, tmp_path / "out.png", model_args, "diffedit", "--json")
+    assert result.exit_code == 0
+    loud = run("edit", image, "-o", tmp_path / "out.png", "--query", QUERY, *FAST["diffedit"], *model_args,
+               "--json")
+    assert loud.exit_code == 0
+    assert "decode" in loud.stderr and "decode" not in result.stderr
+    assert json.loads(loud.stdout)["output"] == str(tmp_path / "out.png")  # stdout is the JSON alone
+
+
+def test_train_commands_check_their_inputs(tmp_path):
+    line = one_error_line(run("train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "none"))
+    assert "no autoencoder checkpoint" in line
+    line = one_error_line(run("train", "export", tmp_path / "out", "--vae-work", tmp_path,
+                              "--unet-work", tmp_path))
+    assert "no autoencoder checkpoint" in line
+
+
+def test_train_vae_runs_and_resumes(tmp_path):
+    args = ["train", "vae", tmp_path, "--steps", "2", "--batch-size", "2", "--threads", "1",
+            "--log-every", "1", "--checkpoint-every", "2"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ckpt" / "vae.safetensors").is_file() and "step 2/2" in result.stdout
+    assert "train vae" in (tmp_path / "train.log").read_text()
+    torch.set_num_threads(1)
+
+
+def test_bench_commands_are_lazy_and_a_missing_one_is_a_clear_error():
+    from retouch.cli import _Group
+
+    group = _Group("bench", lazy={"nope": "retouch.bench.does_not_exist:command"})
+    result = CliRunner().invoke(group, ["nope"])
+    assert result.exit_code == 1 and "bench nope is unavailable" in result.output
+    assert "does_not_exist" in result.output
+    assert run("bench", "--help").exit_code == 0
+
+
+def test_png_parameters_round_trip(tmp_path):
+    from retouch.cli import save_image
+
+    save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"seed": 1, "settings": {"x": [1, None]}})
+    assert read_params(tmp_path / "a.png") == {"seed": 1, "settings": {"x": [1, None]}}

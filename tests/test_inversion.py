@@ -1,0 +1,327 @@
+"""Edit-friendly DDPM inversion (METHODS §2): the schedule math against diffusers' schedulers, the
+core invariant (invert, then denoise with the same text and scale → x0 to float rounding) with an
+analytic noise predictor, tiny random ε- and v-prediction models and the shipped model; the
+noise's independence, the number of steps inverted, seeding, and saving/loading."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import retouch
+from retouch.architecture import SD1_SCHEDULER
+from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.inversion import ddpm_invert
+from retouch.methods.ledits import LEditsConfig, sega_ddpm_sample
+from retouch.schedule import Schedule, pairs
+from retouch.text import encode_text
+from retouch.types import Inversion
+
+torch.set_num_threads(1)
+
+CAPTION = "a red circle on a white background"
+TOL = 1e-4  # "to float rounding", on latents of magnitude ~1
+
+
+@contextlib.contextmanager
+def unet_calls(model):
+    """Batch sizes of every UNet forward call made inside the block."""
+    sizes, forward = [], model.unet.forward
+
+    def counting(sample, *args, **kwargs):
+        sizes.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    model.unet.forward = counting
+    try:
+        yield sizes
+    finally:
+        del model.unet.forward
+
+
+@pytest.fixture(scope="module", params=["tiny_eps", "tiny_v"])
+def tiny_model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def shipped_model(request):
+    from retouch.models import SHIPPED
+
+    if not (SHIPPED / "model_index.json").is_file():
+        pytest.skip("the shipped model is not trained yet")
+    return request.getfixturevalue("shipped")
+
+
+def _schedule(prediction_type: str) -> Schedule:
+    from diffusers import DDIMScheduler
+
+    return Schedule.from_scheduler(DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type}))
+
+
+# --- schedule math against diffusers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [10, 50])
+def test_steps_match_diffusers_ddim(prediction_type, n):
+    """ddim_step ≡ DDIMScheduler.step(η=0); ddpm_mean_sigma ≡ DDIMScheduler.step(η=1, variance_noise=z)."""
+    from diffusers import DDIMScheduler
+
+    schedule = _schedule(prediction_type)
+    ref = DDIMScheduler.from_config(schedule.scheduler.config)
+    ref.set_timesteps(n)
+    assert [int(t) for t in ref.timesteps] == schedule.timesteps(n)
+    g = torch.Generator().manual_seed(0)
+    for t, t_next in pairs(schedule.timesteps(n)):
+        x, out, z = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+        eps = schedule.to_eps(out, x, t)
+        want = ref.step(out, t, x, eta=0.0).prev_sample
+        torch.testing.assert_close(schedule.ddim_step(x, eps, t, t_next), want, atol=1e-5, rtol=1e-5)
+        mu, sigma = schedule.ddpm_mean_sigma(x, eps, t, t_next)
+        want = ref.step(out, t, x, eta=1.0, variance_noise=z).prev_sample
+        torch.testing.assert_close(mu + sigma * z, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddpm_posterior_matches_diffusers_ddpm(prediction_type):
+    """The η=1 DDIM step is DDPM's posterior (DDPM Eq. 7); diffusers' DDPM ends on ᾱ=1 where DDIM
+    (and we) end on the final alpha, so the last step is left out."""
+    from diffusers import DDPMScheduler
+
+    schedule = _schedule(prediction_type)
+    ref = DDPMScheduler.from_config(schedule.scheduler.config)
+    ref.set_timesteps(20)
+    assert [int(t) for t in ref.timesteps] == schedule.timesteps(20)
+    g = torch.Generator().manual_seed(1)
+    for t, t_next in pairs(schedule.timesteps(20))[:-1]:
+        x, out = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+        want = ref.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t))
+        mu, sigma = schedule.ddpm_mean_sigma(x, schedule.to_eps(out, x, t), t, t_next)
+        torch.testing.assert_close(mu + sigma * z, want, atol=1e-5, rtol=1e-4)
+
+
+# --- the core invariant ---------------------------------------------------------------------------
+
+
+def _inversion(x0, trajectory, zs, timesteps, n, skip, source="", scale=1.0) -> Inversion:
+    return Inversion(
+        x0,
+        torch.cat(trajectory),
+        zs,
+        tuple(timesteps),
+        n,
+        skip,
+        source,
+        scale,
+        "analytic",
+        "analytic",
+        "",
+        8 * x0.shape[-2],
+        8 * x0.shape[-1],
+        0,
+        0,
+    )
+
+
+def analytic_net(x: torch.Tensor, t: int, c: torch.Tensor) -> torch.Tensor:
+    """A smooth stand-in for the UNet's output: x [B, C, h, w], c [B, L, D] → [B, C, h, w]."""
+    return 0.1 * x + (t / 1000) * torch.sin(x) + c.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n,skip", [(10, 0), (10, 3), (50, 10), (100, 36)])
+@pytest.mark.parametrize("with_source", [False, True])
+def test_invariant_with_an_analytic_noise_predictor(prediction_type, n, skip, with_source, record_property):
+    schedule = _schedule(prediction_type)
+    g = torch.Generator().manual_seed(n + skip)
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    uncond, cond = torch.randn(1, 6, 5, generator=g), torch.randn(1, 6, 5, generator=g) + 0.5
+    timesteps = schedule.timesteps(n)[skip:]
+
+    def analytic_eps(x, t, c):  # read as the model's prediction type, as unet_eps does
+        return schedule.to_eps(analytic_net(x, t, c), x, t)
+
+    eps = (
+        guided_eps(analytic_eps, cond, uncond, 3.5)
+        if with_source
+        else guided_eps(analytic_eps, uncond, None, 1)
+    )
+    trajectory, zs = ddpm_invert(eps, schedule, x0, timesteps, g)
+    inv = _inversion(x0, trajectory, zs, timesteps, n, skip)
+    target = cond if with_source else None
+    out = sega_ddpm_sample(analytic_eps, schedule, inv, uncond, target, 3.5, [], [], LEditsConfig())
+    err = float((out - x0).abs().max())
+    record_property("max_abs_error", err)
+    assert err < 1e-5
+
+
+def _reconstruct(model, inv: Inversion) -> torch.Tensor:
+    """DDPM sampling with the inversion's own text and scale and no concepts: [1, C, h, w]."""
+    schedule = Schedule.from_scheduler(model.scheduler)
+    uncond, cond = encode_text(model, ["", inv.source]).split(1)
+    target = cond if inv.source else None
+    return sega_ddpm_sample(
+        unet_eps(model, schedule, EvalCounter()),
+        schedule,
+        inv,
+        uncond,
+        target,
+        inv.source_guidance_scale,
+        [],
+        [],
+        LEditsConfig(),
+    )
+
+
+def _check_invariant(model, image, n, skip, source, record_property) -> None:
+    inv = retouch.invert(model, image, source=source, num_inference_steps=n, skip=skip, progress=False)
+    errs = [float((_reconstruct(model, inv) - inv.x0).abs().max())]
+    if source:  # through the public API: the source as the target prompt, at the same scale
+        out = retouch.ledits(
+            model,
+            inv,
+            prompt=source,
+            progress=False,
+            num_inference_steps=n,
+            skip=skip,
+            target_guidance_scale=inv.source_guidance_scale,
+        )
+        errs.append(float((out.latents - inv.x0).abs().max()))
+    else:  # no concepts, no prompt: the reconstruction without running the sampler
+        out = retouch.ledits(model, inv, progress=False, num_inference_steps=n, skip=skip)
+        assert out.message and torch.equal(out.latents, inv.x0) and out.unet_evals == 0
+        # an edit whose base is ∅, through the sampler: a concept at scale 0 adds nothing, and
+        # only the batch of the UNet call changes ([∅, e] instead of [∅]: float rounding)
+        out = retouch.ledits(
+            model, inv, add=["green circle"], edit_scale=0.0, progress=False, num_inference_steps=n, skip=skip
+        )
+        errs.append(float((out.latents - inv.x0).abs().max()))
+    record_property("max_abs_error", max(errs))
+    record_property("max_abs_errors", repr(errs))
+    assert max(errs) < TOL, errs
+
+
+@pytest.mark.parametrize("n,skip", [(10, 0), (25, 5)])
+@pytest.mark.parametrize("source", ["", CAPTION])
+def test_invariant_tiny_models(tiny_model, scene_image, n, skip, source, record_property):
+    _check_invariant(tiny_model, scene_image[0], n, skip, source, record_property)
+
+
+@pytest.mark.parametrize("n,skip", [(10, 0), (50, 10)])
+@pytest.mark.parametrize("source", ["", CAPTION])
+def test_invariant_shipped_model(shipped_model, scene_image, n, skip, source, record_property):
+    from retouch.shapes.world import caption
+
+    text = caption(scene_image[1]) if source else ""
+    _check_invariant(shipped_model, scene_image[0], n, skip, text, record_property)
+
+
+# --- what is inverted, and with what noise --------------------------------------------------------
+
+
+def test_each_timestep_has_its_own_noise(tiny_eps, scene_image):
+    """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε̃_t with an independent ε̃_t per step (§2.1): the top latent is
+    exactly the seed's first draw, every later one its own next draw, and the draws are uncorrelated."""
+    seed, n = 11, 12
+    inv = retouch.invert(tiny_eps, scene_image[0], num_inference_steps=n, skip=0, seed=seed, progress=False)
+    schedule = Schedule.from_scheduler(tiny_eps.scheduler)
+    g = torch.Generator().manual_seed(seed)
+    draws = [torch.randn(inv.x0.shape, generator=g) for _ in inv.timesteps]
+    assert torch.equal(inv.trajectory[:1], schedule.add_noise(inv.x0, draws[0], inv.timesteps[0]))
+    noises = []
+    for i, t in enumerate(inv.timesteps):
+        a = schedule.alpha_bar(t)
+        noises.append((inv.trajectory[i] - a**0.5 * inv.x0[0]) / (1 - a) ** 0.5)
+        torch.testing.assert_close(noises[-1], draws[i][0], atol=1e-3, rtol=1e-3)
+    flat = torch.stack([e.flatten() for e in noises])  # [K, C·h·w]
+    corr = torch.corrcoef(flat) - torch.eye(len(noises))
+    assert float(corr.abs().max()) < 0.1
+    zs = inv.zs.flatten(1)
+    assert all(float((zs[i] - zs[j]).abs().mean()) > 0.1 for i in range(n) for j in range(i))
+
+
+@pytest.mark.parametrize("source,evals", [("", 64), (CAPTION, 128)])
+def test_only_the_edited_steps_are_inverted(tiny_eps, scene_image, source, evals):
+    with unet_calls(tiny_eps) as sizes:
+        inv = retouch.invert(tiny_eps, scene_image[0], source=source, progress=False)  # N=100, skip=36
+    schedule = Schedule.from_scheduler(tiny_eps.scheduler)
+    assert inv.timesteps == tuple(schedule.timesteps(100)[36:])
+    assert inv.zs.shape[0] == 64 and inv.trajectory.shape[0] == 65
+    assert sum(sizes) == inv.unet_evals == evals
+
+
+def test_same_seed_same_inversion_other_seed_other_noise(tiny_eps, scene_image):
+    kw = dict(num_inference_steps=10, skip=2, progress=False)
+    a = retouch.invert(tiny_eps, scene_image[0], seed=3, **kw)
+    b = retouch.invert(tiny_eps, scene_image[0], seed=3, **kw)
+    c = retouch.invert(tiny_eps, scene_image[0], seed=4, **kw)
+    assert torch.equal(a.zs, b.zs) and torch.equal(a.trajectory, b.trajectory)
+    assert float((a.zs - c.zs).abs().mean()) > 0.1
+
+
+# --- saving and loading ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_inversion(tiny_eps):
+    from retouch.shapes.world import render, sample_scene
+
+    image = render(sample_scene(10_000_123, n_objects=2))
+    return retouch.invert(
+        tiny_eps, image, source=CAPTION, num_inference_steps=10, skip=2, seed=5, progress=False
+    )
+
+
+def test_save_load_round_trip(tiny_eps, small_inversion, tmp_path):
+    path = tmp_path / "inv.safetensors"
+    small_inversion.save(path)
+    loaded = Inversion.load(path, model=tiny_eps)
+    for name in ("x0", "trajectory", "zs"):
+        assert torch.equal(getattr(loaded, name), getattr(small_inversion, name))
+    for name in Inversion._META:
+        assert getattr(loaded, name) == getattr(small_inversion, name), name
+    assert isinstance(loaded.timesteps, tuple)
+    # the loaded inversion edits like the original
+    kw = dict(add=["green circle"], num_inference_steps=10, skip=2, progress=False)
+    a = retouch.ledits(tiny_eps, small_inversion, **kw)
+    b = retouch.ledits(tiny_eps, loaded, **kw)
+    assert torch.equal(a.latents, b.latents)
+
+
+def test_load_refuses_another_model(tiny_eps, tiny_v, small_inversion, tmp_path):
+    path = tmp_path / "inv.safetensors"
+    small_inversion.save(path)
+    with pytest.raises(ValueError, match="another model"):
+        Inversion.load(path, model=tiny_v)
+    with pytest.raises(ValueError, match="another model"):
+        retouch.ledits(
+            tiny_v, Inversion.load(path), add=["green circle"], num_inference_steps=10, skip=2, progress=False
+        )
+    with pytest.raises(ValueError, match="no such file"):
+        Inversion.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a retouch inversion"):
+        Inversion.load(tmp_path / "junk.safetensors")
+
+
+def test_save_is_atomic(small_inversion, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "inv.safetensors"
+    small_inversion.save(path)
+    before = path.read_bytes()
+
+    def failing(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        small_inversion.save(path)
+    assert path.read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.safetensors"]  # no partial file left

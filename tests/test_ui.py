@@ -1,0 +1,218 @@
+"""The web app: its functions called directly, and the page driven in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from browser.chromium import free_port, in_ci, page, require, require_chromium
+from fuzz import CAPTION, QUERY, build_corpus, scene
+
+gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
+
+from retouch.cli import PNG_KEY  # noqa: E402
+from retouch.ui.app import _preset_values, build_app, form_defaults, launch, run_edit  # noqa: E402
+from retouch.ui.session import Cache  # noqa: E402
+
+torch.set_num_threads(1)
+
+FAST = {"diffedit": dict(num_inference_steps=10, mask_samples=2),
+        "ledits": dict(num_inference_steps=10, skip=2)}
+SCREENSHOT = Path(__file__).parents[1] / "docs" / "ui.png"
+
+
+@pytest.fixture(scope="session")
+def ui_model(request):
+    """The shipped model when installed (RETOUCH_TEST_MODEL, RETOUCH_TEST_TINY: see test_cli.py)."""
+    import retouch
+    from retouch.models import SHIPPED
+
+    if os.environ.get("RETOUCH_TEST_MODEL"):
+        return retouch.load(os.environ["RETOUCH_TEST_MODEL"], device="cpu")
+    if (SHIPPED / "model_index.json").is_file() and not os.environ.get("RETOUCH_TEST_TINY"):
+        return retouch.load(device="cpu")
+    return request.getfixturevalue("tiny_eps")
+
+
+@pytest.fixture()
+def image() -> np.ndarray:
+    return scene()
+
+
+def edit(model, cache, image, method="ledits", texts=None, seed=0, **settings):
+    forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
+    forms[method].update(settings)
+    texts = texts or ({"query": QUERY, "reference": CAPTION} if method == "diffedit"
+                      else {"add": "red circle", "remove": "purple circle", "source": CAPTION})
+    return dict(zip(["overlay", "result", "file", "status", "cache"],
+                    run_edit(model, cache, image, method, texts, seed, forms["diffedit"], forms["ledits"])))
+
+
+def test_second_edit_of_the_same_image_skips_the_inversion(ui_model, image):
+    first = edit(ui_model, None, image)
+    assert re.search(r"^inversion: \d+\.\d s$", first["status"], re.M), first["status"]
+    assert re.search(r"^edit: \d+\.\d s$", first["status"], re.M)
+    second = edit(ui_model, first["cache"], image, texts={"add": "blue circle", "source": CAPTION})
+    assert "inversion: skipped (reused)" in second["status"]
+    again = edit(ui_model, second["cache"], image)  # same inputs, reused inversion: same result
+    assert np.array_equal(np.asarray(first["result"]), np.asarray(again["result"]))
+    evals = [int(re.search(r"UNet evaluations: (\d+)", r["status"])[1]) for r in (first, again)]
+    assert evals[1] < evals[0]
+    with Image.open(first["file"]) as png:
+        params = json.loads(png.text[PNG_KEY])
+    assert params["method"] == "ledits" and params["settings"]["add"] == ["red circle"]
+    changed = edit(ui_model, again["cache"], image, skip=3)  # another inversion is needed
+    assert "skipped" not in changed["status"]
+
+
+def test_diffedit_reuses_its_mask_and_encoding(ui_model, image):
+    first = edit(ui_model, None, image, "diffedit")
+    assert "mask: skipped" not in first["status"] and "mask area" in first["status"]
+    assert first["overlay"].size == first["result"].size == (64, 64)
+    second = edit(ui_model, first["cache"], image, "diffedit", guidance_scale=3.0)
+    assert "mask: skipped (reused)" in second["status"] and "encoding: skipped (reused)" in second["status"]
+    third = edit(ui_model, second["cache"], image, "diffedit", texts={"query": "a blue circle"})
+    assert "mask: skipped" not in third["status"] and "encoding: skipped (reused)" in third["status"]
+
+
+def test_each_visitor_has_their_own_cache(ui_model, image):
+    alice = edit(ui_model, None, image)
+    bob = edit(ui_model, None, image)
+    assert "skipped" not in bob["status"] and bob["cache"] is not alice["cache"]
+    assert len(alice["cache"].entries) == 1
+    cache = Cache(size=2)
+    for skip in (2, 3, 4):
+        cache = edit(ui_model, cache, image, skip=skip)["cache"]
+    assert len(cache.entries) == 2  # bounded
+
+
+def _uploaded_copy(path: Path) -> Path:
+    """A file where Gradio keeps uploads (the app reads nothing else)."""
+    folder = Path(gr.utils.get_upload_folder()) / f"retouch-test-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(path, folder / path.name))
+
+
+@pytest.mark.parametrize("case", ["no image", "server path", "1x1 array", "transparent", "empty query",
+                                  "over-long prompt", "NaN setting", "bad per-concept text",
+                                  "negative seed", "unknown mode"])
+def test_bad_input_gives_a_message_not_a_crash(ui_model, image, case):
+    bad = {
+        "no image": dict(image=None),
+        "server path": dict(image="/etc/hostname"),
+        "1x1 array": dict(image=image[:1, :1]),
+        "transparent": dict(image=np.dstack([image, np.zeros(image.shape[:2], np.uint8)])),
+        "empty query": dict(method="diffedit", texts={"query": "  "}),
+        "over-long prompt": dict(method="diffedit", texts={"query": "red " * 100}),
+        "NaN setting": dict(method="diffedit", guidance_scale=math.nan),
+        "bad per-concept text": dict(edit_scale="7,x"),
+        "negative seed": dict(seed=-1),
+        "unknown mode": dict(method="diffedit", mode="magic"),
+    }[case]
+    args = {"image": image, **bad}
+    with pytest.warns(UserWarning):  # gr.Warning outside a request: a Python warning
+        out = edit(ui_model, None, args.pop("image"), **args)
+    assert out["status"].startswith("Error: ") and "\n" not in out["status"]
+    assert out["result"] is None and isinstance(out["cache"], Cache)
+
+
+def test_corpus_through_the_app(ui_model, tmp_path):
+    """The bad-input corpus's image files, as uploads: a message each, or an edit."""
+    for case in build_corpus(tmp_path):
+        if case.image.name == "good.png":
+            continue
+        path = _uploaded_copy(case.image)
+        try:
+            with pytest.warns(UserWarning) if case.expect == "error" else contextlib.nullcontext():
+                out = edit(ui_model, None, str(path), "diffedit")
+        finally:
+            shutil.rmtree(path.parent)
+        if case.expect == "error":
+            assert out["status"].startswith("Error: "), (case.name, out["status"])
+        else:
+            assert out["result"].size == case.size, case.name
+
+
+def test_presets_fill_the_form():
+    assert _preset_values("object") == ["15.0", "5", "0.95"]
+    assert _preset_values("none") == [form_defaults("ledits")[n] for n in
+                                      ("edit_scale", "edit_warmup", "edit_threshold")]
+
+
+def test_the_form_is_derived_and_model_work_is_queued_one_at_a_time(ui_model):
+    from retouch.cli import settings_fields
+    from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.ledits import LEditsConfig
+
+    demo = build_app(ui_model)
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for method, cls in (("diffedit", DiffEditConfig), ("ledits", LEditsConfig)):
+        assert {f"{method}-{s.name}" for s in settings_fields(cls)} <= ids
+    edits = [fn for fn in demo.fns.values() if fn.name == "on_edit"]
+    assert len(edits) == 1 and edits[0].concurrency_limit == 1
+
+
+def test_in_the_browser(ui_model, tmp_path):
+    """Upload a ShapesWorld image, edit it with LEDITS, see the result; edit again: the page says
+    the inversion was reused. Leaves a screenshot (RETOUCH_UI_SCREENSHOT=1 updates docs/ui.png)."""
+    require_chromium()
+    expect = require("playwright.sync_api").expect
+    photo = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(photo)
+    port = free_port()
+    demo = launch(ui_model, port=port, block=False)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        with page() as p:
+            p.goto(url)
+            p.locator("#image input[type=file]").set_input_files(photo)
+            expect(p.locator("#image img")).to_have_count(1, timeout=20_000)
+            p.locator("#method").get_by_label("ledits").check()
+            p.locator("#source").get_by_role("textbox").fill(CAPTION)
+            p.locator("#add").get_by_role("textbox").fill("red circle")
+            p.locator("#remove").get_by_role("textbox").fill("purple circle")
+            p.locator("#mask").get_by_label("infer").check()
+            p.get_by_text("LEDITS settings").click()
+            p.locator("#ledits-num_inference_steps").get_by_role("spinbutton").fill("20")
+            p.locator("#ledits-skip").get_by_role("spinbutton").fill("4")
+            status = p.locator("#status").get_by_role("textbox")
+            p.locator("#edit").click()
+            expect(status).to_have_value(re.compile(r"^inversion: \d"), timeout=120_000)
+            expect(p.locator("#result img")).to_have_count(1)
+            expect(p.locator("#overlay img")).to_have_count(1)
+            assert p.locator("#result img").get_attribute("src")
+            first = status.input_value()
+            p.locator("#add").get_by_role("textbox").fill("green circle")
+            p.locator("#edit").click()
+            expect(status).to_have_value(re.compile("inversion: skipped \\(reused\\)"), timeout=120_000)
+            assert "edit: " in status.input_value() and first != status.input_value()
+            p.locator("#status").scroll_into_view_if_needed()
+            p.evaluate("window.scrollTo(0, 0)")
+            p.screenshot(path=str(tmp_path / "ui.png"))
+            _check_upload_limit(url)
+    finally:
+        demo.close()
+    if os.environ.get("RETOUCH_UI_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "ui.png", SCREENSHOT)
+
+
+def _check_upload_limit(url: str) -> None:
+    """An upload over the app's size limit is refused by the server (HTTP 413)."""
+    import httpx
+
+    too_big = b"\0" * (11 * 1024 * 1024)
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", too_big, "image/png")}, timeout=30)
+    assert r.status_code == 413, r.status_code
