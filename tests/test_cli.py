@@ -268,19 +268,6 @@ def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeyp
     assert why in one_error_line(run("edit", image, "-o", tmp_path / "out.png", *model_args, *args))
 
 
-def test_ui_command_serves_the_loaded_model(tmp_path, model_args, monkeypatch):
-    pytest.importorskip("gradio")
-    import retouch.ui
-
-    served = {}
-    monkeypatch.setattr(retouch.ui, "launch", lambda model, host, port: served.update(model=model, host=host,
-                                                                                         port=port))
-    result = run("ui", "--port", "7999", *model_args)
-    assert result.exit_code == 0, result.output
-    assert served["host"] == "127.0.0.1" and served["port"] == 7999 and served["model"].fingerprint
-    assert "Invalid value" in one_error_line(run("ui", "--port", "0"))
-
-
 def test_unloadable_model_is_one_line(image, tmp_path):
     line = one_error_line(run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--model", tmp_path))
     assert "not a diffusers model folder" in line

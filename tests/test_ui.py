@@ -98,11 +98,12 @@ def test_each_visitor_has_their_own_cache(ui_model, image):
     assert len(cache.entries) == 2  # bounded
 
 
-def _uploaded_copy(path: Path) -> Path:
-    """A file where Gradio keeps uploads (the app reads nothing else)."""
+def _uploaded_copy(path: Path, data: bytes | None = None) -> Path:
+    """A file (path's, or data named like path) where Gradio keeps uploads: the app reads nothing else."""
     folder = Path(gr.utils.get_upload_folder()) / f"retouch-test-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy(path, folder / path.name))
+    (folder / path.name).write_bytes(path.read_bytes() if data is None else data)
+    return folder / path.name
 
 
 @pytest.mark.parametrize("case", ["no image", "server path", "1x1 array", "transparent", "empty query",
@@ -145,6 +146,37 @@ def test_corpus_through_the_app(ui_model, tmp_path):
             assert out["result"].size == case.size, case.name
 
 
+def test_uploads_reach_retouch_undecoded(ui_model, tmp_path):
+    """The page's payload names a file in Gradio's upload folder; anything else is refused."""
+    not_an_image = _uploaded_copy(tmp_path.joinpath("text.png"), b"not an image")
+    payload = {"path": str(not_an_image), "orig_name": "text.png"}
+    with pytest.warns(UserWarning):
+        out = edit(ui_model, None, payload)
+    shutil.rmtree(not_an_image.parent)
+    assert out["status"] == "Error: cannot read image text.png: not an image Pillow can decode"
+    with pytest.warns(UserWarning):
+        out = edit(ui_model, None, {"path": "/etc/hostname"})
+    assert out["status"] == "Error: the image must be uploaded"
+
+
+def test_ui_command_serves_the_loaded_model(monkeypatch):
+    """`retouch ui` loads the model once and serves it (launch replaced here)."""
+    from click.testing import CliRunner
+
+    import retouch.ui
+    from retouch.cli import main
+
+    served = {}
+    monkeypatch.setattr(retouch.ui, "launch", lambda model, host, port: served.update(model=model, host=host,
+                                                                                         port=port))
+    monkeypatch.setattr("retouch.load", lambda model, device, dtype: "the model")
+    result = CliRunner().invoke(main, ["ui", "--port", "7999"])
+    assert result.exit_code == 0, result.output
+    assert served == {"model": "the model", "host": "127.0.0.1", "port": 7999}
+    result = CliRunner().invoke(main, ["ui", "--port", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.stderr
+
+
 def test_presets_fill_the_form():
     assert _preset_values("object") == ["15.0", "5", "0.95"]
     assert _preset_values("none") == [form_defaults("ledits")[n] for n in
@@ -171,12 +203,22 @@ def test_in_the_browser(ui_model, tmp_path):
     expect = require("playwright.sync_api").expect
     photo = tmp_path / "scene.png"
     Image.fromarray(scene()).save(photo)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photo.read_bytes()[:200])
     port = free_port()
     demo = launch(ui_model, port=port, block=False)
     url = f"http://127.0.0.1:{port}/"
     try:
         with page() as p:
             p.goto(url)
+            status = p.locator("#status").get_by_role("textbox")
+            # a broken upload: a message on the page, and the server goes on serving
+            p.locator("#image input[type=file]").set_input_files(broken)
+            p.locator("#query").get_by_role("textbox").fill(QUERY)
+            p.locator("#edit").click()
+            message = r"^Error: cannot read image broken.png: the file is truncated"
+            expect(status).to_have_value(re.compile(message), timeout=60_000)
+            p.locator("#image").get_by_label("Remove Image").click()
             p.locator("#image input[type=file]").set_input_files(photo)
             expect(p.locator("#image img")).to_have_count(1, timeout=20_000)
             p.locator("#method").get_by_label("ledits").check()
@@ -187,7 +229,6 @@ def test_in_the_browser(ui_model, tmp_path):
             p.get_by_text("LEDITS settings").click()
             p.locator("#ledits-num_inference_steps").get_by_role("spinbutton").fill("20")
             p.locator("#ledits-skip").get_by_role("spinbutton").fill("4")
-            status = p.locator("#status").get_by_role("textbox")
             p.locator("#edit").click()
             expect(status).to_have_value(re.compile(r"^inversion: \d"), timeout=120_000)
             expect(p.locator("#result img")).to_have_count(1)

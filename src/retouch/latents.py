@@ -40,6 +40,8 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"cannot read image {path}: the file is empty")
     try:
         img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path} is too large: each side must be at most {MAX_SIDE} pixels ({e})") from e
     except Exception as e:  # Pillow raises several types for undecodable files
         raise ImageError(f"cannot read image {path}: not an image Pillow can decode") from e
     _check_size(*img.size, str(path))  # from the header: before decoding a huge image

@@ -68,7 +68,7 @@ def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor:
             raise ValueError(f"cannot read mask {mask}: {e}") from e
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
-    m = torch.as_tensor(np.asarray(mask)).float()
+    m = torch.as_tensor(np.array(mask)).float()
     if m.dim() == 3:
         m = m.amax(dim=-1) if m.shape[-1] in (1, 3, 4) else m.amax(dim=0)
     if tuple(m.shape) != (height, width):

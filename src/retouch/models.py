@@ -50,6 +50,9 @@ def load(
     dev = torch.device(device) if device is not None else default_device()
     dt = _dtype(dtype, dev)
     kw = dict(use_safetensors=None if allow_pickle else True)
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+    if looks_local and not Path(source).expanduser().exists():
+        raise ModelError(f"cannot load model {source}: no such folder")
     if Path(source).exists() and not (Path(source) / "model_index.json").is_file():
         raise ModelError(f"{source} is not a diffusers model folder (no model_index.json)")
     try:

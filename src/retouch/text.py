@@ -18,7 +18,14 @@ def check_prompt(bundle: ModelBundle, text: str, name: str, allow_empty: bool = 
     text = text.strip()
     if not text and not allow_empty:
         raise PromptError(f"{name} is empty")
-    n = len(bundle.tokenizer(text).input_ids)  # with start and end tokens
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # we report the length ourselves, in one line
+    try:
+        n = len(bundle.tokenizer(text).input_ids)  # with start and end tokens
+    finally:
+        hf_logging.set_verbosity(verbosity)
     limit = bundle.tokenizer.model_max_length
     if n > limit:
         raise PromptError(f"{name} is too long: {n} tokens, the text encoder takes at most {limit}")

@@ -6,6 +6,7 @@
     case.add, case.remove                  # the edit as SEGA concepts
 
 Deterministic per seed: the same (seed, kind) always gives the same case, on any machine.
+`scale` > 1 upsamples the 64-pixel renders (nearest) for models of a larger native size.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Case:
     seed: int
     kind: str
     edit: Edit
+    scale: int = 1  # the images (and region) are the 64-pixel renders upsampled by this (nearest)
 
     @property
     def id(self) -> str:
@@ -51,19 +53,21 @@ class Case:
     @cached_property
     def source_image(self) -> np.ndarray:
         """The input: uint8 (H, W, 3)."""
-        return world.render(self.edit.source)
+        return _upsample(world.render(self.edit.source), self.scale)
 
     @cached_property
     def target_image(self) -> np.ndarray:
         """The ground-truth result: uint8 (H, W, 3)."""
-        return world.render(self.edit.target)
+        return _upsample(world.render(self.edit.target), self.scale)
 
     @cached_property
     def region(self) -> np.ndarray:
         """The ground-truth changed region: bool (H, W), True where source and target differ."""
-        return self.edit.changed_region()
+        return _upsample(self.edit.changed_region(), self.scale)
 
-    def judged_region(self) -> tuple[np.ndarray, tuple[str | None, str | None], tuple[str | None, str | None]]:
+    def judged_region(
+        self,
+    ) -> tuple[np.ndarray, tuple[str | None, str | None], tuple[str | None, str | None]]:
         """(region bool (H, W), expected read, source read) for the judge's edit-success read.
 
         recolor/reshape: the union of the object's old and new masks, expecting the new
@@ -92,16 +96,22 @@ class Case:
         return [(o, m) for o, m in zip(e.source.objects, ms) if o != edited]
 
 
-def make_case(seed: int, kind: str) -> Case:
+def _upsample(a: np.ndarray, scale: int) -> np.ndarray:
+    return a if scale == 1 else a.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def make_case(seed: int, kind: str, scale: int = 1) -> Case:
     """The case of (seed, kind): a deterministic ShapesWorld edit."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return Case(int(seed), kind, world.sample_edit(int(seed), kind))
+    return Case(int(seed), kind, world.sample_edit(int(seed), kind), scale)
 
 
-def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS) -> list[Case]:
+def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS, scale: int = 1) -> list[Case]:
     """n cases: case i is kind kinds[i mod len(kinds)] on scene seed `seed + i`."""
     unknown = [k for k in kinds if k not in EDIT_KINDS]
     if unknown or not kinds:
-        raise ValueError(f"unknown edit kind {unknown[0] if unknown else ''!r}; expected some of {EDIT_KINDS}")
-    return [make_case(seed + i, kinds[i % len(kinds)]) for i in range(n)]
+        raise ValueError(
+            f"unknown edit kind {unknown[0] if unknown else ''!r}; expected some of {EDIT_KINDS}"
+        )
+    return [make_case(seed + i, kinds[i % len(kinds)], scale) for i in range(n)]

@@ -48,8 +48,15 @@ def _components(source: ModelBundle | Path | str, pipeline_cls, scheduler=None, 
     loaded (float32) from a folder."""
     common = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if isinstance(source, ModelBundle):
-        return pipeline_cls(vae=source.vae, text_encoder=source.text_encoder, tokenizer=source.tokenizer,
-                            unet=source.unet, scheduler=scheduler or source.scheduler, **common, **extra)
+        return pipeline_cls(
+            vae=source.vae,
+            text_encoder=source.text_encoder,
+            tokenizer=source.tokenizer,
+            unet=source.unet,
+            scheduler=scheduler or source.scheduler,
+            **common,
+            **extra,
+        )
     return pipeline_cls.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True, **common)
 
 
@@ -243,8 +250,10 @@ def ledits_invert(pipe, image, source: str, source_guidance_scale: float, n: int
             generator=torch.Generator(pipe.device).manual_seed(seed),
         )
     if len(pipe.scheduler.timesteps) != n or len(pipe.inversion_steps) != k:
-        raise RuntimeError(f"LEDITS++ ran {len(pipe.scheduler.timesteps)}/{len(pipe.inversion_steps)} "
-                           f"steps, asked for {n}/{k}")
+        raise RuntimeError(
+            f"LEDITS++ ran {len(pipe.scheduler.timesteps)}/{len(pipe.inversion_steps)} "
+            f"steps, asked for {n}/{k}"
+        )
     return out
 
 

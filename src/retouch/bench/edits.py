@@ -68,17 +68,35 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def evaluate(case: Case, method: Method, point: dict | None, out: Output, prep: Timed | None, edit: Timed,
-             judge, vae_scale_factor: int) -> tuple[dict, np.ndarray | None]:
+def evaluate(
+    case: Case,
+    method: Method,
+    point: dict | None,
+    out: Output,
+    prep: Timed | None,
+    edit: Timed,
+    judge,
+    vae_scale_factor: int,
+) -> tuple[dict, np.ndarray | None]:
     """The row of one edit, and its pixel mask bool (H, W) (None if the method has no mask)."""
     h, w = case.source_image.shape[:2]
     mask = None if out.mask is None else pixel_mask(out.mask, vae_scale_factor, h, w)
-    verdicts = (judge_case(judge, out.image, case) if judge is not None else
-                dict(success=None, source_gone=None, read=None, preserved=None, preserved_fraction=None))
+    verdicts = (
+        judge_case(judge, out.image, case)
+        if judge is not None
+        else dict(success=None, source_gone=None, read=None, preserved=None, preserved_fraction=None)
+    )
     first_evals = (prep.evals if prep else 0) + edit.evals
     row = dict(
-        case=case.id, seed=case.seed, kind=case.kind, method=method.name, library=method.library,
-        sweep=point, **verdicts, **image_metrics(out.image, case), **mask_metrics(mask, case),
+        case=case.id,
+        seed=case.seed,
+        kind=case.kind,
+        method=method.name,
+        library=method.library,
+        sweep=point,
+        **verdicts,
+        **image_metrics(out.image, case),
+        **mask_metrics(mask, case),
         unet_evals=first_evals,
         seconds=(prep.seconds if prep else 0.0) + edit.seconds,
         unet_evals_second=edit.evals if prep else None,
@@ -86,8 +104,10 @@ def evaluate(case: Case, method: Method, point: dict | None, out: Output, prep: 
         seconds_prepare=prep.seconds if prep else None,
         unet_evals_edit=edit.evals,
         unet_evals_reported=out.reported_evals,
-        source_caption=case.source_caption, target_caption=case.target_caption,
-        add=list(case.add), remove=list(case.remove),
+        source_caption=case.source_caption,
+        target_caption=case.target_caption,
+        add=list(case.add),
+        remove=list(case.remove),
     )
     return row, mask
 
@@ -122,9 +142,16 @@ def _warm_up(ctx: Context, methods: Sequence[str]) -> None:
             ctx.pipe(name.split("_", 1)[1])
 
 
-def run_bench(ctx: Context, cases: list[Case], methods: Sequence[str], settings: Settings, out_dir: Path,
-              judge=None, sweep: tuple[Sequence[float], Sequence[float]] | None = None,
-              progress: bool = True) -> list[dict]:
+def run_bench(
+    ctx: Context,
+    cases: list[Case],
+    methods: Sequence[str],
+    settings: Settings,
+    out_dir: Path,
+    judge=None,
+    sweep: tuple[Sequence[float], Sequence[float]] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Run every (case, method, sweep point) not yet in out_dir/cases.jsonl, appending a row for
     each as it finishes (and its images, at the default settings). Returns all rows of the file."""
     from tqdm.auto import tqdm
@@ -134,8 +161,12 @@ def run_bench(ctx: Context, cases: list[Case], methods: Sequence[str], settings:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cases.jsonl"
     done = {row_key(r["case"], r["method"], r.get("sweep")) for r in read_rows(path)}
-    jobs = [(case, METHODS[m], point) for case in cases for m in methods
-            for point in (sweep_points(METHODS[m], settings, *sweep) if sweep else [None])]
+    jobs = [
+        (case, METHODS[m], point)
+        for case in cases
+        for m in methods
+        for point in (sweep_points(METHODS[m], settings, *sweep) if sweep else [None])
+    ]
     todo = [j for j in jobs if row_key(j[0].id, j[1].name, j[2]) not in done]
     if todo:
         _warm_up(ctx, methods)
@@ -143,8 +174,12 @@ def run_bench(ctx: Context, cases: list[Case], methods: Sequence[str], settings:
     preps: dict = {}
     current = None
     try:
-        with open(path, "a") as f, tqdm(total=len(todo), desc="bench", disable=not progress, file=sys.stderr,
-                                         dynamic_ncols=True) as bar:
+        with (
+            open(path, "a") as f,
+            tqdm(
+                total=len(todo), desc="bench", disable=not progress, file=sys.stderr, dynamic_ncols=True
+            ) as bar,
+        ):
             for case, method, point in todo:
                 if case.id != current:  # preparations are shared within a case only
                     preps, current = {}, case.id
@@ -162,8 +197,15 @@ def run_bench(ctx: Context, cases: list[Case], methods: Sequence[str], settings:
     return read_rows(path)
 
 
-def write_reports(out_dir: Path, rows: list[dict], cases: list[Case], methods: Sequence[str], settings: Settings,
-                  run: dict, grid_cases: int = 4) -> list[Path]:
+def write_reports(
+    out_dir: Path,
+    rows: list[dict],
+    cases: list[Case],
+    methods: Sequence[str],
+    settings: Settings,
+    run: dict,
+    grid_cases: int = 4,
+) -> list[Path]:
     """summary.md, a grid per kind and, where sweep rows exist, a trade-off plot per family."""
     from retouch.bench import report
 
@@ -184,17 +226,20 @@ def write_reports(out_dir: Path, rows: list[dict], cases: list[Case], methods: S
         series = report.tradeoff_points(rows, names, SWEEP_NAMES[family], default, y_key)
         if series:
             written.append(out_dir / f"tradeoff_{family}.png")
-            report.tradeoff_plot(series, written[-1], f"{family}: edit vs background", SWEEP_LABELS[family],
-                                 y_label)
+            report.tradeoff_plot(
+                series, written[-1], f"{family}: edit vs background", SWEEP_LABELS[family], y_label
+            )
     return written
 
 
 def settings_line(s: Settings) -> str:
     d, c = s.diffedit, s.ledits
-    return (f"DiffEdit N={d.num_inference_steps} r={d.encode_ratio} n={d.mask_samples} w={d.guidance_scale}; "
-            f"LEDITS N={c.num_inference_steps} skip={c.skip_steps} w_src={c.source_guidance_scale} "
-            f"w_tar={c.target_guidance_scale} s={c.edit_scale} δ={c.edit_warmup} λ={c.edit_threshold} "
-            f"momentum={c.momentum_scale}; source={s.source}")
+    return (
+        f"DiffEdit N={d.num_inference_steps} r={d.encode_ratio} n={d.mask_samples} w={d.guidance_scale}; "
+        f"LEDITS N={c.num_inference_steps} skip={c.skip_steps} w_src={c.source_guidance_scale} "
+        f"w_tar={c.target_guidance_scale} s={c.edit_scale} δ={c.edit_warmup} λ={c.edit_threshold} "
+        f"momentum={c.momentum_scale}; source={s.source}"
+    )
 
 
 def make_settings(given: dict, steps: int | None, source: str) -> Settings:
@@ -215,9 +260,13 @@ def make_settings(given: dict, steps: int | None, source: str) -> Settings:
 
 
 def _run_record(model, settings: Settings, judge_path) -> dict:
-    return dict(model=str(model.model_id), fingerprint=model.fingerprint,
-                settings=json.loads(json.dumps(asdict(settings))), judge=None if judge_path is None else str(judge_path),
-                settings_line=settings_line(settings))
+    return dict(
+        model=str(model.model_id),
+        fingerprint=model.fingerprint,
+        settings=json.loads(json.dumps(asdict(settings))),
+        judge=None if judge_path is None else str(judge_path),
+        settings_line=settings_line(settings),
+    )
 
 
 def _check_resume(out_dir: Path, record: dict) -> None:
@@ -229,7 +278,8 @@ def _check_resume(out_dir: Path, record: dict) -> None:
             if old.get(key) != record[key]:
                 raise click.ClickException(
                     f"{out_dir} holds a run with other {key} ({old.get('settings_line', '?')} on "
-                    f"{old.get('model')}): use another --out, or the same settings to resume")
+                    f"{old.get('model')}): use another --out, or the same settings to resume"
+                )
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -247,8 +297,10 @@ def _settings_options():
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import LEditsConfig
 
-    return setting_options({"diffedit": DiffEditConfig, "ledits": LEditsConfig},
-                           keep=lambda n: n not in ("mode", "num_inference_steps"))
+    return setting_options(
+        {"diffedit": DiffEditConfig, "ledits": LEditsConfig},
+        keep=lambda n: n not in ("mode", "num_inference_steps"),
+    )
 
 
 def _load_judge(judge: str | None):
@@ -267,32 +319,84 @@ def _load_judge(judge: str | None):
 
 
 @click.command("edits", cls=SettingsCommand, settings=_settings_options, context_settings=CONTEXT)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for cases.jsonl, summary.md, grids and plots (a run there resumes).")
-@click.option("--seed", type=click.IntRange(0), default=HELD_OUT_SEED, show_default=True,
-              help="Scene seed of the first case (case i: seed + i).")
-@click.option("--cases", "n_cases", type=click.IntRange(1), default=10, show_default=True, help="Number of cases.")
-@click.option("--kinds", default=",".join(EDIT_KINDS), show_default=True, help="Edit kinds, cycled over cases.")
-@click.option("--methods", default="all", show_default=True,
-              help=f"'all' or a comma list of: {', '.join(METHODS)}.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=None,
-              help="num_inference_steps of every method [default: each method's own: 50 DiffEdit, 100 LEDITS].")
-@click.option("--source", type=click.Choice(["caption", "empty"]), default="caption", show_default=True,
-              help="Source text of LEDITS inversions (retouch and diffusers).")
-@click.option("--sweep", is_flag=True, help="Also run the trade-off sweeps (encoding ratio, guidance factor).")
-@click.option("--ratios", default=None, help=f"DiffEdit encoding ratios of the sweep [default: "
-              f"{','.join(map(str, DEFAULT_RATIOS))}].")
-@click.option("--factors", default=None, help=f"LEDITS guidance factors of the sweep [default: "
-              f"{','.join(map(str, DEFAULT_FACTORS))}].")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for cases.jsonl, summary.md, grids and plots (a run there resumes).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=HELD_OUT_SEED,
+    show_default=True,
+    help="Scene seed of the first case (case i: seed + i).",
+)
+@click.option(
+    "--cases", "n_cases", type=click.IntRange(1), default=10, show_default=True, help="Number of cases."
+)
+@click.option(
+    "--kinds", default=",".join(EDIT_KINDS), show_default=True, help="Edit kinds, cycled over cases."
+)
+@click.option(
+    "--methods", default="all", show_default=True, help=f"'all' or a comma list of: {', '.join(METHODS)}."
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="num_inference_steps of every method [default: each method's own: 50 DiffEdit, 100 LEDITS].",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["caption", "empty"]),
+    default="caption",
+    show_default=True,
+    help="Source text of LEDITS inversions (retouch and diffusers).",
+)
+@click.option(
+    "--sweep", is_flag=True, help="Also run the trade-off sweeps (encoding ratio, guidance factor)."
+)
+@click.option(
+    "--ratios",
+    default=None,
+    help=f"DiffEdit encoding ratios of the sweep [default: {','.join(map(str, DEFAULT_RATIOS))}].",
+)
+@click.option(
+    "--factors",
+    default=None,
+    help=f"LEDITS guidance factors of the sweep [default: {','.join(map(str, DEFAULT_FACTORS))}].",
+)
 @click.option("--model", default=None, metavar="FOLDER", help="Model folder [default: the shipped model].")
-@click.option("--judge", default=None, metavar="PATH|none", help="Judge weights [default: the shipped judge].")
+@click.option(
+    "--judge", default=None, metavar="PATH|none", help="Judge weights [default: the shipped judge]."
+)
 @click.option("--device", default=None, help="cpu, cuda... [default: cuda if available].")
 @click.option("--dtype", default=None, help="float32, float16... [default: float16 on GPU, float32 on CPU].")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
 @click.option("--grid-cases", type=click.IntRange(0), default=4, show_default=True, help="Cases per grid.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def edits_command(out_dir, seed, n_cases, kinds, methods, steps, source, sweep, ratios, factors, model, judge,
-                  device, dtype, threads, grid_cases, no_progress, **settings):
+def edits_command(
+    out_dir,
+    seed,
+    n_cases,
+    kinds,
+    methods,
+    steps,
+    source,
+    sweep,
+    ratios,
+    factors,
+    model,
+    judge,
+    device,
+    dtype,
+    threads,
+    grid_cases,
+    no_progress,
+    **settings,
+):
     """ShapesBench: run editing methods on ShapesWorld edits, judge them, write a report."""
     import torch
 
@@ -309,7 +413,9 @@ def edits_command(out_dir, seed, n_cases, kinds, methods, steps, source, sweep, 
         raise click.BadParameter(str(e)) from None
     if "autoencoder" not in names:
         names = ["autoencoder", *names]  # the ceiling of preservation: always a row
-    sweep_values = (_float_list(ratios, DEFAULT_RATIOS), _float_list(factors, DEFAULT_FACTORS)) if sweep else None
+    sweep_values = (
+        (_float_list(ratios, DEFAULT_RATIOS), _float_list(factors, DEFAULT_FACTORS)) if sweep else None
+    )
     if seed < HELD_OUT_SEED:
         click.echo(f"note: seeds below {HELD_OUT_SEED} are training scenes", err=True)
     _quiet_libraries()
@@ -317,7 +423,15 @@ def edits_command(out_dir, seed, n_cases, kinds, methods, steps, source, sweep, 
     judge_model, judge_path = _load_judge(judge)
     record = _run_record(bundle, bench_settings, judge_path)
     _check_resume(out_dir, record)
-    rows = run_bench(Context(bundle), cases, names, bench_settings, out_dir, judge_model, sweep_values,
-                     progress=not no_progress)
+    rows = run_bench(
+        Context(bundle),
+        cases,
+        names,
+        bench_settings,
+        out_dir,
+        judge_model,
+        sweep_values,
+        progress=not no_progress,
+    )
     for path in write_reports(out_dir, rows, cases, names, bench_settings, record, grid_cases):
         click.echo(f"wrote {path}")

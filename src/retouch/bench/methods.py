@@ -49,9 +49,13 @@ class Settings:
             return replace(self, diffedit=replace(self.diffedit, encode_ratio=float(value)))
         lc = self.ledits
         scale = lc.edit_scale
-        scaled = [float(v) * value for v in scale] if isinstance(scale, (list, tuple)) else float(scale) * value
-        return replace(self, ledits=replace(lc, target_guidance_scale=lc.target_guidance_scale * value,
-                                            edit_scale=scaled))
+        scaled = (
+            [float(v) * value for v in scale] if isinstance(scale, (list, tuple)) else float(scale) * value
+        )
+        return replace(
+            self,
+            ledits=replace(lc, target_guidance_scale=lc.target_guidance_scale * value, edit_scale=scaled),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,16 @@ def _diffedit(mode: str) -> Callable:
     def edit(ctx: Context, case: Case, s: Settings, encoding) -> Output:
         from retouch.methods.diffedit import diffedit
 
-        r = diffedit(ctx.model, case.source_image, case.target_caption, case.source_caption,
-                     config=replace(s.diffedit, mode=mode), seed=case.seed, encoding=encoding, progress=False)
+        r = diffedit(
+            ctx.model,
+            case.source_image,
+            case.target_caption,
+            case.source_caption,
+            config=replace(s.diffedit, mode=mode),
+            seed=case.seed,
+            encoding=encoding,
+            progress=False,
+        )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
     return edit
@@ -132,19 +144,27 @@ def _ddpm_key(s: Settings) -> tuple:
 def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
     from retouch.methods.ledits import invert
 
-    return invert(ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed,
-                  progress=False)
+    return invert(
+        ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed, progress=False
+    )
 
 
 def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
     def edit(ctx: Context, case: Case, s: Settings, inv) -> Output:
         from retouch.methods.ledits import ledits
 
-        r = ledits(ctx.model, inv, add=list(case.add) if concepts else [],
-                   remove=list(case.remove) if concepts else [],
-                   prompt=case.target_caption if prompt else "", config=s.ledits, seed=case.seed,
-                   mask="infer" if masked else None, image=case.source_image if masked else None,
-                   progress=False)
+        r = ledits(
+            ctx.model,
+            inv,
+            add=list(case.add) if concepts else [],
+            remove=list(case.remove) if concepts else [],
+            prompt=case.target_caption if prompt else "",
+            config=s.ledits,
+            seed=case.seed,
+            mask="infer" if masked else None,
+            image=case.source_image if masked else None,
+            progress=False,
+        )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
     return edit
@@ -186,8 +206,15 @@ def _their_inversion(ctx: Context, case: Case, s: Settings):
 
     pipe = ctx.pipe("ledits")
     n, k = _ledits_steps(s)
-    dp.ledits_invert(pipe, Image.fromarray(case.source_image), s.source_text(case),
-                     s.ledits.source_guidance_scale, n, k, case.seed)
+    dp.ledits_invert(
+        pipe,
+        Image.fromarray(case.source_image),
+        s.source_text(case),
+        s.ledits.source_guidance_scale,
+        n,
+        k,
+        case.seed,
+    )
     token = (case.id, _their_ddpm_key(s))
     pipe._retouch_bench_inverted = token  # the pipeline keeps its inversion: remember whose it is
     return token
@@ -199,10 +226,13 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token) -> Output:
         raise RuntimeError(f"diffusers' LEDITS++ pipeline holds another inversion than {token}")
     c = s.ledits
     k = len(case.add) + len(case.remove)
-    scale, warmup, threshold = (v if isinstance(v, (list, tuple)) else [v] * k
-                                for v in (c.edit_scale, c.edit_warmup, c.edit_threshold))
-    img = dp.ledits_edit(pipe, case.add, case.remove, list(scale), list(warmup), list(threshold),
-                         masks=True, seed=case.seed)
+    scale, warmup, threshold = (
+        v if isinstance(v, (list, tuple)) else [v] * k
+        for v in (c.edit_scale, c.edit_warmup, c.edit_threshold)
+    )
+    img = dp.ledits_edit(
+        pipe, case.add, case.remove, list(scale), list(warmup), list(threshold), masks=True, seed=case.seed
+    )
     return Output(_image(img))
 
 
@@ -229,12 +259,31 @@ METHODS: dict[str, Method] = {
         Method("ledits_prompt", "ledits", _ledits(True, False), _ddpm_inversion, _ddpm_key),
         Method("ledits_concepts", "ledits", _ledits(False, True), _ddpm_inversion, _ddpm_key),
         Method("ledits_both", "ledits", _ledits(True, True), _ddpm_inversion, _ddpm_key),
-        Method("ledits_masked", "ledits", _ledits(True, True, masked=True), _ddpm_inversion, _ddpm_key,
-               has_mask=True),
-        Method("diffusers_diffedit", "diffedit", _their_diffedit, _their_ddim_encoding,
-               lambda s: ("diffusers", *_ddim_key(s)), has_mask=True, library="diffusers"),
-        Method("diffusers_ledits", "ledits", _their_ledits, _their_inversion, _their_ddpm_key,
-               library="diffusers"),
+        Method(
+            "ledits_masked",
+            "ledits",
+            _ledits(True, True, masked=True),
+            _ddpm_inversion,
+            _ddpm_key,
+            has_mask=True,
+        ),
+        Method(
+            "diffusers_diffedit",
+            "diffedit",
+            _their_diffedit,
+            _their_ddim_encoding,
+            lambda s: ("diffusers", *_ddim_key(s)),
+            has_mask=True,
+            library="diffusers",
+        ),
+        Method(
+            "diffusers_ledits",
+            "ledits",
+            _their_ledits,
+            _their_inversion,
+            _their_ddpm_key,
+            library="diffusers",
+        ),
     ]
 }
 
@@ -260,8 +309,9 @@ class Timed:
     evals: int
 
 
-def run_method(ctx: Context, calls: dp.UNetCalls, method: Method, case: Case, settings: Settings,
-               preps: dict) -> tuple[Output, Timed | None, Timed]:
+def run_method(
+    ctx: Context, calls: dp.UNetCalls, method: Method, case: Case, settings: Settings, preps: dict
+) -> tuple[Output, Timed | None, Timed]:
     """Run one method on one case: (output, its preparation (None if it has none), its edit).
     preps: a per-case cache {prep_key: Timed}, shared by methods with the same key."""
     device = ctx.model.device
@@ -272,5 +322,7 @@ def run_method(ctx: Context, calls: dp.UNetCalls, method: Method, case: Case, se
             value, seconds, evals = dp.timed(lambda: method.prepare(ctx, case, settings), device, calls)
             preps[key] = Timed(value, seconds, evals)
         prep = preps[key]
-    out, seconds, evals = dp.timed(lambda: method.edit(ctx, case, settings, prep and prep.value), device, calls)
+    out, seconds, evals = dp.timed(
+        lambda: method.edit(ctx, case, settings, prep and prep.value), device, calls
+    )
     return out, prep, Timed(None, seconds, evals)

@@ -52,19 +52,23 @@ def _order(rows: list[dict], key: str, first: Sequence[str] = ()) -> list[str]:
     return [v for v in seen if any(r[key] == v for r in rows)]
 
 
-def summary_markdown(rows: list[dict], run: dict, methods: Sequence[str] = (), kinds: Sequence[str] = ()) -> str:
+def summary_markdown(
+    rows: list[dict], run: dict, methods: Sequence[str] = (), kinds: Sequence[str] = ()
+) -> str:
     """The summary: per method over all kinds, then per method and kind, then success by kind."""
     rows = default_rows(rows)
     methods = _order(rows, "method", methods)
     kinds = _order(rows, "kind", kinds)
     lines = ["# ShapesBench", ""]
-    lines += [f"- model: `{run.get('model')}` (fingerprint {run.get('fingerprint')})",
-              f"- judge: {run.get('judge') or 'none (judge metrics left out)'}",
-              f"- settings: {run.get('settings_line', '')}",
-              f"- {len({r['case'] for r in rows})} cases, {len(rows)} rows; PSNR/SSIM bg: to the input outside "
-              "the changed region; PSNR tgt: to the ground truth inside it; mask IoU at pixel resolution; "
-              "s / edit and evals: a first edit (inversion included), 2nd: a second edit reusing it.",
-              ""]
+    lines += [
+        f"- model: `{run.get('model')}` (fingerprint {run.get('fingerprint')})",
+        f"- judge: {run.get('judge') or 'none (judge metrics left out)'}",
+        f"- settings: {run.get('settings_line', '')}",
+        f"- {len({r['case'] for r in rows})} cases, {len(rows)} rows; PSNR/SSIM bg: to the input outside "
+        "the changed region; PSNR tgt: to the ground truth inside it; mask IoU at pixel resolution; "
+        "s / edit and evals: a first edit (inversion included), 2nd: a second edit reusing it.",
+        "",
+    ]
     header = "| method | kind | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     rule = "|" + "---|" * (3 + len(COLUMNS))
     lines += ["## Per method and kind", "", header, rule]
@@ -76,10 +80,17 @@ def summary_markdown(rows: list[dict], run: dict, methods: Sequence[str] = (), k
             cells = [_fmt(_mean(sel, k), f) for k, _, f in COLUMNS]
             name = f"**{m}**" if kind == "all" else ""
             lines.append(f"| {name} | {kind} | {len(sel)} | " + " | ".join(cells) + " |")
-    for key, title, fmt in [("success", "Edit success by kind", "{:.0%}"),
-                            ("psnr_bg", "Background PSNR (dB) by kind", "{:.2f}")]:
-        lines += ["", f"## {title}", "", "| method | " + " | ".join([*kinds, "all"]) + " |",
-                  "|" + "---|" * (2 + len(kinds))]
+    for key, title, fmt in [
+        ("success", "Edit success by kind", "{:.0%}"),
+        ("psnr_bg", "Background PSNR (dB) by kind", "{:.2f}"),
+    ]:
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| method | " + " | ".join([*kinds, "all"]) + " |",
+            "|" + "---|" * (2 + len(kinds)),
+        ]
         for m in methods:
             mine = [r for r in rows if r["method"] == m]
             cells = [_fmt(_mean([r for r in mine if r["kind"] == k], key), fmt) for k in kinds]
@@ -128,8 +139,10 @@ def grid(cases: list, methods: Sequence[str], images_dir: Path, path: Path, cell
         draw.text((pad, y), f"{case.id}: {edit}", fill="black", font=font)
         draw.text((pad, y + 12), f"{case.source_caption} → {case.target_caption}", fill="gray", font=font)
         y += label
-        tiles = [(Image.fromarray(case.source_image), None), (Image.fromarray(case.target_image),
-                 _tint(case.source_image, case.region))]
+        tiles = [
+            (Image.fromarray(case.source_image), None),
+            (Image.fromarray(case.target_image), _tint(case.source_image, case.region)),
+        ]
         for m in methods:
             out = images_dir / case.id / f"{m}.png"
             mask = images_dir / case.id / f"{m}.mask.png"
@@ -142,20 +155,31 @@ def grid(cases: list, methods: Sequence[str], images_dir: Path, path: Path, cell
                 if tile is not None:
                     canvas.paste(tile.resize((cell, cell), Image.NEAREST), (x, y + k * (cell + pad)))
                 else:
-                    draw.rectangle([x, y + k * (cell + pad), x + cell - 1, y + k * (cell + pad) + cell - 1],
-                                   outline=(220, 220, 220))
+                    draw.rectangle(
+                        [x, y + k * (cell + pad), x + cell - 1, y + k * (cell + pad) + cell - 1],
+                        outline=(220, 220, 220),
+                    )
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
 
 # --- trade-off plots --------------------------------------------------------------------------------
 
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-           (140, 86, 75), (227, 119, 194), (23, 190, 207)]
+PALETTE = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+]
 
 
-def tradeoff_points(rows: list[dict], family_methods: Sequence[str], sweep_name: str, default: float,
-                    y_key: str) -> dict[str, list[tuple[float, float, float]]]:
+def tradeoff_points(
+    rows: list[dict], family_methods: Sequence[str], sweep_name: str, default: float, y_key: str
+) -> dict[str, list[tuple[float, float, float]]]:
     """{method: [(sweep value, mean background PSNR, mean y), ...]} sorted by sweep value; the
     rows at the default settings are the point at `default`."""
     out = {}
@@ -185,8 +209,14 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
 
 
-def tradeoff_plot(series: dict[str, list[tuple[float, float, float]]], path: Path, title: str,
-                  sweep_label: str, y_label: str, size=(640, 440)) -> None:
+def tradeoff_plot(
+    series: dict[str, list[tuple[float, float, float]]],
+    path: Path,
+    title: str,
+    sweep_label: str,
+    y_label: str,
+    size=(640, 440),
+) -> None:
     """Edit success (y) against background PSNR (x), one polyline per method through its sweep
     points, each point labelled with its sweep value (as the DiffEdit paper's Fig. 4)."""
     font = _font(11)
@@ -206,8 +236,10 @@ def tradeoff_plot(series: dict[str, list[tuple[float, float, float]]], path: Pat
     y_lo, y_hi = y_lo - 0.05 * (y_hi - y_lo), y_hi + 0.05 * (y_hi - y_lo)
 
     def to_px(x, y):
-        return (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right),
-                h - bottom - (y - y_lo) / (y_hi - y_lo) * (h - top - bottom))
+        return (
+            left + (x - x_lo) / (x_hi - x_lo) * (w - left - right),
+            h - bottom - (y - y_lo) / (y_hi - y_lo) * (h - top - bottom),
+        )
 
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     for t in _ticks(x_lo, x_hi):
@@ -218,8 +250,12 @@ def tradeoff_plot(series: dict[str, list[tuple[float, float, float]]], path: Pat
         _, py = to_px(x_lo, t)
         draw.line([left - 4, py, left, py], fill="black")
         draw.text((6, py - 6), f"{t:.2g}", fill="black", font=font)
-    draw.text((left + 4, h - 18), "background PSNR (dB) to the input, outside the changed region", fill="black",
-              font=font)
+    draw.text(
+        (left + 4, h - 18),
+        "background PSNR (dB) to the input, outside the changed region",
+        fill="black",
+        font=font,
+    )
     draw.text((left, 8), f"{title}   (y: {y_label}; labels: {sweep_label})", fill="black", font=font)
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]

@@ -385,7 +385,7 @@ def train_judge(
     gen = torch.Generator().manual_seed(seed)
     judge = Judge()
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     judge.train()
     for step in range(steps):
         for g in opt.param_groups:
@@ -398,7 +398,8 @@ def train_judge(
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             acc = ((ls.argmax(1) == s) & (lc.argmax(1) == c)).float().mean().item()
-            print(f"step {step:5d}  loss {loss.item():.4f}  region acc {acc:.3f}  {time.time() - start:6.1f}s", flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  region acc {acc:.3f}  "
+                f"{time.time() - start:6.1f}s wall  {time.process_time() - cpu_start:6.1f}s cpu", flush=True)
     save_judge(judge, out_path)
     return judge.eval()
 
@@ -422,18 +423,27 @@ def _held_out_regions(n: int, start: int):
     return images, regions, expected
 
 
-def _held_out_edits(n: int, start: int):
-    """Edited held-out images, their ground-truth changed regions and the expected reads."""
+def _edit_region(e: world.Edit) -> tuple[np.ndarray, tuple[str | None, str | None]]:
+    """The region a benchmark reads after an edit (the union of the edited object's old and new
+    masks; the old mask for a removal; the new mask for an addition) and the expected read."""
+    if e.kind == "remove":
+        return world.masks(e.source)[e.index], (None, None)
+    i = next(i for i, o in enumerate(e.target.objects) if o not in e.source.objects)
+    new, region = e.target.objects[i], world.masks(e.target)[i]
+    if e.index is not None:
+        region = region | world.masks(e.source)[e.index]
+    return region, (new.shape, new.color)
+
+
+def _held_out_edits(n: int, start: int, diff: bool = False):
+    """Edited held-out images, their edit regions (the ground-truth pixel difference if `diff`)
+    and the expected reads."""
     images, regions, expected = [], [], []
     for seed in range(start, start + n):
-        kind = EDIT_REGION_KINDS[seed % len(EDIT_REGION_KINDS)]
-        e = world.sample_edit(seed, kind)
-        if kind == "remove":
-            exp = (None, None)
-        else:
-            new = next(o for o in e.target.objects if o not in e.source.objects)
-            exp = (new.shape, new.color)
-        images.append(world.render(e.target)), regions.append(e.changed_region()), expected.append(exp)
+        e = world.sample_edit(seed, EDIT_REGION_KINDS[seed % len(EDIT_REGION_KINDS)])
+        region, exp = _edit_region(e)
+        images.append(world.render(e.target)), expected.append(exp)
+        regions.append(e.changed_region() if diff else region)
     return images, regions, expected
 
 
@@ -451,8 +461,9 @@ def held_out_accuracy(judge: Judge, n: int = 500, start: int = HELD_OUT_SEED) ->
     """Accuracies on held-out scenes (seeds from `start` >= HELD_OUT_SEED, `n` of each kind).
 
     region: shape and colour right on object masks and empty blobs of clean renders;
-    region_augmented: the same on degraded renders; edit_region: on the ground-truth changed
-    region of recolor / reshape / remove / add edits; background: on clean renders;
+    region_augmented: the same on degraded renders; edit_region: on the edit region of recolor /
+    reshape / remove / add edits (see `_edit_region`), edit_region_diff: on their ground-truth
+    pixel difference instead; background: on clean renders;
     faithful: `faithful` true for clean renders against their own captions.
     """
     if start < HELD_OUT_SEED:
@@ -465,6 +476,7 @@ def held_out_accuracy(judge: Judge, n: int = 500, start: int = HELD_OUT_SEED) ->
         "region": _region_accuracy(judge, *regions),
         "region_augmented": _region_accuracy(judge, *regions, gen=torch.Generator().manual_seed(start)),
         "edit_region": _region_accuracy(judge, *_held_out_edits(n, start)),
+        "edit_region_diff": _region_accuracy(judge, *_held_out_edits(n, start, diff=True)),
         "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)])),
         "faithful": float(np.mean([r.faithful for r in readings])),
     }
@@ -472,9 +484,11 @@ def held_out_accuracy(judge: Judge, n: int = 500, start: int = HELD_OUT_SEED) ->
 
 def train_and_export(out_path: str | Path = DEFAULT_WEIGHTS, steps: int = 1500, seed: int = 0, n_eval: int = 1000) -> dict:
     """Train the judge, save its weights and a JSON of metadata and held-out accuracies beside them."""
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     judge = train_judge(out_path, steps, seed)
-    meta = {"steps": steps, "seed": seed, "train_seconds": round(time.time() - start, 1)}
+    meta = {"steps": steps, "seed": seed, "threads": 1}
+    meta["train_wall_seconds"] = round(time.time() - start, 1)
+    meta["train_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
     meta["params"] = sum(p.numel() for p in judge.parameters())
     meta["held_out"] = {"n": n_eval, "start": HELD_OUT_SEED, **held_out_accuracy(judge, n_eval)}
     Path(out_path).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")

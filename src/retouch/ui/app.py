@@ -85,12 +85,18 @@ def _concepts(text: str | None) -> tuple[str, ...]:
 
 
 def _uploaded(image):
-    """An uploaded image: Gradio gives the path of the file it received (refused unless it is in
-    Gradio's upload folder: a visitor never names a server path); tests give PIL images or arrays."""
+    """The image to edit. From the page: Gradio's payload for the uploaded file, whose path Gradio
+    has checked is in its upload folder (the event skips Gradio's decoding, so retouch.latents
+    reads and checks the file: size from the header first, truncation, modes). A path is accepted
+    only inside that folder: a visitor never names a server path. Tests give PIL images or arrays."""
     if image is None:
         raise ValueError("upload an image first")
     if isinstance(image, (Image.Image, np.ndarray)):
         return image
+    if isinstance(image, dict):
+        if not image.get("path"):
+            raise ValueError("upload the image as a file")
+        image = image["path"]
     path = Path(str(image)).resolve()
     if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
         raise ValueError("the image must be uploaded")
@@ -115,9 +121,10 @@ def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts:
     Bad input gives a warning and the reason in the status box; the server keeps serving."""
     cache = cache if cache is not None else Cache()
     try:
+        image = _uploaded(image)
         values = diffedit_values if method == "diffedit" else ledits_values
         req = EditRequest(
-            image=_uploaded(image), method=method, settings=form_settings(method, values),
+            image=image, method=method, settings=form_settings(method, values),
             seed=int(seed) if seed is not None and float(seed).is_integer() else seed,
             query=texts.get("query") or "", reference=texts.get("reference") or "",
             prompt=texts.get("prompt") or "", source=texts.get("source") or "",
@@ -129,6 +136,8 @@ def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts:
         if not (is_input_error(e) or type(e) is ValueError):
             raise
         message = " ".join(str(e).split())
+        if isinstance(image, Path):  # name the file as the visitor knows it, not where the server keeps it
+            message = message.replace(str(image), image.name)
         gr.Warning(message)
         return None, None, None, f"Error: {message}", cache
     return outcome.overlay, outcome.result.image, _result_file(outcome), outcome.status, cache
@@ -226,8 +235,9 @@ def build_app(model: ModelBundle) -> gr.Blocks:
 
         inputs = {cache, image, method, seed, *texts.values(), *form["diffedit"].values(),
                   *form["ledits"].values()}
+        # preprocess=False: the handler gets the upload's payload, not Gradio's decoding of it
         edit_button.click(on_edit, inputs=inputs, outputs=[overlay, result, download, status, cache],
-                          concurrency_limit=1)
+                          concurrency_limit=1, preprocess=False)
     return demo
 
 

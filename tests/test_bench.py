@@ -1,0 +1,263 @@
+"""ShapesBench: cases, metrics on known inputs, and a 1-case run of `retouch bench edits` on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from retouch.bench.cases import make_case, make_cases
+from retouch.bench.metrics import iou, pixel_mask, psnr, ssim, ssim_map
+from retouch.shapes.world import EDIT_KINDS
+from retouch.train import HELD_OUT_SEED
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- cases ------------------------------------------------------------------------------------------
+
+
+def test_cases_are_deterministic_per_seed():
+    a, b = make_cases(HELD_OUT_SEED, 10), make_cases(HELD_OUT_SEED, 10)
+    assert [c.id for c in a] == [c.id for c in b]
+    assert [c.kind for c in a[:5]] == list(EDIT_KINDS)
+    for x, y in zip(a, b):
+        assert x.edit == y.edit
+        assert np.array_equal(x.source_image, y.source_image) and np.array_equal(x.region, y.region)
+    assert make_cases(HELD_OUT_SEED + 1, 1)[0].edit != a[0].edit or a[0].kind != "recolor"
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+@pytest.mark.parametrize("seed", [0, 7, HELD_OUT_SEED, 2**40 + 3])
+def test_every_seed_gives_a_consistent_case(kind, seed):
+    case = make_case(seed, kind)
+    assert case.source_image.shape == case.target_image.shape == (64, 64, 3)
+    assert case.region.any()
+    # outside the changed region the ground truth is the input
+    assert np.array_equal(case.source_image[~case.region], case.target_image[~case.region])
+    assert case.add or case.remove
+    assert case.source_caption != case.target_caption
+    if kind == "background":
+        with pytest.raises(ValueError):
+            case.judged_region()
+        assert len(case.untouched()) == len(case.edit.source.objects)
+    else:
+        region, expected, source = case.judged_region()
+        assert region.any() and expected != source
+        assert len(case.untouched()) == len(case.edit.source.objects) - (kind != "add")
+
+
+def test_bad_seed_and_kind_are_refused():
+    with pytest.raises(ValueError):
+        make_case(-1, "recolor")
+    with pytest.raises(ValueError):
+        make_cases(0, 2, ["recolour"])
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def _noise_image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+
+
+def test_psnr_known_values():
+    a = _noise_image(0)
+    assert psnr(a, a) > 150  # identical: the cap of bench.model.psnr
+    b = a.astype(np.int16)
+    b = np.clip(b + np.where(b < 255, 1, -1), 0, 255).astype(np.uint8)  # every value off by exactly 1
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255**2), abs=1e-9)  # MSE 1: 48.13 dB
+    where = np.zeros(a.shape[:2], bool)
+    where[:5] = True
+    c = a.copy()
+    c[~where] = 0  # differences only outside `where`
+    assert psnr(a, c, where) > 150
+    assert psnr(a, c, np.zeros_like(where)) is None
+
+
+def test_ssim_identity_and_bounds():
+    a, b = _noise_image(1), _noise_image(2)
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert -1 <= ssim(a, b) < 0.1  # independent noise: near 0
+    assert ssim(a, b) == pytest.approx(ssim(b, a), abs=1e-12)
+    flat = np.full_like(a, 100)
+    assert ssim(flat, flat) == pytest.approx(1.0)
+    where = np.zeros(a.shape[:2], bool)
+    assert ssim(a, b, where) is None
+
+
+def test_ssim_matches_a_direct_window_computation():
+    """At an interior pixel the map equals the SSIM formula with the Gaussian-weighted window
+    written out (11x11, σ 1.5, C1 = (0.01·255)², C2 = (0.03·255)²)."""
+    a = _noise_image(3).astype(np.float64)
+    b = np.clip(a * 0.7 + 40 + _noise_image(4) * 0.2, 0, 255)
+    x = np.arange(11) - 5
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    i, j, ch = 15, 20, 1
+    pa, pb = a[i - 5 : i + 6, j - 5 : j + 6, ch], b[i - 5 : i + 6, j - 5 : j + 6, ch]
+    mu_a, mu_b = (w * pa).sum(), (w * pb).sum()
+    va, vb = (w * (pa - mu_a) ** 2).sum(), (w * (pb - mu_b) ** 2).sum()
+    cov = (w * (pa - mu_a) * (pb - mu_b)).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    want = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
+    assert ssim_map(a, b)[i, j, ch] == pytest.approx(want, rel=1e-9)
+
+
+def test_ssim_over_a_region_sees_only_that_region():
+    a = _noise_image(5)
+    b = a.copy()
+    b[:, 30:] = 255 - b[:, 30:]  # changed on the right only
+    left = np.zeros(a.shape[:2], bool)
+    left[:, :20] = True  # window radius 5: no window centred here reaches column 30
+    assert ssim(a, b, left) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(a, b) < 0.9
+
+
+def test_iou_known_values():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    assert iou(a, b) == 1.0  # both empty
+    a[:2] = True  # 8 cells
+    b[1:3] = True  # 8 cells, 4 shared
+    assert iou(a, b) == pytest.approx(4 / 12)
+    assert iou(a, a) == 1.0 and iou(a, ~a) == 0.0
+
+
+def test_pixel_mask_upsamples_and_binarises():
+    latent = np.zeros((8, 8), np.float32)
+    latent[2:4, 2:6] = 1
+    m = pixel_mask(latent, 8, 64, 64)
+    assert m.shape == (64, 64) and m.dtype == bool
+    assert m[20, 30] and not m[0, 0]
+    assert m.mean() == pytest.approx(latent.mean(), abs=0.02)
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from retouch.architecture import build_components, save_pipeline
+
+    folder = tmp_path_factory.mktemp("bench-tiny")
+    return save_pipeline(folder / "model", build_components("tiny", tokenizer_dir=folder / "tok", seed=0))
+
+
+@pytest.fixture(scope="module")
+def judge_path(tmp_path_factory):
+    """Untrained judge weights: the verdicts mean nothing, the code paths run."""
+    from retouch.shapes.judge import Judge, save_judge
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("judge") / "judge.safetensors"
+    save_judge(Judge().eval(), path)
+    return path
+
+
+def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
+    from retouch.bench.edits import edits_command
+
+    out = tmp_path / "run"
+    args = [
+        "--out",
+        str(out),
+        "--cases",
+        "1",
+        "--kinds",
+        "reshape",
+        "--methods",
+        "diffedit,ledits_masked",
+        "--steps",
+        "3",
+        "--mask-samples",
+        "1",
+        "--model",
+        str(tiny_folder),
+        "--judge",
+        str(judge_path),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--grid-cases",
+        "1",
+    ]
+    result = CliRunner().invoke(edits_command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["autoencoder", "diffedit", "ledits_masked"]
+    by = {r["method"]: r for r in rows}
+    assert by["autoencoder"]["unet_evals"] == 0 and by["autoencoder"]["mask_iou"] is None
+    for name in ("diffedit", "ledits_masked"):
+        r = by[name]
+        assert r["unet_evals_reported"] == r["unet_evals_edit"]  # the method's count is the UNet's
+        assert r["unet_evals_second"] == r["unet_evals_edit"] < r["unet_evals"]
+        assert 0 <= r["mask_iou"] <= 1 and r["seconds"] > r["seconds_second"] > 0
+        assert isinstance(r["success"], bool) and 0 < r["ssim_bg"] <= 1
+        assert (out / "images" / r["case"] / f"{name}.mask.png").is_file()
+    # DiffEdit at N=3, r=0.8 (2 steps), n=1: encode 2, mask 2, decode 2·2 = 8
+    assert by["diffedit"]["unet_evals"] == 8
+    summary = (out / "summary.md").read_text()
+    assert "| **diffedit** | all | 1 |" in summary and "ledits_masked" in summary
+    assert (out / "grid_reshape.png").is_file()
+
+    # a second run with one more method runs only that one
+    first = (out / "cases.jsonl").read_text()
+    again = args.copy()
+    again[again.index("diffedit,ledits_masked")] = "diffedit,sdedit"
+    result = CliRunner().invoke(edits_command, again)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    text = (out / "cases.jsonl").read_text()
+    assert text.startswith(first)
+    assert [json.loads(line)["method"] for line in text[len(first) :].splitlines()] == ["sdedit"]
+
+    # other settings in the same folder are refused
+    other = [*args, "--encode-ratio", "0.5"]
+    result = CliRunner().invoke(edits_command, other)
+    assert result.exit_code != 0 and "other settings" in result.output
+
+
+def test_sweep_rows_and_plot(tiny_folder, tmp_path):
+    from retouch.bench.edits import edits_command
+
+    out = tmp_path / "sweep"
+    args = [
+        "--out",
+        str(out),
+        "--cases",
+        "1",
+        "--kinds",
+        "recolor",
+        "--methods",
+        "sdedit",
+        "--steps",
+        "2",
+        "--model",
+        str(tiny_folder),
+        "--judge",
+        "none",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--sweep",
+        "--ratios",
+        "0.5,1.0",
+        "--grid-cases",
+        "0",
+    ]
+    result = CliRunner().invoke(edits_command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    sweeps = [r["sweep"] for r in rows if r["method"] == "sdedit"]
+    assert sweeps == [None, {"encode_ratio": 0.5}, {"encode_ratio": 1.0}]
+    assert all(r["success"] is None for r in rows)  # no judge
+    assert (out / "tradeoff_diffedit.png").is_file()
