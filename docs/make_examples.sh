@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Re-make the README's examples with the shipped model: `bash docs/make_examples.sh` (after setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+r=.venv/bin/retouch
+out=docs/examples
+mkdir -p "$out"
+
+# DiffEdit: recolour, its inferred mask, and the result
+$r mask examples/red_circle.png -o $out/diffedit_mask.png \
+  --query "a green circle on a white background" --reference "a red circle on a white background"
+$r edit examples/red_circle.png -o $out/diffedit_green.png --method diffedit \
+  --query "a green circle on a white background" --reference "a red circle on a white background"
+$r edit examples/two_shapes.png -o $out/diffedit_two.png --method diffedit \
+  --query "a blue square and a red triangle on a gray background" \
+  --reference "a blue square and a yellow triangle on a gray background"
+$r mask examples/two_shapes.png -o $out/diffedit_two_mask.png \
+  --query "a blue square and a red triangle on a gray background" \
+  --reference "a blue square and a yellow triangle on a gray background"
+
+# LEDITS: one inversion, three edits from it
+$r invert examples/two_shapes.png -o $out/two_shapes.inversion.safetensors \
+  --source "a blue square and a yellow triangle on a gray background"
+$r edit examples/two_shapes.png -o $out/ledits_add.png --method ledits \
+  --inversion $out/two_shapes.inversion.safetensors --add "red circle" --preset object
+$r edit examples/two_shapes.png -o $out/ledits_remove.png --method ledits \
+  --inversion $out/two_shapes.inversion.safetensors --remove "yellow triangle" --preset object
+$r edit examples/two_shapes.png -o $out/ledits_prompt.png --method ledits \
+  --inversion $out/two_shapes.inversion.safetensors \
+  --prompt "a blue square and a green triangle on a gray background"
+rm $out/two_shapes.inversion.safetensors
+
+py=.venv/bin/python
+$py docs/strip.py $out/diffedit.png "input=examples/red_circle.png" "mask=$out/diffedit_mask.png" \
+  "green circle=$out/diffedit_green.png" "input=examples/two_shapes.png" \
+  "mask=$out/diffedit_two_mask.png" "red triangle=$out/diffedit_two.png"
+$py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
+  "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
