@@ -261,3 +261,26 @@ def test_sweep_rows_and_plot(tiny_folder, tmp_path):
     assert sweeps == [None, {"encode_ratio": 0.5}, {"encode_ratio": 1.0}]
     assert all(r["success"] is None for r in rows)  # no judge
     assert (out / "tradeoff_diffedit.png").is_file()
+
+
+def test_diffusers_diffedit_matches_retouch_cost(tiny_eps):
+    """diffusers' DiffEdit on the same modules, matched settings: the same UNet evaluations as
+    retouch's (N=3, r=0.8: encode 2, mask 2n = 2, decode 2·2 = 4), a mask of the latent size, and
+    the shared UNet left as it was (its forward unwrapped)."""
+    from retouch.bench.diffusers_pipelines import UNetCalls
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.methods.diffedit import DiffEditConfig
+
+    s = Settings(diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1))
+    case = make_case(HELD_OUT_SEED, "recolor")
+    ctx = Context(tiny_eps)
+    calls = UNetCalls(tiny_eps.unet)
+    try:
+        names = ("diffedit", "diffusers_diffedit")
+        runs = {m: run_method(ctx, calls, METHODS[m], case, s, {}) for m in names}
+    finally:
+        calls.unwrap()
+    assert "forward" not in vars(tiny_eps.unet)
+    for out, prep, edit in runs.values():
+        assert (prep.evals, edit.evals) == (2, 6)
+        assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32)

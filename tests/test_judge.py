@@ -11,9 +11,9 @@ from retouch.shapes import world
 from retouch.shapes.grammar import parse_caption
 from retouch.shapes.judge import (
     DEFAULT_WEIGHTS,
-    find_objects,
     faithful,
     faithful_batch,
+    find_objects,
     load_judge,
     read_background,
     read_region,
@@ -58,8 +58,16 @@ def test_parse_caption_concepts_and_empty_scene():
 
 
 @pytest.mark.parametrize(
-    "text", ["", "a pink circle", "a red blob on a white background", "a red circle on a blue background",
-             "red", "a red circle,", "on a white background"]
+    "text",
+    [
+        "",
+        "a pink circle",
+        "a red blob on a white background",
+        "a red circle on a blue background",
+        "red",
+        "a red circle,",
+        "on a white background",
+    ],
 )
 def test_parse_caption_rejects_text_outside_the_grammar(text):
     with pytest.raises(ValueError, match="cannot parse"):
@@ -119,8 +127,19 @@ def test_find_objects_matches_ground_truth_masks():
         scene = world.sample_scene(seed)
         found = find_objects(world.render(scene))
         assert len(found) == len(scene.objects)
-        for mask, true in zip(found, world.masks(scene)):
-            assert (mask ^ true).sum() <= 0.25 * true.sum()
+        for true in world.masks(scene):
+            assert min((m ^ true).sum() for m in found) <= 0.25 * true.sum()
+
+
+def test_find_objects_splits_touching_objects(judge):
+    """Square corners reach past the circles that keep objects apart, so two can touch."""
+    a = world.Obj("square", "red", 20.0, 20.0, 10.0)
+    b = world.Obj("square", "green", 36.6, 36.6, 10.0)
+    scene = world.Scene("white", (a, b))
+    image = world.render(scene)
+    assert world._fits(b, [a])  # a scene ShapesWorld can sample
+    assert len(find_objects(image)) == 2
+    assert faithful(judge, image, world.caption(scene))
 
 
 def test_faithful_on_clean_held_out_renders(judge):
@@ -142,21 +161,21 @@ def _wrong_captions(scene: world.Scene) -> dict[str, str]:
 
 
 def test_faithful_rejects_wrong_captions(judge):
-    checked = 0
-    for seed in SEEDS[:20]:
-        scene = world.sample_scene(seed)
-        image = world.render(scene)
-        if not faithful(judge, image, world.caption(scene)):
-            continue  # the few misreads are counted by test_faithful_on_clean_held_out_renders
-        for what, text in _wrong_captions(scene).items():
-            assert not faithful(judge, image, text), (what, text)
-        checked += 1
-    assert checked >= 18
+    scenes = [world.sample_scene(seed) for seed in SEEDS[:20]]
+    images = [world.render(s) for s in scenes]
+    right = faithful_batch(judge, images, [world.caption(s) for s in scenes])
+    kept = [(s, im) for s, im, r in zip(scenes, images, right) if r.faithful]
+    assert len(kept) >= 18  # the few misreads are counted by test_faithful_on_clean_held_out_renders
+    cases = [(what, text, im) for s, im in kept for what, text in _wrong_captions(s).items()]
+    readings = faithful_batch(judge, [im for *_, im in cases], [text for _, text, _ in cases])
+    wrongly_accepted = [(what, text) for (what, text, _), r in zip(cases, readings) if r.faithful]
+    assert not wrongly_accepted
 
 
 def test_faithful_sees_a_missing_edit(judge):
     """An image left unedited is not faithful to the edit's target caption."""
-    for seed in SEEDS[:20]:
-        for kind in ("recolor", "reshape", "remove", "add", "background"):
-            e = world.sample_edit(seed, kind)
-            assert not faithful(judge, world.render(e.source), e.target_caption), (seed, kind)
+    edits = [world.sample_edit(seed, kind) for seed in SEEDS[:20] for kind in world.EDIT_KINDS]
+    readings = faithful_batch(
+        judge, [world.render(e.source) for e in edits], [e.target_caption for e in edits]
+    )
+    assert not [(e.kind, e.target_caption) for e, r in zip(edits, readings) if r.faithful]

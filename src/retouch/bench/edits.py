@@ -32,7 +32,7 @@ from retouch.train import HELD_OUT_SEED
 DEFAULT_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)  # DiffEdit's encoding ratio (the paper sweeps 0.5–0.9)
 DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)  # × LEDITS's target and concept guidance scales
 SWEEP_NAMES = {"diffedit": "encode_ratio", "ledits": "guidance_factor"}
-SWEEP_LABELS = {"diffedit": "encoding ratio r", "ledits": "guidance × factor"}
+SWEEP_LABELS = {"diffedit": "encoding ratio r", "ledits": "guidance scales x factor"}  # plot text: ASCII
 
 
 def sweep_points(method: Method, settings: Settings, ratios, factors) -> list[dict | None]:

@@ -64,7 +64,8 @@ def summary_markdown(
         f"- model: `{run.get('model')}` (fingerprint {run.get('fingerprint')})",
         f"- judge: {run.get('judge') or 'none (judge metrics left out)'}",
         f"- settings: {run.get('settings_line', '')}",
-        f"- {len({r['case'] for r in rows})} cases, {len(rows)} rows; PSNR/SSIM bg: to the input outside "
+        f"- {len({r['case'] for r in rows})} cases, {len(rows)} rows at the default settings; PSNR/SSIM bg: "
+        "to the input outside "
         "the changed region; PSNR tgt: to the ground truth inside it; mask IoU at pixel resolution; "
         "s / edit and evals: a first edit (inversion included), 2nd: a second edit reusing it.",
         "",
@@ -137,7 +138,7 @@ def grid(cases: list, methods: Sequence[str], images_dir: Path, path: Path, cell
         y = head + i * (2 * cell + label + 2 * pad)
         edit = " ".join([*(f"+{c}" for c in case.add), *(f"-{c}" for c in case.remove)])
         draw.text((pad, y), f"{case.id}: {edit}", fill="black", font=font)
-        draw.text((pad, y + 12), f"{case.source_caption} → {case.target_caption}", fill="gray", font=font)
+        draw.text((pad, y + 12), f"{case.source_caption} -> {case.target_caption}", fill="gray", font=font)
         y += label
         tiles = [
             (Image.fromarray(case.source_image), None),
