@@ -48,10 +48,6 @@ def tiny_model(request):
 
 @pytest.fixture(scope="module")
 def shipped_model(request):
-    from retouch.models import SHIPPED
-
-    if not (SHIPPED / "model_index.json").is_file():
-        pytest.skip("the shipped model is not trained yet")
     return request.getfixturevalue("shipped")
 
 

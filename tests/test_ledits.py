@@ -228,10 +228,6 @@ def test_same_seed_same_image(tiny_eps, image):
 
 @pytest.fixture(scope="module")
 def shipped_model(request):
-    from retouch.models import SHIPPED
-
-    if not (SHIPPED / "model_index.json").is_file():
-        pytest.skip("the shipped model is not trained yet")
     return request.getfixturevalue("shipped")
 
 
