@@ -346,7 +346,8 @@ def _load_judge(judge: str | None):
     "--steps",
     type=click.IntRange(1, 1000),
     default=None,
-    help="num_inference_steps of every method [default: each method's own: 50 DiffEdit, 100 LEDITS].",
+    help="num_inference_steps of every method [default: each method's own: 50 DiffEdit, 100 LEDITS]; "
+    "LEDITS's skip stays 0.36·N unless --skip is given.",
 )
 @click.option(
     "--source",
