@@ -28,7 +28,7 @@ pair as (negative, prompt). With guidance_scale=1 (no CFG) it then crashes (the 
 CFG w it guides with the texts swapped, i.e. with scale 1 − w. Harmless there: swapped or not, ε(∅)
 cancels in ε̃(T) − ε̃(S) = (1 − w)·(ε(T) − ε(S)) (w·(…) unswapped) and the k·mean normalisation removes
 the factor, so a CFG mask is the no-CFG mask (checked: identical) at twice the cost (4n evaluations).
-`mask_prompts_in_order` swaps the pair back while generate_mask runs.
+`retouch.bench.diffusers_pipelines.mask_prompts_in_order` swaps the pair back while generate_mask runs.
 
 Differences of diffusers' deprecated pipeline from METHODS §1 (which retouch follows):
   * its decoding blends one level off: after the step t → s it mixes in the encoded latent of level
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +59,8 @@ import torch
 from PIL import Image
 
 import retouch
+from retouch.bench import diffusers_pipelines as dp
+from retouch.bench.diffusers_pipelines import UNetCalls, sync
 from retouch.latents import load_image, to_image, to_pixels
 from retouch.models import SHIPPED
 from retouch.shapes.world import sample_edit
@@ -102,71 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_folder(args) -> Path:
     """The folder to compare on; with --random-mini, untrained mini weights written there once."""
-    if args.random_mini is None:
-        return args.model
-    folder = args.random_mini
-    if not (folder / "model_index.json").is_file():
-        from retouch.architecture import build_components, save_pipeline
-
-        save_pipeline(folder, build_components("mini", tokenizer_dir=folder / "tokenizer", seed=0))
-    return folder
-
-
-def load_diffusers(folder: Path, device: str):
-    """diffusers' DiffEdit pipeline on the folder's weights, float32, with its DDIM schedulers."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
-
-    pipe = StableDiffusionDiffEditPipeline.from_pretrained(
-        folder,
-        torch_dtype=torch.float32,
-        use_safetensors=True,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-@contextmanager
-def mask_prompts_in_order(pipe):
-    """While it runs, pipe.encode_prompt returns (negative, prompt): the order generate_mask unpacks."""
-    encode = pipe.encode_prompt
-    pipe.encode_prompt = lambda *args, **kwargs: tuple(reversed(encode(*args, **kwargs)))
-    try:
-        yield
-    finally:
-        del pipe.encode_prompt  # back to the class's method
-
-
-class UNetInputs:
-    """Wraps unet.forward: every call's latent batch [B, C, h, w] size, and the first batch."""
-
-    def __init__(self, unet):
-        self.unet, self.forward = unet, unet.forward
-        self.sizes: list[int] = []
-        self.first: torch.Tensor | None = None
-        unet.forward = self._counted
-
-    def _counted(self, sample, *args, **kwargs):
-        if self.first is None:
-            self.first = sample.detach().clone()
-        self.sizes.append(sample.shape[0])
-        return self.forward(sample, *args, **kwargs)
-
-    def reset(self) -> None:
-        self.sizes, self.first = [], None
-
-    @property
-    def evals(self) -> int:
-        return sum(self.sizes)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return args.model if args.random_mini is None else dp.random_model_folder(args.random_mini)
 
 
 def settings(args) -> dict:
@@ -208,43 +145,15 @@ def run_theirs(pipe, img: np.ndarray, pixels, query: str, reference: str, seed: 
     """One diffusers edit: generate_mask, invert (∅, no CFG), __call__. Same returns as run_ours.
     pixels: retouch's [1, 3, H, W] in [-1, 1] for the image (see the module's docstring)."""
     device = torch.device(args.device)
-    n, steps, r = args.mask_samples, args.num_inference_steps, args.encode_ratio
-    sf = pipe.vae.config.scaling_factor
+    cfg = retouch.DiffEditConfig(**settings(args))
     sync(device)
     t0 = time.perf_counter()
-    x0 = pipe.vae.encode(pixels).latent_dist.mean * sf  # [1, C, h, w]
+    x0 = dp.vae_mean_latents(pipe, pixels)  # [1, C, h, w]
     source = Image.fromarray(img) if args.vae_sample else x0
-    with mask_prompts_in_order(pipe):
-        mask = pipe.generate_mask(
-            image=source,
-            target_prompt=query,
-            source_prompt=reference,
-            num_maps_per_mask=n,
-            mask_encode_strength=args.mask_strength,
-            mask_thresholding_ratio=args.mask_clamp,
-            num_inference_steps=steps,
-            guidance_scale=args.mask_guidance_scale or 1.0,
-            generator=torch.Generator(device).manual_seed(seed),
-            output_type="np",
-        ).astype(np.float32)  # [1, h, w]
-    encoded = pipe.invert(
-        prompt="",
-        image=source,
-        num_inference_steps=steps,
-        inpaint_strength=r,
-        guidance_scale=1.0,
-        generator=torch.Generator(device).manual_seed(seed),
-    ).latents  # [1, r·N, C, h, w], noisiest first
-    z = pipe(
-        prompt=query,
-        mask_image=mask,
-        image_latents=encoded,
-        inpaint_strength=r,
-        num_inference_steps=steps,
-        guidance_scale=args.guidance_scale,
-        output_type="latent",
-    ).images  # [1, C, h, w]
-    image = pipe.vae.decode(z / sf).sample
+    mask = dp.diffedit_mask(pipe, source, query, reference, cfg, seed)  # [1, h, w]
+    encoded = dp.diffedit_encode(pipe, source, cfg, seed)  # [1, r·N, C, h, w], noisiest first
+    z = dp.diffedit_decode(pipe, query, mask, encoded, cfg)  # [1, C, h, w]
+    image = dp.decode_latents(pipe, z)
     sync(device)
     seconds = time.perf_counter() - t0
     return dict(
@@ -269,7 +178,7 @@ def background_error(run: dict) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def compare(model, pipe, seed: int, args, ours_unet: UNetInputs, theirs_unet: UNetInputs) -> dict:
+def compare(model, pipe, seed: int, args, ours_unet: UNetCalls, theirs_unet: UNetCalls) -> dict:
     """Both pipelines on the recolour edit of `seed`; the row of the table."""
     from retouch.shapes.world import render
 
@@ -337,8 +246,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     folder = model_folder(args)
     model = retouch.load(folder, device=args.device, dtype="float32")
-    pipe = load_diffusers(folder, args.device)
-    ours_unet, theirs_unet = UNetInputs(model.unet), UNetInputs(pipe.unet)
+    pipe = dp.diffedit_pipeline(folder, args.device)
+    ours_unet, theirs_unet = UNetCalls(model.unet), UNetCalls(pipe.unet)
     print(
         f"model {folder}  device {args.device}  threads {args.threads}  N={args.num_inference_steps} "
         f"r={args.encode_ratio} n={args.mask_samples} w={args.guidance_scale} "

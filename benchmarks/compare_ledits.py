@@ -43,7 +43,6 @@ Printed per edit:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,8 @@ import torch
 from PIL import Image
 
 import retouch
+from retouch.bench import diffusers_pipelines as dp
+from retouch.bench.diffusers_pipelines import UNetCalls, timed
 from retouch.models import SHIPPED
 from retouch.shapes.world import EDIT_KINDS, masks, render, sample_edit
 from retouch.train import HELD_OUT_SEED
@@ -86,65 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_folder(args) -> Path:
     """The folder to compare on; with --random-mini, untrained mini weights written there once."""
-    if args.random_mini is None:
-        return args.model
-    folder = args.random_mini
-    if not (folder / "model_index.json").is_file():
-        from retouch.architecture import build_components, save_pipeline
-
-        save_pipeline(folder, build_components("mini", tokenizer_dir=folder / "tokenizer", seed=0))
-    return folder
-
-
-def load_diffusers(folder: Path, device: str, final_sigmas_type: str = "zero"):
-    """diffusers' LEDITS++ pipeline on the folder's weights, float32, with its default scheduler
-    (DPM-Solver++ 2M SDE; final_sigmas_type "zero" is DPMSolverMultistepScheduler's default)."""
-    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
-
-    pipe = LEditsPPPipelineStableDiffusion.from_pretrained(
-        folder,
-        torch_dtype=torch.float32,
-        use_safetensors=True,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config,
-        algorithm_type="sde-dpmsolver++",
-        solver_order=2,
-        final_sigmas_type=final_sigmas_type,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-class UNetCount:
-    """UNet evaluations (batch elements) of every forward call, by wrapping unet.forward."""
-
-    def __init__(self, unet):
-        self.n, forward = 0, unet.forward
-
-        def counting(sample, *args, **kwargs):
-            self.n += sample.shape[0]
-            return forward(sample, *args, **kwargs)
-
-        unet.forward = counting
-
-    def take(self) -> int:
-        n, self.n = self.n, 0
-        return n
-
-
-def timed(fn, device: torch.device, count: UNetCount):
-    """(fn(), seconds, UNet evaluations) with the clock read after a CUDA synchronisation."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    count.take()
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t0, count.take()
+    return args.model if args.random_mini is None else dp.random_model_folder(args.random_mini)
 
 
 def steps(args) -> tuple[int, int]:
@@ -152,11 +95,6 @@ def steps(args) -> tuple[int, int]:
     n = args.num_inference_steps
     skip = retouch.LEditsConfig(num_inference_steps=n, skip=args.skip).skip_steps
     return n, n - skip
-
-
-def their_skip(n: int, k: int) -> float:
-    """diffusers' skip fraction for N total and K edited steps: it runs int(K·(1 + skip)) = N."""
-    return (n - k) / k + 1e-9
 
 
 def settings(args) -> dict:
@@ -201,7 +139,7 @@ def reconstruct_ours(model, inv) -> Image.Image:
     return to_image(decode(model, x), inv.height, inv.width)
 
 
-def run_ours(model, count: UNetCount, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
+def run_ours(model, count: UNetCalls, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
     from retouch.latents import decode, to_image
 
     kw = dict(num_inference_steps=args.num_inference_steps, skip=args.skip, progress=False)
@@ -231,35 +169,15 @@ def run_ours(model, count: UNetCount, image: np.ndarray, edit, source: str, seed
 
 
 def their_edit(pipe, edit, masks_on: bool, args, concepts: bool = True) -> Image.Image:
-    texts = [*edit.add, *edit.remove] if concepts else None
-    out = pipe(
-        editing_prompt=texts,
-        reverse_editing_direction=[False] * len(edit.add) + [True] * len(edit.remove),
-        edit_guidance_scale=args.edit_scale,
-        edit_warmup_steps=args.edit_warmup,
-        edit_threshold=args.edit_threshold,
-        use_intersect_mask=masks_on,
-        use_cross_attn_mask=False,
-    )
-    return out.images[0]
+    add, remove = (edit.add, edit.remove) if concepts else ((), ())
+    return dp.ledits_edit(pipe, add, remove, args.edit_scale, args.edit_warmup, args.edit_threshold, masks_on)
 
 
-def run_theirs(pipe, count: UNetCount, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
+def run_theirs(pipe, count: UNetCalls, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
     n, k = steps(args)
-    gen = torch.Generator(device=pipe.device).manual_seed(seed)
     inv, t_inv, n_inv = timed(
-        lambda: pipe.invert(
-            image=Image.fromarray(image),
-            source_prompt=source,
-            source_guidance_scale=W_SRC,
-            num_inversion_steps=k,
-            skip=their_skip(n, k),
-            generator=gen,
-        ),
-        pipe.device,
-        count,
+        lambda: dp.ledits_invert(pipe, Image.fromarray(image), source, W_SRC, n, k, seed), pipe.device, count
     )
-    assert len(pipe.scheduler.timesteps) == n and len(pipe.inversion_steps) == k
     r = dict(vae=inv.vae_reconstruction_images[0], t_inv=t_inv, n_inv=n_inv)
     for name, on in (("on", True), ("off", False)):
         r[f"rec_{name}"] = their_edit(pipe, edit, on, args, concepts=False)
@@ -272,16 +190,8 @@ def run_theirs(pipe, count: UNetCount, image: np.ndarray, edit, source: str, see
 def reconstruct_theirs(pipe, image: np.ndarray, source: str, seed: int, args) -> tuple:
     """(reconstruction, VAE round trip) of a diffusers pipeline, no concepts."""
     n, k = steps(args)
-    gen = torch.Generator(device=pipe.device).manual_seed(seed)
-    inv = pipe.invert(
-        image=Image.fromarray(image),
-        source_prompt=source,
-        source_guidance_scale=W_SRC,
-        num_inversion_steps=k,
-        skip=their_skip(n, k),
-        generator=gen,
-    )
-    return pipe(editing_prompt=None, use_intersect_mask=False).images[0], inv.vae_reconstruction_images[0]
+    inv = dp.ledits_invert(pipe, Image.fromarray(image), source, W_SRC, n, k, seed)
+    return dp.ledits_edit(pipe, (), (), 0.0, 0, 0.9, masks=False), inv.vae_reconstruction_images[0]
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -417,9 +327,9 @@ def main(argv=None) -> None:
     if not (folder / "model_index.json").is_file():
         raise SystemExit(f"no model at {folder}: train it, or pass --model DIR or --random-mini DIR")
     model = retouch.load(folder, device=args.device, dtype="float32")
-    pipe = load_diffusers(folder, args.device)
-    pipe_fixed = load_diffusers(folder, args.device, final_sigmas_type="sigma_min")
-    counts = (UNetCount(model.unet), UNetCount(pipe.unet))
+    pipe = dp.ledits_pipeline(folder, args.device)
+    pipe_fixed = dp.ledits_pipeline(folder, args.device, final_sigmas_type="sigma_min")
+    counts = (UNetCalls(model.unet), UNetCalls(pipe.unet))
     judge = load_judge_if_any()
     print(
         f"model {folder}; diffusers scheduler: {type(pipe.scheduler).__name__}"

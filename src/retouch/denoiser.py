@@ -60,7 +60,9 @@ def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, s
         return lambda x, t, _c=None: eps_fn(x, t, cond.expand(x.shape[0], -1, -1))
 
     def fn(x, t, _c=None):
-        e_u, e_c = branches(eps_fn, x, t, [uncond.expand(x.shape[0], -1, -1), cond.expand(x.shape[0], -1, -1)])
+        e_u, e_c = branches(
+            eps_fn, x, t, [uncond.expand(x.shape[0], -1, -1), cond.expand(x.shape[0], -1, -1)]
+        )
         return cfg(e_u, e_c, scale)
 
     return fn

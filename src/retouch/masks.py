@@ -44,7 +44,9 @@ def difference_map(
     return total / noises.shape[0]
 
 
-def binarize(d: torch.Tensor, clamp: float = 3.0, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def binarize(
+    d: torch.Tensor, clamp: float = 3.0, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove extreme values and binarise (DiffEdit §3.2): clamp D to [0, k·mean D], rescale to
     [0, 1], threshold. D [h, w] → (mask {0,1} [h, w], scores [h, w]). Identical texts give D = 0:
     an empty mask, not 0/0."""

@@ -61,7 +61,7 @@ def load(
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dt, **kw)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {source}: {first}") from e
     for m in (vae, unet, text_encoder):

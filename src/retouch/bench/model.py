@@ -68,24 +68,40 @@ def ddim_round_trip_psnr(model, n: int = 64, steps: int = 50, seed: int = HELD_O
 
 
 @torch.no_grad()
-def text_to_image(model, n: int = 200, steps: int = 50, guidance: float = 5.0, seed: int = HELD_OUT_SEED,
-                  batch: int = 50):
+def text_to_image(
+    model, n: int = 200, steps: int = 50, guidance: float = 5.0, seed: int = HELD_OUT_SEED, batch: int = 50
+):
     """Generate from n held-out captions with diffusers' StableDiffusionPipeline (DDIM)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     scenes = [world.sample_scene(seed + 100_000 + i) for i in range(n)]
     captions = [world.caption(s) for s in scenes]
     images = []
     for i in range(0, n, batch):
-        gens = [torch.Generator(model.device).manual_seed(seed + i + j) for j in range(len(captions[i:i + batch]))]
-        out = pipe(captions[i : i + batch], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, output_type="np", height=model.native_size, width=model.native_size)
+        gens = [
+            torch.Generator(model.device).manual_seed(seed + i + j)
+            for j in range(len(captions[i : i + batch]))
+        ]
+        out = pipe(
+            captions[i : i + batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            output_type="np",
+            height=model.native_size,
+            width=model.native_size,
+        )
         images.extend((out.images * 255).round().astype(np.uint8))
     return captions, images
 
@@ -156,9 +172,13 @@ def model_command(model_path, recon, t2i, inversions, grid, as_json):
     j = report["judge"]
     click.echo(f"autoencoder PSNR ({recon} held-out renders):       {report['autoencoder_psnr_db']:.2f} dB")
     click.echo(f"judge held-out accuracy:                           {json.dumps(j)}")
-    click.echo(f"text-to-image faithful ({t2i} captions, 50 DDIM, w=5): {report['t2i_faithful']:.1%}  "
-               f"by object count {report['t2i_faithful_by_objects']}")
-    click.echo(f"DDIM inversion round trip ({inversions} images, 50 steps): "
-               f"{report['ddim_round_trip_psnr_db']:.2f} dB to the input, "
-               f"{report['ddim_round_trip_vs_autoencoder_psnr_db']:.2f} dB to the autoencoder's")
+    click.echo(
+        f"text-to-image faithful ({t2i} captions, 50 DDIM, w=5): {report['t2i_faithful']:.1%}  "
+        f"by object count {report['t2i_faithful_by_objects']}"
+    )
+    click.echo(
+        f"DDIM inversion round trip ({inversions} images, 50 steps): "
+        f"{report['ddim_round_trip_psnr_db']:.2f} dB to the input, "
+        f"{report['ddim_round_trip_vs_autoencoder_psnr_db']:.2f} dB to the autoencoder's"
+    )
     click.echo(f"({report['seconds']:.0f} s)")
