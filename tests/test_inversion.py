@@ -5,13 +5,12 @@ noise's independence, the number of steps inverted, seeding, and saving/loading.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 import retouch
 from retouch.architecture import SD1_SCHEDULER
+from retouch.bench.diffusers_pipelines import unet_calls
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.inversion import ddpm_invert
 from retouch.methods.ledits import LEditsConfig, sega_ddpm_sample
@@ -23,22 +22,6 @@ torch.set_num_threads(1)
 
 CAPTION = "a red circle on a white background"
 TOL = 1e-4  # "to float rounding", on latents of magnitude ~1
-
-
-@contextlib.contextmanager
-def unet_calls(model):
-    """Batch sizes of every UNet forward call made inside the block."""
-    sizes, forward = [], model.unet.forward
-
-    def counting(sample, *args, **kwargs):
-        sizes.append(sample.shape[0])
-        return forward(sample, *args, **kwargs)
-
-    model.unet.forward = counting
-    try:
-        yield sizes
-    finally:
-        del model.unet.forward
 
 
 @pytest.fixture(scope="module", params=["tiny_eps", "tiny_v"])

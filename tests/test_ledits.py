@@ -4,13 +4,12 @@ shipped model) a removal the judge can see."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 
 import retouch
+from retouch.bench.diffusers_pipelines import unet_calls
 from retouch.denoiser import EvalCounter, unet_eps
 from retouch.masks import user_mask
 from retouch.methods.ledits import LEditsConfig, make_concepts, sega_ddpm_sample
@@ -21,22 +20,6 @@ torch.set_num_threads(1)
 
 CAPTION = "a red circle on a white background"
 FAST = dict(num_inference_steps=12, skip=2, progress=False)  # 10 edited steps
-
-
-@contextlib.contextmanager
-def unet_calls(model):
-    """Batch sizes of every UNet forward call made inside the block."""
-    sizes, forward = [], model.unet.forward
-
-    def counting(sample, *args, **kwargs):
-        sizes.append(sample.shape[0])
-        return forward(sample, *args, **kwargs)
-
-    model.unet.forward = counting
-    try:
-        yield sizes
-    finally:
-        del model.unet.forward
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ no second copy) or from a diffusers folder.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,6 +145,16 @@ class UNetCalls:
 
     def unwrap(self) -> None:
         del self.unet.forward  # back to the class's method
+
+
+@contextlib.contextmanager
+def unet_calls(model):
+    """Batch sizes of every UNet forward call of `model` (a ModelBundle) made inside the block."""
+    calls = UNetCalls(model.unet)
+    try:
+        yield calls.sizes
+    finally:
+        calls.unwrap()
 
 
 def sync(device) -> None:
