@@ -284,3 +284,60 @@ def test_diffusers_diffedit_matches_retouch_cost(tiny_eps):
     for out, prep, edit in runs.values():
         assert (prep.evals, edit.evals) == (2, 6)
         assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32)
+
+
+def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_path):
+    """Two worker processes share the cases; every row but the clocks is what one process writes."""
+    from retouch.bench.edits import edits_command
+
+    def run(out, workers):
+        args = [
+            "--out", str(out), "--cases", "3", "--kinds", "recolor,remove",
+            "--methods", "diffedit,ledits_both", "--steps", "3", "--mask-samples", "1",
+            "--model", str(tiny_folder), "--judge", str(judge_path), "--device", "cpu", "--threads", "1",
+            "--no-progress", "--grid-cases", "0", "--workers", str(workers),
+        ]  # fmt: skip
+        result = CliRunner().invoke(edits_command, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+        clocks = ("seconds", "seconds_second", "seconds_prepare")
+        return sorted(
+            json.dumps({k: v for k, v in r.items() if k not in clocks}, sort_keys=True) for r in rows
+        )
+
+    one, two = run(tmp_path / "one", 1), run(tmp_path / "two", 2)
+    assert len(one) == 3 * 3 and one == two
+    assert len({json.loads(r)["case"] for r in two}) == 3
+    images = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two" / "images").rglob("*.png"))
+    assert images == sorted(
+        p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "images").rglob("*.png")
+    )
+
+
+def test_wilson_interval_known_values():
+    from retouch.bench.report import wilson
+
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+
+
+def test_summary_pairs_retouch_with_its_diffusers_counterpart_case_by_case():
+    from retouch.bench.report import summary_markdown
+
+    def row(method, case, success, psnr_bg, seconds):
+        return dict(method=method, case=case, kind="recolor", sweep=None, success=success, preserved=True,
+                    psnr_bg=psnr_bg, seconds=seconds, seconds_second=seconds / 2)  # fmt: skip
+
+    ours = [row("diffedit", f"c{i}", s, 30.0, 1.0) for i, s in enumerate([True, True, True, False])]
+    theirs = [
+        row("diffusers_diffedit", f"c{i}", s, 28.0 + i, 3.0) for i, s in enumerate([True, False, False, True])
+    ]
+    extra = [row("diffusers_diffedit", "c9", True, 10.0, 9.0)]  # no retouch row: not paired
+    text = summary_markdown(ours + theirs + extra, {}, pairs={"diffedit": "diffusers_diffedit"})
+    line = next(x for x in text.splitlines() if x.startswith("| diffedit | diffusers_diffedit |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:5] == ["4", "3 / 2", "2 / 1"]  # cases, successes, successes only one side has
+    assert cells[5].startswith("+0.50 ± ")  # 30 − mean(28, 29, 30, 31)
+    assert cells[6:] == ["3.00", "3.00"]
+    assert "| diffedit | 4 | 75% [30%, 95%] |" in text

@@ -12,6 +12,7 @@ import retouch
 from retouch.bench.diffusers_pipelines import unet_calls
 from retouch.denoiser import EvalCounter, unet_eps
 from retouch.masks import user_mask
+from retouch.methods.common import SettingError
 from retouch.methods.ledits import LEditsConfig, make_concepts, sega_ddpm_sample
 from retouch.schedule import Schedule
 from retouch.text import encode_text
@@ -96,6 +97,23 @@ def test_masked_edit_keeps_the_background_exactly(tiny_eps, inv_fast):
     outside, inside = latent == 0, latent == 1
     assert torch.equal(out.latents[..., outside], inv_fast.x0[..., outside])
     assert float((out.latents[..., inside] - inv_fast.x0[..., inside]).abs().max()) > 1e-2
+
+
+def test_paste_back_keeps_the_input_pixels_outside_the_mask(tiny_eps, inv_fast):
+    edit = dict(add=["green circle"], remove=["red circle"], mask=_box_mask(), edit_scale=15.0, **FAST)
+    with unet_calls(tiny_eps) as sizes:
+        with pytest.raises(SettingError, match="paste_back needs the image"):
+            retouch.ledits(tiny_eps, inv_fast, paste_back=True, **edit)
+    assert sizes == []
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # the VAE can't keep it
+    out = retouch.ledits(tiny_eps, noisy, paste_back=True, **edit)
+    outside = out.mask.soft.numpy() == 0
+    assert 0.5 < outside.mean() < 0.9
+    assert np.array_equal(np.asarray(out.image)[outside], noisy[outside])
+    plain = retouch.ledits(tiny_eps, noisy, **edit)
+    assert not np.array_equal(np.asarray(plain.image)[outside], noisy[outside])  # the VAE round trip
+    inside = out.mask.soft.numpy() == 1
+    assert np.array_equal(np.asarray(out.image)[inside], np.asarray(plain.image)[inside])
 
 
 def test_masked_sampler_follows_the_trajectory_outside(tiny_eps, inv_fast):

@@ -175,3 +175,11 @@ def upsample_mask(mask: torch.Tensor, factor: int, height: int, width: int, feat
         m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
         m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
     return m[0, 0].clamp(0, 1)  # [height, width]
+
+
+def paste_back(out: torch.Tensor, original: Pixels, mask: torch.Tensor, factor: int, feather: float):
+    """Decoded pixels out [1, 3, H', W'] inside the latent mask [h, w] (upsampled, feathered by
+    `feather` pixels), the original's outside: the VAE round trip no longer touches the rest."""
+    soft = upsample_mask(mask, factor, original.height, original.width, feather)  # [H, W]
+    soft = F.pad(soft, (0, out.shape[-1] - original.width, 0, out.shape[-2] - original.height))
+    return soft * out + (1 - soft) * original.tensor

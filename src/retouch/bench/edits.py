@@ -2,13 +2,16 @@
 
     retouch bench edits --seed 10000000 --cases 20 --methods all --out runs/bench
     retouch bench edits --cases 10 --methods diffedit,diffusers_diffedit --steps 20 --sweep --out runs/s
+    retouch bench edits --cases 500 --steps 20 --workers 2 --out runs/bench500   # BENCHMARKS.md
 
 Case i is the ShapesWorld edit of kind EDIT_KINDS[i mod 5] on scene seed S + i (default S: the
 first held-out seed). Every method runs on the same model, with the same steps and seeds. Per case
 and method a JSON line goes to OUT/cases.jsonl (the judge's verdicts, PSNR/SSIM to the input outside
 the changed region, PSNR to the ground truth inside it, mask IoU, UNet evaluations and wall time of
 a first and of a second edit); at the end OUT/summary.md, OUT/grid_<kind>.png and, with --sweep,
-OUT/tradeoff_<family>.png. A run resumes: rows already in cases.jsonl are not run again.
+OUT/tradeoff_<family>.png. A run resumes: rows already in cases.jsonl are not run again; a sweep
+run on the first cases of a folder adds its rows beside the default ones. --workers K shares the
+cases among K processes, one model each (on a CPU one process per core beats threads).
 """
 
 from __future__ import annotations
@@ -16,14 +19,24 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import click
 import numpy as np
 
 from retouch.bench.cases import Case, make_cases
-from retouch.bench.methods import METHODS, Context, Method, Output, Settings, Timed, parse_methods, run_method
+from retouch.bench.methods import (
+    COUNTERPARTS,
+    METHODS,
+    Context,
+    Method,
+    Output,
+    Settings,
+    Timed,
+    parse_methods,
+    run_method,
+)
 from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
 from retouch.cli import CONTEXT, SettingsCommand, given_settings, setting_options
 from retouch.shapes.world import EDIT_KINDS
@@ -142,6 +155,125 @@ def _warm_up(ctx: Context, methods: Sequence[str]) -> None:
             ctx.pipe(name.split("_", 1)[1])
 
 
+@dataclass(frozen=True)
+class Loader:
+    """What a worker process loads to run its share of the jobs: the parent's model (checked by
+    fingerprint), device, dtype and judge, and its torch CPU threads."""
+
+    model: str | None
+    fingerprint: str
+    device: str | None = None
+    dtype: str | None = None
+    judge: str | None = None
+    threads: int = 1
+
+
+def _todo(cases, methods, settings, sweep, path: Path) -> list[tuple[Case, Method, dict | None]]:
+    """Every (case, method, sweep point) not yet in cases.jsonl, case by case."""
+    done = {row_key(r["case"], r["method"], r.get("sweep")) for r in read_rows(path)}
+    jobs = [
+        (case, METHODS[m], point)
+        for case in cases
+        for m in methods
+        for point in (sweep_points(METHODS[m], settings, *sweep) if sweep else [None])
+    ]
+    return [j for j in jobs if row_key(j[0].id, j[1].name, j[2]) not in done]
+
+
+def _run_jobs(ctx: Context, jobs, settings: Settings, judge, out_dir: Path, emit, status=None) -> None:
+    """Run jobs in order, calling emit(row) as each finishes; preparations are shared within a case."""
+    from retouch.bench.diffusers_pipelines import UNetCalls
+
+    _warm_up(ctx, list(dict.fromkeys(m.name for _, m, _ in jobs)))
+    calls = UNetCalls(ctx.model.unet)
+    preps: dict = {}
+    current = None
+    try:
+        for case, method, point in jobs:
+            if case.id != current:
+                preps, current = {}, case.id
+            if status is not None:
+                status(f"{case.id} {method.name}")
+            s = _settings_at(settings, method, point)
+            out, prep, edit = run_method(ctx, calls, method, case, s, preps)
+            row, mask = evaluate(case, method, point, out, prep, edit, judge, ctx.model.vae_scale_factor)
+            if point is None:
+                _save_images(out_dir / "images", case, method.name, out, mask)
+            emit(row)
+    finally:
+        calls.unwrap()
+
+
+def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, queue) -> None:
+    """A worker process: load, run its jobs, send ("row", row) for each, then ("done", None), or
+    ("error", message) and stop."""
+    try:
+        import torch
+
+        import retouch
+        from retouch.cli import _quiet_libraries
+
+        torch.set_num_threads(loader.threads)
+        _quiet_libraries()
+        bundle = retouch.load(loader.model, device=loader.device, dtype=loader.dtype)
+        if bundle.fingerprint != loader.fingerprint:
+            raise RuntimeError(f"worker loaded another model ({bundle.fingerprint} != {loader.fingerprint})")
+        judge = None
+        if loader.judge is not None:
+            from retouch.shapes.judge import load_judge
+
+            judge = load_judge(Path(loader.judge))
+        todo = [(case, METHODS[name], point) for case, name, point in jobs]
+        _run_jobs(Context(bundle), todo, settings, judge, Path(out_dir), lambda row: queue.put(("row", row)))
+        queue.put(("done", None))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the run
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _run_parallel(loader: Loader, todo, settings: Settings, out_dir: Path, workers: int, emit) -> None:
+    """Share the jobs case by case among worker processes (spawned: one model each), and emit
+    their rows as they arrive. A worker's error, or its death, stops the run."""
+    import multiprocessing as mp
+    import queue as queue_module
+
+    order = {cid: i for i, cid in enumerate(dict.fromkeys(case.id for case, _, _ in todo))}
+    shards = [
+        [(case, m.name, p) for case, m, p in todo if order[case.id] % workers == w] for w in range(workers)
+    ]
+    spawn = mp.get_context("spawn")
+    queue = spawn.Queue()
+    procs = [
+        spawn.Process(target=_worker, args=(loader, shard, settings, str(out_dir), queue), daemon=True)
+        for shard in shards
+        if shard
+    ]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            try:
+                kind, value = queue.get(timeout=2)
+            except queue_module.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a bench worker died (exit code {dead[0].exitcode})") from None
+                continue
+            if kind == "row":
+                emit(value)
+            elif kind == "done":
+                running -= 1
+            else:
+                raise RuntimeError(f"a bench worker failed: {value}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        queue.close()
+        queue.join_thread()
+
+
 def run_bench(
     ctx: Context,
     cases: list[Case],
@@ -151,49 +283,35 @@ def run_bench(
     judge=None,
     sweep: tuple[Sequence[float], Sequence[float]] | None = None,
     progress: bool = True,
+    workers: int = 1,
+    loader: Loader | None = None,
 ) -> list[dict]:
     """Run every (case, method, sweep point) not yet in out_dir/cases.jsonl, appending a row for
-    each as it finishes (and its images, at the default settings). Returns all rows of the file."""
+    each as it finishes (and its images, at the default settings). Returns all rows of the file.
+    workers > 1: that many processes, each loading `loader`'s model, share the cases."""
     from tqdm.auto import tqdm
-
-    from retouch.bench.diffusers_pipelines import UNetCalls
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cases.jsonl"
-    done = {row_key(r["case"], r["method"], r.get("sweep")) for r in read_rows(path)}
-    jobs = [
-        (case, METHODS[m], point)
-        for case in cases
-        for m in methods
-        for point in (sweep_points(METHODS[m], settings, *sweep) if sweep else [None])
-    ]
-    todo = [j for j in jobs if row_key(j[0].id, j[1].name, j[2]) not in done]
-    if todo:
-        _warm_up(ctx, methods)
-    calls = UNetCalls(ctx.model.unet)
-    preps: dict = {}
-    current = None
-    try:
-        with (
-            open(path, "a") as f,
-            tqdm(
-                total=len(todo), desc="bench", disable=not progress, file=sys.stderr, dynamic_ncols=True
-            ) as bar,
-        ):
-            for case, method, point in todo:
-                if case.id != current:  # preparations are shared within a case only
-                    preps, current = {}, case.id
-                bar.set_postfix_str(f"{case.id} {method.name}", refresh=False)
-                s = _settings_at(settings, method, point)
-                out, prep, edit = run_method(ctx, calls, method, case, s, preps)
-                row, mask = evaluate(case, method, point, out, prep, edit, judge, ctx.model.vae_scale_factor)
-                if point is None:
-                    _save_images(out_dir / "images", case, method.name, out, mask)
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                bar.update(1)
-    finally:
-        calls.unwrap()
+    todo = _todo(cases, methods, settings, sweep, path)
+    with (
+        open(path, "a") as f,
+        tqdm(total=len(todo), desc="bench", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
+    ):
+
+        def emit(row: dict) -> None:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            bar.update(1)
+
+        if workers > 1 and len({case.id for case, _, _ in todo}) > 1:
+            if loader is None:
+                raise ValueError("workers > 1 needs a Loader")
+            _run_parallel(loader, todo, settings, out_dir, workers, emit)
+        elif todo:
+            _run_jobs(
+                ctx, todo, settings, judge, out_dir, emit, lambda s: bar.set_postfix_str(s, refresh=False)
+            )
     return read_rows(path)
 
 
@@ -211,7 +329,7 @@ def write_reports(
 
     written = []
     path = out_dir / "summary.md"
-    path.write_text(report.summary_markdown(rows, run, methods, EDIT_KINDS))
+    path.write_text(report.summary_markdown(rows, run, methods, EDIT_KINDS, COUNTERPARTS))
     written.append(path)
     have = {(r["case"], r["method"]) for r in report.default_rows(rows)}
     for kind in EDIT_KINDS:
@@ -375,7 +493,19 @@ def _load_judge(judge: str | None):
 )
 @click.option("--device", default=None, help="cpu, cuda... [default: cuda if available].")
 @click.option("--dtype", default=None, help="float32, float16... [default: float16 on GPU, float32 on CPU].")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="torch CPU threads (of each worker; 1 with --workers).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Processes sharing the cases, one model each (on a CPU: one per core).",
+)
 @click.option("--grid-cases", type=click.IntRange(0), default=4, show_default=True, help="Cases per grid.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def edits_command(
@@ -394,6 +524,7 @@ def edits_command(
     device,
     dtype,
     threads,
+    workers,
     grid_cases,
     no_progress,
     **settings,
@@ -433,6 +564,15 @@ def edits_command(
         judge_model,
         sweep_values,
         progress=not no_progress,
+        workers=workers,
+        loader=Loader(
+            model=model,
+            fingerprint=bundle.fingerprint,
+            device=device,
+            dtype=dtype,
+            judge=None if judge_path is None else str(judge_path),
+            threads=threads or 1,
+        ),
     )
     for path in write_reports(out_dir, rows, cases, names, bench_settings, record, grid_cases):
         click.echo(f"wrote {path}")

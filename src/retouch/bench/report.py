@@ -53,9 +53,15 @@ def _order(rows: list[dict], key: str, first: Sequence[str] = ()) -> list[str]:
 
 
 def summary_markdown(
-    rows: list[dict], run: dict, methods: Sequence[str] = (), kinds: Sequence[str] = ()
+    rows: list[dict],
+    run: dict,
+    methods: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    pairs: dict[str, str] | None = None,
 ) -> str:
-    """The summary: per method over all kinds, then per method and kind, then success by kind."""
+    """The summary: per method over all kinds and per kind, success and background PSNR by kind,
+    95 % intervals over all kinds, and each {retouch method: diffusers counterpart} of `pairs`
+    paired by case."""
     rows = default_rows(rows)
     methods = _order(rows, "method", methods)
     kinds = _order(rows, "kind", kinds)
@@ -96,7 +102,100 @@ def summary_markdown(
             mine = [r for r in rows if r["method"] == m]
             cells = [_fmt(_mean([r for r in mine if r["kind"] == k], key), fmt) for k in kinds]
             lines.append(f"| {m} | " + " | ".join([*cells, _fmt(_mean(mine, key), fmt)]) + " |")
+    lines += _intervals(rows, methods)
+    lines += _paired(rows, pairs or {})
     return "\n".join(lines) + "\n"
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95 % by default)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """(mean, half-width of its normal 95 % interval)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def _values(rows: list[dict], key: str) -> list[float]:
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return [min(v, PSNR_CAP) for v in vals] if key.startswith("psnr") else vals
+
+
+def _intervals(rows: list[dict], methods: Sequence[str]) -> list[str]:
+    """Per method over all kinds, with 95 % intervals: Wilson for rates, normal for means."""
+    lines = [
+        "",
+        "## All kinds, with 95 % intervals",
+        "",
+        "| method | n | success | preserved | PSNR bg | PSNR tgt | mask IoU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        cells = []
+        for key in ("success", "preserved"):
+            got = [bool(r[key]) for r in mine if r.get(key) is not None]
+            lo, hi = wilson(sum(got), len(got))
+            cells.append(f"{sum(got) / len(got):.0%} [{lo:.0%}, {hi:.0%}]" if got else "–")
+        for key, fmt in (
+            ("psnr_bg", "{:.2f} ± {:.2f}"),
+            ("psnr_target", "{:.2f} ± {:.2f}"),
+            ("mask_iou", "{:.3f} ± {:.3f}"),
+        ):
+            vals = _values(mine, key)
+            cells.append(fmt.format(*mean_ci(vals)) if len(vals) > 1 else "–")
+        lines.append(f"| {m} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired(rows: list[dict], pairs: dict[str, str]) -> list[str]:
+    """retouch against its diffusers counterpart on the cases both ran: success counts (and the
+    cases only one of them got right), background PSNR difference, time per edit ratio."""
+    out = []
+    for ours, theirs in pairs.items():
+        a = {r["case"]: r for r in rows if r["method"] == ours}
+        b = {r["case"]: r for r in rows if r["method"] == theirs}
+        both = sorted(set(a) & set(b))
+        if not both:
+            continue
+        if not out:
+            out = [
+                "",
+                "## retouch against diffusers, paired by case",
+                "",
+                "| retouch | diffusers | cases | success r / d | only r / only d | PSNR bg r − d | "
+                "s / edit d ÷ r | s 2nd d ÷ r |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+        judged = [c for c in both if a[c].get("success") is not None and b[c].get("success") is not None]
+        sa, sb = sum(bool(a[c]["success"]) for c in judged), sum(bool(b[c]["success"]) for c in judged)
+        only_a = sum(bool(a[c]["success"]) and not b[c]["success"] for c in judged)
+        only_b = sum(bool(b[c]["success"]) and not a[c]["success"] for c in judged)
+        diff = [min(a[c]["psnr_bg"], PSNR_CAP) - min(b[c]["psnr_bg"], PSNR_CAP) for c in both]
+        d, h = mean_ci(diff)
+
+        success = f"{sa} / {sb}" if judged else "–"
+        only = f"{only_a} / {only_b}" if judged else "–"
+        out.append(
+            f"| {ours} | {theirs} | {len(both)} | {success} | {only} | {d:+.2f} ± {h:.2f} | "
+            f"{_ratio(a, b, both, 'seconds')} | {_ratio(a, b, both, 'seconds_second')} |"
+        )
+    return out
+
+
+def _ratio(a: dict, b: dict, cases: list, key: str) -> str:
+    """mean of b's key ÷ mean of a's, over the cases."""
+    ta, tb = _values([a[c] for c in cases], key), _values([b[c] for c in cases], key)
+    return f"{np.mean(tb) / np.mean(ta):.2f}" if ta and tb else "–"
 
 
 # --- drawing helpers --------------------------------------------------------------------------------
@@ -182,12 +281,14 @@ def tradeoff_points(
     rows: list[dict], family_methods: Sequence[str], sweep_name: str, default: float, y_key: str
 ) -> dict[str, list[tuple[float, float, float]]]:
     """{method: [(sweep value, mean background PSNR, mean y), ...]} sorted by sweep value; the
-    rows at the default settings are the point at `default`."""
+    rows at the default settings are the point at `default`. Only the cases a method was swept on
+    count, so that a sweep over fewer cases than the default rows compares like with like."""
     out = {}
     for m in family_methods:
+        swept = {r["case"] for r in rows if r["method"] == m and r.get("sweep")}  # every point: same cases
         by_value: dict[float, list[dict]] = {}
         for r in rows:
-            if r["method"] != m:
+            if r["method"] != m or r["case"] not in swept:
                 continue
             value = (r.get("sweep") or {}).get(sweep_name, default if not r.get("sweep") else None)
             if value is not None:

@@ -16,7 +16,7 @@ import torch
 
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.inversion import ddim_encode
-from retouch.latents import decode, to_image, upsample_mask
+from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, user_mask
 from retouch.methods.common import (
     ProgressArg,
@@ -217,9 +217,7 @@ def diffedit(
         z = masked_ddim_decode(eps, schedule, start, ts, background, m, cb)
         out = decode(model, z)
     if cfg.paste_back and mask is not None:
-        soft = upsample_mask(mask.latent, model.vae_scale_factor, px.height, px.width, cfg.feather)
-        soft = torch.nn.functional.pad(soft, (0, out.shape[-1] - px.width, 0, out.shape[-2] - px.height))
-        out = soft * out + (1 - soft) * px.tensor
+        out = paste_back(out, px, mask.latent, model.vae_scale_factor, cfg.feather)
     evals = counter.n  # what this call spent: reused masks and encodings cost nothing
     evals += mask.unet_evals if "mask" in timer.times else 0
     evals += encoding.unet_evals if "encode" in timer.times else 0

@@ -6,7 +6,9 @@
 
 The inversion is a value: reuse it for any number of edits, or save it and load it later.
 Beyond the paper: `mask="infer"` (DiffEdit's mask) or a given mask confines the guidance to the
-edited region and pins the latents outside it to the inversion's trajectory.
+edited region and pins the latents outside it to the inversion's trajectory; `paste_back=True`
+then also keeps the input's pixels outside it (the VAE decoder sees the whole latent, so edited
+latents shift its colours everywhere).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from retouch.denoiser import EvalCounter, branches, guided_eps, unet_eps
 from retouch.denoiser import cfg as apply_cfg
 from retouch.guidance import Concept, sega_step
 from retouch.inversion import ddpm_invert
-from retouch.latents import decode, image_hash, load_image, to_image, upsample_mask
+from retouch.latents import decode, image_hash, load_image, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
 from retouch.methods.common import (
     ProgressArg,
@@ -61,7 +63,8 @@ class LEditsConfig:
     edit_weight: Number = 1.0  # w_i ≥ 0, normalised over the active concepts
     momentum_scale: float = 0.3  # s_m
     momentum_beta: float = 0.6  # β_m
-    feather: float = 1.0  # pixels, for the display mask
+    feather: float = 1.0  # pixels, for the display mask and paste-back
+    paste_back: bool = False  # ours, with a mask: paste the unmasked input pixels back after decoding
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -176,7 +179,7 @@ def sega_ddpm_sample(eps_fn, schedule, inv: Inversion, uncond, target, target_sc
     return x
 
 
-def _edit_mask(model, image, inv, mask, prompt, concepts, seed) -> Mask | None:
+def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> Mask | None:
     if mask is None:
         return None
     if isinstance(mask, Mask):
@@ -191,7 +194,7 @@ def _edit_mask(model, image, inv, mask, prompt, concepts, seed) -> Mask | None:
         reference = inv.source or ", ".join(c.text for c in concepts if c.direction < 0)
         return diffedit_mask(model, image, query or reference, reference if query else "", seed=seed)
     latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor)
-    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width))
+    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather))
 
 
 def ledits(
@@ -228,6 +231,8 @@ def ledits(
     settings_out = {"method": "ledits", "prompt": prompt, "add": list(add), "remove": list(remove),
                     "source": inv.source if isinstance(inv, Inversion) else source, **asdict(cfg),
                     "preset": preset, "model": model.model_id}
+    if cfg.paste_back and mask is not None and image is None:
+        raise SettingError("paste_back needs the image: pass image= with the inversion")
     if not concepts and not prompt:  # nothing to edit: neither invert nor sample
         return _reconstruction(model, inv, settings_out, seed)
     if not isinstance(inv, Inversion):
@@ -235,7 +240,7 @@ def ledits(
             inv = invert(model, image, source, cfg, seed, progress)
     spent = inv.unet_evals if "invert" in timer.times else 0
     with timer("mask"):
-        m = _edit_mask(model, image, inv, mask, prompt, concepts, seed)
+        m = _edit_mask(model, image, inv, mask, prompt, concepts, seed, cfg.feather)
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     # No target prompt: the base term is the inversion's own (source with w_src, or ∅), so that
     # everything SEGA does not touch is reconstructed exactly.
@@ -249,6 +254,9 @@ def ledits(
                              base_scale, concepts, embs[len(embs) - len(concepts):], cfg,
                              None if m is None else m.latent.to(inv.x0), cb)
         out = decode(model, z)
+    if cfg.paste_back and m is not None:
+        px = to_pixels(model, load_image(image))
+        out = paste_back(out, px, m.latent, model.vae_scale_factor, cfg.feather)
     inferred = isinstance(mask, str) and mask == "infer"  # a Mask passed in was paid for before
     spent += counter.n + (m.unet_evals if inferred else 0)
     return EditResult(to_image(out, inv.height, inv.width), m, spent, settings_out, seed,
