@@ -4,7 +4,8 @@
     python benchmarks/speed.py --random-mini DIR       # untrained weights of the shipped architecture
     python benchmarks/speed.py --full-size             # Stable Diffusion 1.5's architecture, random
                                                        # weights, 512x512 (float16 + peak memory on GPU;
-                                                       # on the CPU 5 steps and 2 mask samples)
+                                                       # on the CPU 5 steps, 2 mask samples, and a
+                                                       # light warm-up: an edit takes minutes there)
     python benchmarks/speed.py --full-size --construct-only    # build it, print parameter counts, exit
 
 Pairs (retouch.bench.methods.COUNTERPARTS), run by the same code as `retouch bench edits`:
@@ -33,6 +34,7 @@ import torch
 
 from retouch.bench.cases import make_cases
 from retouch.bench.diffusers_pipelines import UNetCalls, random_model_folder
+from retouch.bench.edits import warm_up
 from retouch.bench.methods import COUNTERPARTS, METHODS, Context, Settings, run_method
 from retouch.models import SHIPPED
 from retouch.train import HELD_OUT_SEED
@@ -55,6 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--mask-samples", type=int, default=None, help="DiffEdit's n [default 10; 2 full-size on CPU]"
+    )
+    p.add_argument(
+        "--warmup",
+        choices=["edit", "light"],
+        default=None,
+        help="before timing: one whole edit per method, or one VAE round trip and one UNet call "
+        "[default: light full-size on CPU, where an edit takes minutes; else edit]",
     )
     p.add_argument("--pairs", default=",".join(COUNTERPARTS), help="retouch methods to time, comma list")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -194,14 +203,19 @@ def main(argv=None) -> None:
     scale = model.native_size // 64
     cases = make_cases(args.first_seed, args.edits + 1, [args.kind], scale=scale)
     pairs = [(ours, COUNTERPARTS[ours]) for ours in args.pairs.split(",")]
+    warmup = args.warmup or ("light" if args.full_size and model.device.type == "cpu" else "edit")
     print(
         f"model {model.model_id} on {model.device} ({model.dtype}), {cases[0].source_image.shape[0]}px, "
         f"threads {args.threads}; DiffEdit N={s.diffedit.num_inference_steps} r={s.diffedit.encode_ratio} "
-        f"n={s.diffedit.mask_samples}; LEDITS N={s.ledits.num_inference_steps} skip={s.ledits.skip_steps}"
+        f"n={s.diffedit.mask_samples}; LEDITS N={s.ledits.num_inference_steps} skip={s.ledits.skip_steps}; "
+        f"warm-up: {warmup}"
     )
-    for ours, theirs in pairs:  # warm-up: the first case, not reported
-        for name in (ours, theirs):
-            time_one(ctx, calls, name, cases[0], s)
+    if warmup == "light":  # kernels, allocator, the diffusers pipelines: what a first call pays
+        warm_up(ctx, [name for pair in pairs for name in pair])
+    else:
+        for ours, theirs in pairs:  # the first case, not reported
+            for name in (ours, theirs):
+                time_one(ctx, calls, name, cases[0], s)
     rows = []
     for i, case in enumerate(cases[1:]):
         for ours, theirs in pairs:

@@ -225,6 +225,15 @@ def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
     result = CliRunner().invoke(edits_command, other)
     assert result.exit_code != 0 and "other settings" in result.output
 
+    # a folder written before a settings field existed resumes with that field at its default only
+    run = json.loads((out / "run.json").read_text())
+    del run["settings"]["ledits"]["paste_back"], run["settings"]["diffedit"]["feather"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert CliRunner().invoke(edits_command, args).exit_code == 0
+    (out / "run.json").write_text(json.dumps(run))
+    result = CliRunner().invoke(edits_command, [*args, "--paste-back"])
+    assert result.exit_code != 0 and "other settings" in result.output
+
 
 def test_sweep_rows_and_plot(tiny_folder, tmp_path):
     from retouch.bench.edits import edits_command
@@ -341,3 +350,17 @@ def test_summary_pairs_retouch_with_its_diffusers_counterpart_case_by_case():
     assert cells[5].startswith("+0.50 ± ")  # 30 − mean(28, 29, 30, 31)
     assert cells[6:] == ["3.00", "3.00"]
     assert "| diffedit | 4 | 75% [30%, 95%] |" in text
+
+
+def test_a_failing_worker_stops_the_run_with_its_error(tiny_folder, tmp_path):
+    from retouch.bench.cases import make_cases
+    from retouch.bench.edits import Loader, run_bench
+    from retouch.bench.methods import Settings
+
+    cases = make_cases(10_000_000, 2, ["recolor"])
+    loader = Loader(model=str(tiny_folder), fingerprint="not-this-model", device="cpu")
+    with pytest.raises(RuntimeError, match="worker failed: RuntimeError: worker loaded another model"):
+        run_bench(
+            None, cases, ["autoencoder"], Settings(), tmp_path, progress=False, workers=2, loader=loader
+        )
+    assert (tmp_path / "cases.jsonl").read_text() == ""

@@ -409,3 +409,21 @@ def test_shipped_recolour_mask_overlaps_the_object(shipped, record_property):
     record_property("recolour_mask_iou", iou)
     print(f"\nrecolour mask IoU {iou:.3f} (mask area {mask.area:.3f}, object {truth.float().mean():.3f})")
     assert iou > 0.4
+
+
+def test_a_reused_encoding_or_inversion_is_not_vae_encoded_again(tiny_eps, monkeypatch):
+    """x0 comes with the encoding (and the inversion): a second edit runs no VAE encoder (at 512
+    pixels on a CPU that is seconds an edit)."""
+    img = scene_render()
+    encoding = retouch.ddim_encoding(tiny_eps, img, progress=False, **FAST)
+    inv = retouch.invert(tiny_eps, img, num_inference_steps=4, skip=1, progress=False)
+    calls = []
+    encode = tiny_eps.vae.encode
+    monkeypatch.setattr(tiny_eps.vae, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    again = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=encoding, progress=False, **FAST)
+    fresh = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, progress=False, **FAST)
+    assert len(calls) == 1  # the fresh edit's
+    assert np.array_equal(np.asarray(again.image), np.asarray(fresh.image))
+    steps = dict(num_inference_steps=4, skip=1, progress=False)
+    retouch.ledits(tiny_eps, inv, add=["green circle"], mask="infer", image=img, **steps)
+    assert len(calls) == 1

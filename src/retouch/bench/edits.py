@@ -135,7 +135,7 @@ def _save_images(images_dir: Path, case: Case, method: str, out: Output, mask: n
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{method}.mask.png")
 
 
-def _warm_up(ctx: Context, methods: Sequence[str]) -> None:
+def warm_up(ctx: Context, methods: Sequence[str]) -> None:
     """First calls (kernels, allocator, lazily built pipelines) happen before any clock runs."""
     import torch
 
@@ -184,7 +184,7 @@ def _run_jobs(ctx: Context, jobs, settings: Settings, judge, out_dir: Path, emit
     """Run jobs in order, calling emit(row) as each finishes; preparations are shared within a case."""
     from retouch.bench.diffusers_pipelines import UNetCalls
 
-    _warm_up(ctx, list(dict.fromkeys(m.name for _, m, _ in jobs)))
+    warm_up(ctx, list(dict.fromkeys(m.name for _, m, _ in jobs)))
     calls = UNetCalls(ctx.model.unet)
     preps: dict = {}
     current = None
@@ -204,7 +204,7 @@ def _run_jobs(ctx: Context, jobs, settings: Settings, judge, out_dir: Path, emit
         calls.unwrap()
 
 
-def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, queue) -> None:
+def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, conn) -> None:
     """A worker process: load, run its jobs, send ("row", row) for each, then ("done", None), or
     ("error", message) and stop."""
     try:
@@ -224,54 +224,56 @@ def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, queue)
 
             judge = load_judge(Path(loader.judge))
         todo = [(case, METHODS[name], point) for case, name, point in jobs]
-        _run_jobs(Context(bundle), todo, settings, judge, Path(out_dir), lambda row: queue.put(("row", row)))
-        queue.put(("done", None))
+        _run_jobs(Context(bundle), todo, settings, judge, Path(out_dir), lambda row: conn.send(("row", row)))
+        conn.send(("done", None))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the run
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
 
 
 def _run_parallel(loader: Loader, todo, settings: Settings, out_dir: Path, workers: int, emit) -> None:
     """Share the jobs case by case among worker processes (spawned: one model each), and emit
-    their rows as they arrive. A worker's error, or its death, stops the run."""
+    their rows as they arrive, each worker on its own pipe. A worker's error or death stops the run."""
     import multiprocessing as mp
-    import queue as queue_module
+    from multiprocessing.connection import wait
 
     order = {cid: i for i, cid in enumerate(dict.fromkeys(case.id for case, _, _ in todo))}
     shards = [
         [(case, m.name, p) for case, m, p in todo if order[case.id] % workers == w] for w in range(workers)
     ]
     spawn = mp.get_context("spawn")
-    queue = spawn.Queue()
-    procs = [
-        spawn.Process(target=_worker, args=(loader, shard, settings, str(out_dir), queue), daemon=True)
-        for shard in shards
-        if shard
-    ]
-    for p in procs:
-        p.start()
-    running = len(procs)
+    running = {}  # the parent's end of each worker's pipe → the worker
     try:
+        for shard in filter(None, shards):
+            reader, writer = spawn.Pipe(duplex=False)
+            proc = spawn.Process(
+                target=_worker, args=(loader, shard, settings, str(out_dir), writer), daemon=True
+            )
+            proc.start()
+            writer.close()  # the worker holds it: its exit shows here as end of file
+            running[reader] = proc
         while running:
-            try:
-                kind, value = queue.get(timeout=2)
-            except queue_module.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"a bench worker died (exit code {dead[0].exitcode})") from None
-                continue
-            if kind == "row":
-                emit(value)
-            elif kind == "done":
-                running -= 1
-            else:
-                raise RuntimeError(f"a bench worker failed: {value}")
+            for reader in wait(list(running)):
+                try:
+                    kind, value = reader.recv()
+                except EOFError:
+                    proc = running[reader]
+                    proc.join()
+                    raise RuntimeError(f"a bench worker died (exit code {proc.exitcode})") from None
+                if kind == "row":
+                    emit(value)
+                elif kind == "done":
+                    running.pop(reader).join()
+                    reader.close()
+                else:
+                    raise RuntimeError(f"a bench worker failed: {value}")
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
-        queue.close()
-        queue.join_thread()
+        for reader, proc in running.items():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+            reader.close()
 
 
 def run_bench(
@@ -387,11 +389,20 @@ def _run_record(model, settings: Settings, judge_path) -> dict:
     )
 
 
+def _with_new_fields(old, default):
+    """Settings written before a field existed, with that field at its default (its behaviour then)."""
+    if isinstance(old, dict) and isinstance(default, dict):
+        return {**default, **{k: _with_new_fields(v, default.get(k)) for k, v in old.items()}}
+    return old
+
+
 def _check_resume(out_dir: Path, record: dict) -> None:
     """A folder holds one configuration: refuse to mix rows of other settings or another model."""
     path = out_dir / "run.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        defaults = json.loads(json.dumps(asdict(Settings())))
+        old["settings"] = _with_new_fields(old.get("settings"), defaults)
         for key in ("fingerprint", "settings"):
             if old.get(key) != record[key]:
                 raise click.ClickException(

@@ -58,10 +58,12 @@ class Prepared:
     x0: torch.Tensor  # [1, C, h, w] scaled latent of the VAE posterior mean
 
 
-def prepare(bundle: ModelBundle, image) -> Prepared:
+def prepare(bundle: ModelBundle, image, x0: torch.Tensor | None = None) -> Prepared:
+    """The checked image, its pixels, hash and x0; x0 given (an encoding's or inversion's, whose
+    hash the caller checks against this one): no second VAE encoding."""
     img = load_image(image)
     px = to_pixels(bundle, img)
-    return Prepared(img, px, image_hash(img), encode(bundle, px.tensor))
+    return Prepared(img, px, image_hash(img), encode(bundle, px.tensor) if x0 is None else x0)
 
 
 def generator(bundle: ModelBundle, seed: int) -> torch.Generator:

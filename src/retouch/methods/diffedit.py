@@ -82,12 +82,13 @@ def _config(config: DiffEditConfig | None, settings: dict) -> DiffEditConfig:
 
 def diffedit_mask(
     model: ModelBundle, image, query: str, reference: str = "", seed: int = 0,
-    config: DiffEditConfig | None = None, **settings,
+    config: DiffEditConfig | None = None, x0: torch.Tensor | None = None, **settings,
 ) -> Mask:
-    """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w]."""
+    """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
+    x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here."""
     cfg = _config(config, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
-    prep = prepare(model, image)
+    prep = prepare(model, image, x0=x0)
     return _infer_mask(model, prep, query, reference, cfg, check_seed(seed))
 
 
@@ -178,8 +179,8 @@ def diffedit(
     query = check_prompt(model, query, "query")
     reference = check_prompt(model, reference, "reference", allow_empty=True)
     timer = Timer(model.device)
-    with timer("prepare"):
-        prep = prepare(model, image)
+    with timer("prepare"):  # an encoding holds x0: no second VAE encoding (checked just below)
+        prep = prepare(model, image, x0=None if encoding is None else encoding.latents[0])
     h, w = prep.x0.shape[-2:]
     px = prep.pixels
     if encoding is not None:
