@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,15 @@ def judge_path(tmp_path_factory):
     return path
 
 
+def _bench(args: list[str], out: Path) -> list[dict]:
+    """Run `retouch bench edits` with args (its --out is out) and return the rows of cases.jsonl."""
+    from retouch.bench.edits import edits_command
+
+    result = CliRunner().invoke(edits_command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+
+
 def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
     from retouch.bench.edits import edits_command
 
@@ -191,9 +201,7 @@ def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
         "--grid-cases",
         "1",
     ]
-    result = CliRunner().invoke(edits_command, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    rows = _bench(args, out)
     assert [r["method"] for r in rows] == ["autoencoder", "diffedit", "ledits_masked"]
     by = {r["method"]: r for r in rows}
     assert by["autoencoder"]["unet_evals"] == 0 and by["autoencoder"]["mask_iou"] is None
@@ -236,7 +244,6 @@ def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
 
 
 def test_sweep_rows_and_plot(tiny_folder, tmp_path):
-    from retouch.bench.edits import edits_command
 
     out = tmp_path / "sweep"
     args = [
@@ -263,9 +270,7 @@ def test_sweep_rows_and_plot(tiny_folder, tmp_path):
         "--grid-cases",
         "0",
     ]
-    result = CliRunner().invoke(edits_command, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    rows = _bench(args, out)
     sweeps = [r["sweep"] for r in rows if r["method"] == "sdedit"]
     assert sweeps == [None, {"encode_ratio": 0.5}, {"encode_ratio": 1.0}]
     assert all(r["success"] is None for r in rows)  # no judge
@@ -297,7 +302,6 @@ def test_diffusers_diffedit_matches_retouch_cost(tiny_eps):
 
 def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_path):
     """Two worker processes share the cases; every row but the clocks is what one process writes."""
-    from retouch.bench.edits import edits_command
 
     def run(out, workers):
         args = [
@@ -306,9 +310,7 @@ def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_pa
             "--model", str(tiny_folder), "--judge", str(judge_path), "--device", "cpu", "--threads", "1",
             "--no-progress", "--grid-cases", "0", "--workers", str(workers),
         ]  # fmt: skip
-        result = CliRunner().invoke(edits_command, args)
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+        rows = _bench(args, out)
         clocks = ("seconds", "seconds_second", "seconds_prepare")
         return sorted(
             json.dumps({k: v for k, v in r.items() if k not in clocks}, sort_keys=True) for r in rows

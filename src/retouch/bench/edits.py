@@ -383,10 +383,15 @@ def _run_record(model, settings: Settings, judge_path) -> dict:
     return dict(
         model=str(model.model_id),
         fingerprint=model.fingerprint,
-        settings=json.loads(json.dumps(asdict(settings))),
+        settings=_settings_json(settings),
         judge=None if judge_path is None else str(judge_path),
         settings_line=settings_line(settings),
     )
+
+
+def _settings_json(settings: Settings) -> dict:
+    """Settings as run.json holds them (tuples as lists)."""
+    return json.loads(json.dumps(asdict(settings)))
 
 
 def _with_new_fields(old, default):
@@ -401,8 +406,7 @@ def _check_resume(out_dir: Path, record: dict) -> None:
     path = out_dir / "run.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        defaults = json.loads(json.dumps(asdict(Settings())))
-        old["settings"] = _with_new_fields(old.get("settings"), defaults)
+        old["settings"] = _with_new_fields(old.get("settings"), _settings_json(Settings()))
         for key in ("fingerprint", "settings"):
             if old.get(key) != record[key]:
                 raise click.ClickException(

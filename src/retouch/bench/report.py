@@ -29,13 +29,15 @@ COLUMNS = [
 PSNR_CAP = 99.0  # identical pixels count as 99 dB in means (bench.model.psnr caps them at ~168)
 
 
+def _values(rows: list[dict], key: str) -> list[float]:
+    """The rows' values of key, None left out, PSNRs capped at PSNR_CAP."""
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return [min(v, PSNR_CAP) for v in vals] if key.startswith("psnr") else vals
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    if not vals:
-        return None
-    if key.startswith("psnr"):
-        vals = [min(float(v), PSNR_CAP) for v in vals]
-    return float(np.mean([float(v) for v in vals]))
+    vals = _values(rows, key)
+    return float(np.mean(vals)) if vals else None
 
 
 def _fmt(value, fmt: str) -> str:
@@ -123,11 +125,6 @@ def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     if v.size == 0:
         return math.nan, math.nan
     return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-
-
-def _values(rows: list[dict], key: str) -> list[float]:
-    vals = [float(r[key]) for r in rows if r.get(key) is not None]
-    return [min(v, PSNR_CAP) for v in vals] if key.startswith("psnr") else vals
 
 
 def _intervals(rows: list[dict], methods: Sequence[str]) -> list[str]:

@@ -192,9 +192,8 @@ def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> Mask
             raise SettingError("mask='infer' needs the image: pass image= with the inversion")
         query = prompt or ", ".join(c.text for c in concepts if c.direction > 0)
         reference = inv.source or ", ".join(c.text for c in concepts if c.direction < 0)
-        # the inversion's x0 (its image was checked by hash): no second VAE encoding
-        query, reference = query or reference, reference if query else ""
-        return diffedit_mask(model, image, query, reference, seed=seed, x0=inv.x0)
+        return diffedit_mask(model, image, query or reference, reference if query else "", seed=seed,
+                             x0=inv.x0)  # the inversion's (its image was checked by hash): no VAE pass
     latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor)
     return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather))
 
