@@ -60,11 +60,12 @@ from PIL import Image
 
 import retouch
 from retouch.bench import diffusers_pipelines as dp
-from retouch.bench.diffusers_pipelines import UNetCalls, sync
+from retouch.denoiser import UNetCalls
 from retouch.latents import load_image, to_image, to_pixels
+from retouch.metrics import iou, psnr
 from retouch.models import SHIPPED
-from retouch.shapes.world import sample_edit
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import HELD_OUT_SEED, sample_edit
+from retouch.timing import sync
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -126,7 +127,7 @@ def run_ours(model, img: np.ndarray, query: str, reference: str, seed: int, args
 
     sync(model.device)
     t0 = time.perf_counter()
-    out = retouch.diffedit(model, img, query, reference, seed=seed, progress=False, **settings(args))
+    out = retouch.diffedit(model, img, query, reference, seed=seed, **settings(args))
     sync(model.device)
     seconds = time.perf_counter() - t0
     x0 = prepare(model, img).x0  # outside the timing: for the background error only
@@ -159,16 +160,6 @@ def run_theirs(pipe, img: np.ndarray, pixels, query: str, reference: str, seed: 
     return dict(
         image=np.asarray(to_image(image, *img.shape[:2])), mask=mask[0] > 0, latents=z, x0=x0, seconds=seconds
     )
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    err = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if err == 0 else float(10 * np.log10(255.0**2 / err))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
 def background_error(run: dict) -> float:

@@ -51,10 +51,11 @@ from PIL import Image
 
 import retouch
 from retouch.bench import diffusers_pipelines as dp
-from retouch.bench.diffusers_pipelines import UNetCalls, timed
+from retouch.denoiser import UNetCalls
+from retouch.metrics import psnr
 from retouch.models import SHIPPED
-from retouch.shapes.world import EDIT_KINDS, masks, render, sample_edit
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED, masks, render, sample_edit
+from retouch.timing import timed
 
 W_SRC = 3.5  # source guidance scale, both sides (METHODS §2)
 
@@ -142,7 +143,7 @@ def reconstruct_ours(model, inv) -> Image.Image:
 def run_ours(model, count: UNetCalls, image: np.ndarray, edit, source: str, seed: int, args) -> dict:
     from retouch.latents import decode, to_image
 
-    kw = dict(num_inference_steps=args.num_inference_steps, skip=args.skip, progress=False)
+    kw = dict(num_inference_steps=args.num_inference_steps, skip=args.skip)
     inv, t_inv, n_inv = timed(
         lambda: retouch.invert(model, image, source=source, seed=seed, **kw), model.device, count
     )
@@ -195,14 +196,6 @@ def reconstruct_theirs(pipe, image: np.ndarray, source: str, seed: int, args) ->
 
 
 # --- metrics --------------------------------------------------------------------------------------
-
-
-def psnr(a, b, where: np.ndarray | None = None) -> float:
-    """PSNR in dB of two 8-bit images, over the pixels `where` (bool (H, W)) or all."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    d = (a - b) ** 2 if where is None else ((a - b) ** 2)[where]
-    mse = float(d.mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def edit_ok(judge, image, edit) -> bool | None:

@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 
 from retouch.bench.cases import make_cases
-from retouch.bench.diffusers_pipelines import UNetCalls, random_model_folder
+from retouch.bench.diffusers_pipelines import random_model_folder
 from retouch.bench.edits import warm_up
 from retouch.bench.methods import COUNTERPARTS, METHODS, Context, Settings, run_method
+from retouch.denoiser import UNetCalls
 from retouch.models import SHIPPED
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import HELD_OUT_SEED
 
 
 def parse_args(argv=None) -> argparse.Namespace:

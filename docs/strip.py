@@ -1,4 +1,4 @@
-"""Put images side by side, upscaled (nearest) with a label under each: `python docs/strip.py OUT LABEL=PATH...`."""
+"""Images side by side, upscaled (nearest), a label under each: `python docs/strip.py OUT LABEL=PATH...`."""
 
 import sys
 

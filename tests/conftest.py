@@ -45,8 +45,7 @@ def shipped():
 @pytest.fixture()
 def scene_image():
     """A held-out ShapesWorld render (uint8 (64, 64, 3)) and its scene."""
-    from retouch.shapes.world import render, sample_scene
-    from retouch.train import HELD_OUT_SEED
+    from retouch.shapes.world import HELD_OUT_SEED, render, sample_scene
 
     scene = sample_scene(HELD_OUT_SEED + 7, n_objects=1)
     return render(scene), scene

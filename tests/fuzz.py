@@ -41,8 +41,7 @@ def scene(width: int = 64, height: int = 64) -> np.ndarray:
 
 
 def held_out_scene():
-    from retouch.shapes.world import sample_scene
-    from retouch.train import HELD_OUT_SEED
+    from retouch.shapes.world import HELD_OUT_SEED, sample_scene
 
     return sample_scene(HELD_OUT_SEED + 2, n_objects=1)
 
@@ -55,8 +54,12 @@ def huge_header_png(width: int = 20000, height: int = 20000) -> bytes:
     """A small PNG whose header claims width x height RGB pixels (one row of data)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" + b"\x80" * (3 * min(width, 64)))
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fuzz import CAPTION, QUERY, build_corpus, held_out_scene, scene
-from retouch.cli import PNG_KEY, main, read_params, settings_fields
+from retouch.files import PNG_KEY, read_params
+from retouch.main import main
+from retouch.settings import settings_fields
 
 torch.set_num_threads(1)
 
@@ -71,8 +73,19 @@ def one_error_line(result) -> str:
 
 def edit(image, out, model_args, method="diffedit", *args):
     texts = ["--query", QUERY, "--reference", REFERENCE] if method == "diffedit" else []
-    return run("edit", image, "-o", out, "--method", method, *texts, *FAST[method], *model_args,
-               "--no-progress", *args)
+    return run(
+        "edit",
+        image,
+        "-o",
+        out,
+        "--method",
+        method,
+        *texts,
+        *FAST[method],
+        *model_args,
+        "--no-progress",
+        *args,
+    )
 
 
 def test_the_test_scene_is_what_the_texts_say():
@@ -82,7 +95,11 @@ def test_the_test_scene_is_what_the_texts_say():
 
 
 def test_importing_the_cli_and_help_stay_light():
-    code = "import sys, retouch.cli; assert not {'torch', 'gradio'} & set(sys.modules), 'heavy import'"
+    code = (
+        "import sys; from click.testing import CliRunner; from retouch.main import main; "
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0; "
+        "assert not {'torch', 'gradio'} & set(sys.modules), 'heavy import'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     result = run("--help")
     assert result.exit_code == 0
@@ -98,7 +115,7 @@ def test_every_config_field_is_a_flag():
     help_text = run("edit", "--help").output
     for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
         assert s.flag in help_text
-    options = {p.name: p for p in main.commands["edit"].params}
+    options = {p.name: p for p in main.get_command(None, "edit").params}
     assert set(options["preset"].type.choices) == set(PRESETS)
     assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
     assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")
@@ -127,8 +144,21 @@ def test_edit_diffedit_writes_png_with_parameters_and_json(image, tmp_path, mode
 
 def test_edit_ledits_concepts_preset_and_per_concept_settings(image, tmp_path, model_args):
     out = tmp_path / "out.png"
-    result = edit(image, out, model_args, "ledits", "--add", "red circle", "--remove", "purple circle",
-                  "--preset", "object", "--edit-scale", "9,4", "--json")
+    result = edit(
+        image,
+        out,
+        model_args,
+        "ledits",
+        "--add",
+        "red circle",
+        "--remove",
+        "purple circle",
+        "--preset",
+        "object",
+        "--edit-scale",
+        "9,4",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)["settings"]
     assert s["add"] == ["red circle"] and s["remove"] == ["purple circle"]
@@ -145,8 +175,22 @@ def test_edit_ledits_target_prompt_human_summary(image, tmp_path, model_args):
 
 def test_mask_writes_mask_and_overlay(image, tmp_path, model_args):
     out = tmp_path / "m.png"
-    result = run("mask", image, "-o", out, "--query", QUERY, "--reference", REFERENCE,
-                 "--num-inference-steps", "10", "--mask-samples", "2", *model_args, "--json")
+    result = run(
+        "mask",
+        image,
+        "-o",
+        out,
+        "--query",
+        QUERY,
+        "--reference",
+        REFERENCE,
+        "--num-inference-steps",
+        "10",
+        "--mask-samples",
+        "2",
+        *model_args,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["overlay"] == str(tmp_path / "m.overlay.png") and summary["unet_evals"] == 4
@@ -161,8 +205,20 @@ def test_invert_once_then_edit_from_the_inversion(image, tmp_path, model_args):
     assert result.exit_code == 0, result.output
     concepts = ["--add", "red circle", "--remove", "purple circle", "--seed", "0"]
     # the inversion's steps and skip are taken from the file: no need to repeat them
-    reused = run("edit", image, "-o", tmp_path / "a.png", "--method", "ledits", "--inversion", inv,
-                 *concepts, *model_args, "--json", "--no-progress")
+    reused = run(
+        "edit",
+        image,
+        "-o",
+        tmp_path / "a.png",
+        "--method",
+        "ledits",
+        "--inversion",
+        inv,
+        *concepts,
+        *model_args,
+        "--json",
+        "--no-progress",
+    )
     assert reused.exit_code == 0, reused.output
     fresh = edit(image, tmp_path / "b.png", model_args, "ledits", "--source", CAPTION, *concepts, "--json")
     a, b = json.loads(reused.stdout), json.loads(fresh.stdout)
@@ -241,26 +297,31 @@ def test_unwritable_output_is_one_line_before_loading(image, tmp_path, model_arg
 
     monkeypatch.setattr(retouch, "load", no_load)
     (tmp_path / "file").write_text("x")
-    for out, why in [(tmp_path / "missing" / "out.png", "does not exist"),
-                     (tmp_path / "file" / "out.png", "does not exist"),
-                     (tmp_path, "is a folder"),
-                     (tmp_path / "out.xyz", "unknown image format")]:
+    for out, why in [
+        (tmp_path / "missing" / "out.png", "does not exist"),
+        (tmp_path / "file" / "out.png", "does not exist"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "out.xyz", "unknown image format"),
+    ]:
         assert why in one_error_line(edit(image, out, model_args))
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
     assert "is not writable" in one_error_line(edit(image, tmp_path / "out.png", model_args))
 
 
-@pytest.mark.parametrize("args, why", [
-    (["--method", "diffedit"], "needs --query"),
-    (["--method", "ledits"], "needs --prompt"),
-    (["--method", "diffedit", "--query", QUERY, "--add", "red circle"], "--add is not used"),
-    (["--method", "ledits", "--add", "red circle", "--guidance-scale", "3"], "not a ledits setting"),
-    (["--method", "ledits", "--add", "red circle", "--prompt", "  "], "prompt is empty"),
-    (["--method", "magic"], "Invalid value for '--method'"),
-    (["--query", QUERY, "--mode", "nope"], "mode must be one of"),
-    (["--query", QUERY, "--mask", "missing.png"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--method", "diffedit"], "needs --query"),
+        (["--method", "ledits"], "needs --prompt"),
+        (["--method", "diffedit", "--query", QUERY, "--add", "red circle"], "--add is not used"),
+        (["--method", "ledits", "--add", "red circle", "--guidance-scale", "3"], "not a ledits setting"),
+        (["--method", "ledits", "--add", "red circle", "--prompt", "  "], "prompt is empty"),
+        (["--method", "magic"], "Invalid value for '--method'"),
+        (["--query", QUERY, "--mode", "nope"], "mode must be one of"),
+        (["--query", QUERY, "--mask", "missing.png"], "no such file"),
+    ],
+)
 def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeypatch, args, why):
     import retouch
 
@@ -300,8 +361,9 @@ def test_corpus(corpus, tmp_path, model_args):
 def test_progress_goes_to_stderr(image, tmp_path, model_args):
     result = edit(image, tmp_path / "out.png", model_args, "diffedit", "--json")
     assert result.exit_code == 0
-    loud = run("edit", image, "-o", tmp_path / "out.png", "--query", QUERY, *FAST["diffedit"], *model_args,
-               "--json")
+    loud = run(
+        "edit", image, "-o", tmp_path / "out.png", "--query", QUERY, *FAST["diffedit"], *model_args, "--json"
+    )
     assert loud.exit_code == 0
     assert "decode" in loud.stderr and "decode" not in result.stderr
     assert json.loads(loud.stdout)["output"] == str(tmp_path / "out.png")  # stdout is the JSON alone
@@ -310,23 +372,48 @@ def test_progress_goes_to_stderr(image, tmp_path, model_args):
 def test_train_commands_check_their_inputs(tmp_path):
     line = one_error_line(run("train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "none"))
     assert "no autoencoder checkpoint" in line
-    line = one_error_line(run("train", "export", tmp_path / "out", "--vae-work", tmp_path,
-                              "--unet-work", tmp_path))
+    line = one_error_line(
+        run("train", "export", tmp_path / "out", "--vae-work", tmp_path, "--unet-work", tmp_path)
+    )
     assert "no autoencoder checkpoint" in line
 
 
-def test_train_vae_runs_and_resumes(tmp_path):
-    args = ["train", "vae", tmp_path, "--steps", "2", "--batch-size", "2", "--threads", "1",
-            "--log-every", "1", "--checkpoint-every", "2"]
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "ckpt" / "vae.safetensors").is_file() and "step 2/2" in result.stdout
-    assert "train vae" in (tmp_path / "train.log").read_text()
+def test_train_vae_resumes_where_it_stopped(tmp_path):
+    """Two steps, then resumed to four, give the same weights as four steps in one run."""
+    from safetensors.torch import load_file
+
+    def train(work, steps):
+        result = run(
+            "train",
+            "vae",
+            work,
+            "--steps",
+            steps,
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--warmup",
+            "1",
+        )
+        assert result.exit_code == 0, result.output
+        return load_file(work / "ckpt" / "vae.safetensors")
+
+    train(tmp_path / "a", 2)
+    resumed = train(tmp_path / "a", 4)
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "resumed at step 2" in log and "step 4/4" in log and "step 1/4" not in log
+    straight = train(tmp_path / "b", 4)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     torch.set_num_threads(1)
 
 
 def test_bench_commands_are_lazy_and_a_missing_one_is_a_clear_error():
-    from retouch.cli import _Group
+    from retouch.shell import Group as _Group
 
     group = _Group("bench", lazy={"nope": "retouch.bench.does_not_exist:command"})
     result = CliRunner().invoke(group, ["nope"])
@@ -336,7 +423,16 @@ def test_bench_commands_are_lazy_and_a_missing_one_is_a_clear_error():
 
 
 def test_png_parameters_round_trip(tmp_path):
-    from retouch.cli import save_image
+    from retouch.files import save_image
 
     save_image(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"seed": 1, "settings": {"x": [1, None]}})
     assert read_params(tmp_path / "a.png") == {"seed": 1, "settings": {"x": [1, None]}}
+
+
+def test_edit_draws_a_progress_bar_per_stage_and_no_progress_none(image, tmp_path, model_args):
+    texts = ["--query", QUERY, "--reference", REFERENCE, *FAST["diffedit"], *model_args]
+    shown = run("edit", image, "-o", tmp_path / "a.png", *texts)
+    assert shown.exit_code == 0, shown.output
+    assert "encode" in shown.stderr and "decode" in shown.stderr and "it/s" in shown.stderr
+    hidden = run("edit", image, "-o", tmp_path / "b.png", *texts, "--no-progress")
+    assert hidden.exit_code == 0 and hidden.stderr == ""

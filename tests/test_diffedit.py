@@ -4,6 +4,9 @@ analytic stand-ins for the UNet, and a few properties of the trained ShapesWorld
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +17,14 @@ from PIL import Image
 import retouch
 from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.errors import SettingError
 from retouch.latents import ImageError, decode, to_image
 from retouch.methods import diffedit as de
-from retouch.methods.common import SettingError, prepare
+from retouch.methods.common import prepare
+from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
-from retouch.shapes.world import Obj, masks, render, sample_scene
+from retouch.shapes.world import HELD_OUT_SEED, Obj, masks, render, sample_scene
 from retouch.text import PromptError, encode_text
-from retouch.train import HELD_OUT_SEED
 from retouch.types import Mask
 
 torch.set_num_threads(1)
@@ -79,11 +83,11 @@ def x_independent_eps(bundle, schedule, counter):
 def empty_prompt_reconstruction(model, image, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM-encode with ∅ through all the steps (r = 1), then DDIM-decode with ∅ and no guidance and
     no mask. Returns (x0, reconstructed x0), each [1, C, h, w]."""
-    enc = retouch.ddim_encoding(model, image, num_inference_steps=steps, encode_ratio=1.0, progress=False)
+    enc = retouch.ddim_encoding(model, image, num_inference_steps=steps, encode_ratio=1.0)
     schedule = Schedule.from_scheduler(model.scheduler)
     eps = guided_eps(unet_eps(model, schedule, EvalCounter()), encode_text(model, [""]), None, 1.0)
     descending = list(enc.timesteps[1:])[::-1]
-    return enc.latents[0], de.masked_ddim_decode(eps, schedule, enc.latents[-1], descending, None, None)
+    return enc.latents[0], ddim_sample(eps, schedule, enc.latents[-1], descending)
 
 
 def psnr(a, b) -> float:
@@ -108,7 +112,7 @@ def test_encode_then_decode_is_exact_when_eps_ignores_x(tiny, monkeypatch, ratio
     query, masked decoding at matching levels) must return x0 up to float rounding."""
     monkeypatch.setattr(de, "unet_eps", x_independent_eps)
     img = scene_render()
-    out = retouch.diffedit(tiny, img, QUERY, REFERENCE, mode="no_mask", encode_ratio=ratio, progress=False)
+    out = retouch.diffedit(tiny, img, QUERY, REFERENCE, mode="no_mask", encode_ratio=ratio)
     x0 = prepare(tiny, img).x0
     torch.testing.assert_close(out.latents, x0, atol=1e-4, rtol=1e-4)
     assert out.unet_evals == round(ratio * 50) * 3  # encode 1, decode 2 (CFG) per step
@@ -125,7 +129,7 @@ def test_decode_blends_with_the_encoded_latent_at_the_same_level():
         seen[t] = x.clone()
         return torch.zeros_like(x)
 
-    z = de.masked_ddim_decode(eps_fn, schedule, background[ts[0]], ts, background, torch.zeros(2, 2))
+    z = ddim_sample(eps_fn, schedule, background[ts[0]], ts, background, torch.zeros(2, 2))
     assert all(torch.equal(seen[t], background[t]) for t in ts)
     assert torch.equal(z, background[-1])
 
@@ -139,7 +143,7 @@ def test_empty_prompt_reconstruction_runs_on_tiny(tiny):
 
 def test_all_zero_mask_gives_the_encode_decode_bitwise(tiny):
     img = scene_render()
-    out = retouch.diffedit(tiny, img, QUERY, REFERENCE, mask=np.zeros((64, 64)), progress=False, **FAST)
+    out = retouch.diffedit(tiny, img, QUERY, REFERENCE, mask=np.zeros((64, 64)), **FAST)
     prep = prepare(tiny, img)
     assert torch.equal(out.latents, prep.x0)
     roundtrip = to_image(decode(tiny, prep.x0), 64, 64)
@@ -186,7 +190,7 @@ def test_a_mask_of_another_size_is_refused_before_the_unet(tiny_eps, unet_inputs
     other = Mask(torch.ones(8, 8), torch.ones(16, 16))
     seen = unet_inputs(tiny_eps)
     with pytest.raises(SettingError, match="latent resolution"):
-        retouch.diffedit(tiny_eps, scene_render(), QUERY, mask=other, progress=False)
+        retouch.diffedit(tiny_eps, scene_render(), QUERY, mask=other)
     assert seen == []
 
 
@@ -196,23 +200,23 @@ def test_a_mask_of_another_size_is_refused_before_the_unet(tiny_eps, unet_inputs
 def test_background_latents_are_kept_exactly(tiny):
     img = scene_render()
     x0 = prepare(tiny, img).x0
-    given = retouch.diffedit(tiny, img, QUERY, REFERENCE, mask=half_mask(img), progress=False, **FAST)
+    given = retouch.diffedit(tiny, img, QUERY, REFERENCE, mask=half_mask(img), **FAST)
     m = given.mask.latent.bool()
     assert 0 < m.float().mean() < 1
     assert torch.equal(given.latents[..., ~m], x0[..., ~m])
     assert not torch.equal(given.latents[..., m], x0[..., m])
-    inferred = retouch.diffedit(tiny, img, QUERY, REFERENCE, progress=False, **FAST)
+    inferred = retouch.diffedit(tiny, img, QUERY, REFERENCE, **FAST)
     m = inferred.mask.latent.bool()
     assert torch.equal(inferred.latents[..., ~m], x0[..., ~m])
 
 
 def test_paste_back_keeps_the_input_pixels_outside_the_feathered_mask(tiny_eps):
     img = scene_render()
-    out = retouch.diffedit(tiny_eps, img, QUERY, mask=half_mask(img), paste_back=True, progress=False, **FAST)
+    out = retouch.diffedit(tiny_eps, img, QUERY, mask=half_mask(img), paste_back=True, **FAST)
     outside = out.mask.soft.numpy() == 0
     assert 0.2 < outside.mean() < 0.5  # the right half, minus the feathered edge
     assert np.array_equal(np.asarray(out.image)[outside], img[outside])
-    plain = retouch.diffedit(tiny_eps, img, QUERY, mask=half_mask(img), progress=False, **FAST)
+    plain = retouch.diffedit(tiny_eps, img, QUERY, mask=half_mask(img), **FAST)
     assert not np.array_equal(np.asarray(plain.image)[outside], img[outside])  # the VAE round trip
 
 
@@ -225,7 +229,7 @@ def test_paste_back_keeps_the_input_pixels_outside_the_feathered_mask(tiny_eps):
 def test_unet_evaluations_at_the_paper_settings(tiny_eps, unet_inputs, mode, cost):
     """N=50, r=0.8, n=10: mask 2n=20, encode 40, decode 2·40=80 (METHODS §1)."""
     seen = unet_inputs(tiny_eps)
-    out = retouch.diffedit(tiny_eps, small_image(), QUERY, REFERENCE, mode=mode, progress=False)
+    out = retouch.diffedit(tiny_eps, small_image(), QUERY, REFERENCE, mode=mode)
     assert out.unet_evals == evals(seen) == cost
     assert (out.mask is None) == (mode in ("no_mask", "sdedit"))
 
@@ -234,18 +238,18 @@ def test_reusing_a_mask_and_an_encoding_costs_only_the_decoding(tiny_eps, unet_i
     img = small_image()
     seen = unet_inputs(tiny_eps)
     mask = retouch.diffedit_mask(tiny_eps, img, QUERY, REFERENCE)
-    enc = retouch.ddim_encoding(tiny_eps, img, progress=False)
+    enc = retouch.ddim_encoding(tiny_eps, img)
     assert (mask.unet_evals, enc.unet_evals, evals(seen)) == (20, 40, 60)
     seen.clear()
-    out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mask=mask, encoding=enc, progress=False)
+    out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mask=mask, encoding=enc)
     assert out.unet_evals == evals(seen) == 80
-    fresh = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, progress=False)
+    fresh = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE)
     assert torch.equal(out.latents, fresh.latents)  # same seed: reusing changes nothing but the cost
 
 
 def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tiny_v, unet_inputs):
     img = small_image()
-    enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5, progress=False)
+    enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5)
     seen_eps, seen_v = unet_inputs(tiny_eps), unet_inputs(tiny_v)
     other = small_image()
     other[0, 0] = 0
@@ -258,7 +262,7 @@ def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tin
     for model, image, settings, message in cases:
         settings = {"num_inference_steps": 5, **settings}
         with pytest.raises(SettingError, match=message):
-            retouch.diffedit(model, image, QUERY, encoding=enc, progress=False, **settings)
+            retouch.diffedit(model, image, QUERY, encoding=enc, **settings)
     assert seen_eps == [] and seen_v == []
 
 
@@ -273,7 +277,7 @@ def test_ablations_run_and_differ_as_they_should(tiny_eps):
     m[: m.shape[0] // 2] = True  # a given mask: the top half
     given = Mask(m.float(), mask.soft)
     runs = {
-        mode: retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mask=given, mode=mode, progress=False, **FAST)
+        mode: retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mask=given, mode=mode, **FAST)
         for mode in de.MODES
     }
     assert runs["no_mask"].mask is None and runs["sdedit"].mask is None
@@ -293,17 +297,14 @@ def test_ablations_run_and_differ_as_they_should(tiny_eps):
 def test_same_seed_same_image(tiny):
     img = scene_render()
     a, b, c = (
-        retouch.diffedit(tiny, img, QUERY, REFERENCE, seed=s, mode="no_encoding", progress=False, **FAST)
-        for s in (3, 3, 4)
+        retouch.diffedit(tiny, img, QUERY, REFERENCE, seed=s, mode="no_encoding", **FAST) for s in (3, 3, 4)
     )
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and torch.equal(a.latents, b.latents)
     assert not torch.equal(a.latents, c.latents)
 
 
 def test_integral_float_settings_are_accepted(tiny_eps):
-    out = retouch.diffedit(
-        tiny_eps, small_image(), QUERY, num_inference_steps=4.0, mask_samples=2.0, progress=False
-    )
+    out = retouch.diffedit(tiny_eps, small_image(), QUERY, num_inference_steps=4.0, mask_samples=2.0)
     assert out.unet_evals == 2 * 2 + 3 + 2 * 3 and out.settings["mask_samples"] == 2
 
 
@@ -323,7 +324,7 @@ def _images() -> dict[str, Image.Image]:
 @pytest.mark.parametrize("kind", ["rgb", "rgba_opaque", "gray", "palette", "16bit"])
 def test_image_kinds_come_back_at_their_size(tiny_eps, kind):
     img = _images()[kind]
-    out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, progress=False, **FAST)
+    out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, **FAST)
     assert out.image.size == (70, 45) and out.image.mode == "RGB"
     assert out.mask.soft.shape == (45, 70)
 
@@ -357,7 +358,7 @@ def test_bad_inputs_are_refused_before_any_unet_call(tiny_eps, unet_inputs, case
     image = _transparent() if case == "transparent" else scene_render()
     kwargs = {"query": QUERY, **kwargs}
     with pytest.raises(error, match=message):
-        retouch.diffedit(tiny_eps, image, progress=False, **kwargs)
+        retouch.diffedit(tiny_eps, image, **kwargs)
     assert issubclass(error, ValueError) and seen == []
 
 
@@ -365,13 +366,13 @@ def test_mask_and_encoding_alone_check_their_inputs_first(tiny_eps, unet_inputs)
     seen = unet_inputs(tiny_eps)
     with pytest.raises(SettingError, match="mask_samples"):
         retouch.diffedit_mask(tiny_eps, scene_render(), QUERY, mask_samples=0)
-    with pytest.raises(PromptError):
+    with pytest.raises(PromptError, match="query is empty"):
         retouch.diffedit_mask(tiny_eps, scene_render(), "")
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match="transparent pixels"):
         retouch.diffedit_mask(tiny_eps, _transparent(), QUERY)
     with pytest.raises(SettingError, match="encode_ratio"):
         retouch.ddim_encoding(tiny_eps, scene_render(), encode_ratio=float("nan"))
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match="transparent pixels"):
         retouch.ddim_encoding(tiny_eps, _transparent())
     assert seen == []
 
@@ -415,15 +416,27 @@ def test_a_reused_encoding_or_inversion_is_not_vae_encoded_again(tiny_eps, monke
     """x0 comes with the encoding (and the inversion): a second edit runs no VAE encoder (at 512
     pixels on a CPU that is seconds an edit)."""
     img = scene_render()
-    encoding = retouch.ddim_encoding(tiny_eps, img, progress=False, **FAST)
-    inv = retouch.invert(tiny_eps, img, num_inference_steps=4, skip=1, progress=False)
+    encoding = retouch.ddim_encoding(tiny_eps, img, **FAST)
+    inv = retouch.invert(tiny_eps, img, num_inference_steps=4, skip=1)
     calls = []
     encode = tiny_eps.vae.encode
     monkeypatch.setattr(tiny_eps.vae, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
-    again = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=encoding, progress=False, **FAST)
-    fresh = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, progress=False, **FAST)
+    again = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=encoding, **FAST)
+    fresh = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, **FAST)
     assert len(calls) == 1  # the fresh edit's
     assert np.array_equal(np.asarray(again.image), np.asarray(fresh.image))
-    steps = dict(num_inference_steps=4, skip=1, progress=False)
+    steps = dict(num_inference_steps=4, skip=1)
     retouch.ledits(tiny_eps, inv, add=["green circle"], mask="infer", image=img, **steps)
     assert len(calls) == 1
+
+
+def test_the_library_writes_nothing_to_stdout_or_stderr():
+    """The README's call, as a user runs it: no bars, no warnings, no prints."""
+    code = (
+        "import retouch; retouch.diffedit(retouch.load(), 'examples/red_circle.png', "
+        "query='a green circle on a white background', reference='a red circle on a white background')"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")

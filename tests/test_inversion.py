@@ -10,10 +10,11 @@ import torch
 
 import retouch
 from retouch.architecture import SD1_SCHEDULER
-from retouch.bench.diffusers_pipelines import unet_calls
-from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.denoiser import EvalCounter, guided_eps, unet_calls, unet_eps
+from retouch.errors import OutputError
+from retouch.guidance import SegaState, sega_eps
 from retouch.inversion import ddpm_invert
-from retouch.methods.ledits import LEditsConfig, sega_ddpm_sample
+from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule, pairs
 from retouch.text import encode_text
 from retouch.types import Inversion
@@ -132,7 +133,7 @@ def test_invariant_with_an_analytic_noise_predictor(prediction_type, n, skip, wi
     trajectory, zs = ddpm_invert(eps, schedule, x0, timesteps, g)
     inv = _inversion(x0, trajectory, zs, timesteps, n, skip)
     target = cond if with_source else None
-    out = sega_ddpm_sample(analytic_eps, schedule, inv, uncond, target, 3.5, [], [], LEditsConfig())
+    out = _sample(analytic_eps, schedule, inv, uncond, target, 3.5)
     err = float((out - x0).abs().max())
     record_property("max_abs_error", err)
     assert err < 1e-5
@@ -143,40 +144,37 @@ def _reconstruct(model, inv: Inversion) -> torch.Tensor:
     schedule = Schedule.from_scheduler(model.scheduler)
     uncond, cond = encode_text(model, ["", inv.source]).split(1)
     target = cond if inv.source else None
-    return sega_ddpm_sample(
-        unet_eps(model, schedule, EvalCounter()),
-        schedule,
-        inv,
-        uncond,
-        target,
-        inv.source_guidance_scale,
-        [],
-        [],
-        LEditsConfig(),
+    return _sample(
+        unet_eps(model, schedule, EvalCounter()), schedule, inv, uncond, target, inv.source_guidance_scale
     )
 
 
+def _sample(eps_fn, schedule, inv: Inversion, uncond, target, scale) -> torch.Tensor:
+    """DDPM sampling from the inversion with its z maps, CFG on `target` (None: ε(∅)), no concepts."""
+    guided = sega_eps(eps_fn, uncond, [], [], target, scale)
+    return ddpm_sample(guided, schedule, inv.trajectory[:1], list(inv.timesteps), inv.zs, SegaState())
+
+
 def _check_invariant(model, image, n, skip, source, record_property) -> None:
-    inv = retouch.invert(model, image, source=source, num_inference_steps=n, skip=skip, progress=False)
+    inv = retouch.invert(model, image, source=source, num_inference_steps=n, skip=skip)
     errs = [float((_reconstruct(model, inv) - inv.x0).abs().max())]
     if source:  # through the public API: the source as the target prompt, at the same scale
         out = retouch.ledits(
             model,
             inv,
             prompt=source,
-            progress=False,
             num_inference_steps=n,
             skip=skip,
             target_guidance_scale=inv.source_guidance_scale,
         )
         errs.append(float((out.latents - inv.x0).abs().max()))
     else:  # no concepts, no prompt: the reconstruction without running the sampler
-        out = retouch.ledits(model, inv, progress=False, num_inference_steps=n, skip=skip)
+        out = retouch.ledits(model, inv, num_inference_steps=n, skip=skip)
         assert out.message and torch.equal(out.latents, inv.x0) and out.unet_evals == 0
         # an edit whose base is ∅, through the sampler: a concept at scale 0 adds nothing, and
         # only the batch of the UNet call changes ([∅, e] instead of [∅]: float rounding)
         out = retouch.ledits(
-            model, inv, add=["green circle"], edit_scale=0.0, progress=False, num_inference_steps=n, skip=skip
+            model, inv, add=["green circle"], edit_scale=0.0, num_inference_steps=n, skip=skip
         )
         errs.append(float((out.latents - inv.x0).abs().max()))
     record_property("max_abs_error", max(errs))
@@ -206,7 +204,7 @@ def test_each_timestep_has_its_own_noise(tiny_eps, scene_image):
     """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε̃_t with an independent ε̃_t per step (§2.1): the top latent is
     exactly the seed's first draw, every later one its own next draw, and the draws are uncorrelated."""
     seed, n = 11, 12
-    inv = retouch.invert(tiny_eps, scene_image[0], num_inference_steps=n, skip=0, seed=seed, progress=False)
+    inv = retouch.invert(tiny_eps, scene_image[0], num_inference_steps=n, skip=0, seed=seed)
     schedule = Schedule.from_scheduler(tiny_eps.scheduler)
     g = torch.Generator().manual_seed(seed)
     draws = [torch.randn(inv.x0.shape, generator=g) for _ in inv.timesteps]
@@ -226,7 +224,7 @@ def test_each_timestep_has_its_own_noise(tiny_eps, scene_image):
 @pytest.mark.parametrize("source,evals", [("", 64), (CAPTION, 128)])
 def test_only_the_edited_steps_are_inverted(tiny_eps, scene_image, source, evals):
     with unet_calls(tiny_eps) as sizes:
-        inv = retouch.invert(tiny_eps, scene_image[0], source=source, progress=False)  # N=100, skip=36
+        inv = retouch.invert(tiny_eps, scene_image[0], source=source)  # N=100, skip=36
     schedule = Schedule.from_scheduler(tiny_eps.scheduler)
     assert inv.timesteps == tuple(schedule.timesteps(100)[36:])
     assert inv.zs.shape[0] == 64 and inv.trajectory.shape[0] == 65
@@ -234,7 +232,7 @@ def test_only_the_edited_steps_are_inverted(tiny_eps, scene_image, source, evals
 
 
 def test_same_seed_same_inversion_other_seed_other_noise(tiny_eps, scene_image):
-    kw = dict(num_inference_steps=10, skip=2, progress=False)
+    kw = dict(num_inference_steps=10, skip=2)
     a = retouch.invert(tiny_eps, scene_image[0], seed=3, **kw)
     b = retouch.invert(tiny_eps, scene_image[0], seed=3, **kw)
     c = retouch.invert(tiny_eps, scene_image[0], seed=4, **kw)
@@ -250,9 +248,7 @@ def small_inversion(tiny_eps):
     from retouch.shapes.world import render, sample_scene
 
     image = render(sample_scene(10_000_123, n_objects=2))
-    return retouch.invert(
-        tiny_eps, image, source=CAPTION, num_inference_steps=10, skip=2, seed=5, progress=False
-    )
+    return retouch.invert(tiny_eps, image, source=CAPTION, num_inference_steps=10, skip=2, seed=5)
 
 
 def test_save_load_round_trip(tiny_eps, small_inversion, tmp_path):
@@ -265,7 +261,7 @@ def test_save_load_round_trip(tiny_eps, small_inversion, tmp_path):
         assert getattr(loaded, name) == getattr(small_inversion, name), name
     assert isinstance(loaded.timesteps, tuple)
     # the loaded inversion edits like the original
-    kw = dict(add=["green circle"], num_inference_steps=10, skip=2, progress=False)
+    kw = dict(add=["green circle"], num_inference_steps=10, skip=2)
     a = retouch.ledits(tiny_eps, small_inversion, **kw)
     b = retouch.ledits(tiny_eps, loaded, **kw)
     assert torch.equal(a.latents, b.latents)
@@ -277,9 +273,7 @@ def test_load_refuses_another_model(tiny_eps, tiny_v, small_inversion, tmp_path)
     with pytest.raises(ValueError, match="another model"):
         Inversion.load(path, model=tiny_v)
     with pytest.raises(ValueError, match="another model"):
-        retouch.ledits(
-            tiny_v, Inversion.load(path), add=["green circle"], num_inference_steps=10, skip=2, progress=False
-        )
+        retouch.ledits(tiny_v, Inversion.load(path), add=["green circle"], num_inference_steps=10, skip=2)
     with pytest.raises(ValueError, match="no such file"):
         Inversion.load(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -300,7 +294,7 @@ def test_save_is_atomic(small_inversion, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"cannot write .*inv\.safetensors: disk full"):
         small_inversion.save(path)
     assert path.read_bytes() == before  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.safetensors"]  # no partial file left

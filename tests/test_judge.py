@@ -19,7 +19,7 @@ from retouch.shapes.judge import (
     read_region,
     read_regions,
 )
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import HELD_OUT_SEED
 
 torch.set_num_threads(1)
 SEEDS = range(HELD_OUT_SEED + 5_000, HELD_OUT_SEED + 5_150)

@@ -9,18 +9,19 @@ import pytest
 import torch
 
 import retouch
-from retouch.bench.diffusers_pipelines import unet_calls
-from retouch.denoiser import EvalCounter, unet_eps
+from retouch.denoiser import EvalCounter, unet_calls, unet_eps
+from retouch.errors import InputError, SettingError
+from retouch.guidance import SegaState, sega_eps
 from retouch.masks import user_mask
-from retouch.methods.common import SettingError
-from retouch.methods.ledits import LEditsConfig, make_concepts, sega_ddpm_sample
+from retouch.methods.ledits import LEditsConfig, make_concepts
+from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule
 from retouch.text import encode_text
 
 torch.set_num_threads(1)
 
 CAPTION = "a red circle on a white background"
-FAST = dict(num_inference_steps=12, skip=2, progress=False)  # 10 edited steps
+FAST = dict(num_inference_steps=12, skip=2)  # 10 edited steps
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def inv_fast(tiny_eps, image):
 
 @pytest.fixture(scope="module")
 def inv_default(tiny_eps, image):
-    return retouch.invert(tiny_eps, image, progress=False)  # N=100, skip=36, ∅
+    return retouch.invert(tiny_eps, image)  # N=100, skip=36, ∅
 
 
 def test_evals_one_concept_and_a_target_prompt(tiny_eps, inv_default):
@@ -50,7 +51,6 @@ def test_evals_one_concept_and_a_target_prompt(tiny_eps, inv_default):
             inv_default,
             add=["green circle"],
             prompt="a green circle on a white background",
-            progress=False,
         )
     assert sizes == [3] * 64  # one batched call per step over [∅, target, concept]
     assert out.unet_evals == 192
@@ -58,7 +58,7 @@ def test_evals_one_concept_and_a_target_prompt(tiny_eps, inv_default):
 
 def test_evals_concepts_only_have_no_target_branch(tiny_eps, inv_default):
     with unet_calls(tiny_eps) as sizes:
-        out = retouch.ledits(tiny_eps, inv_default, remove=["red circle"], progress=False)
+        out = retouch.ledits(tiny_eps, inv_default, remove=["red circle"])
     assert sizes == [2] * 64  # [∅, concept]
     assert out.unet_evals == 128
 
@@ -129,7 +129,19 @@ def test_masked_sampler_follows_the_trajectory_outside(tiny_eps, inv_fast):
         seen.append(x[:1].clone())
         return eps_fn(x, t, c)
 
-    x = sega_ddpm_sample(recording, schedule, inv_fast, uncond, None, 1.0, concepts, [concept], cfg, mask)
+    guided = sega_eps(
+        recording, uncond, concepts, [concept], None, 1.0, cfg.momentum_scale, cfg.momentum_beta, mask
+    )
+    x = ddpm_sample(
+        guided,
+        schedule,
+        inv_fast.trajectory[:1],
+        list(inv_fast.timesteps),
+        inv_fast.zs,
+        SegaState(),
+        pin=inv_fast.trajectory,
+        mask=mask,
+    )
     outside = mask == 0
     for i, x_t in enumerate([*seen, x]):
         assert torch.equal(x_t[..., outside], inv_fast.trajectory[i : i + 1][..., outside]), i
@@ -152,7 +164,7 @@ def test_refuses_an_inversion_of_another_image(tiny_eps, inv_fast):
 )
 def test_refuses_an_inversion_with_other_steps(tiny_eps, inv_fast, steps):
     with unet_calls(tiny_eps) as sizes, pytest.raises(ValueError, match="invert again"):
-        retouch.ledits(tiny_eps, inv_fast, add=["green circle"], progress=False, **steps)
+        retouch.ledits(tiny_eps, inv_fast, add=["green circle"], **steps)
     assert sizes == []
 
 
@@ -161,30 +173,48 @@ def test_refuses_an_inversion_with_other_steps(tiny_eps, inv_fast, steps):
 LONG = "red " * 100  # 102 tokens with start and end; the tokenizer takes 77
 
 BAD = {
-    "scale per concept, wrong length": dict(add=["green circle"], edit_scale=[5.0, 6.0]),
-    "warmup per concept, wrong length": dict(add=["green circle"], remove=["red circle"], edit_warmup=[1]),
-    "skip = steps": dict(add=["green circle"], num_inference_steps=10, skip=10),
-    "skip > steps": dict(add=["green circle"], num_inference_steps=10, skip=25),
-    "NaN concept scale": dict(add=["green circle"], edit_scale=float("nan")),
-    "NaN target scale": dict(prompt=CAPTION, target_guidance_scale=float("nan")),
-    "negative concept scale": dict(add=["green circle"], edit_scale=-1.0),
-    "negative source scale": dict(add=["green circle"], source=CAPTION, source_guidance_scale=-3.5),
-    "add as a string": dict(add="green circle"),
-    "remove as a string": dict(remove="red circle"),
-    "over-long prompt": dict(prompt=LONG),
-    "over-long concept": dict(add=[LONG]),
-    "over-long source": dict(add=["green circle"], source=LONG),
-    "empty concept": dict(add=[" "]),
-    "threshold above 1": dict(add=["green circle"], edit_threshold=1.5),
-    "unknown preset": dict(add=["green circle"], preset="landscape"),
-    "unknown setting": dict(add=["green circle"], guidance=3.0),
-    "negative seed": dict(add=["green circle"], seed=-1),
+    "scale per concept, wrong length": (
+        dict(add=["green circle"], edit_scale=[5.0, 6.0]),
+        "edit_scale has 2 values for 1 concepts",
+    ),
+    "warmup per concept, wrong length": (
+        dict(add=["green circle"], remove=["red circle"], edit_warmup=[1]),
+        "edit_warmup has 1 values for 2 concepts",
+    ),
+    "skip = steps": (
+        dict(add=["green circle"], num_inference_steps=10, skip=10),
+        "skip .* must leave at least one",
+    ),
+    "skip > steps": (
+        dict(add=["green circle"], num_inference_steps=10, skip=25),
+        "skip .* must leave at least one",
+    ),
+    "NaN concept scale": (dict(add=["green circle"], edit_scale=float("nan")), "edit_scale must be finite"),
+    "NaN target scale": (
+        dict(prompt=CAPTION, target_guidance_scale=float("nan")),
+        "target_guidance_scale must be finite",
+    ),
+    "negative concept scale": (dict(add=["green circle"], edit_scale=-1.0), "edit_scale must be >= 0"),
+    "negative source scale": (
+        dict(add=["green circle"], source=CAPTION, source_guidance_scale=-3.5),
+        "source_guidance_scale must be >= 0",
+    ),
+    "add as a string": (dict(add="green circle"), "add and remove take lists"),
+    "remove as a string": (dict(remove="red circle"), "add and remove take lists"),
+    "over-long prompt": (dict(prompt=LONG), "prompt is too long"),
+    "over-long concept": (dict(add=[LONG]), "concept is too long"),
+    "over-long source": (dict(add=["green circle"], source=LONG), "source is too long"),
+    "empty concept": (dict(add=[" "]), "concept is empty"),
+    "threshold above 1": (dict(add=["green circle"], edit_threshold=1.5), "edit_threshold must be <= 1"),
+    "unknown preset": (dict(add=["green circle"], preset="landscape"), "preset must be one of"),
+    "unknown setting": (dict(add=["green circle"], guidance=3.0), "unknown setting 'guidance'"),
+    "negative seed": (dict(add=["green circle"], seed=-1), "seed must be a whole number"),
 }
 
 
-@pytest.mark.parametrize("kwargs", list(BAD.values()), ids=list(BAD))
-def test_bad_input_is_refused_before_any_unet_call(tiny_eps, image, kwargs):
-    with unet_calls(tiny_eps) as sizes, pytest.raises(ValueError) as err:
+@pytest.mark.parametrize(("kwargs", "message"), list(BAD.values()), ids=list(BAD))
+def test_bad_input_is_refused_before_any_unet_call(tiny_eps, image, kwargs, message):
+    with unet_calls(tiny_eps) as sizes, pytest.raises(InputError, match=message) as err:
         retouch.ledits(tiny_eps, image, **{"progress": False, **kwargs})
     assert sizes == []
     assert str(err.value) and "\n" not in str(err.value)
@@ -193,7 +223,7 @@ def test_bad_input_is_refused_before_any_unet_call(tiny_eps, image, kwargs):
 def test_over_long_source_is_refused_by_invert(tiny_eps, image):
     assert len(tiny_eps.tokenizer(LONG).input_ids) > tiny_eps.tokenizer.model_max_length
     with unet_calls(tiny_eps) as sizes, pytest.raises(ValueError, match="too long"):
-        retouch.invert(tiny_eps, image, source=LONG, progress=False)
+        retouch.invert(tiny_eps, image, source=LONG)
     assert sizes == []
 
 
@@ -234,8 +264,7 @@ def shipped_model(request):
 
 def _held_out_scenes(phrase: str, n: int):
     """The first n held-out single-object scenes whose object is `phrase`."""
-    from retouch.shapes.world import sample_scene
-    from retouch.train import HELD_OUT_SEED
+    from retouch.shapes.world import HELD_OUT_SEED, sample_scene
 
     scenes, seed = [], HELD_OUT_SEED
     while len(scenes) < n:
@@ -294,7 +323,6 @@ def test_removing_a_concept_moves_the_output_away_from_it(shipped_model, record_
             preset="object",
             num_inference_steps=50,
             skip=0.2,
-            progress=False,
         )
         after = _reads_as(judge, out.image, region)
         away = after != ("circle", "red") if judge is not None else after[1] != "red"

@@ -22,14 +22,16 @@ from fuzz import CAPTION, QUERY, build_corpus, scene
 
 gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
 
-from retouch.cli import PNG_KEY  # noqa: E402
+from retouch.files import PNG_KEY  # noqa: E402
 from retouch.ui.app import _preset_values, build_app, form_defaults, launch, run_edit  # noqa: E402
 from retouch.ui.session import Cache  # noqa: E402
 
 torch.set_num_threads(1)
 
-FAST = {"diffedit": dict(num_inference_steps=10, mask_samples=2),
-        "ledits": dict(num_inference_steps=10, skip=2)}
+FAST = {
+    "diffedit": dict(num_inference_steps=10, mask_samples=2),
+    "ledits": dict(num_inference_steps=10, skip=2),
+}
 SCREENSHOT = Path(__file__).parents[1] / "docs" / "ui.png"
 
 
@@ -54,10 +56,17 @@ def image() -> np.ndarray:
 def edit(model, cache, image, method="ledits", texts=None, seed=0, **settings):
     forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
     forms[method].update(settings)
-    texts = texts or ({"query": QUERY, "reference": CAPTION} if method == "diffedit"
-                      else {"add": "red circle", "remove": "purple circle", "source": CAPTION})
-    return dict(zip(["overlay", "result", "file", "status", "cache"],
-                    run_edit(model, cache, image, method, texts, seed, forms["diffedit"], forms["ledits"])))
+    texts = texts or (
+        {"query": QUERY, "reference": CAPTION}
+        if method == "diffedit"
+        else {"add": "red circle", "remove": "purple circle", "source": CAPTION}
+    )
+    return dict(
+        zip(
+            ["overlay", "result", "file", "status", "cache"],
+            run_edit(model, cache, image, method, texts, seed, forms["diffedit"], forms["ledits"]),
+        )
+    )
 
 
 def test_second_edit_of_the_same_image_skips_the_inversion(ui_model, image):
@@ -106,9 +115,21 @@ def _uploaded_copy(path: Path, data: bytes | None = None) -> Path:
     return folder / path.name
 
 
-@pytest.mark.parametrize("case", ["no image", "server path", "1x1 array", "transparent", "empty query",
-                                  "over-long prompt", "NaN setting", "bad per-concept text",
-                                  "negative seed", "unknown mode"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no image",
+        "server path",
+        "1x1 array",
+        "transparent",
+        "empty query",
+        "over-long prompt",
+        "NaN setting",
+        "bad per-concept text",
+        "negative seed",
+        "unknown mode",
+    ],
+)
 def test_bad_input_gives_a_message_not_a_crash(ui_model, image, case):
     bad = {
         "no image": dict(image=None),
@@ -163,13 +184,15 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
     """`retouch ui` loads the model once and serves it (launch replaced here)."""
     from click.testing import CliRunner
 
-    import retouch.ui
-    from retouch.cli import main
+    import retouch.ui.app
+    import retouch.ui.command
+    from retouch.main import main
 
     served = {}
-    monkeypatch.setattr(retouch.ui, "launch", lambda model, host, port: served.update(model=model, host=host,
-                                                                                         port=port))
-    monkeypatch.setattr("retouch.load", lambda model, device, dtype: "the model")
+    monkeypatch.setattr(
+        retouch.ui.app, "launch", lambda model, host, port: served.update(model=model, host=host, port=port)
+    )
+    monkeypatch.setattr(retouch.ui.command, "load_model", lambda model, device, dtype: ("the model", 0.0))
     result = CliRunner().invoke(main, ["ui", "--port", "7999"])
     assert result.exit_code == 0, result.output
     assert served == {"model": "the model", "host": "127.0.0.1", "port": 7999}
@@ -179,14 +202,15 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
 
 def test_presets_fill_the_form():
     assert _preset_values("object") == ["15.0", "5", "0.95"]
-    assert _preset_values("none") == [form_defaults("ledits")[n] for n in
-                                      ("edit_scale", "edit_warmup", "edit_threshold")]
+    assert _preset_values("none") == [
+        form_defaults("ledits")[n] for n in ("edit_scale", "edit_warmup", "edit_threshold")
+    ]
 
 
 def test_the_form_is_derived_and_model_work_is_queued_one_at_a_time(ui_model):
-    from retouch.cli import settings_fields
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import LEditsConfig
+    from retouch.settings import settings_fields
 
     demo = build_app(ui_model)
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}

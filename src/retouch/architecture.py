@@ -81,9 +81,7 @@ def build_tokenizer(folder: Path, words: list[str] | None = None, max_length: in
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tok = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
-    )
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     tok.save_pretrained(folder)
     return CLIPTokenizer.from_pretrained(folder)
 

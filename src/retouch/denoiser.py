@@ -7,6 +7,7 @@ whatever the model's prediction type, so loops never see v-prediction.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,3 +67,46 @@ def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, s
         return cfg(e_u, e_c, scale)
 
     return fn
+
+
+class UNetCalls:
+    """Wraps unet.forward: the UNet evaluations (batch elements) of every call, and the first
+    call's latent batch. `unwrap()` restores the forward."""
+
+    def __init__(self, unet):
+        self.unet, self._forward = unet, unet.forward
+        self.sizes: list[int] = []
+        self.first: torch.Tensor | None = None
+        unet.forward = self._counted
+
+    def _counted(self, sample, *args, **kwargs):
+        if self.first is None:
+            self.first = sample.detach().clone()
+        self.sizes.append(sample.shape[0])
+        return self._forward(sample, *args, **kwargs)
+
+    @property
+    def evals(self) -> int:
+        return sum(self.sizes)
+
+    def reset(self) -> None:
+        self.sizes, self.first = [], None
+
+    def take(self) -> int:
+        """The evaluations since the last take/reset, and reset."""
+        n = self.evals
+        self.reset()
+        return n
+
+    def unwrap(self) -> None:
+        del self.unet.forward  # back to the class's method
+
+
+@contextlib.contextmanager
+def unet_calls(model):
+    """Batch sizes of every UNet forward call of `model` (a ModelBundle) made inside the block."""
+    calls = UNetCalls(model.unet)
+    try:
+        yield calls.sizes
+    finally:
+        calls.unwrap()

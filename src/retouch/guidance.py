@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from retouch.denoiser import EpsFn, branches, cfg
+
 
 @dataclass(frozen=True)
 class Concept:
@@ -77,3 +79,43 @@ def _weighted(psis: dict, concepts: list[Concept], idx: list[int]) -> torch.Tens
     if not idx or total <= 0:
         return 0.0
     return sum(max(concepts[i].weight, 0.0) / total * psis[i] for i in idx)
+
+
+@dataclass(frozen=True)
+class SegaState:
+    """SEGA's state between steps: the step index and the momentum ν [B, C, h, w] (None: zero)."""
+
+    step: int = 0
+    momentum: torch.Tensor | None = None
+
+
+def sega_eps(
+    eps_fn: EpsFn,
+    uncond: torch.Tensor,
+    concepts: list[Concept],
+    concept_conds: list[torch.Tensor],
+    base: torch.Tensor | None = None,
+    base_scale: float = 1.0,
+    momentum_scale: float = 0.3,
+    momentum_beta: float = 0.6,
+    mask: torch.Tensor | None = None,
+):
+    """CFG plus SEGA as one guided noise function (METHODS §3), as k-diffusion wraps a model:
+    fn(x, t, state) → (ε̃, new state), one batched network call per step over [∅, base?, e_1..e_k].
+
+    ε̃ = ε(∅) + w·(ε(base) − ε(∅)) (no base: ε(∅)), plus γ from `sega_step`. uncond, base and each
+    concept condition [1, L, D]; mask [h, w] confines γ. The momentum lives in the state."""
+    conds = [uncond, *([base] if base is not None else []), *concept_conds]
+
+    def fn(x: torch.Tensor, t: int, state: SegaState) -> tuple[torch.Tensor, SegaState]:
+        eps = branches(eps_fn, x, t, conds)  # len(conds) × [B, C, h, w]
+        e = cfg(eps[0], eps[1], base_scale) if base is not None else eps[0]
+        if not concepts:
+            return e, SegaState(state.step + 1, state.momentum)
+        nu = torch.zeros_like(x) if state.momentum is None else state.momentum
+        gamma, nu = sega_step(
+            eps[0], eps[-len(concepts) :], concepts, state.step, nu, momentum_scale, momentum_beta, mask
+        )
+        return e + gamma, SegaState(state.step + 1, nu)
+
+    return fn

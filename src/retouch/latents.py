@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from retouch.errors import ImageError
+from retouch.filters import gaussian_blur
 from retouch.types import ModelBundle
 
 MIN_SIDE = 8
 MAX_SIDE = 4096
-
-
-class ImageError(ValueError):
-    """An image retouch cannot use, with the reason in one line."""
 
 
 def _check_size(w: int, h: int, name: str) -> None:
@@ -34,6 +32,7 @@ def _check_size(w: int, h: int, name: str) -> None:
 
 
 def _open(path: Path) -> Image.Image:
+    """The decoded image, its file closed whatever happens; the size checked from the header first."""
     if not path.is_file():
         raise ImageError(f"cannot read image {path}: no such file")
     if path.stat().st_size == 0:
@@ -44,12 +43,13 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"{path} is too large: each side must be at most {MAX_SIDE} pixels ({e})") from e
     except Exception as e:  # Pillow raises several types for undecodable files
         raise ImageError(f"cannot read image {path}: not an image Pillow can decode") from e
-    _check_size(*img.size, str(path))  # from the header: before decoding a huge image
-    try:
-        img.load()
-    except Exception as e:
-        raise ImageError(f"cannot read image {path}: the file is truncated or corrupt ({e})") from e
-    return img
+    with img:
+        _check_size(*img.size, str(path))  # from the header: before decoding a huge image
+        try:
+            img.load()
+        except Exception as e:
+            raise ImageError(f"cannot read image {path}: the file is truncated or corrupt ({e})") from e
+        return img.copy()  # keeps mode and info (EXIF, transparency); the file closes here
 
 
 def _drop_opaque_alpha(img: Image.Image, name: str) -> Image.Image:
@@ -169,11 +169,7 @@ def upsample_mask(mask: torch.Tensor, factor: int, height: int, width: int, feat
     m = mask[None, None].float()  # [1, 1, h, w]
     m = F.interpolate(m, scale_factor=factor, mode="bilinear", align_corners=False)[..., :height, :width]
     if feather > 0:
-        r = max(1, int(round(2 * feather)))
-        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / feather) ** 2)
-        k = (k / k.sum()).to(m.device)
-        m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+        m = gaussian_blur(m, feather, radius=max(1, int(round(2 * feather))))
     return m[0, 0].clamp(0, 1)  # [height, width]
 
 

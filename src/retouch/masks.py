@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retouch.denoiser import EpsFn, cfg
+from retouch.errors import ImageError
 from retouch.schedule import Schedule
 
 
@@ -67,16 +68,16 @@ def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor:
             mask = Image.open(mask)
             mask.load()
         except Exception as e:
-            raise ValueError(f"cannot read mask {mask}: {e}") from e
+            raise ImageError(f"cannot read mask {mask}: {e}") from e
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
     m = torch.as_tensor(np.array(mask)).float()
     if m.dim() == 3:
         m = m.amax(dim=-1) if m.shape[-1] in (1, 3, 4) else m.amax(dim=0)
     if tuple(m.shape) != (height, width):
-        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]}, the image is {width}x{height}")
+        raise ImageError(f"mask is {m.shape[1]}x{m.shape[0]}, the image is {width}x{height}")
     if not torch.isfinite(m).all():
-        raise ValueError("mask has NaN or infinite values")
+        raise ImageError("mask has NaN or infinite values")
     h, w = latent_hw
     padded = F.pad((m > 0).float()[None, None], (0, w * factor - width, 0, h * factor - height))
     return (F.max_pool2d(padded, factor)[0, 0] > 0).float()  # [h, w]

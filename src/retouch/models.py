@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from retouch.errors import ModelError
 from retouch.types import ModelBundle
 
 SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded, with the reason in one line."""
 
 
 def default_device() -> torch.device:
@@ -24,8 +22,14 @@ def _dtype(dtype, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise ModelError(f"dtype {dtype!r} is not one of {sorted(names)}")
     return names[dtype]
@@ -43,9 +47,6 @@ def load(
     device: default CUDA when available, else CPU. dtype: default float16 on GPU, float32 on CPU.
     allow_pickle: also accept .bin/.ckpt weights (unpickling runs code: off unless asked for).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     source = str(SHIPPED if model is None else model)
     dev = torch.device(device) if device is not None else default_device()
     dt = _dtype(dtype, dev)
@@ -55,6 +56,14 @@ def load(
         raise ModelError(f"cannot load model {source}: no such folder")
     if Path(source).exists() and not (Path(source) / "model_index.json").is_file():
         raise ModelError(f"{source} is not a diffusers model folder (no model_index.json)")
+    with _quietly():
+        return _load(source, dev, dt, kw)
+
+
+def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBundle:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)
@@ -66,8 +75,38 @@ def load(
         raise ModelError(f"cannot load model {source}: {first}") from e
     for m in (vae, unet, text_encoder):
         m.to(dev).eval().requires_grad_(False)
-    return ModelBundle(vae, text_encoder, tokenizer, unet, scheduler, source, dev, dt,
-                       fingerprint(vae, text_encoder, unet, scheduler))
+    return ModelBundle(
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        source,
+        dev,
+        dt,
+        fingerprint(vae, text_encoder, unet, scheduler),
+    )
+
+
+@contextmanager
+def _quietly():
+    """diffusers' and transformers' loading bars and warnings off while loading, then as they were:
+    the library writes nothing, and leaves the libraries' settings to the application."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    saved = [
+        (m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)
+    ]
+    for m, _, _ in saved:
+        m.set_verbosity_error()
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, verbosity, bars in saved:
+            m.set_verbosity(verbosity)
+            (m.enable_progress_bar if bars else m.disable_progress_bar)()
 
 
 def fingerprint(vae, text_encoder, unet, scheduler) -> str:
@@ -78,10 +117,17 @@ def fingerprint(vae, text_encoder, unet, scheduler) -> str:
 
     h = hashlib.sha256()
     for cfg in (vae.config, unet.config, text_encoder.config.to_dict(), scheduler.config):
-        h.update(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")},
-                            sort_keys=True, default=str).encode())
-    for p in (unet.conv_in.weight, unet.conv_out.weight, vae.encoder.conv_in.weight,
-              text_encoder.get_input_embeddings().weight[:8]):
+        h.update(
+            json.dumps(
+                {k: v for k, v in dict(cfg).items() if not k.startswith("_")}, sort_keys=True, default=str
+            ).encode()
+        )
+    for p in (
+        unet.conv_in.weight,
+        unet.conv_out.weight,
+        vae.encoder.conv_in.weight,
+        text_encoder.get_input_embeddings().weight[:8],
+    ):
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -99,5 +145,14 @@ def from_components(
         if next(m.parameters()).dtype != dt:
             m.to(dtype=dt)
     sched = DDIMScheduler.from_config(scheduler.config)
-    return ModelBundle(vae, text_encoder, tokenizer, unet, sched, model_id, dev, dt,
-                       fingerprint(vae, text_encoder, unet, sched))
+    return ModelBundle(
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        sched,
+        model_id,
+        dev,
+        dt,
+        fingerprint(vae, text_encoder, unet, sched),
+    )

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from retouch.errors import PromptError
 from retouch.types import ModelBundle
-
-
-class PromptError(ValueError):
-    """A prompt that cannot be used: empty where text is required, or longer than the encoder."""
 
 
 def check_prompt(bundle: ModelBundle, text: str, name: str, allow_empty: bool = False) -> str:
@@ -37,7 +34,10 @@ def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
     """CLIP last hidden states, as Stable Diffusion conditions on them: [B, L, D]."""
     tok = bundle.tokenizer
     ids = tok(
-        list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+        list(texts),
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids.to(bundle.device)  # [B, L]
     return bundle.text_encoder(ids)[0].to(bundle.dtype)  # [B, L, D]

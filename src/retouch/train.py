@@ -7,7 +7,9 @@ Training uses scene seeds below HELD_OUT_SEED; every evaluation uses seeds at or
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -19,29 +21,32 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from retouch.settings import setting
 from retouch.shapes import world
+from retouch.shapes.world import HELD_OUT_SEED
 
-HELD_OUT_SEED = 10_000_000  # scenes used for any evaluation start here; training stays below
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 200
-    seed: int = 0
-    checkpoint_every: int = 250
-    log_every: int = 50
-    threads: int = 2
-    # autoencoder
-    kl_weight: float = 1e-6
-    decoder_only: bool = False  # fine-tune the decoder with the encoder (and so the latents) frozen
-    # unet
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023)
-    dataset_size: int = 60_000
+    """Every training default, once (both stages; each reads what it needs)."""
+
+    steps: int = setting(3000, "optimiser steps of the whole schedule (a resumed run may raise it)")
+    batch_size: int = setting(32, "scenes per step")
+    lr: float = setting(1e-3, "peak learning rate (AdamW), after warm-up; cosine decay to 5 %")
+    warmup: int = setting(200, "linear warm-up steps")
+    seed: int = setting(0, "seed of the data order, noises and initial weights")
+    checkpoint_every: int = setting(250, "steps between checkpoints (training resumes from the last)")
+    log_every: int = setting(50, "steps between log lines")
+    kl_weight: float = setting(1e-6, "autoencoder: weight of the KL term")
+    decoder_only: bool = setting(
+        False, "autoencoder: fine-tune the decoder with the encoder (and latents) frozen"
+    )
+    caption_dropout: float = setting(0.1, "unet: share of empty captions, for classifier-free guidance")
+    ema_decay: float = setting(0.999, "unet: EMA of the weights (the exported ones)")
+    min_snr_gamma: float = setting(5.0, "unet: Min-SNR loss weighting γ (Hang et al. 2023)")
+    dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached")
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -89,13 +94,12 @@ def _load_ckpt(work: Path, modules: dict, opt: torch.optim.Optimizer) -> int:
     return json.loads((ckpt / "step.json").read_text())["step"]
 
 
-def _loop(work: Path, cfg: TrainConfig, modules, params, step_fn: Callable, log, after_step=None):
+def _loop(work: Path, cfg: TrainConfig, modules, params, step_fn: Callable, after_step=None):
     """The shared training loop: lr schedule, logging, checkpointing, resume."""
-    torch.set_num_threads(cfg.threads)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     start = _load_ckpt(work, modules, opt)
     if start:
-        log(f"resumed at step {start}")
+        log.info("resumed at step %d", start)
     t0, losses = time.time(), []
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
@@ -111,33 +115,48 @@ def _loop(work: Path, cfg: TrainConfig, modules, params, step_fn: Callable, log,
         losses.append(loss.item())
         if (step + 1) % cfg.log_every == 0:
             rate = (step + 1 - start) / (time.time() - t0)
-            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses):.5f} lr {_lr_at(step, cfg):.2e} "
-                f"{rate:.2f} it/s")
+            log.info(
+                "step %d/%d loss %.5f lr %.2e %.2f it/s",
+                step + 1,
+                cfg.steps,
+                np.mean(losses),
+                _lr_at(step, cfg),
+                rate,
+            )
             losses = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_ckpt(work, step + 1, modules, opt)
     return cfg.steps
 
 
-def _logger(work: Path):
-    f = open(work / "train.log", "a")
+def _logged(stage: Callable) -> Callable:
+    """A training stage whose log lines also go to WORK/train.log while it runs."""
 
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        f.write(line + "\n")
-        f.flush()
+    @functools.wraps(stage)
+    def run(work: Path, *args, **kwargs):
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(work / "train.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        level = log.level
+        log.setLevel(logging.INFO)  # the file gets every line, whatever the app logs
+        try:
+            return stage(work, *args, **kwargs)
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            handler.close()
 
-    return log
+    return run
 
 
+@_logged
 def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
     """Stage 1: the autoencoder (L1 + MSE reconstruction, tiny KL), on freshly rendered scenes."""
     from retouch.architecture import build_components
 
-    work.mkdir(parents=True, exist_ok=True)
-    log = _logger(work)
-    log(f"train vae {asdict(cfg)}")
+    log.info("train vae %s", asdict(cfg))
     vae = build_components("mini", tokenizer_dir=work / "tokenizer")["vae"]
     if init is not None and not (work / "ckpt").exists():
         vae.load_state_dict(load_file(init / "vae.safetensors"))
@@ -147,9 +166,9 @@ def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
         vae.quant_conv.requires_grad_(False)
     else:
         params = list(vae.parameters())
-    rng = np.random.default_rng(cfg.seed)
 
     def step_fn(step, gen):
+        rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same scenes
         x, _ = render_batch(rng.integers(0, HELD_OUT_SEED, cfg.batch_size))
         with torch.set_grad_enabled(not cfg.decoder_only):
             post = vae.encode(x).latent_dist
@@ -159,7 +178,7 @@ def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
         kl = post.kl().mean() / x[0].numel() if not cfg.decoder_only else 0.0
         return rec + cfg.kl_weight * kl
 
-    _loop(work, cfg, {"vae": vae}, params, step_fn, log)
+    _loop(work, cfg, {"vae": vae}, params, step_fn)
 
 
 @torch.no_grad()
@@ -171,7 +190,7 @@ def measure_scaling_factor(vae, n: int = 512) -> float:
 
 
 @torch.no_grad()
-def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig, log):
+def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig):
     """Latent means (scaled) and token ids of `dataset_size` training scenes, cached on disk."""
     path = work / f"latents_{cfg.dataset_size}.safetensors"
     if path.exists():
@@ -185,7 +204,7 @@ def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig, log):
         lats.append(vae.encode(x).latent_dist.mean * scale)  # [B, 4, 16, 16]
         ids.append(_tokenize(tokenizer, caps))
         if i % 10240 == 0:
-            log(f"encoding dataset {i}/{cfg.dataset_size}")
+            log.info("encoding dataset %d/%d", i, cfg.dataset_size)
     d = {"latents": torch.cat(lats), "ids": torch.cat(ids), "scale": torch.tensor(scale)}
     save_file({k: v.contiguous() for k, v in d.items()}, path)
     return d["latents"], d["ids"], scale
@@ -193,26 +212,28 @@ def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig, log):
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return tokenizer(
-        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids
 
 
+@_logged
 def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
     """Stage 2: UNet and text encoder together, epsilon loss, caption dropout, EMA, Min-SNR."""
     from diffusers import DDPMScheduler
 
     from retouch.architecture import SD1_SCHEDULER, build_components
 
-    work.mkdir(parents=True, exist_ok=True)
-    log = _logger(work)
-    log(f"train unet {asdict(cfg)}")
+    log.info("train unet %s", asdict(cfg))
     parts = build_components("mini", tokenizer_dir=work / "tokenizer", seed=cfg.seed)
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
-    latents, ids, scale = _latent_dataset(work, vae, tok, cfg, log)
-    log(f"dataset {tuple(latents.shape)} scaling factor {scale:.4f}")
+    latents, ids, scale = _latent_dataset(work, vae, tok, cfg)
+    log.info("dataset %s scaling factor %.4f", tuple(latents.shape), scale)
     empty_ids = _tokenize(tok, [""])[0]
     sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER.items() if k != "set_alpha_to_one"})
     alphas_cumprod = sched.alphas_cumprod
@@ -244,7 +265,7 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
                 pe.lerp_(p, 1 - cfg.ema_decay)
 
     modules = {"unet": unet, "text_encoder": te, "ema_unet": ema_unet, "ema_text_encoder": ema_te}
-    _loop(work, cfg, modules, params, step_fn, log, after_step=ema_update)
+    _loop(work, cfg, modules, params, step_fn, after_step=ema_update)
 
 
 def export(out: Path, vae_work: Path, unet_work: Path, decoder_work: Path | None = None) -> Path:

@@ -70,6 +70,11 @@ class Mask:
         arr = (self.soft.clamp(0, 1) * 255).round().byte().cpu().numpy()
         return Image.fromarray(arr, mode="L")
 
+    def overlay(self, image: Image.Image, color=(255, 0, 80), opacity: float = 0.55) -> Image.Image:
+        """`image` with the mask tinted over it, for display."""
+        tint = self.image().resize(image.size).point(lambda v: round(v * opacity))
+        return Image.composite(Image.new("RGB", image.size, color), image.convert("RGB"), tint)
+
     @property
     def area(self) -> float:
         """Fraction of latent cells inside the mask."""
@@ -131,27 +136,35 @@ class Inversion:
     seed: int
     unet_evals: int
 
-    _META = ("timesteps", "num_inference_steps", "skip", "source", "source_guidance_scale",
-             "fingerprint", "model_id", "image_hash", "height", "width", "seed", "unet_evals")
+    _META = (
+        "timesteps",
+        "num_inference_steps",
+        "skip",
+        "source",
+        "source_guidance_scale",
+        "fingerprint",
+        "model_id",
+        "image_hash",
+        "height",
+        "width",
+        "seed",
+        "unet_evals",
+    )
 
     def save(self, path) -> None:
         """Write to a safetensors file (tensors + settings as metadata), atomically."""
         import json
-        import os
-        from pathlib import Path
 
         from safetensors.torch import save_file
 
-        path = Path(path)
+        from retouch.files import write_atomic
+
         meta = {k: getattr(self, k) for k in self._META}
-        tmp = path.with_name(f".{path.name}.tmp")
         tensors = {"x0": self.x0, "trajectory": self.trajectory, "zs": self.zs}
-        try:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                      metadata={"retouch_inversion": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:  # a failed write leaves neither a partial file nor a stray temporary one
-            tmp.unlink(missing_ok=True)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        write_atomic(
+            path, lambda tmp: save_file(tensors, tmp, metadata={"retouch_inversion": json.dumps(meta)})
+        )
 
     @classmethod
     def load(cls, path, model: ModelBundle | None = None, device=None) -> Inversion:
@@ -160,17 +173,19 @@ class Inversion:
 
         from safetensors import safe_open
 
+        from retouch.errors import InversionError
+
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["retouch_inversion"])
                 tensors = {k: f.get_tensor(k) for k in ("x0", "trajectory", "zs")}
         except FileNotFoundError:
-            raise ValueError(f"cannot read inversion {path}: no such file") from None
+            raise InversionError(f"cannot read inversion {path}: no such file") from None
         except Exception as e:
-            raise ValueError(f"cannot read inversion {path}: not a retouch inversion file") from e
+            raise InversionError(f"cannot read inversion {path}: not a retouch inversion file") from e
         meta["timesteps"] = tuple(meta["timesteps"])
         dev = device if device is not None else (model.device if model is not None else "cpu")
         inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
         if model is not None and inv.fingerprint != model.fingerprint:
-            raise ValueError(f"inversion {path} was made with another model ({inv.model_id})")
+            raise InversionError(f"inversion {path} was made with another model ({inv.model_id})")
         return inv

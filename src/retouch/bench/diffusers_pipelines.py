@@ -22,8 +22,6 @@ no second copy) or from a diffusers folder.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,70 +107,6 @@ def own_attention_processors(unet):
         yield
     finally:
         unet.set_attn_processor(saved)
-
-
-# --- counting and timing -------------------------------------------------------------------------
-
-
-class UNetCalls:
-    """Wraps unet.forward: the UNet evaluations (batch elements) of every call, and the first
-    call's latent batch. `unwrap()` restores the forward."""
-
-    def __init__(self, unet):
-        self.unet, self._forward = unet, unet.forward
-        self.sizes: list[int] = []
-        self.first: torch.Tensor | None = None
-        unet.forward = self._counted
-
-    def _counted(self, sample, *args, **kwargs):
-        if self.first is None:
-            self.first = sample.detach().clone()
-        self.sizes.append(sample.shape[0])
-        return self._forward(sample, *args, **kwargs)
-
-    @property
-    def evals(self) -> int:
-        return sum(self.sizes)
-
-    def reset(self) -> None:
-        self.sizes, self.first = [], None
-
-    def take(self) -> int:
-        """The evaluations since the last take/reset, and reset."""
-        n = self.evals
-        self.reset()
-        return n
-
-    def unwrap(self) -> None:
-        del self.unet.forward  # back to the class's method
-
-
-@contextlib.contextmanager
-def unet_calls(model):
-    """Batch sizes of every UNet forward call of `model` (a ModelBundle) made inside the block."""
-    calls = UNetCalls(model.unet)
-    try:
-        yield calls.sizes
-    finally:
-        calls.unwrap()
-
-
-def sync(device) -> None:
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, calls: UNetCalls | None = None):
-    """(fn(), seconds, UNet evaluations or None), the clock read after a CUDA synchronisation."""
-    if calls is not None:
-        calls.reset()
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    seconds = time.perf_counter() - t0
-    return out, seconds, (calls.take() if calls is not None else None)
 
 
 # --- DiffEdit --------------------------------------------------------------------------------------

@@ -38,9 +38,8 @@ from retouch.bench.methods import (
     run_method,
 )
 from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
-from retouch.cli import CONTEXT, SettingsCommand, given_settings, setting_options
-from retouch.shapes.world import EDIT_KINDS
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED
+from retouch.shell import CONTEXT, SettingsCommand, given_settings, quiet_libraries, setting_options
 
 DEFAULT_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)  # DiffEdit's encoding ratio (the paper sweeps 0.5–0.9)
 DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)  # × LEDITS's target and concept guidance scales
@@ -182,7 +181,7 @@ def _todo(cases, methods, settings, sweep, path: Path) -> list[tuple[Case, Metho
 
 def _run_jobs(ctx: Context, jobs, settings: Settings, judge, out_dir: Path, emit, status=None) -> None:
     """Run jobs in order, calling emit(row) as each finishes; preparations are shared within a case."""
-    from retouch.bench.diffusers_pipelines import UNetCalls
+    from retouch.denoiser import UNetCalls
 
     warm_up(ctx, list(dict.fromkeys(m.name for _, m, _ in jobs)))
     calls = UNetCalls(ctx.model.unet)
@@ -211,10 +210,9 @@ def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, conn) 
         import torch
 
         import retouch
-        from retouch.cli import _quiet_libraries
 
         torch.set_num_threads(loader.threads)
-        _quiet_libraries()
+        quiet_libraries()
         bundle = retouch.load(loader.model, device=loader.device, dtype=loader.dtype)
         if bundle.fingerprint != loader.fingerprint:
             raise RuntimeError(f"worker loaded another model ({bundle.fingerprint} != {loader.fingerprint})")
@@ -365,7 +363,7 @@ def settings_line(s: Settings) -> str:
 def make_settings(given: dict, steps: int | None, source: str) -> Settings:
     """Settings from the flags given: fields of DiffEditConfig and LEditsConfig (a field both
     have applies to both), --steps for both methods' num_inference_steps."""
-    from retouch.methods.common import with_settings
+    from retouch.settings import with_settings
 
     base = Settings(source=source)
     if steps is not None:
@@ -548,7 +546,6 @@ def edits_command(
     import torch
 
     import retouch
-    from retouch.cli import _quiet_libraries
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -565,7 +562,7 @@ def edits_command(
     )
     if seed < HELD_OUT_SEED:
         click.echo(f"note: seeds below {HELD_OUT_SEED} are training scenes", err=True)
-    _quiet_libraries()
+    quiet_libraries()
     bundle = retouch.load(model, device=device, dtype=dtype)
     judge_model, judge_path = _load_judge(judge)
     record = _run_record(bundle, bench_settings, judge_path)

@@ -24,8 +24,10 @@ import torch
 
 from retouch.bench import diffusers_pipelines as dp
 from retouch.bench.cases import Case
+from retouch.denoiser import UNetCalls
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import LEditsConfig
+from retouch.timing import timed
 from retouch.types import ModelBundle
 
 
@@ -111,7 +113,7 @@ def _ddim_key(s: Settings) -> tuple:
 def _ddim_encoding(ctx: Context, case: Case, s: Settings):
     from retouch.methods.diffedit import ddim_encoding
 
-    return ddim_encoding(ctx.model, case.source_image, config=s.diffedit, progress=False)
+    return ddim_encoding(ctx.model, case.source_image, config=s.diffedit)
 
 
 def _diffedit(mode: str) -> Callable:
@@ -126,7 +128,6 @@ def _diffedit(mode: str) -> Callable:
             config=replace(s.diffedit, mode=mode),
             seed=case.seed,
             encoding=encoding,
-            progress=False,
         )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
@@ -144,9 +145,7 @@ def _ddpm_key(s: Settings) -> tuple:
 def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
     from retouch.methods.ledits import invert
 
-    return invert(
-        ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed, progress=False
-    )
+    return invert(ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed)
 
 
 def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
@@ -163,7 +162,6 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
             seed=case.seed,
             mask="infer" if masked else None,
             image=case.source_image if masked else None,
-            progress=False,
         )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
@@ -310,7 +308,7 @@ class Timed:
 
 
 def run_method(
-    ctx: Context, calls: dp.UNetCalls, method: Method, case: Case, settings: Settings, preps: dict
+    ctx: Context, calls: UNetCalls, method: Method, case: Case, settings: Settings, preps: dict
 ) -> tuple[Output, Timed | None, Timed]:
     """Run one method on one case: (output, its preparation (None if it has none), its edit).
     preps: a per-case cache {prep_key: Timed}, shared by methods with the same key."""
@@ -319,10 +317,8 @@ def run_method(
     if method.prepare is not None:
         key = method.prep_key(settings)
         if key not in preps:
-            value, seconds, evals = dp.timed(lambda: method.prepare(ctx, case, settings), device, calls)
+            value, seconds, evals = timed(lambda: method.prepare(ctx, case, settings), device, calls)
             preps[key] = Timed(value, seconds, evals)
         prep = preps[key]
-    out, seconds, evals = dp.timed(
-        lambda: method.edit(ctx, case, settings, prep and prep.value), device, calls
-    )
+    out, seconds, evals = timed(lambda: method.edit(ctx, case, settings, prep and prep.value), device, calls)
     return out, prep, Timed(None, seconds, evals)

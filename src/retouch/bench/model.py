@@ -13,14 +13,9 @@ import click
 import numpy as np
 import torch
 
+from retouch.metrics import psnr
 from retouch.shapes import world
-from retouch.train import HELD_OUT_SEED
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 images (or stacks of them), over all pixels."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+from retouch.shapes.world import HELD_OUT_SEED
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -51,7 +46,7 @@ def ddim_round_trip_psnr(model, n: int = 64, steps: int = 50, seed: int = HELD_O
     from retouch.denoiser import EvalCounter, guided_eps, unet_eps
     from retouch.inversion import ddim_encode
     from retouch.latents import decode, encode
-    from retouch.methods.diffedit import masked_ddim_decode
+    from retouch.sampling import ddim_sample
     from retouch.schedule import Schedule
     from retouch.text import encode_text
 
@@ -61,7 +56,7 @@ def ddim_round_trip_psnr(model, n: int = 64, steps: int = 50, seed: int = HELD_O
     eps = guided_eps(unet_eps(model, schedule, EvalCounter()), encode_text(model, [""]), None, 1.0)
     x0 = torch.cat([encode(model, b.to(model.device)) for b in x.split(64)])
     xt = ddim_encode(eps, schedule, x0, ts[::-1])[-1]
-    back = masked_ddim_decode(eps, schedule, xt, ts, {}, None)
+    back = ddim_sample(eps, schedule, xt, ts)
     out = _to_uint8(torch.cat([decode(model, b) for b in back.split(64)]))
     vae = _to_uint8(torch.cat([decode(model, b) for b in x0.split(64)]))
     return psnr(imgs, out), psnr(vae, out)
@@ -109,6 +104,7 @@ def text_to_image(
 def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n_inv: int = 64) -> dict:
     """Every figure of the model card, measured now on held-out seeds."""
     import retouch
+    from retouch.shapes.grammar import parse_caption
     from retouch.shapes.judge import faithful, held_out_accuracy, load_judge
 
     model = model if model is not None else retouch.load(device="cpu")
@@ -121,7 +117,7 @@ def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n
     report["t2i_faithful"] = float(np.mean(ok))
     by_n = {}
     for cap, good in zip(captions, ok):
-        by_n.setdefault(cap.count(" a "), []).append(good)  # " a " once per object (+ "on a")
+        by_n.setdefault(len(parse_caption(cap)[1]), []).append(good)
     report["t2i_faithful_by_objects"] = {k: float(np.mean(v)) for k, v in sorted(by_n.items())}
     to_input, to_vae = ddim_round_trip_psnr(model, n_inv)
     report["ddim_round_trip_psnr_db"] = to_input

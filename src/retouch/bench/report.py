@@ -1,7 +1,7 @@
 """ShapesBench's outputs from its rows: the markdown summary, image grids and trade-off plots.
 
 Everything here reads rows (dicts, one per case × method × sweep point, as in cases.jsonl) and
-images saved beside them; nothing runs a model. Drawing uses PIL only.
+images saved beside them; nothing runs a model. Grids are PIL mosaics; plots are matplotlib.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ COLUMNS = [
     ("unet_evals_second", "evals 2nd", "{:.0f}"),
     ("seconds_second", "s 2nd", "{:.3f}"),
 ]
-PSNR_CAP = 99.0  # identical pixels count as 99 dB in means (bench.model.psnr caps them at ~168)
+PSNR_CAP = 99.0  # identical pixels count as 99 dB in means (retouch.metrics.psnr caps them at ~168)
 
 
 def _values(rows: list[dict], key: str) -> list[float]:
@@ -205,11 +205,14 @@ def _font(size: int = 11):
         return ImageFont.load_default()
 
 
-def _tint(image: np.ndarray, mask: np.ndarray, color=(255, 0, 80), opacity: float = 0.55) -> Image.Image:
-    """The image with `mask` (bool (H, W)) tinted."""
-    img = image.astype(np.float32)
-    a = mask[..., None].astype(np.float32) * opacity
-    return Image.fromarray((img * (1 - a) + np.asarray(color, np.float32) * a).round().astype(np.uint8))
+def _tint(image: np.ndarray, mask: np.ndarray) -> Image.Image:
+    """The image with `mask` (bool (H, W)) tinted, as retouch shows every mask (Mask.overlay)."""
+    import torch
+
+    from retouch.types import Mask
+
+    m = torch.from_numpy(np.asarray(mask, np.float32))
+    return Mask(m, m).overlay(Image.fromarray(image))
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -262,17 +265,6 @@ def grid(cases: list, methods: Sequence[str], images_dir: Path, path: Path, cell
 
 # --- trade-off plots --------------------------------------------------------------------------------
 
-PALETTE = [
-    (31, 119, 180),
-    (214, 39, 40),
-    (44, 160, 44),
-    (148, 103, 189),
-    (255, 127, 14),
-    (140, 86, 75),
-    (227, 119, 194),
-    (23, 190, 207),
-]
-
 
 def tradeoff_points(
     rows: list[dict], family_methods: Sequence[str], sweep_name: str, default: float, y_key: str
@@ -297,74 +289,44 @@ def tradeoff_points(
     return out
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    span = hi - lo
-    step = 10 ** math.floor(math.log10(span / n)) if span > 0 else 1.0
-    for mult in (1, 2, 2.5, 5, 10):
-        if span / (step * mult) <= n:
-            step *= mult
-            break
-    start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
-
-
 def tradeoff_plot(
     series: dict[str, list[tuple[float, float, float]]],
     path: Path,
     title: str,
     sweep_label: str,
     y_label: str,
-    size=(640, 440),
 ) -> None:
-    """Edit success (y) against background PSNR (x), one polyline per method through its sweep
-    points, each point labelled with its sweep value (as the DiffEdit paper's Fig. 4)."""
-    font = _font(11)
-    w, h = size
-    left, right, top, bottom = 60, 170, 30, 45
-    canvas = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(canvas)
-    xs = [p[1] for pts in series.values() for p in pts]
-    ys = [p[2] for pts in series.values() for p in pts]
-    x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = (0.0, 1.0) if y_label.startswith("edit success") else (min(ys), max(ys))
-    if x_hi - x_lo < 1e-6:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    if y_hi - y_lo < 1e-6:
-        y_lo, y_hi = y_lo - 1, y_hi + 1
-    x_lo, x_hi = x_lo - 0.05 * (x_hi - x_lo), x_hi + 0.05 * (x_hi - x_lo)
-    y_lo, y_hi = y_lo - 0.05 * (y_hi - y_lo), y_hi + 0.05 * (y_hi - y_lo)
+    """Edit success (y) against background PSNR (x), one line per method through its sweep
+    points, each point labelled with its sweep value (as the DiffEdit paper's Fig. 4). Drawn with
+    matplotlib (the `bench` extra)."""
+    import matplotlib
 
-    def to_px(x, y):
-        return (
-            left + (x - x_lo) / (x_hi - x_lo) * (w - left - right),
-            h - bottom - (y - y_lo) / (y_hi - y_lo) * (h - top - bottom),
-        )
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
 
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    for t in _ticks(x_lo, x_hi):
-        px, _ = to_px(t, y_lo)
-        draw.line([px, h - bottom, px, h - bottom + 4], fill="black")
-        draw.text((px - 10, h - bottom + 6), f"{t:g}", fill="black", font=font)
-    for t in _ticks(y_lo, y_hi):
-        _, py = to_px(x_lo, t)
-        draw.line([left - 4, py, left, py], fill="black")
-        draw.text((6, py - 6), f"{t:.2g}", fill="black", font=font)
-    draw.text(
-        (left + 4, h - 18),
-        "background PSNR (dB) to the input, outside the changed region",
-        fill="black",
-        font=font,
-    )
-    draw.text((left, 8), f"{title}   (y: {y_label}; labels: {sweep_label})", fill="black", font=font)
-    for i, (name, pts) in enumerate(series.items()):
-        color = PALETTE[i % len(PALETTE)]
-        coords = [to_px(x, y) for _, x, y in pts]
-        draw.line(coords, fill=color, width=2)
-        for (v, _, _), (px, py) in zip(pts, coords):
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-            draw.text((px + 4, py - 12), f"{v:g}", fill=color, font=font)
-        ly = top + 14 * i
-        draw.line([w - right + 10, ly + 6, w - right + 28, ly + 6], fill=color, width=3)
-        draw.text((w - right + 32, ly), name, fill="black", font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=100)
+    try:
+        for name, pts in series.items():
+            xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+            (line,) = ax.plot(xs, ys, marker="o", label=name)
+            for v, x, y in pts:
+                ax.annotate(
+                    f"{v:g}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                    color=line.get_color(),
+                )
+        if y_label.startswith("edit success"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("background PSNR (dB) to the input, outside the changed region")
+        ax.set_ylabel(y_label)
+        ax.set_title(f"{title} (labels: {sweep_label})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)

@@ -1,12 +1,9 @@
-"""Small pieces both methods use: checking settings, reading the image, progress, timing."""
+"""Small pieces both methods use: the image made ready for a model, a seeded generator, stages."""
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -14,38 +11,9 @@ from PIL import Image
 from retouch.latents import Pixels, encode, image_hash, load_image, to_pixels
 from retouch.types import ModelBundle
 
-
-class SettingError(ValueError):
-    """A setting out of its range, named, with the range, in one line."""
-
-
-def check_number(name: str, value, low=None, high=None, low_open=False, integer=False) -> None:
-    """Raise SettingError unless value is a finite number in [low, high] ((low, high] if low_open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SettingError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise SettingError(f"{name} must be finite, got {value}")
-    if integer and int(value) != value:
-        raise SettingError(f"{name} must be a whole number, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise SettingError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise SettingError(f"{name} must be <= {high}, got {value}")
-
-
-def with_settings(config, settings: dict):
-    """config with the named fields replaced; an unknown name is an error naming the valid ones."""
-    names = {f.name for f in fields(config)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise SettingError(f"unknown setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
-    return type(config)(**{**{f.name: getattr(config, f.name) for f in fields(config)}, **settings})
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SettingError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): called after each step of a stage ("mask", "encode", "decode",
+"invert", "edit"). The library draws nothing; a shell turns this into bars."""
 
 
 @dataclass(frozen=True)
@@ -70,42 +38,8 @@ def generator(bundle: ModelBundle, seed: int) -> torch.Generator:
     return torch.Generator(device=bundle.device).manual_seed(seed)
 
 
-@contextmanager
-def progress_bar(enabled, total: int, desc: str):
-    """A step callback: `enabled` True draws a tqdm bar on stderr, a callable is called as
-    fn(done, total), False/None does nothing."""
-    if callable(enabled):
-        yield enabled
-        return
-    if not enabled:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=False)
-    try:
-        yield lambda done, _total: bar.update(done - bar.n)
-    finally:
-        bar.close()
-
-
-class Timer:
-    """Wall-clock seconds per named phase; synchronises CUDA before reading the clock."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.times = device, {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        self._sync()
-        t0 = time.perf_counter()
-        yield
-        self._sync()
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-ProgressArg = bool | Callable[[int, int], None] | None
+def stage(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:
+    """A loop's step callback (done, total) for one named stage of `progress`, or None."""
+    if not progress:
+        return None
+    return lambda done, total: progress(name, done, total)

@@ -15,42 +15,37 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, user_mask
-from retouch.methods.common import (
-    ProgressArg,
-    SettingError,
-    Timer,
-    check_number,
-    check_seed,
-    generator,
-    prepare,
-    progress_bar,
-    with_settings,
-)
-from retouch.schedule import Schedule, pairs
+from retouch.methods.common import Prepared, Progress, generator, prepare, stage
+from retouch.sampling import ddim_sample
+from retouch.schedule import Schedule
+from retouch.settings import check_number, check_seed, setting, with_settings
 from retouch.text import check_prompt, encode_text
+from retouch.timing import Timer
 from retouch.types import EditResult, Encoding, Mask, ModelBundle
 
 MODES = ("diffedit", "no_mask", "no_encoding", "sdedit")
+MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 
 @dataclass(frozen=True)
 class DiffEditConfig:
     """Every DiffEdit default, once. Paper values unless noted."""
 
-    num_inference_steps: int = 50  # N, DDIM steps of the full schedule
-    encode_ratio: float = 0.8  # r: encode through the first r·N steps (paper sweeps 0.5–0.9)
-    guidance_scale: float = 7.5  # CFG on the query while decoding (Stable Diffusion's 7.5)
-    mask_samples: int = 10  # n independent noises for the mask
-    mask_strength: float = 0.5  # noise level of the mask's samples: halfway through the schedule
-    mask_clamp: float = 3.0  # k: clamp D to [0, k·mean D] before rescaling
-    mask_threshold: float = 0.5  # binarisation threshold (0.25 overshoots, 0.75 too tight)
-    mask_guidance_scale: float | None = None  # diffusers' CFG on both mask sides; None: paper
-    mode: str = "diffedit"  # or the paper's ablations: "no_mask", "no_encoding", "sdedit"
-    paste_back: bool = False  # ours: paste the unmasked input pixels back after decoding
-    feather: float = 1.0  # pixels of Gaussian feather for paste-back and the display mask
+    num_inference_steps: int = setting(50, "N, DDIM steps of the full schedule")
+    encode_ratio: float = setting(0.8, "r: encode through the first r·N steps (paper sweeps 0.5–0.9)")
+    guidance_scale: float = setting(7.5, "CFG on the query while decoding (Stable Diffusion's 7.5)")
+    mask_samples: int = setting(10, "n independent noises for the mask")
+    mask_strength: float = setting(0.5, "noise level of the mask's samples: halfway through the schedule")
+    mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling")
+    mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
+    mask_guidance_scale: float | None = setting(None, "diffusers' CFG on both mask sides; None: paper")
+    mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit")
+    paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
+    feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -72,6 +67,14 @@ class DiffEditConfig:
     def encode_steps(self) -> int:
         return int(round(self.encode_ratio * self.num_inference_steps))
 
+    @property
+    def uses_mask(self) -> bool:
+        return self.mode in ("diffedit", "no_encoding")
+
+    @property
+    def uses_encoding(self) -> bool:
+        return self.mode in ("diffedit", "no_mask")
+
 
 def _config(config: DiffEditConfig | None, settings: dict) -> DiffEditConfig:
     cfg = with_settings(config or DiffEditConfig(), settings)
@@ -80,29 +83,46 @@ def _config(config: DiffEditConfig | None, settings: dict) -> DiffEditConfig:
     return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
 
 
+# --- Step 1: the mask (§3.2) -------------------------------------------------------------------
+
+
 def diffedit_mask(
-    model: ModelBundle, image, query: str, reference: str = "", seed: int = 0,
-    config: DiffEditConfig | None = None, x0: torch.Tensor | None = None, **settings,
+    model: ModelBundle,
+    image,
+    query: str,
+    reference: str = "",
+    seed: int = 0,
+    config: DiffEditConfig | None = None,
+    x0: torch.Tensor | None = None,
+    **settings,
 ) -> Mask:
     """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
     x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here."""
     cfg = _config(config, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
-    prep = prepare(model, image, x0=x0)
-    return _infer_mask(model, prep, query, reference, cfg, check_seed(seed))
+    return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
 
 
-def _infer_mask(model, prep, query, reference, cfg, seed) -> Mask:
+def _infer_mask(model, prep: Prepared, query: str, reference: str, cfg: DiffEditConfig, seed: int) -> Mask:
+    """D = mean over n noises and channels of |ε(x_t, Q) − ε(x_t, R)| at strength 0.5, clamped,
+    rescaled and binarised. Its cost (2n evaluations) is in the Mask."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     timesteps = schedule.timesteps(cfg.num_inference_steps)
     n = cfg.num_inference_steps
     t = timesteps[min(n - 1, n - int(n * cfg.mask_strength))]  # diffusers' get_timesteps(strength)
     x0 = prep.x0
-    gen = generator(model, seed)
-    noises = torch.randn((cfg.mask_samples, *x0.shape[1:]), generator=gen, device=x0.device)  # [n, C, h, w]
+    noises = torch.randn(
+        (cfg.mask_samples, *x0.shape[1:]), generator=generator(model, seed), device=x0.device
+    )  # [n, C, h, w]
     cond_q, cond_r, uncond = encode_text(model, [query, reference, ""]).split(1)
     d = difference_map(
-        unet_eps(model, schedule, counter), schedule, x0, t, cond_q, cond_r, noises,
+        unet_eps(model, schedule, counter),
+        schedule,
+        x0,
+        t,
+        cond_q,
+        cond_r,
+        noises,
         uncond=uncond if cfg.mask_guidance_scale is not None else None,
         guidance_scale=cfg.mask_guidance_scale,
     )
@@ -111,8 +131,33 @@ def _infer_mask(model, prep, query, reference, cfg, seed) -> Mask:
     return Mask(latent, soft, scores, counter.n)
 
 
+def _resolve_mask(model, prep: Prepared, mask, query, reference, cfg, seed) -> tuple[Mask | None, int]:
+    """The edit's mask and the evaluations spent on it here: none for the unmasked modes; a Mask
+    given (paid for before: 0); a user mask (image/array, nonzero = edit: 0); else inferred."""
+    if not cfg.uses_mask:
+        return None, 0
+    if mask is None:
+        m = _infer_mask(model, prep, query, reference, cfg, seed)
+        return m, m.unet_evals
+    if not isinstance(mask, Mask):
+        px, (h, w) = prep.pixels, prep.x0.shape[-2:]
+        latent = user_mask(mask, px.height, px.width, (h, w), model.vae_scale_factor)
+        mask = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, cfg.feather))
+    if tuple(mask.latent.shape) != tuple(prep.x0.shape[-2:]):
+        raise SettingError(
+            f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {tuple(prep.x0.shape[-2:])}"
+        )
+    return mask, 0
+
+
+# --- Step 2: the encoding (§3.1) ---------------------------------------------------------------
+
+
 def ddim_encoding(
-    model: ModelBundle, image, config: DiffEditConfig | None = None, progress: ProgressArg = True,
+    model: ModelBundle,
+    image,
+    config: DiffEditConfig | None = None,
+    progress: Progress | None = None,
     **settings,
 ) -> Encoding:
     """DDIM-encode the image with the unconditional model (∅, no CFG: the paper's choice)
@@ -121,30 +166,23 @@ def ddim_encoding(
     return _encode(model, prepare(model, image), cfg, progress)
 
 
-def _encode(model, prep, cfg, progress) -> Encoding:
+def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :][::-1]  # ascending
     eps = guided_eps(unet_eps(model, schedule, counter), encode_text(model, [""]), None, 1.0)
-    with progress_bar(progress, len(ts), "encode") as cb:
-        latents = ddim_encode(eps, schedule, prep.x0, ts, cb)
-    return Encoding(tuple(latents), (-1, *ts), cfg.num_inference_steps, cfg.encode_ratio, counter.n,
-                    prep.hash, model.fingerprint)
+    latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"))
+    return Encoding(
+        tuple(latents),
+        (-1, *ts),
+        cfg.num_inference_steps,
+        cfg.encode_ratio,
+        counter.n,
+        prep.hash,
+        model.fingerprint,
+    )
 
 
-def masked_ddim_decode(eps_fn, schedule, x, timesteps, background, mask, progress=None):
-    """DDIM decoding from x at timesteps[0]; after each step to level s the latent is blended
-    with the background latent at the SAME level s: y ← M·y + (1−M)·x_s (§1.3). The last level
-    is -1, whose background is the clean x0. background: {level: [1, C, h, w]}; mask [h, w]."""
-    for i, (t, t_next) in enumerate(pairs(timesteps)):
-        x = schedule.ddim_step(x, eps_fn(x, t), t, t_next)
-        if mask is not None:
-            x = mask * x + (1 - mask) * background[t_next]
-        if progress:
-            progress(i + 1, len(timesteps))
-    return x
-
-
-def _check_encoding(enc: Encoding, prep, model, cfg) -> None:
+def _check_encoding(enc: Encoding, prep: Prepared, model, cfg: DiffEditConfig) -> None:
     if enc.fingerprint != model.fingerprint:
         raise SettingError("encoding was made with another model")
     if enc.image_hash != prep.hash:
@@ -156,6 +194,40 @@ def _check_encoding(enc: Encoding, prep, model, cfg) -> None:
         )
 
 
+def _resolve_start(model, prep: Prepared, encoding, cfg: DiffEditConfig, seed: int, progress):
+    """(x at level t_r [1, C, h, w], background {level: latent}, evaluations spent here).
+
+    The encoding given (0) or computed (r·N); without encoding (the ablations): x0 noised to each
+    level with one seeded noise, SDEdit's way (0)."""
+    if cfg.uses_encoding:
+        spent = 0
+        if encoding is None:
+            encoding = _encode(model, prep, cfg, progress)
+            spent = encoding.unet_evals
+        return encoding.latents[-1], dict(zip(encoding.timesteps, encoding.latents)), spent
+    schedule = Schedule.from_scheduler(model.scheduler)
+    ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]
+    noise = torch.randn(prep.x0.shape, generator=generator(model, seed + 1), device=prep.x0.device)
+    background = {t: schedule.add_noise(prep.x0, noise, t) for t in ts}
+    background[-1] = prep.x0
+    return background[ts[0]], background, 0
+
+
+# --- Step 3: masked decoding (§3.3) ------------------------------------------------------------
+
+
+def _decode(model, start, background, mask: Mask | None, query: str, cfg: DiffEditConfig, progress):
+    """DDIM decoding under CFG on the query from level t_r, the background following its own
+    trajectory outside the mask: (final latent [1, C, h, w], evaluations)."""
+    schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
+    ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]  # descending
+    uncond, cond = encode_text(model, ["", query]).split(1)
+    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, cfg.guidance_scale)
+    m = None if mask is None else mask.latent.to(start)
+    z = ddim_sample(eps, schedule, start, ts, background, m, stage(progress, "decode"))
+    return z, counter.n
+
+
 def diffedit(
     model: ModelBundle,
     image,
@@ -165,7 +237,7 @@ def diffedit(
     seed: int = 0,
     mask=None,
     encoding: Encoding | None = None,
-    progress: ProgressArg = True,
+    progress: Progress | None = None,
     **settings,
 ) -> EditResult:
     """Edit `image` so that it fits `query`, changing only where query and reference disagree.
@@ -173,56 +245,39 @@ def diffedit(
     model: a loaded ModelBundle; image: path, PIL image or array; mask: a Mask from
     diffedit_mask, or a user mask (image/array of the image's size, nonzero = edit), or None to
     infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields.
+    progress(stage, done, total): called after each step. unet_evals counts what this call spent.
     """
     cfg = _config(config, settings)
     seed = check_seed(seed)
     query = check_prompt(model, query, "query")
     reference = check_prompt(model, reference, "reference", allow_empty=True)
     timer = Timer(model.device)
-    with timer("prepare"):  # an encoding holds x0: no second VAE encoding (checked just below)
+    with timer("prepare"):  # an encoding holds x0: no second VAE encoding (its hash checked below)
         prep = prepare(model, image, x0=None if encoding is None else encoding.latents[0])
-    h, w = prep.x0.shape[-2:]
-    px = prep.pixels
     if encoding is not None:
         _check_encoding(encoding, prep, model, cfg)
-    use_mask = cfg.mode in ("diffedit", "no_encoding")
-    if use_mask and mask is None:
-        with timer("mask"):
-            mask = _infer_mask(model, prep, query, reference, cfg, seed)
-    elif use_mask and not isinstance(mask, Mask):
-        latent = user_mask(mask, px.height, px.width, (h, w), model.vae_scale_factor)
-        mask = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, cfg.feather))
-    elif not use_mask:
-        mask = None
-    if mask is not None and tuple(mask.latent.shape) != (h, w):
-        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {(h, w)}")
-    schedule = Schedule.from_scheduler(model.scheduler)
-    counter = EvalCounter()
-    all_ts = schedule.timesteps(cfg.num_inference_steps)
-    ts = all_ts[-cfg.encode_steps :]  # descending, the decoding steps
-    if cfg.mode in ("diffedit", "no_mask"):
-        if encoding is None:
-            with timer("encode"):
-                encoding = _encode(model, prep, cfg, progress)
-        background = dict(zip(encoding.timesteps, encoding.latents))
-        start = encoding.latents[-1]
-    else:  # SDEdit-style noising of x0 to level r (and the same noise along the way)
-        noise = torch.randn(prep.x0.shape, generator=generator(model, seed + 1), device=prep.x0.device)
-        background = {t: schedule.add_noise(prep.x0, noise, t) for t in ts}
-        background[-1] = prep.x0
-        start = background[ts[0]]
-    uncond, cond = encode_text(model, ["", query]).split(1)
-    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, cfg.guidance_scale)
-    m = None if mask is None else mask.latent.to(start)
-    with timer("decode"), progress_bar(progress, len(ts), "decode") as cb:
-        z = masked_ddim_decode(eps, schedule, start, ts, background, m, cb)
+    with timer("mask", when=cfg.uses_mask and mask is None):
+        mask, mask_evals = _resolve_mask(model, prep, mask, query, reference, cfg, seed)
+    with timer("encode", when=encoding is None):
+        start, background, encode_evals = _resolve_start(model, prep, encoding, cfg, seed, progress)
+    with timer("decode"):
+        z, decode_evals = _decode(model, start, background, mask, query, cfg, progress)
         out = decode(model, z)
     if cfg.paste_back and mask is not None:
-        out = paste_back(out, px, mask.latent, model.vae_scale_factor, cfg.feather)
-    evals = counter.n  # what this call spent: reused masks and encodings cost nothing
-    evals += mask.unet_evals if "mask" in timer.times else 0
-    evals += encoding.unet_evals if "encode" in timer.times else 0
-    settings_out = {"method": "diffedit", "query": query, "reference": reference, **asdict(cfg),
-                    "model": model.model_id}
-    return EditResult(to_image(out, px.height, px.width), mask, evals, settings_out, seed,
-                      dict(timer.times), z)
+        out = paste_back(out, prep.pixels, mask.latent, model.vae_scale_factor, cfg.feather)
+    settings_out = {
+        "method": "diffedit",
+        "query": query,
+        "reference": reference,
+        **asdict(cfg),
+        "model": model.model_id,
+    }
+    return EditResult(
+        to_image(out, prep.pixels.height, prep.pixels.width),
+        mask,
+        mask_evals + encode_evals + decode_evals,
+        settings_out,
+        seed,
+        dict(timer.times),
+        z,
+    )

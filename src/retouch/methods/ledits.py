@@ -18,31 +18,26 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from retouch.denoiser import EvalCounter, branches, guided_eps, unet_eps
-from retouch.denoiser import cfg as apply_cfg
-from retouch.guidance import Concept, sega_step
+from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.errors import SettingError
+from retouch.guidance import Concept, SegaState, sega_eps
 from retouch.inversion import ddpm_invert
 from retouch.latents import decode, image_hash, load_image, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
-from retouch.methods.common import (
-    ProgressArg,
-    SettingError,
-    Timer,
-    check_number,
-    check_seed,
-    generator,
-    prepare,
-    progress_bar,
-    with_settings,
-)
-from retouch.schedule import Schedule, pairs
+from retouch.methods.common import Progress, generator, prepare, stage
+from retouch.methods.diffedit import diffedit_mask
+from retouch.sampling import ddpm_sample
+from retouch.schedule import Schedule
+from retouch.settings import check_number, check_seed, setting, with_settings
 from retouch.text import check_prompt, encode_text
+from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
 
 # The reference demo's presets: (edit_scale, edit_warmup, edit_threshold)   (METHODS §4)
 PRESETS = {"style": (8.0, 2, 0.92), "face": (5.0, 2, 0.95), "object": (15.0, 5, 0.95)}
 
 Number = float | Sequence[float]
+INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale")  # what invert() reads
 
 
 @dataclass(frozen=True)
@@ -52,26 +47,29 @@ class LEditsConfig:
     The edit_* fields are one value for every concept or a sequence of one per concept (the
     concepts to add first, then those to remove)."""
 
-    num_inference_steps: int = 100  # N
-    skip: float = 36  # steps not edited at the top: a count (36) or a fraction of N (0.36)
-    source_guidance_scale: float = 3.5  # w_src, CFG of the source prompt while inverting
-    target_guidance_scale: float = 15.0  # w_tar, CFG of the target prompt while editing
-    edit_scale: Number = 7.0  # s_i
-    edit_warmup: Number = 2  # δ_i, steps before a concept's term is applied
-    edit_cooldown: Number | None = None  # step from which a concept's term stops (None: never)
-    edit_threshold: Number = 0.95  # λ_i: per-channel quantile; 0.95 keeps 5 %
-    edit_weight: Number = 1.0  # w_i ≥ 0, normalised over the active concepts
-    momentum_scale: float = 0.3  # s_m
-    momentum_beta: float = 0.6  # β_m
-    feather: float = 1.0  # pixels, for the display mask and paste-back
-    paste_back: bool = False  # ours, with a mask: paste the unmasked input pixels back after decoding
+    num_inference_steps: int = setting(100, "N")
+    skip: float = setting(36, "steps not edited at the top: a count (36) or a fraction of N (0.36)")
+    source_guidance_scale: float = setting(3.5, "w_src, CFG of the source prompt while inverting")
+    target_guidance_scale: float = setting(15.0, "w_tar, CFG of the target prompt while editing")
+    edit_scale: Number = setting(7.0, "s_i")
+    edit_warmup: Number = setting(2, "δ_i, steps before a concept's term is applied")
+    edit_cooldown: Number | None = setting(None, "step from which a concept's term stops (None: never)")
+    edit_threshold: Number = setting(0.95, "λ_i: per-channel quantile; 0.95 keeps 5 %")
+    edit_weight: Number = setting(1.0, "w_i ≥ 0, normalised over the active concepts")
+    momentum_scale: float = setting(0.3, "s_m")
+    momentum_beta: float = setting(0.6, "β_m")
+    feather: float = setting(1.0, "pixels, for the display mask and paste-back")
+    paste_back: bool = setting(
+        False, "ours, with a mask: paste the unmasked input pixels back after decoding"
+    )
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
         check_number("skip", self.skip, 0)
         if self.skip_steps >= self.num_inference_steps:
-            raise SettingError(f"skip ({self.skip}) must leave at least one of the "
-                               f"{self.num_inference_steps} steps to edit")
+            raise SettingError(
+                f"skip ({self.skip}) must leave at least one of the {self.num_inference_steps} steps to edit"
+            )
         check_number("source_guidance_scale", self.source_guidance_scale, 0)
         check_number("target_guidance_scale", self.target_guidance_scale, 0)
         check_number("momentum_scale", self.momentum_scale, 0)
@@ -122,15 +120,27 @@ def make_concepts(model, add: Sequence[str], remove: Sequence[str], cfg: LEditsC
     threshold = _per_concept("edit_threshold", cfg.edit_threshold, k, low=0, high=1)
     weight = _per_concept("edit_weight", cfg.edit_weight, k, low=0)
     return [
-        Concept(texts[i], +1 if i < len(add) else -1, float(scale[i]), int(warmup[i]),
-                None if cooldown[i] is None else int(cooldown[i]), float(threshold[i]), float(weight[i]))
+        Concept(
+            texts[i],
+            +1 if i < len(add) else -1,
+            float(scale[i]),
+            int(warmup[i]),
+            None if cooldown[i] is None else int(cooldown[i]),
+            float(threshold[i]),
+            float(weight[i]),
+        )
         for i in range(k)
     ]
 
 
 def invert(
-    model: ModelBundle, image, source: str = "", config: LEditsConfig | None = None, seed: int = 0,
-    progress: ProgressArg = True, **settings,
+    model: ModelBundle,
+    image,
+    source: str = "",
+    config: LEditsConfig | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **settings,
 ) -> Inversion:
     """Edit-friendly DDPM inversion of `image` (§2) over the steps editing will run.
 
@@ -143,59 +153,109 @@ def invert(
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     timesteps = schedule.timesteps(cfg.num_inference_steps)[cfg.skip_steps :]
     uncond, cond = encode_text(model, ["", source]).split(1)
-    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond if source else None,
-                     cfg.source_guidance_scale if source else 1.0)
-    with progress_bar(progress, len(timesteps), "invert") as cb:
-        trajectory, zs = ddpm_invert(eps, schedule, prep.x0, timesteps, generator(model, seed), cb)
+    eps = guided_eps(
+        unet_eps(model, schedule, counter),
+        cond,
+        uncond if source else None,
+        cfg.source_guidance_scale if source else 1.0,
+    )
+    trajectory, zs = ddpm_invert(
+        eps, schedule, prep.x0, timesteps, generator(model, seed), stage(progress, "invert")
+    )
     return Inversion(
-        prep.x0, torch.cat(trajectory), zs, tuple(timesteps), cfg.num_inference_steps,
-        cfg.skip_steps, source, cfg.source_guidance_scale if source else 1.0, model.fingerprint,
-        model.model_id, prep.hash, prep.pixels.height, prep.pixels.width, seed, counter.n,
+        prep.x0,
+        torch.cat(trajectory),
+        zs,
+        tuple(timesteps),
+        cfg.num_inference_steps,
+        cfg.skip_steps,
+        source,
+        cfg.source_guidance_scale if source else 1.0,
+        model.fingerprint,
+        model.model_id,
+        prep.hash,
+        prep.pixels.height,
+        prep.pixels.width,
+        seed,
+        counter.n,
     )
 
 
-def sega_ddpm_sample(eps_fn, schedule, inv: Inversion, uncond, target, target_scale, concepts,
-                     concept_conds, cfg: LEditsConfig, mask=None, progress=None) -> torch.Tensor:
-    """DDPM sampling from the inversion's x_{t_start} with its stored z maps (§2) and ε̃ from
-    CFG on the target (if any) plus SEGA (§3). One batched call per step over
-    [∅, target?, e_1..e_k]. mask [h, w]: guidance only inside, latents outside pinned to the
-    inversion's trajectory. Returns x0 [1, C, h, w]."""
-    x = inv.trajectory[:1]
-    nu = torch.zeros_like(x)
-    conds = [uncond] + ([target] if target is not None else []) + list(concept_conds)
-    for i, (t, t_next) in enumerate(pairs(list(inv.timesteps))):
-        eps = branches(eps_fn, x, t, conds)
-        e = apply_cfg(eps[0], eps[1], target_scale) if target is not None else eps[0]
-        if concepts:
-            gamma, nu = sega_step(eps[0], eps[-len(concepts):], concepts, i, nu,
-                                  cfg.momentum_scale, cfg.momentum_beta, mask)
-            e = e + gamma
-        mu, sigma = schedule.ddpm_mean_sigma(x, e, t, t_next)
-        x = mu + sigma * inv.zs[i : i + 1]
-        if mask is not None:
-            x = mask * x + (1 - mask) * inv.trajectory[i + 1 : i + 2]
-        if progress:
-            progress(i + 1, len(inv.timesteps))
-    return x
-
-
-def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> Mask | None:
+def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> tuple[Mask | None, int]:
+    """The edit's mask and the evaluations spent on it here: None; a Mask given (0); "infer":
+    DiffEdit's mask of the query (the prompt, or the added concepts) against the reference (the
+    source caption, or the removed concepts); a user mask (0)."""
     if mask is None:
-        return None
+        return None, 0
     if isinstance(mask, Mask):
-        return mask
+        return mask, 0
     h, w = inv.x0.shape[-2:]
     if isinstance(mask, str) and mask == "infer":
-        from retouch.methods.diffedit import diffedit_mask
-
         if image is None:
             raise SettingError("mask='infer' needs the image: pass image= with the inversion")
         query = prompt or ", ".join(c.text for c in concepts if c.direction > 0)
         reference = inv.source or ", ".join(c.text for c in concepts if c.direction < 0)
-        return diffedit_mask(model, image, query or reference, reference if query else "", seed=seed,
-                             x0=inv.x0)  # the inversion's (its image was checked by hash): no VAE pass
+        m = diffedit_mask(
+            model, image, query or reference, reference if query else "", seed=seed, x0=inv.x0
+        )  # the inversion's (its image was checked by hash): no VAE pass
+        return m, m.unet_evals
     latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor)
-    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather))
+    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather)), 0
+
+
+def _resolve_inversion(model, image_or_inversion, image, source, cfg, seed, progress):
+    """(the inversion, the image (None if unknown), evaluations spent here): an Inversion given is
+    checked against the model, the settings and the image (0); an image is inverted here."""
+    inv = image_or_inversion
+    if isinstance(inv, Inversion):
+        if image is not None and image_hash(load_image(image)) != inv.image_hash:
+            raise SettingError("the inversion was made from another image")
+        _check_inversion(model, inv, cfg)
+        return inv, image, 0
+    image = inv if image is None else image
+    inv = invert(model, image, source, cfg, seed, progress)
+    return inv, image, inv.unet_evals
+
+
+def _guided(model, schedule, counter, inv: Inversion, prompt: str, concepts, cfg, mask):
+    """CFG + SEGA as one noise function. No target prompt: the base term is the inversion's own
+    (source with w_src, or ∅), so that whatever SEGA does not touch is reconstructed exactly."""
+    base_text = prompt or inv.source
+    base_scale = cfg.target_guidance_scale if prompt else inv.source_guidance_scale
+    texts = ["", *([base_text] if base_text else []), *[c.text for c in concepts]]
+    embs = encode_text(model, texts).split(1)  # each [1, L, D]
+    return sega_eps(
+        unet_eps(model, schedule, counter),
+        embs[0],
+        concepts,
+        list(embs[len(embs) - len(concepts) :]),
+        embs[1] if base_text else None,
+        base_scale,
+        cfg.momentum_scale,
+        cfg.momentum_beta,
+        mask,
+    )
+
+
+def _edit(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask: Mask | None, progress):
+    """DDPM sampling from the inversion's x_{t_start} with its z maps and the guided ε̃ (§4); with
+    a mask, guidance only inside and latents outside pinned to the inversion's trajectory.
+    Returns (x0 [1, C, h, w], evaluations)."""
+    schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
+    m = None if mask is None else mask.latent.to(inv.x0)
+    guided = _guided(model, schedule, counter, inv, prompt, concepts, cfg, m)
+    z = ddpm_sample(
+        guided,
+        schedule,
+        inv.trajectory[:1],
+        list(inv.timesteps),
+        inv.zs,
+        SegaState(),
+        pin=inv.trajectory,
+        mask=m,
+        progress=stage(progress, "edit"),
+    )
+    return z, counter.n
 
 
 def ledits(
@@ -210,58 +270,56 @@ def ledits(
     seed: int = 0,
     mask=None,
     image=None,
-    progress: ProgressArg = True,
+    progress: Progress | None = None,
     **settings,
 ) -> EditResult:
     """Edit with SEGA concepts (add/remove) and/or a target prompt, from an Inversion (or an
     image, inverted here with `source`). mask: None, "infer", a Mask, or a user mask.
-    Settings: LEditsConfig fields; preset: "style", "face" or "object"."""
+    Settings: LEditsConfig fields; preset: "style", "face" or "object". progress(stage, done,
+    total) after each step. unet_evals counts what this call spent."""
     cfg = _config(config, preset, settings)
     seed = check_seed(seed)
     prompt = check_prompt(model, prompt, "prompt", allow_empty=True)
     source = check_prompt(model, source, "source", allow_empty=True)
     concepts = make_concepts(model, add, remove, cfg)
-    timer = Timer(model.device)
-    inv = image_or_inversion
-    if isinstance(inv, Inversion):
-        if image is not None and image_hash(load_image(image)) != inv.image_hash:
-            raise SettingError("the inversion was made from another image")
-        _check_inversion(model, inv, cfg)
-    else:
-        image = inv if image is None else image
-    settings_out = {"method": "ledits", "prompt": prompt, "add": list(add), "remove": list(remove),
-                    "source": inv.source if isinstance(inv, Inversion) else source, **asdict(cfg),
-                    "preset": preset, "model": model.model_id}
-    if cfg.paste_back and mask is not None and image is None:
+    given = image_or_inversion
+    settings_out = {
+        "method": "ledits",
+        "prompt": prompt,
+        "add": list(add),
+        "remove": list(remove),
+        "source": given.source if isinstance(given, Inversion) else source,
+        **asdict(cfg),
+        "preset": preset,
+        "model": model.model_id,
+    }
+    if cfg.paste_back and mask is not None and image is None and isinstance(given, Inversion):
         raise SettingError("paste_back needs the image: pass image= with the inversion")
     if not concepts and not prompt:  # nothing to edit: neither invert nor sample
-        return _reconstruction(model, inv, settings_out, seed)
-    if not isinstance(inv, Inversion):
-        with timer("invert"):
-            inv = invert(model, image, source, cfg, seed, progress)
-    spent = inv.unet_evals if "invert" in timer.times else 0
-    with timer("mask"):
-        m = _edit_mask(model, image, inv, mask, prompt, concepts, seed, cfg.feather)
-    schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
-    # No target prompt: the base term is the inversion's own (source with w_src, or ∅), so that
-    # everything SEGA does not touch is reconstructed exactly.
-    base_text = prompt or inv.source
-    base_scale = cfg.target_guidance_scale if prompt else inv.source_guidance_scale
-    texts = ["", *([base_text] if base_text else []), *[c.text for c in concepts]]
-    embs = encode_text(model, texts).split(1)
-    target = embs[1] if base_text else None
-    with timer("edit"), progress_bar(progress, len(inv.timesteps), "edit") as cb:
-        z = sega_ddpm_sample(unet_eps(model, schedule, counter), schedule, inv, embs[0], target,
-                             base_scale, concepts, embs[len(embs) - len(concepts):], cfg,
-                             None if m is None else m.latent.to(inv.x0), cb)
+        if isinstance(given, Inversion):
+            _resolve_inversion(model, given, image, source, cfg, seed, None)
+        return _reconstruction(model, given, settings_out, seed)
+    timer = Timer(model.device)
+    with timer("invert", when=not isinstance(given, Inversion)):
+        inv, image, invert_evals = _resolve_inversion(model, given, image, source, cfg, seed, progress)
+    with timer("mask", when=isinstance(mask, str)):
+        m, mask_evals = _edit_mask(model, image, inv, mask, prompt, concepts, seed, cfg.feather)
+    with timer("edit"):
+        z, edit_evals = _edit(model, inv, prompt, concepts, cfg, m, progress)
         out = decode(model, z)
     if cfg.paste_back and m is not None:
-        px = to_pixels(model, load_image(image))
-        out = paste_back(out, px, m.latent, model.vae_scale_factor, cfg.feather)
-    inferred = isinstance(mask, str) and mask == "infer"  # a Mask passed in was paid for before
-    spent += counter.n + (m.unet_evals if inferred else 0)
-    return EditResult(to_image(out, inv.height, inv.width), m, spent, settings_out, seed,
-                      dict(timer.times), z)
+        out = paste_back(
+            out, to_pixels(model, load_image(image)), m.latent, model.vae_scale_factor, cfg.feather
+        )
+    return EditResult(
+        to_image(out, inv.height, inv.width),
+        m,
+        invert_evals + mask_evals + edit_evals,
+        settings_out,
+        seed,
+        dict(timer.times),
+        z,
+    )
 
 
 def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> EditResult:
@@ -273,8 +331,9 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
         prep = prepare(model, image_or_inversion)
         x0, height, width = prep.x0, prep.pixels.height, prep.pixels.width
     img = to_image(decode(model, x0), height, width)
-    return EditResult(img, None, 0, settings, seed, {}, x0,
-                      "no concepts and no target prompt: returned the reconstruction")
+    return EditResult(
+        img, None, 0, settings, seed, {}, x0, "no concepts and no target prompt: returned the reconstruction"
+    )
 
 
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:

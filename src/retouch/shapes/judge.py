@@ -14,6 +14,7 @@ blur, colour jitter, softening) so that it also reads imperfect, generated image
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import Counter
@@ -26,9 +27,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from retouch.filters import gaussian_blur
 from retouch.shapes import world
 from retouch.shapes.grammar import parse_caption
-from retouch.train import HELD_OUT_SEED
+from retouch.shapes.world import HELD_OUT_SEED
+
+log = logging.getLogger(__name__)
 
 SHAPE_LABELS: tuple[str, ...] = (*world.SHAPES, "none")
 COLOR_LABELS: tuple[str, ...] = (*world.COLORS, "none")
@@ -349,19 +353,6 @@ def _morph(region: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image gaussian blur of [B, C, H, W] with sigma [B] (5-tap separable kernel)."""
-    t = torch.arange(-2, 3, dtype=x.dtype)  # [5]
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))  # [B, 5]
-    k = k / k.sum(1, keepdim=True)
-    b, c, h, w = x.shape
-    y = x.reshape(1, b * c, h, w)
-    kx = k.repeat_interleave(c, 0)  # [B * C, 5]
-    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="replicate"), kx.view(b * c, 1, 1, 5), groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), kx.view(b * c, 1, 5, 1), groups=b * c)
-    return y.view(b, c, h, w)
-
-
 def _soften(x: torch.Tensor) -> torch.Tensor:
     """JPEG-like softening: halve the resolution and bring it back [B, C, H, W]."""
     return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
@@ -378,7 +369,7 @@ def augment(rgb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gain = 1 + (u(b, 3, 1, 1) - 0.5) * 0.08  # [B, 3, 1, 1] +-4 %
     x = rgb * gain + (u(b, 3, 1, 1) - 0.5) * 0.06  # [B, 3, H, W] +-3 % offset
     blur = (u(b) < 0.35).float() * (0.3 + 0.7 * u(b))  # [B] sigma, 0 for most
-    x = torch.where((blur > 0).view(-1, 1, 1, 1), _gaussian_blur(x, blur), x)
+    x = torch.where((blur > 0).view(-1, 1, 1, 1), gaussian_blur(x, blur, radius=2), x)
     x = torch.where((u(b) < 0.15).view(-1, 1, 1, 1), _soften(x), x)
     noise = (u(b) < 0.7).float() * u(b) * 0.035  # [B] noise sigma
     x = x + torch.randn(x.shape, generator=gen) * noise.view(-1, 1, 1, 1)
@@ -412,10 +403,10 @@ def _lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
 
 
 def train_judge(
-    out_path: str | Path, steps: int = 800, seed: int = 0, threads: int = 1, batch: int = 64, lr: float = 3e-3
+    out_path: str | Path, steps: int = 800, seed: int = 0, batch: int = 64, lr: float = 3e-3
 ) -> Judge:
-    """Train a judge on renders of seeds below HELD_OUT_SEED and save it (safetensors) to `out_path`."""
-    torch.set_num_threads(threads)
+    """Train a judge on renders of seeds below HELD_OUT_SEED and save it (safetensors) to `out_path`.
+    Progress goes to the `retouch.shapes.judge` logger."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     judge = Judge()
@@ -433,10 +424,13 @@ def train_judge(
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             acc = ((ls.argmax(1) == s) & (lc.argmax(1) == c)).float().mean().item()
-            print(
-                f"step {step:5d}  loss {loss.item():.4f}  region acc {acc:.3f}  "
-                f"{time.time() - start:6.1f}s wall  {time.process_time() - cpu_start:6.1f}s cpu",
-                flush=True,
+            log.info(
+                "step %5d  loss %.4f  region acc %.3f  %6.1fs wall  %6.1fs cpu",
+                step,
+                loss.item(),
+                acc,
+                time.time() - start,
+                time.process_time() - cpu_start,
             )
     save_judge(judge, out_path)
     return judge.eval()
@@ -544,7 +538,3 @@ def train_and_export(
     meta["held_out"] = {"n": n_eval, "start": HELD_OUT_SEED, **held_out_accuracy(judge, n_eval)}
     Path(out_path).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-if __name__ == "__main__":  # retrain the shipped judge: python -m retouch.shapes.judge
-    print(json.dumps(train_and_export(), indent=2))

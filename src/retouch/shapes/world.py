@@ -31,6 +31,7 @@ SIZE = 64  # rendered images are SIZE x SIZE RGB
 SUPERSAMPLE = 4
 MIN_RADIUS, MAX_RADIUS = 7.0, 13.0
 EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "remove", "add", "background")
+HELD_OUT_SEED = 10_000_000  # scenes used for any evaluation start here; training stays below
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,7 @@ def sample_edit(seed: int, kind: str) -> Edit:
     if kind not in EDIT_KINDS:
         raise ValueError(f"unknown edit kind {kind!r}; expected one of {EDIT_KINDS}")
     rng = np.random.default_rng([seed, 0xED17, EDIT_KINDS.index(kind)])
-    n = {"add": int(rng.integers(1, 3)), "remove": int(rng.integers(2, 4))}.get(
-        kind, int(rng.integers(1, 4))
-    )
+    n = {"add": int(rng.integers(1, 3)), "remove": int(rng.integers(2, 4))}.get(kind, int(rng.integers(1, 4)))
     src = sample_scene(seed, n_objects=n)
     i = int(rng.integers(len(src.objects)))
     o = src.objects[i]

@@ -18,10 +18,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from retouch.cli import Setting, is_input_error, parse_numbers, save_image, settings_fields
+from retouch.errors import InputError
+from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import PRESETS, LEditsConfig
+from retouch.settings import Setting, parse_numbers, settings_fields
 from retouch.types import ModelBundle
 from retouch.ui.session import Cache, EditRequest, run
 
@@ -31,8 +33,10 @@ PRESET_FIELDS = ("edit_scale", "edit_warmup", "edit_threshold")  # the order of 
 RESULTS = Path(tempfile.gettempdir()) / "retouch-ui"  # the app's own result files
 KEEP_RESULTS_S = 3600
 # Small images (ShapesWorld's are 64x64) are shown scaled up, pixels kept sharp.
-CSS = "#image img, #overlay img, #result img {image-rendering: pixelated; width: 100%; height: 100%; " \
-      "object-fit: contain;}"
+CSS = (
+    "#image img, #overlay img, #result img {image-rendering: pixelated; width: 100%; height: 100%; "
+    "object-fit: contain;}"
+)
 
 
 def shown(s: Setting):
@@ -70,11 +74,11 @@ def form_settings(method: str, values: dict) -> dict:
             try:
                 v = parse_numbers(text, s.optional) if text else None
             except ValueError:
-                raise ValueError(f"{s.label}: {text!r} is not a number or a comma list of numbers") from None
+                raise InputError(f"{s.label}: {text!r} is not a number or a comma list of numbers") from None
             if v is None and not s.optional:
-                raise ValueError(f"{s.label} is empty")
+                raise InputError(f"{s.label} is empty")
         elif s.kind in ("int", "float") and v is None and not s.optional:
-            raise ValueError(f"{s.label} is empty")
+            raise InputError(f"{s.label} is empty")
         out[s.name] = v
     return out
 
@@ -90,16 +94,16 @@ def _uploaded(image):
     reads and checks the file: size from the header first, truncation, modes). A path is accepted
     only inside that folder: a visitor never names a server path. Tests give PIL images or arrays."""
     if image is None:
-        raise ValueError("upload an image first")
+        raise InputError("upload an image first")
     if isinstance(image, (Image.Image, np.ndarray)):
         return image
     if isinstance(image, dict):
         if not image.get("path"):
-            raise ValueError("upload the image as a file")
+            raise InputError("upload the image as a file")
         image = image["path"]
     path = Path(str(image)).resolve()
     if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
-        raise ValueError("the image must be uploaded")
+        raise InputError("the image must be uploaded")
     return path
 
 
@@ -115,8 +119,17 @@ def _result_file(outcome) -> str:
     return str(path)
 
 
-def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts: dict, seed,
-             diffedit_values: dict, ledits_values: dict, progress=None):
+def run_edit(
+    model: ModelBundle,
+    cache: Cache | None,
+    image,
+    method: str,
+    texts: dict,
+    seed,
+    diffedit_values: dict,
+    ledits_values: dict,
+    progress=None,
+):
     """The Edit button: returns (mask over the image, result, download file, status, cache).
     Bad input gives a warning and the reason in the status box; the server keeps serving."""
     cache = cache if cache is not None else Cache()
@@ -124,17 +137,20 @@ def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts:
         image = _uploaded(image)
         values = diffedit_values if method == "diffedit" else ledits_values
         req = EditRequest(
-            image=image, method=method, settings=form_settings(method, values),
+            image=image,
+            method=method,
+            settings=form_settings(method, values),
             seed=int(seed) if seed is not None and float(seed).is_integer() else seed,
-            query=texts.get("query") or "", reference=texts.get("reference") or "",
-            prompt=texts.get("prompt") or "", source=texts.get("source") or "",
-            add=_concepts(texts.get("add")), remove=_concepts(texts.get("remove")),
+            query=texts.get("query") or "",
+            reference=texts.get("reference") or "",
+            prompt=texts.get("prompt") or "",
+            source=texts.get("source") or "",
+            add=_concepts(texts.get("add")),
+            remove=_concepts(texts.get("remove")),
             mask=texts.get("mask") or "none",
         )
         outcome = run(model, cache, req, _stage_progress(progress))
-    except ValueError as e:
-        if not (is_input_error(e) or type(e) is ValueError):
-            raise
+    except InputError as e:
         message = " ".join(str(e).split())
         if isinstance(image, Path):  # name the file as the visitor knows it, not where the server keeps it
             message = message.replace(str(image), image.name)
@@ -144,19 +160,15 @@ def run_edit(model: ModelBundle, cache: Cache | None, image, method: str, texts:
 
 
 def _stage_progress(progress):
+    """The library's progress(stage, done, total) as Gradio's progress bar."""
     if progress is None:
-        return lambda stage: False
-
-    def stage(name):
-        return lambda done, total: progress((done, total), desc=name)
-
-    return stage
+        return None
+    return lambda stage, done, total: progress((done, total), desc=stage)
 
 
 def _example_images() -> list[list]:
     """A few held-out ShapesWorld scenes (what the shipped model knows) with their captions."""
-    from retouch.shapes.world import caption, render, sample_scene
-    from retouch.train import HELD_OUT_SEED
+    from retouch.shapes.world import HELD_OUT_SEED, caption, render, sample_scene
 
     RESULTS.mkdir(exist_ok=True)
     rows = []
@@ -173,46 +185,79 @@ def _example_images() -> list[list]:
 def build_app(model: ModelBundle) -> gr.Blocks:
     """The app for one loaded model."""
     with gr.Blocks(title="retouch", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        gr.Markdown("# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
-                    "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
-                    f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}.")
+        gr.Markdown(
+            "# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
+            "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
+            f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}."
+        )
         cache = gr.State(None, time_to_live=3600)
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(label="Image", type="filepath", image_mode=None, height=320,
-                                 sources=["upload", "clipboard"], elem_id="image")
+                image = gr.Image(
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,
+                    height=320,
+                    sources=["upload", "clipboard"],
+                    elem_id="image",
+                )
                 method = gr.Radio(list(CONFIGS), value="diffedit", label="Method", elem_id="method")
                 with gr.Group(visible=True) as diffedit_box:
-                    query = gr.Textbox(label="Query", info="What the edited image should show",
-                                       elem_id="query")
-                    reference = gr.Textbox(label="Reference", info="What the image shows now (optional)",
-                                           elem_id="reference")
+                    query = gr.Textbox(
+                        label="Query", info="What the edited image should show", elem_id="query"
+                    )
+                    reference = gr.Textbox(
+                        label="Reference", info="What the image shows now (optional)", elem_id="reference"
+                    )
                 with gr.Group(visible=False) as ledits_box:
-                    source = gr.Textbox(label="Source", info="The image's caption (optional)",
-                                        elem_id="source")
+                    source = gr.Textbox(
+                        label="Source", info="The image's caption (optional)", elem_id="source"
+                    )
                     add = gr.Textbox(label="Add", info="Concepts to add, comma-separated", elem_id="add")
-                    remove = gr.Textbox(label="Remove", info="Concepts to remove, comma-separated",
-                                        elem_id="remove")
+                    remove = gr.Textbox(
+                        label="Remove", info="Concepts to remove, comma-separated", elem_id="remove"
+                    )
                     prompt = gr.Textbox(label="Target prompt", info="Optional", elem_id="prompt")
                     with gr.Row():
-                        preset = gr.Dropdown(["none", *PRESETS], value="none", label="Preset",
-                                             elem_id="preset")
-                        mask = gr.Radio(["none", "infer"], value="none", label="Mask",
-                                        info="infer: edit only inside DiffEdit's mask", elem_id="mask")
+                        preset = gr.Dropdown(
+                            ["none", *PRESETS], value="none", label="Preset", elem_id="preset"
+                        )
+                        mask = gr.Radio(
+                            ["none", "infer"],
+                            value="none",
+                            label="Mask",
+                            info="infer: edit only inside DiffEdit's mask",
+                            elem_id="mask",
+                        )
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                 edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                 fields = {}
                 for name, cls in CONFIGS.items():
-                    with gr.Accordion(f"{'DiffEdit' if name == 'diffedit' else 'LEDITS'} settings",
-                                      open=False, visible=name == "diffedit") as box:
+                    with gr.Accordion(
+                        f"{'DiffEdit' if name == 'diffedit' else 'LEDITS'} settings",
+                        open=False,
+                        visible=name == "diffedit",
+                    ) as box:
                         fields[name] = {s.name: _field(name, s) for s in settings_fields(cls)}
                     fields[name]["_box"] = box
             with gr.Column(scale=1):
                 with gr.Row():
-                    overlay = gr.Image(label="Mask over the image", type="pil", format="png", height=320,
-                                       interactive=False, elem_id="overlay")
-                    result = gr.Image(label="Result", type="pil", format="png", height=320,
-                                      interactive=False, elem_id="result")
+                    overlay = gr.Image(
+                        label="Mask over the image",
+                        type="pil",
+                        format="png",
+                        height=320,
+                        interactive=False,
+                        elem_id="overlay",
+                    )
+                    result = gr.Image(
+                        label="Result",
+                        type="pil",
+                        format="png",
+                        height=320,
+                        interactive=False,
+                        elem_id="result",
+                    )
                 download = gr.File(label="Download (PNG with its parameters)", elem_id="download")
                 status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="status")
         gr.Examples(_example_images(), inputs=[image, reference, source], label="ShapesWorld examples")
@@ -223,21 +268,46 @@ def build_app(model: ModelBundle) -> gr.Blocks:
         preset.change(_preset_values, inputs=preset, outputs=preset_targets, queue=False)
 
         form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
-        texts = {"query": query, "reference": reference, "prompt": prompt, "source": source, "add": add,
-                 "remove": remove, "mask": mask}
+        texts = {
+            "query": query,
+            "reference": reference,
+            "prompt": prompt,
+            "source": source,
+            "add": add,
+            "remove": remove,
+            "mask": mask,
+        }
 
         def on_edit(data, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress this way)
             return run_edit(
-                model, data[cache], data[image], data[method], {k: data[c] for k, c in texts.items()},
-                data[seed], {k: data[c] for k, c in form["diffedit"].items()},
-                {k: data[c] for k, c in form["ledits"].items()}, progress,
+                model,
+                data[cache],
+                data[image],
+                data[method],
+                {k: data[c] for k, c in texts.items()},
+                data[seed],
+                {k: data[c] for k, c in form["diffedit"].items()},
+                {k: data[c] for k, c in form["ledits"].items()},
+                progress,
             )
 
-        inputs = {cache, image, method, seed, *texts.values(), *form["diffedit"].values(),
-                  *form["ledits"].values()}
+        inputs = {
+            cache,
+            image,
+            method,
+            seed,
+            *texts.values(),
+            *form["diffedit"].values(),
+            *form["ledits"].values(),
+        }
         # preprocess=False: the handler gets the upload's payload, not Gradio's decoding of it
-        edit_button.click(on_edit, inputs=inputs, outputs=[overlay, result, download, status, cache],
-                          concurrency_limit=1, preprocess=False)
+        edit_button.click(
+            on_edit,
+            inputs=inputs,
+            outputs=[overlay, result, download, status, cache],
+            concurrency_limit=1,
+            preprocess=False,
+        )
     return demo
 
 
@@ -259,6 +329,12 @@ def launch(model: ModelBundle, host: str = "127.0.0.1", port: int = 7860, block:
     """Serve the app: model work one request at a time, the others queued."""
     demo = build_app(model)
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=True,
-                prevent_thread_lock=not block, css=CSS)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_FILE_SIZE,
+        show_error=True,
+        prevent_thread_lock=not block,
+        css=CSS,
+    )
     return demo

@@ -15,14 +15,14 @@ from typing import Any
 
 from PIL import Image
 
-from retouch.cli import MASK_FIELDS, mask_overlay
+from retouch.errors import SettingError
 from retouch.latents import image_hash, load_image
-from retouch.methods.common import check_seed, with_settings
-from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
+from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
+from retouch.settings import check_seed, with_settings
 from retouch.types import EditResult, ModelBundle
 
-Progress = Callable[[str], Callable[[int, int], None] | bool]  # stage name → a step callback
+Progress = Callable[[str, int, int], None]  # progress(stage, done, total), as the library calls it
 
 
 @dataclass
@@ -101,7 +101,6 @@ def _reused(cache: Cache, key, make) -> tuple[Any, float | None]:
 
 def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress | None = None) -> Outcome:
     """Run one edit, reusing the visitor's cached inversion/encoding/mask when they fit."""
-    progress = progress or (lambda stage: False)
     image = load_image(req.image)
     seed = check_seed(req.seed)
     key = (image_hash(image), model.fingerprint)
@@ -110,10 +109,15 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
     elif req.method == "ledits":
         result, steps, made = _ledits(model, cache, req, image, seed, key, progress)
     else:
-        raise ValueError(f"method must be diffedit or ledits, got {req.method!r}")
-    overlay = image if result.mask is None else mask_overlay(image, result.mask)
-    params = {"model": model.model_id, "fingerprint": model.fingerprint, "method": req.method,
-              "settings": result.settings, "seed": result.seed}
+        raise SettingError(f"method must be diffedit or ledits, got {req.method!r}")
+    overlay = image if result.mask is None else result.mask.overlay(image)
+    params = {
+        "model": model.model_id,
+        "fingerprint": model.fingerprint,
+        "method": req.method,
+        "settings": result.settings,
+        "seed": result.seed,
+    }
     evals = result.unet_evals + sum(v.unet_evals for v in made)
     return Outcome(result, overlay, tuple(steps), evals, params)
 
@@ -124,17 +128,24 @@ def _diffedit(model, cache, req, image, seed, key, progress):
     steps, made, mask, encoding = [], [], None, None
     if cfg.mode in ("diffedit", "no_encoding"):
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
-        mask, t = _reused(cache, ("mask", *key, req.query, req.reference, seed, mask_settings),
-                          lambda: diffedit_mask(model, image, req.query, req.reference, seed, cfg))
+        mask, t = _reused(
+            cache,
+            ("mask", *key, req.query, req.reference, seed, mask_settings),
+            lambda: diffedit_mask(model, image, req.query, req.reference, seed, cfg),
+        )
         steps.append(("mask", t))
         made += [mask] if t is not None else []
     if cfg.mode in ("diffedit", "no_mask"):
-        encoding, t = _reused(cache, ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio),
-                              lambda: ddim_encoding(model, image, cfg, progress("encoding")))
+        encoding, t = _reused(
+            cache,
+            ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio),
+            lambda: ddim_encoding(model, image, cfg, progress),
+        )
         steps.append(("encoding", t))
         made += [encoding] if t is not None else []
-    result, t = _timed(lambda: diffedit(model, image, req.query, req.reference, cfg, seed, mask, encoding,
-                                        progress("edit")))
+    result, t = _timed(
+        lambda: diffedit(model, image, req.query, req.reference, cfg, seed, mask, encoding, progress)
+    )
     steps.append(("edit", t))
     return result, steps, made
 
@@ -142,11 +153,28 @@ def _diffedit(model, cache, req, image, seed, key, progress):
 def _ledits(model, cache, req, image, seed, key, progress):
     cfg = with_settings(LEditsConfig(), req.settings)
     cfg.check()
-    inv_key = ("inversion", *key, req.source.strip(), cfg.num_inference_steps, cfg.skip_steps,
-               cfg.source_guidance_scale, seed)
-    inv, t = _reused(cache, inv_key,
-                     lambda: invert(model, image, req.source, cfg, seed, progress("inversion")))
-    result, t_edit = _timed(lambda: ledits(
-        model, inv, add=req.add, remove=req.remove, prompt=req.prompt, config=cfg, seed=seed,
-        mask="infer" if req.mask == "infer" else None, image=image, progress=progress("edit")))
+    inv_key = (
+        "inversion",
+        *key,
+        req.source.strip(),
+        cfg.num_inference_steps,
+        cfg.skip_steps,
+        cfg.source_guidance_scale,
+        seed,
+    )
+    inv, t = _reused(cache, inv_key, lambda: invert(model, image, req.source, cfg, seed, progress))
+    result, t_edit = _timed(
+        lambda: ledits(
+            model,
+            inv,
+            add=req.add,
+            remove=req.remove,
+            prompt=req.prompt,
+            config=cfg,
+            seed=seed,
+            mask="infer" if req.mask == "infer" else None,
+            image=image,
+            progress=progress,
+        )
+    )
     return result, [("inversion", t), ("edit", t_edit)], [inv] if t is not None else []

@@ -1,0 +1,5 @@
+"""`python -m retouch`: the `retouch` command."""
+
+from retouch.main import main
+
+main()

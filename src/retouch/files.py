@@ -1,0 +1,92 @@
+"""Output files: written atomically, never over an input, PNGs carrying their parameters.
+
+Every shell (the command line, the web app, the benchmark) and `Inversion.save` write through
+`write_atomic`: a temporary file beside the target, renamed over it, so a reader or a crash never
+sees half a file. A PNG carries the edit's parameters as JSON in its "retouch" text chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from retouch.errors import OutputError
+
+PNG_KEY = "retouch"  # the PNG text chunk holding an output's parameters, as JSON
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def check_output(out, inputs: Sequence[Path | str | None] = (), image: bool = True) -> Path:
+    """Refuse an output path that is one of the inputs, a folder or another non-regular file, in a
+    missing or unwritable folder, or (for images) of a format Pillow cannot write."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and _same_file(out, Path(src)):
+            raise OutputError(f"output {out} is the input file {src}: refusing to overwrite it")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a folder: give a file name")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"output {out} exists and is not a regular file: refusing to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {out}: folder {folder} is not writable")
+    if image:
+        image_format(out)
+    return out
+
+
+def image_format(path) -> str:
+    """Pillow's format name for the file's extension; OutputError if Pillow cannot write it."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise OutputError(f"cannot write {path}: unknown image format {Path(path).suffix!r} (use .png)")
+    return fmt
+
+
+def write_atomic(path, save: Callable[[Path], None]) -> None:
+    """save(tmp) into a temporary file beside `path`, then rename it over `path`: a reader (or a
+    crash) never sees a half-written file, and a failure leaves neither file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_image(img, path, params: dict | None = None) -> None:
+    """Write an image atomically; a PNG carries `params` as JSON in its "retouch" text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    fmt = image_format(path)
+    kwargs = {}
+    if fmt == "PNG" and params is not None:
+        info = PngInfo()
+        info.add_text(PNG_KEY, json.dumps(params, default=str))
+        kwargs["pnginfo"] = info
+    write_atomic(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+
+
+def read_params(path) -> dict:
+    """The parameters retouch wrote into a PNG's text chunk."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return json.loads(img.text[PNG_KEY])

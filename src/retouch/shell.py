@@ -1,0 +1,260 @@
+"""What every command-line shell of retouch shares: the root group's one-line errors, flags derived
+from config dataclasses, the model options, quiet loading, and progress bars.
+
+The library itself draws nothing and prints nothing; the shells (`retouch.cli`, `retouch.ui`,
+`retouch.bench`) build their commands from these pieces. Importing this module is light (click
+only): settings flags are built when the command that has them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from retouch.errors import InputError
+from retouch.settings import Setting, parse_numbers, settings_fields
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_INPUT = 2  # bad input or usage: one line on stderr
+
+
+def one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+# --- the root group ------------------------------------------------------------------------------
+
+
+class Group(click.Group):
+    """A group whose errors are one line (input errors and usage: exit 2), and whose `lazy`
+    subcommands (name → "module:attribute") are imported only when used."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            return _import_command(name, self.lazy[name])
+        return super().get_command(ctx, name)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"Error: {one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except InputError as e:
+            click.echo(f"Error: {one_line(e)}", err=True)
+            sys.exit(EXIT_INPUT)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _import_command(name: str, target: str) -> click.Command:
+    module, attr = target.split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        reason = f"{module}.{attr} cannot be loaded: {e}"
+
+        @click.command(
+            name, help=f"(unavailable: {reason})", context_settings={"ignore_unknown_options": True}
+        )
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args):
+            path = click.get_current_context().command_path
+            raise click.ClickException(f"{path} is unavailable: {reason}")
+
+        return unavailable
+
+
+# --- settings flags --------------------------------------------------------------------------------
+
+_NONE = object()  # "none" given explicitly, as opposed to a flag not given (None)
+
+
+class _PerConcept(click.ParamType):
+    """One number for every concept, or a comma list of one per concept ("7" or "7,5")."""
+
+    name = "NUMBER[,NUMBER...]"
+
+    def __init__(self, optional: bool):
+        self.optional = optional
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            value = parse_numbers(value, self.optional)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or a comma list of numbers", param, ctx)
+        return _NONE if value is None else value
+
+
+class _OptionalFloat(click.ParamType):
+    name = "FLOAT|none"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() == "none":
+            return _NONE
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
+
+
+def _click_type(s: Setting):
+    if s.kind == "per_concept":
+        return _PerConcept(s.optional)
+    if s.kind == "float" and s.optional:
+        return _OptionalFloat()
+    return {"int": click.INT, "float": click.FLOAT, "str": click.STRING}[s.kind]
+
+
+def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lambda name: True):
+    """click Options for the fields of the config classes ({label: class}); a field several
+    classes share is one flag whose help gives each class's default. Every option defaults to
+    None (not given): the library's own defaults apply unless a flag is given."""
+    merged: dict[str, tuple[Setting, dict[str, Any]]] = {}
+    for label, cls in configs.items():
+        for s in settings_fields(cls):
+            if keep(s.name):
+                merged.setdefault(s.name, (s, {}))[1][label] = s.default
+    options = []
+    for s, defaults in merged.values():
+        shown = {k: "none" if v is None else v for k, v in defaults.items()}
+        if len(configs) == 1 or len(set(map(str, shown.values()))) == 1:
+            default = str(next(iter(shown.values())))
+        else:
+            default = ", ".join(f"{v} for {k}" for k, v in shown.items())
+        only = "" if len(defaults) == len(configs) else f" ({', '.join(defaults)} only)"
+        help_text = f"{s.help}{only} [default: {default}]"
+        if s.kind == "bool":
+            decl = f"{s.flag}/--no-{s.flag[2:]}"
+            options.append(click.Option([decl, s.name], default=None, help=help_text))
+        else:
+            options.append(click.Option([s.flag, s.name], type=_click_type(s), default=None, help=help_text))
+    return options
+
+
+def given_settings(values: dict) -> dict:
+    """The settings flags that were given ({field: value}), 'none' mapped back to None."""
+    return {k: None if v is _NONE else v for k, v in values.items() if v is not None}
+
+
+class SettingsCommand(click.Command):
+    """A command whose settings flags are built on first use (from config classes that import
+    torch), so that listing the commands stays light."""
+
+    def __init__(self, *args, settings: Callable[[], list[click.Option]], **kwargs):
+        self._build_settings = settings
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._build_settings is not None:
+            build, self._build_settings = self._build_settings, None
+            self._params.extend(build())
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
+
+
+# --- the model, quietly ------------------------------------------------------------------------------
+
+
+def model_options(fn):
+    """--model, --device and --dtype."""
+    fn = click.option(
+        "--dtype", default=None, help="float32, float16 or bfloat16 [default: float16 on GPU, float32 on CPU]"
+    )(fn)
+    fn = click.option("--device", default=None, help="cpu, cuda, cuda:1... [default: cuda if available]")(fn)
+    fn = click.option(
+        "--model",
+        default=None,
+        metavar="FOLDER|HUB_ID",
+        help="A diffusers Stable Diffusion 1.x/2.x model [default: the shipped ShapesWorld model]",
+    )(fn)
+    return fn
+
+
+def quiet_libraries() -> None:
+    """No weight-loading bars or tokenizer warnings from diffusers/transformers: stderr carries
+    our progress bars and errors only."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+
+
+def load_model(model, device, dtype):
+    """(the loaded ModelBundle, seconds): the device checked first, the libraries quiet."""
+    import torch
+
+    from retouch.models import load
+
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise InputError(f"--device {device!r} is not a device: {e}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+    quiet_libraries()
+    t0 = time.perf_counter()
+    bundle = load(model, device=device, dtype=dtype)
+    return bundle, time.perf_counter() - t0
+
+
+# --- progress bars -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress_bars(enabled: bool = True):
+    """A library progress callback progress(stage, done, total) drawn as one tqdm bar per stage on
+    stderr (None when disabled); the bars close when the block ends."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars.values():
+            bar.close()
