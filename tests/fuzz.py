@@ -85,7 +85,12 @@ def build_corpus(folder) -> list[Case]:
     gray16 = (arr.astype(np.float64) @ [0.299, 0.587, 0.114] * 257).round().astype(np.uint16)
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     background = palette.getpixel((0, 0))  # the background's palette index: made transparent
+    gray_unit = (arr.astype(np.float64) @ [0.299, 0.587, 0.114] / 255).astype(np.float32)  # in [0, 1]
+    gray_nan = gray_unit.copy()
+    gray_nan[3, 3] = np.nan
     files = {
+        "float_unit.tif": _encoded(Image.fromarray(gray_unit, mode="F"), "TIFF"),
+        "float_nan.tif": _encoded(Image.fromarray(gray_nan, mode="F"), "TIFF"),
         "truncated.png": png[: len(png) // 2],
         "truncated.jpg": jpeg[: len(jpeg) // 2],
         "empty.png": b"",
@@ -101,6 +106,7 @@ def build_corpus(folder) -> list[Case]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     f = {name: folder / name for name in files}
+    (folder / "a_folder.png").mkdir(exist_ok=True)
     ledits = ("--method", "ledits", "--add", "red circle", "--remove", "purple circle")
     return [
         Case("truncated PNG", f["truncated.png"]),
@@ -125,6 +131,19 @@ def build_corpus(folder) -> list[Case]:
         Case("negative skip", f["good.png"], (*ledits, "--skip", "-1"), method="ledits"),
         Case("empty concept", f["good.png"], ("--method", "ledits", "--add", " "), method="ledits"),
         Case("empty query", f["good.png"], ("--query", "")),
+        Case("float TIFF in [0, 1]", f["float_unit.tif"], expect="edit", size=(64, 64)),
+        Case("float TIFF with NaN", f["float_nan.tif"]),
+        Case("a folder as the image", folder / "a_folder.png"),
+        Case("guidance scale 1e308", f["good.png"], ("--query", QUERY, "--guidance-scale", "1e308")),
+        Case("concept scale 1e308", f["good.png"], (*ledits, "--edit-scale", "1e308"), method="ledits"),
+        Case(
+            "target scale 1e308",
+            f["good.png"],
+            ("--method", "ledits", "--prompt", QUERY, "--target-guidance-scale", "1e308"),
+            method="ledits",
+        ),
+        Case("seed past 2^64", f["good.png"], ("--query", QUERY, "--seed", str(2**64))),
+        Case("device meta", f["good.png"], ("--query", QUERY, "--device", "meta")),
     ]
 
 

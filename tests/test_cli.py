@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -355,7 +356,7 @@ def test_corpus(corpus, tmp_path, model_args):
                 assert img.size == case.size and img.mode == "RGB", case.name
                 assert np.asarray(img).std() > 0, case.name
             outcomes[case.name] = "edit"
-    assert sum(v == "edit" for v in outcomes.values()) == 3
+    assert sum(v == "edit" for v in outcomes.values()) == 4
 
 
 def test_progress_goes_to_stderr(image, tmp_path, model_args):
@@ -436,3 +437,110 @@ def test_edit_draws_a_progress_bar_per_stage_and_no_progress_none(image, tmp_pat
     assert "encode" in shown.stderr and "decode" in shown.stderr and "it/s" in shown.stderr
     hidden = run("edit", image, "-o", tmp_path / "b.png", *texts, "--no-progress")
     assert hidden.exit_code == 0 and hidden.stderr == ""
+
+
+# --- hardening: outputs that are not regular files, tampered inversions, both-or-neither -------------
+
+
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(image, tmp_path, model_args):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    result = run("invert", image, "-o", fifo, *FAST["ledits"], *model_args, "-q")
+    assert "is not a regular file" in one_error_line(result)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    result = run("edit", image, "-o", "/dev/null", "--query", QUERY, *FAST["diffedit"], *model_args, "-q")
+    assert "not a regular file" in one_error_line(result) or "unknown image format" in one_error_line(result)
+
+
+def _tampered(path: Path, out: Path, change) -> Path:
+    """A copy of the inversion file at `path` with change(meta, tensors) applied."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["retouch_inversion"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    change(meta, tensors)
+    save_file(tensors, out, metadata={"retouch_inversion": json.dumps(meta)})
+    return out
+
+
+TAMPERED = {
+    "NaN in the z maps": (lambda m, t: t["zs"].view(-1).__setitem__(0, float("nan")), "NaN or infinite"),
+    "1e38 latents": (lambda m, t: t["trajectory"].mul_(1e38).mul_(10.0), "NaN or infinite"),
+    "an extra metadata key": (lambda m, t: m.update(extra=1), "metadata keys differ"),
+    "a missing metadata key": (lambda m, t: m.pop("seed"), "metadata keys differ"),
+    "timesteps as text": (lambda m, t: m.update(timesteps=[str(x) for x in m["timesteps"]]), "whole numbers"),
+    "fewer z maps than timesteps": (lambda m, t: t.update(zs=t["zs"][:-1].clone()), "z maps"),
+    "latents of another size": (
+        lambda m, t: t.update({k: v[..., :8, :8].clone() for k, v in t.items()}),
+        "latents are",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERED))
+def test_tampered_inversion_files_are_refused(name, image, tmp_path, model_args):
+    inv = tmp_path / "scene.safetensors"
+    assert run("invert", image, "-o", inv, *FAST["ledits"], *model_args, "-q").exit_code == 0
+    change, message = TAMPERED[name]
+    bad = _tampered(inv, tmp_path / "bad.safetensors", change)
+    out = tmp_path / "out.png"
+    result = run(
+        "edit",
+        image,
+        "-o",
+        out,
+        "--method",
+        "ledits",
+        "--inversion",
+        bad,
+        "--add",
+        "red circle",
+        *model_args,
+        "-q",
+    )
+    assert message in one_error_line(result)
+    assert not out.exists()
+
+
+def test_mask_writes_both_files_or_neither(image, tmp_path, model_args, monkeypatch):
+    import retouch.files
+
+    saver = retouch.files.image_saver
+
+    def overlay_fails(img, path, params=None):
+        save = saver(img, path, params)
+        if ".overlay" not in str(path):
+            return save
+
+        def failing(tmp):
+            save(tmp)
+            raise OSError(28, "No space left on device")
+
+        return failing
+
+    monkeypatch.setattr("retouch.cli.image_saver", overlay_fails)
+    out = tmp_path / "mask.png"
+    result = run(
+        "mask",
+        image,
+        "-o",
+        out,
+        "--query",
+        QUERY,
+        "--reference",
+        REFERENCE,
+        *FAST["diffedit"],
+        *model_args,
+        "-q",
+    )
+    assert "No space left on device" in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png"]
+
+
+def test_outputs_name_the_model_not_its_install_path(image, tmp_path, model_args):
+    out = tmp_path / "out.png"
+    assert edit(image, out, model_args).exit_code == 0
+    params = read_params(out)
+    assert "/" not in params["model"] and "/" not in params["settings"]["model"]

@@ -26,7 +26,7 @@ import click
 
 from retouch import __version__
 from retouch.errors import InputError
-from retouch.files import check_output, save_image
+from retouch.files import check_output, image_saver, save_image, write_all_atomic
 from retouch.shell import (
     CONTEXT,
     SettingsCommand,
@@ -363,8 +363,11 @@ def mask(
         "seed": kw.get("seed", 0),
         "retouch": __version__,
     }
-    save_image(m.image(), output, params)
-    save_image(m.overlay(img), overlay_path, params)
+    saves = {
+        output: image_saver(m.image(), output, params),
+        overlay_path: image_saver(m.overlay(img), overlay_path, params),
+    }
+    write_all_atomic(saves)  # both files or neither
     summary = {
         "output": str(output),
         "overlay": str(overlay_path),

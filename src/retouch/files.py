@@ -71,8 +71,25 @@ def write_atomic(path, save: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_image(img, path, params: dict | None = None) -> None:
-    """Write an image atomically; a PNG carries `params` as JSON in its "retouch" text chunk."""
+def write_all_atomic(saves: dict) -> None:
+    """Several files, all or none: each save(tmp) into a temporary file beside its path; only
+    when every one is written are they renamed into place. saves: {path: save(tmp)}."""
+    tmps = {Path(p): Path(p).with_name(f".{Path(p).name}.{os.getpid()}.tmp") for p in saves}
+    try:
+        for path, save in saves.items():
+            try:
+                save(tmps[Path(path)])
+            except OSError as e:
+                raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def image_saver(img, path, params: dict | None = None) -> Callable[[Path], None]:
+    """save(tmp) for an image at `path`: its format from the path, params in a PNG's text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
     fmt = image_format(path)
@@ -81,7 +98,12 @@ def save_image(img, path, params: dict | None = None) -> None:
         info = PngInfo()
         info.add_text(PNG_KEY, json.dumps(params, default=str))
         kwargs["pnginfo"] = info
-    write_atomic(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+    return lambda tmp: img.save(tmp, format=fmt, **kwargs)
+
+
+def save_image(img, path, params: dict | None = None) -> None:
+    """Write an image atomically; a PNG carries `params` as JSON in its "retouch" text chunk."""
+    write_atomic(path, image_saver(img, path, params))
 
 
 def read_params(path) -> dict:

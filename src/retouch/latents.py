@@ -33,6 +33,8 @@ def _check_size(w: int, h: int, name: str) -> None:
 
 def _open(path: Path) -> Image.Image:
     """The decoded image, its file closed whatever happens; the size checked from the header first."""
+    if path.is_dir():
+        raise ImageError(f"cannot read image {path}: it is a folder, not a file")
     if not path.is_file():
         raise ImageError(f"cannot read image {path}: no such file")
     if path.stat().st_size == 0:
@@ -69,10 +71,22 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     img = _drop_opaque_alpha(img, name)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit or float grayscale
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(_gray_to_8bit(np.asarray(img, dtype=np.float64), img.mode, name), mode="L")
     return img.convert("RGB")
+
+
+def _gray_to_8bit(arr: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """16-bit, 32-bit integer or float grayscale as uint8: integers over 0–65535 (0–255 when no
+    value is above it), floats over [0, 1] (as float images are kept) or, failing that, 0–255."""
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{name} has NaN or infinite pixel values")
+    if mode == "F" and arr.min() >= 0 and arr.max() <= 1:
+        top = 1.0
+    elif arr.min() < 0 or arr.max() > 65535 or (mode == "F" and arr.max() > 255):
+        raise ImageError(f"{name} has pixel values outside [0, 1], [0, 255] or [0, 65535]")
+    else:
+        top = 65535.0 if arr.max() > 255 else 255.0
+    return np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:

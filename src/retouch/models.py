@@ -81,11 +81,18 @@ def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBun
         tokenizer,
         unet,
         scheduler,
-        source,
+        model_name(source),
         dev,
         dt,
         fingerprint(vae, text_encoder, unet, scheduler),
     )
+
+
+def model_name(source: str) -> str:
+    """What outputs record of a model: a hub id as it is, a folder by its name (never the path
+    it is installed at, which would tell every reader of an output where the server keeps it)."""
+    path = Path(source).expanduser()
+    return path.resolve().name if path.exists() else source
 
 
 @contextmanager
@@ -110,26 +117,24 @@ def _quietly():
 
 
 def fingerprint(vae, text_encoder, unet, scheduler) -> str:
-    """A short hash of the configs and a few weights: the same model gives the same value
-    wherever it is installed, another model (almost surely) another one."""
+    """A short hash of the configs and of every weight (as float32, so the dtype a model is loaded
+    in does not change it): the same model gives the same value wherever it is installed; changing
+    any one weight (merging a LoRA) gives another."""
     import hashlib
     import json
 
-    h = hashlib.sha256()
+    h = hashlib.blake2b(digest_size=16)
     for cfg in (vae.config, unet.config, text_encoder.config.to_dict(), scheduler.config):
         h.update(
             json.dumps(
                 {k: v for k, v in dict(cfg).items() if not k.startswith("_")}, sort_keys=True, default=str
             ).encode()
         )
-    for p in (
-        unet.conv_in.weight,
-        unet.conv_out.weight,
-        vae.encoder.conv_in.weight,
-        text_encoder.get_input_embeddings().weight[:8],
-    ):
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    for module in (vae, unet, text_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
+    return h.hexdigest()
 
 
 def from_components(

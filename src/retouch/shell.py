@@ -227,6 +227,10 @@ def load_model(model, device, dtype):
             raise InputError(f"--device {device!r} is not a device: {e}") from e
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"--device {device}: CUDA is not available on this machine")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: MPS is not available on this machine")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise InputError(f"--device {device}: retouch runs on cpu, cuda or mps")
     quiet_libraries()
     t0 = time.perf_counter()
     bundle = load(model, device=device, dtype=dtype)

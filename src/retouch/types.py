@@ -183,9 +183,52 @@ class Inversion:
             raise InversionError(f"cannot read inversion {path}: no such file") from None
         except Exception as e:
             raise InversionError(f"cannot read inversion {path}: not a retouch inversion file") from e
+        _check_inversion_file(path, meta, tensors, cls._META)
         meta["timesteps"] = tuple(meta["timesteps"])
         dev = device if device is not None else (model.device if model is not None else "cpu")
         inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
         if model is not None and inv.fingerprint != model.fingerprint:
             raise InversionError(f"inversion {path} was made with another model ({inv.model_id})")
         return inv
+
+
+def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> None:
+    """An inversion file's metadata and tensors as `Inversion.save` writes them, or InversionError:
+    the same keys with the right types, one z map per timestep, finite values."""
+    import math
+
+    from retouch.errors import InversionError
+
+    def bad(why: str) -> InversionError:
+        return InversionError(f"inversion {path} is damaged or not retouch's: {why}")
+
+    if not isinstance(meta, dict) or set(meta) != set(keys):
+        extra, missing = sorted(set(meta) - set(keys)), sorted(set(keys) - set(meta))
+        raise bad(f"metadata keys differ (extra {extra}, missing {missing})")
+    ints = ("num_inference_steps", "skip", "height", "width", "seed", "unet_evals")
+    if any(isinstance(meta[k], bool) or not isinstance(meta[k], int) or meta[k] < 0 for k in ints):
+        raise bad(f"{', '.join(ints)} must be non-negative whole numbers")
+    if not all(isinstance(meta[k], str) for k in ("source", "fingerprint", "model_id", "image_hash")):
+        raise bad("source, fingerprint, model_id and image_hash must be text")
+    scale = meta["source_guidance_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise bad("source_guidance_scale must be a finite number")
+    ts = meta["timesteps"]
+    if (
+        not isinstance(ts, list)
+        or not ts
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in ts)
+    ):
+        raise bad("timesteps must be a list of whole numbers")
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise bad("timesteps must be descending")
+    x0, traj, zs = tensors["x0"], tensors["trajectory"], tensors["zs"]
+    if x0.dim() != 4 or x0.shape[0] != 1:
+        raise bad(f"x0 must be [1, C, h, w], got {list(x0.shape)}")
+    if tuple(traj.shape) != (len(ts) + 1, *x0.shape[1:]) or tuple(zs.shape) != (len(ts), *x0.shape[1:]):
+        raise bad(
+            f"{len(ts)} timesteps need {len(ts)} z maps and {len(ts) + 1} trajectory latents "
+            f"shaped like x0; got {list(zs.shape)} and {list(traj.shape)}"
+        )
+    if not all(bool(torch.isfinite(t).all()) for t in (x0, traj, zs)):
+        raise bad("it holds NaN or infinite values")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from retouch.errors import SettingError
 from retouch.latents import Pixels, encode, image_hash, load_image, to_pixels
 from retouch.types import ModelBundle
 
@@ -43,3 +44,11 @@ def stage(progress: Progress | None, name: str) -> Callable[[int, int], None] | 
     if not progress:
         return None
     return lambda done, total: progress(name, done, total)
+
+
+def check_finite(latents: torch.Tensor, scales: str) -> torch.Tensor:
+    """The sampler's result if every value is finite; else a SettingError naming the scales that
+    overflowed it (a black image must never pass for an edit)."""
+    if not torch.isfinite(latents).all():
+        raise SettingError(f"the edit overflowed (non-finite latents): lower {scales}")
+    return latents

@@ -19,7 +19,7 @@ from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, user_mask
-from retouch.methods.common import Prepared, Progress, generator, prepare, stage
+from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
 from retouch.settings import check_number, check_seed, setting, with_settings
@@ -225,7 +225,7 @@ def _decode(model, start, background, mask: Mask | None, query: str, cfg: DiffEd
     eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, cfg.guidance_scale)
     m = None if mask is None else mask.latent.to(start)
     z = ddim_sample(eps, schedule, start, ts, background, m, stage(progress, "decode"))
-    return z, counter.n
+    return check_finite(z, "guidance_scale"), counter.n
 
 
 def diffedit(

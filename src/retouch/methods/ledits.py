@@ -24,7 +24,7 @@ from retouch.guidance import Concept, SegaState, sega_eps
 from retouch.inversion import ddpm_invert
 from retouch.latents import decode, image_hash, load_image, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
-from retouch.methods.common import Progress, generator, prepare, stage
+from retouch.methods.common import Progress, check_finite, generator, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
 from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule
@@ -255,7 +255,9 @@ def _edit(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask:
         mask=m,
         progress=stage(progress, "edit"),
     )
-    return z, counter.n
+    return check_finite(
+        z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)"
+    ), counter.n
 
 
 def ledits(
@@ -339,6 +341,13 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
     if inv.fingerprint != model.fingerprint:
         raise SettingError(f"inversion was made with another model ({inv.model_id})")
+    m, f = model.size_multiple, model.vae_scale_factor
+    latent = (model.latent_channels, -(-inv.height // m) * m // f, -(-inv.width // m) * m // f)
+    if tuple(inv.x0.shape[1:]) != latent:
+        raise SettingError(
+            f"inversion latents are {list(inv.x0.shape[1:])}; a {inv.width}x{inv.height} "
+            f"image on this model has {list(latent)}"
+        )
     if (inv.num_inference_steps, inv.skip) != (cfg.num_inference_steps, cfg.skip_steps):
         raise SettingError(
             f"inversion has num_inference_steps={inv.num_inference_steps}, skip={inv.skip}; the edit "
