@@ -153,7 +153,7 @@ def test_bad_input_gives_a_message_not_a_crash(ui_model, image, case):
 def test_corpus_through_the_app(ui_model, tmp_path):
     """The bad-input corpus's image files, as uploads: a message each, or an edit."""
     for case in build_corpus(tmp_path):
-        if case.image.name == "good.png":
+        if case.image.name == "good.png" or case.image.is_dir():  # a folder cannot be uploaded
             continue
         path = _uploaded_copy(case.image)
         try:

@@ -112,3 +112,25 @@ def read_params(path) -> dict:
 
     with Image.open(path) as img:
         return json.loads(img.text[PNG_KEY])
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON Lines file written by `append_jsonl`, repairing an interrupted writer's
+    work: a last line cut short (no newline at its end) is cut off the file, so that the next row
+    appended starts on a line of its own. A missing file has no rows."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(whole))
+    return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+
+
+def append_jsonl(f, row: dict) -> None:
+    """Append one row to an open JSON Lines file as one whole line, on disk before returning."""
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())

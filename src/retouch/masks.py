@@ -65,8 +65,9 @@ def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor:
     its pixels is."""
     if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
         try:
-            mask = Image.open(mask)
-            mask.load()
+            with Image.open(mask) as img:
+                img.load()
+                mask = img.copy()
         except Exception as e:
             raise ImageError(f"cannot read mask {mask}: {e}") from e
     if isinstance(mask, Image.Image):

@@ -38,6 +38,7 @@ from retouch.bench.methods import (
     run_method,
 )
 from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
+from retouch.files import append_jsonl, read_jsonl
 from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED
 from retouch.shell import CONTEXT, SettingsCommand, given_settings, quiet_libraries, setting_options
 
@@ -68,16 +69,8 @@ def row_key(case_id: str, method: str, point: dict | None) -> tuple[str, str, st
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a cases.jsonl; a line cut short by an interrupted run is dropped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The rows of a cases.jsonl; a line cut short by an interrupted run is cut off (files.read_jsonl)."""
+    return read_jsonl(path)
 
 
 def evaluate(
@@ -156,8 +149,9 @@ def warm_up(ctx: Context, methods: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class Loader:
-    """What a worker process loads to run its share of the jobs: the parent's model (checked by
-    fingerprint), device, dtype and judge, and its torch CPU threads."""
+    """What a worker loads once to run its share of the jobs: the parent's model (checked by
+    fingerprint), device, dtype and judge, with its torch CPU threads. Called, it returns the
+    worker's (Context, judge)."""
 
     model: str | None
     fingerprint: str
@@ -165,6 +159,22 @@ class Loader:
     dtype: str | None = None
     judge: str | None = None
     threads: int = 1
+
+    def __call__(self):
+        import torch
+
+        from retouch.shell import load_model
+
+        torch.set_num_threads(self.threads)
+        bundle = load_model(self.model, self.device, self.dtype)[0]
+        if bundle.fingerprint != self.fingerprint:
+            raise RuntimeError(f"worker loaded another model ({bundle.fingerprint} != {self.fingerprint})")
+        judge = None
+        if self.judge is not None:
+            from retouch.shapes.judge import load_judge
+
+            judge = load_judge(Path(self.judge))
+        return Context(bundle), judge
 
 
 def _todo(cases, methods, settings, sweep, path: Path) -> list[tuple[Case, Method, dict | None]]:
@@ -203,75 +213,47 @@ def _run_jobs(ctx: Context, jobs, settings: Settings, judge, out_dir: Path, emit
         calls.unwrap()
 
 
-def _worker(loader: Loader, jobs: list, settings: Settings, out_dir: str, conn) -> None:
-    """A worker process: load, run its jobs, send ("row", row) for each, then ("done", None), or
-    ("error", message) and stop."""
+@dataclass(frozen=True)
+class _CaseJobs:
+    """One worker task: every job of one case (preparations are shared within a case)."""
+
+    jobs: tuple  # ((case, method name, sweep point), ...)
+    settings: Settings
+    out_dir: str
+
+
+def _run_case(state, task: _CaseJobs) -> list[dict]:
+    """A worker's run of one case's jobs: their rows."""
+    ctx, judge = state
+    rows: list[dict] = []
+    jobs = [(case, METHODS[name], point) for case, name, point in task.jobs]
+    _run_jobs(ctx, jobs, task.settings, judge, Path(task.out_dir), rows.append)
+    return rows
+
+
+def _run_parallel(
+    loader: Loader,
+    todo,
+    settings: Settings,
+    out_dir: Path,
+    workers: int,
+    emit,
+    ray_address: str | None = None,
+) -> None:
+    """The jobs case by case on retouch.pool's workers (local processes, one model each, or Ray
+    actors), each row emitted as its case finishes. A worker's error stops the run."""
+    from retouch.pool import map_unordered
+
+    by_case: dict[str, list] = {}
+    for case, m, p in todo:
+        by_case.setdefault(case.id, []).append((case, m.name, p))
+    tasks = [_CaseJobs(tuple(jobs), settings, str(out_dir)) for jobs in by_case.values()]
     try:
-        import torch
-
-        import retouch
-
-        torch.set_num_threads(loader.threads)
-        quiet_libraries()
-        bundle = retouch.load(loader.model, device=loader.device, dtype=loader.dtype)
-        if bundle.fingerprint != loader.fingerprint:
-            raise RuntimeError(f"worker loaded another model ({bundle.fingerprint} != {loader.fingerprint})")
-        judge = None
-        if loader.judge is not None:
-            from retouch.shapes.judge import load_judge
-
-            judge = load_judge(Path(loader.judge))
-        todo = [(case, METHODS[name], point) for case, name, point in jobs]
-        _run_jobs(Context(bundle), todo, settings, judge, Path(out_dir), lambda row: conn.send(("row", row)))
-        conn.send(("done", None))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the run
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        conn.close()
-
-
-def _run_parallel(loader: Loader, todo, settings: Settings, out_dir: Path, workers: int, emit) -> None:
-    """Share the jobs case by case among worker processes (spawned: one model each), and emit
-    their rows as they arrive, each worker on its own pipe. A worker's error or death stops the run."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    order = {cid: i for i, cid in enumerate(dict.fromkeys(case.id for case, _, _ in todo))}
-    shards = [
-        [(case, m.name, p) for case, m, p in todo if order[case.id] % workers == w] for w in range(workers)
-    ]
-    spawn = mp.get_context("spawn")
-    running = {}  # the parent's end of each worker's pipe → the worker
-    try:
-        for shard in filter(None, shards):
-            reader, writer = spawn.Pipe(duplex=False)
-            proc = spawn.Process(
-                target=_worker, args=(loader, shard, settings, str(out_dir), writer), daemon=True
-            )
-            proc.start()
-            writer.close()  # the worker holds it: its exit shows here as end of file
-            running[reader] = proc
-        while running:
-            for reader in wait(list(running)):
-                try:
-                    kind, value = reader.recv()
-                except EOFError:
-                    proc = running[reader]
-                    proc.join()
-                    raise RuntimeError(f"a bench worker died (exit code {proc.exitcode})") from None
-                if kind == "row":
-                    emit(value)
-                elif kind == "done":
-                    running.pop(reader).join()
-                    reader.close()
-                else:
-                    raise RuntimeError(f"a bench worker failed: {value}")
-    finally:
-        for reader, proc in running.items():
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-            reader.close()
+        for rows in map_unordered(_run_case, tasks, loader, workers, ray_address):
+            for row in rows:
+                emit(row)
+    except Exception as e:
+        raise RuntimeError(f"a bench worker failed: {type(e).__name__}: {e}") from e
 
 
 def run_bench(
@@ -285,10 +267,12 @@ def run_bench(
     progress: bool = True,
     workers: int = 1,
     loader: Loader | None = None,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """Run every (case, method, sweep point) not yet in out_dir/cases.jsonl, appending a row for
     each as it finishes (and its images, at the default settings). Returns all rows of the file.
-    workers > 1: that many processes, each loading `loader`'s model, share the cases."""
+    workers > 1 or a Ray address: retouch.pool's workers, each loading `loader`'s model, share
+    the cases."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,14 +284,13 @@ def run_bench(
     ):
 
         def emit(row: dict) -> None:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+            append_jsonl(f, row)
             bar.update(1)
 
-        if workers > 1 and len({case.id for case, _, _ in todo}) > 1:
+        if todo and (ray_address or (workers > 1 and len({case.id for case, _, _ in todo}) > 1)):
             if loader is None:
-                raise ValueError("workers > 1 needs a Loader")
-            _run_parallel(loader, todo, settings, out_dir, workers, emit)
+                raise ValueError("workers > 1 or Ray needs a Loader")
+            _run_parallel(loader, todo, settings, out_dir, workers, emit, ray_address)
         elif todo:
             _run_jobs(
                 ctx, todo, settings, judge, out_dir, emit, lambda s: bar.set_postfix_str(s, refresh=False)
@@ -519,6 +502,13 @@ def _load_judge(judge: str | None):
     show_default=True,
     help="Processes sharing the cases, one model each (on a CPU: one per core).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS|local",
+    help="Share the cases among Ray actors (`local`: start Ray on this machine) instead of --workers.",
+)
 @click.option("--grid-cases", type=click.IntRange(0), default=4, show_default=True, help="Cases per grid.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def edits_command(
@@ -538,6 +528,7 @@ def edits_command(
     dtype,
     threads,
     workers,
+    ray_address,
     grid_cases,
     no_progress,
     **settings,
@@ -577,6 +568,7 @@ def edits_command(
         sweep_values,
         progress=not no_progress,
         workers=workers,
+        ray_address=ray_address,
         loader=Loader(
             model=model,
             fingerprint=bundle.fingerprint,
