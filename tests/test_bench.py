@@ -293,3 +293,18 @@ def test_a_failing_worker_stops_the_run_with_its_error(tiny_folder, tmp_path):
     with pytest.raises(RuntimeError, match="worker failed: RuntimeError: worker loaded another model"):
         run_bench(None, cases, ["autoencoder"], Settings(), tmp_path, workers=2, loader=loader)
     assert (tmp_path / "cases.jsonl").read_text() == ""
+
+
+def test_bench_model_measures_every_figure_including_bare_concepts():
+    from click.testing import CliRunner
+
+    from retouch.main import main
+
+    result = CliRunner().invoke(
+        main, ["bench", "model", "--recon", "8", "--t2i", "4", "--inversions", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["autoencoder_psnr_db"] > 25 and report["ddim_round_trip_psnr_db"] > 15
+    assert 0 <= report["t2i_faithful"] <= 1 and 0 <= report["concept_contains"] <= 1
+    assert set(report["t2i_faithful_by_objects"]) <= {"1", "2", "3"}

@@ -544,3 +544,58 @@ def test_outputs_name_the_model_not_its_install_path(image, tmp_path, model_args
     assert edit(image, out, model_args).exit_code == 0
     params = read_params(out)
     assert "/" not in params["model"] and "/" not in params["settings"]["model"]
+
+
+def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
+    """--init keeps the model's weights and maps its token rows onto the new vocabulary by string."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
+
+    from retouch.models import SHIPPED
+
+    (tmp_path / "vae" / "ckpt").mkdir(parents=True)
+    shutil.copy(
+        SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
+    )
+    args = [
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--dataset-size",
+        "16",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--warmup",
+        "1",
+        "--lr",
+        "1e-12",
+    ]
+    result = run("train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "vae", "--init", SHIPPED, *args)
+    assert result.exit_code == 0, result.output
+    assert "initialised from" in (tmp_path / "unet" / "train.log").read_text()
+    result = run(
+        "train",
+        "export",
+        tmp_path / "model",
+        "--vae-work",
+        tmp_path / "vae",
+        "--unet-work",
+        tmp_path / "unet",
+    )
+    assert result.exit_code == 0, result.output
+    old_tok, new_tok = (CLIPTokenizer.from_pretrained(p / "tokenizer") for p in (SHIPPED, tmp_path / "model"))
+    old, new = (load_file(p / "text_encoder" / "model.safetensors") for p in (SHIPPED, tmp_path / "model"))
+    key = next(k for k in new if k.endswith("token_embedding.weight"))
+    for word in ("red</w>", "circle</w>", "background</w>"):  # same rows, whatever their new ids
+        assert torch.allclose(
+            new[key][new_tok.get_vocab()[word]], old[key][old_tok.get_vocab()[word]], atol=1e-6
+        )
+    assert "an</w>" in new_tok.get_vocab()
+    torch.set_num_threads(1)

@@ -36,7 +36,8 @@ def test_masks_agree_with_caption_and_pixels():
         img, m = world.render(s), world.masks(s)
         cap = world.caption(s)
         assert cap.endswith(f"on a {s.background} background")
-        assert cap.count(" a ") + cap.startswith("a ") == len(s.objects) + 1
+        words = cap.split()
+        assert words.count("a") + words.count("an") == len(s.objects) + 1  # an article per object + "on a"
         for o, mask in zip(s.objects, m):
             assert o.phrase in cap
             assert mask.sum() > 20
@@ -76,3 +77,58 @@ def test_edits_give_ground_truth_target_and_region(kind):
 def test_unknown_edit_kind_is_refused():
     with pytest.raises(ValueError, match="unknown edit kind"):
         world.sample_edit(0, "explode")
+
+
+def test_no_two_objects_touch_whatever_their_shapes():
+    """Squares' corners and diamonds' tips count: objects keep a gap of background between them."""
+    from retouch.shapes.world import masks, object_coverage, sample_scene
+
+    for seed in range(400):
+        scene = sample_scene(seed, n_objects=3)
+        cover = [object_coverage(o) > 0 for o in scene.objects]  # any ink at all
+        grown = [
+            np.pad(c, 1)[:-2, 1:-1]
+            | np.pad(c, 1)[2:, 1:-1]
+            | np.pad(c, 1)[1:-1, :-2]
+            | np.pad(c, 1)[1:-1, 2:]
+            | c
+            for c in cover
+        ]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert not (grown[i] & cover[j]).any(), (seed, scene.objects[i], scene.objects[j])
+        assert masks(scene).shape[0] == 3
+
+
+def test_captions_say_an_before_a_vowel_and_parse_back():
+    from retouch.shapes.grammar import parse_caption
+    from retouch.shapes.world import Obj, Scene, caption
+
+    scene = Scene("white", (Obj("circle", "orange", 15, 20, 8), Obj("square", "red", 45, 40, 8)))
+    assert caption(scene) == "an orange circle and a red square on a white background"
+    assert parse_caption(caption(scene)) == ("white", [("orange", "circle"), ("red", "square")])
+    assert parse_caption("orange circle on gray background") == ("gray", [("orange", "circle")])
+
+
+def test_training_captions_mix_whole_partial_and_bare_and_name_only_what_is_there():
+    from collections import Counter
+
+    from retouch.shapes.grammar import parse_caption
+    from retouch.shapes.world import caption, sample_scene, training_caption
+
+    rng = np.random.default_rng(0)
+    kinds = Counter()
+    for seed in range(600):
+        scene = sample_scene(seed, n_objects=3)
+        text = training_caption(scene, rng)
+        bg, objs = parse_caption(text)
+        have = Counter((o.color, o.shape) for o in scene.objects)
+        assert not Counter(objs) - have, (text, scene)  # never an object the image lacks
+        assert bg in (None, scene.background)
+        if text == caption(scene):
+            kinds["whole"] += 1
+        elif len(objs) <= 1 and (bg is None or not objs) and not text.startswith(("a ", "an ")):
+            kinds["bare"] += 1
+        else:
+            kinds["partial"] += 1
+    assert kinds["whole"] > 150 and kinds["partial"] > 150 and kinds["bare"] > 60, kinds

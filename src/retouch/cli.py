@@ -494,15 +494,18 @@ def train_vae_command(work, init, threads, **settings):
 @train.command("unet", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
+@click.option("--init", type=_folder, help="Fine-tune from this trained model folder (diffusers format).")
 @_threads
-def train_unet_command(work, vae_work, threads, **settings):
+def train_unet_command(work, vae_work, init, threads, **settings):
     """Stage 2: UNet and text encoder on the trained autoencoder's latents, in WORK."""
     from retouch.train import train_unet
 
     _ckpt(vae_work, "vae.safetensors", "autoencoder")
+    if init is not None and not (init / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+        raise InputError(f"--init {init} is not a diffusers model folder with a UNet")
     cfg = _train_config(settings)
     _train_logging(threads)
-    train_unet(work, vae_work, cfg)
+    train_unet(work, vae_work, cfg, init=init)
 
 
 @train.command("export", context_settings=CONTEXT)

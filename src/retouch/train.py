@@ -47,6 +47,7 @@ class TrainConfig:
     ema_decay: float = setting(0.999, "unet: EMA of the weights (the exported ones)")
     min_snr_gamma: float = setting(5.0, "unet: Min-SNR loss weighting γ (Hang et al. 2023)")
     dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached")
+    three_object_share: float = setting(0.4, "unet: share of three-object scenes (binding is hardest there)")
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -189,25 +190,35 @@ def measure_scaling_factor(vae, n: int = 512) -> float:
     return float(1.0 / z.std())
 
 
+def _scene_of(seed: int, cfg: TrainConfig) -> world.Scene:
+    """The training scene of a seed: 1, 2 or 3 objects, three with `three_object_share`."""
+    rng = np.random.default_rng([int(seed), 0x0B7])
+    rest = (1 - cfg.three_object_share) / 2
+    n = int(rng.choice([1, 2, 3], p=[rest, rest, cfg.three_object_share]))
+    return world.sample_scene(int(seed), n_objects=n)
+
+
 @torch.no_grad()
-def _latent_dataset(work: Path, vae, tokenizer, cfg: TrainConfig):
-    """Latent means (scaled) and token ids of `dataset_size` training scenes, cached on disk."""
+def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = None):
+    """Latent means (scaled) and scene seeds of `dataset_size` training scenes, cached on disk.
+
+    `scale`: the latent scaling factor to keep (a fine-tuned model keeps its own); else measured."""
     path = work / f"latents_{cfg.dataset_size}.safetensors"
     if path.exists():
         d = load_file(path)
-        return d["latents"], d["ids"], float(d["scale"])
-    scale = measure_scaling_factor(vae)
-    lats, ids = [], []
+        return d["latents"], d["seeds"], float(d["scale"])
+    scale = measure_scaling_factor(vae) if scale is None else scale
     seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
+    lats = []
     for i in range(0, cfg.dataset_size, 256):
-        x, caps = render_batch(seeds[i : i + 256])
-        lats.append(vae.encode(x).latent_dist.mean * scale)  # [B, 4, 16, 16]
-        ids.append(_tokenize(tokenizer, caps))
+        scenes = [_scene_of(s, cfg) for s in seeds[i : i + 256]]
+        x = torch.from_numpy(np.stack([world.render(s) for s in scenes])).permute(0, 3, 1, 2)
+        lats.append(vae.encode(x.float() / 127.5 - 1).latent_dist.mean * scale)  # [B, 4, 16, 16]
         if i % 10240 == 0:
             log.info("encoding dataset %d/%d", i, cfg.dataset_size)
-    d = {"latents": torch.cat(lats), "ids": torch.cat(ids), "scale": torch.tensor(scale)}
+    d = {"latents": torch.cat(lats), "seeds": torch.from_numpy(seeds), "scale": torch.tensor(scale)}
     save_file({k: v.contiguous() for k, v in d.items()}, path)
-    return d["latents"], d["ids"], scale
+    return d["latents"], d["seeds"], scale
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -220,9 +231,31 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def _init_from(parts: dict, folder: Path) -> None:
+    """Start from a trained model folder: its UNet, and its text encoder with token rows mapped by
+    token string onto the new tokenizer (a word new to the grammar starts from the article's row)."""
+    from transformers import CLIPTokenizer
+
+    parts["unet"].load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    state = load_file(folder / "text_encoder" / "model.safetensors")
+    key = next(k for k in state if k.endswith("token_embedding.weight"))
+    old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
+    new_vocab = parts["tokenizer"].get_vocab()
+    old_rows = state[key]  # [V_old, D]
+    rows = old_rows[old_vocab["a</w>"]].repeat(len(new_vocab), 1)  # [V_new, D]
+    for token, i in new_vocab.items():
+        if token in old_vocab:
+            rows[i] = old_rows[old_vocab[token]]
+    state[key] = rows
+    parts["text_encoder"].load_state_dict(state)
+
+
 @_logged
-def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
-    """Stage 2: UNet and text encoder together, epsilon loss, caption dropout, EMA, Min-SNR."""
+def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
+    """Stage 2: UNet and text encoder together, epsilon loss, caption dropout, EMA, Min-SNR.
+
+    Captions are drawn afresh each step (`world.training_caption`): whole, partial or bare concepts.
+    `init`: a trained model folder to fine-tune from instead of starting afresh."""
     from diffusers import DDPMScheduler
 
     from retouch.architecture import SD1_SCHEDULER, build_components
@@ -232,7 +265,13 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
-    latents, ids, scale = _latent_dataset(work, vae, tok, cfg)
+    scale = None
+    if init is not None:
+        _init_from(parts, init)
+        scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
+        log.info("initialised from %s, scaling factor %s", init, scale)
+    latents, seeds, scale = _latent_dataset(work, vae, cfg, scale)
+    scenes = [_scene_of(s, cfg) for s in seeds.tolist()]
     log.info("dataset %s scaling factor %.4f", tuple(latents.shape), scale)
     empty_ids = _tokenize(tok, [""])[0]
     sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER.items() if k != "set_alpha_to_one"})
@@ -247,7 +286,8 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig) -> None:
     def step_fn(step, gen):
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
         x0 = latents[idx]  # [B, 4, h, w]
-        tok_ids = ids[idx].clone()
+        rng = np.random.default_rng([cfg.seed, step])
+        tok_ids = _tokenize(tok, [world.training_caption(scenes[i], rng) for i in idx.tolist()])
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
         tok_ids[drop] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)

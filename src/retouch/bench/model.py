@@ -67,6 +67,14 @@ def text_to_image(
     model, n: int = 200, steps: int = 50, guidance: float = 5.0, seed: int = HELD_OUT_SEED, batch: int = 50
 ):
     """Generate from n held-out captions with diffusers' StableDiffusionPipeline (DDIM)."""
+    pipe = _pipeline(model)
+    scenes = [world.sample_scene(seed + 100_000 + i) for i in range(n)]
+    captions = [world.caption(s) for s in scenes]
+    return captions, generate(pipe, model, captions, steps, guidance, seed, batch)
+
+
+def _pipeline(model):
+    """diffusers' StableDiffusionPipeline over the bundle's parts (DDIM), quiet."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -80,8 +88,12 @@ def text_to_image(
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    scenes = [world.sample_scene(seed + 100_000 + i) for i in range(n)]
-    captions = [world.caption(s) for s in scenes]
+    return pipe
+
+
+def generate(pipe, model, captions: list[str], steps: int, guidance: float, seed: int, batch: int):
+    """Images (uint8 (H, W, 3)) generated from the captions, image i with seed + i."""
+    n = len(captions)
     images = []
     for i in range(0, n, batch):
         gens = [
@@ -98,7 +110,25 @@ def text_to_image(
             width=model.native_size,
         )
         images.extend((out.images * 255).round().astype(np.uint8))
-    return captions, images
+    return images
+
+
+@torch.no_grad()
+def concept_draws(
+    model, judge, n: int = 200, steps: int = 50, guidance: float = 5.0, seed: int = HELD_OUT_SEED + 200_000
+) -> dict:
+    """Images generated from a bare concept ("red circle": no article, no background), n held-out
+    draws: the share that holds that object (the judge finds an object of that colour and shape)."""
+    from retouch.shapes.judge import read_images
+
+    scenes = [world.sample_scene(seed + i) for i in range(n)]
+    concepts = [s.objects[0].phrase for s in scenes]
+    images = generate(_pipeline(model), model, concepts, steps, guidance, seed, 50)
+    hits = [
+        (s.objects[0].color, s.objects[0].shape) in objs
+        for s, (_, objs) in zip(scenes, read_images(judge, images))
+    ]
+    return {"concept_contains": float(np.mean(hits)), "concept_samples": list(zip(concepts, images))[:24]}
 
 
 def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n_inv: int = 64) -> dict:
@@ -119,6 +149,7 @@ def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n
     for cap, good in zip(captions, ok):
         by_n.setdefault(len(parse_caption(cap)[1]), []).append(good)
     report["t2i_faithful_by_objects"] = {k: float(np.mean(v)) for k, v in sorted(by_n.items())}
+    report.update(concept_draws(model, judge, n_t2i))
     to_input, to_vae = ddim_round_trip_psnr(model, n_inv)
     report["ddim_round_trip_psnr_db"] = to_input
     report["ddim_round_trip_vs_autoencoder_psnr_db"] = to_vae
@@ -162,6 +193,7 @@ def model_command(model_path, recon, t2i, inversions, grid, as_json):
     if grid:
         sample_grid(report["samples"], grid)
     report.pop("samples")
+    report.pop("concept_samples")
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -171,6 +203,9 @@ def model_command(model_path, recon, t2i, inversions, grid, as_json):
     click.echo(
         f"text-to-image faithful ({t2i} captions, 50 DDIM, w=5): {report['t2i_faithful']:.1%}  "
         f"by object count {report['t2i_faithful_by_objects']}"
+    )
+    click.echo(
+        f"bare concepts ({t2i} draws, 'red circle', no background): {report['concept_contains']:.1%} hold it"
     )
     click.echo(
         f"DDIM inversion round trip ({inversions} images, 50 steps): "

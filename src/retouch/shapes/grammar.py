@@ -11,7 +11,7 @@ import re
 
 from retouch.shapes.world import BACKGROUNDS, COLORS, SHAPES
 
-_BACKGROUND = re.compile(r"^(?:(?P<objects>.+?)\s+on\s+)?(?:a\s+)?(?P<bg>\S+)\s+background$")
+_BACKGROUND = re.compile(r"^(?:(?P<objects>.+?)\s+on\s+)?(?:an?\s+)?(?P<bg>\S+)\s+background$")
 _SEPARATOR = re.compile(r"\s*,\s*|\s+and\s+")
 
 
@@ -22,7 +22,7 @@ def _normalise(text: str) -> str:
 def _parse_object(phrase: str, text: str) -> tuple[str, str]:
     """'a red circle' or 'red circle' -> ('red', 'circle')."""
     words = phrase.split()
-    if words[:1] == ["a"]:
+    if words[:1] in (["a"], ["an"]):
         words = words[1:]
     if len(words) != 2:
         raise ValueError(f"cannot parse {text!r}: expected 'a <colour> <shape>', got {phrase!r}")

@@ -32,6 +32,9 @@ SUPERSAMPLE = 4
 MIN_RADIUS, MAX_RADIUS = 7.0, 13.0
 EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "remove", "add", "background")
 HELD_OUT_SEED = 10_000_000  # scenes used for any evaluation start here; training stays below
+# How far each shape reaches from its centre, as a multiple of its radius: a square's corner lies
+# at 0.82·√2 r, a diamond's tip at 1.08 r. Spacing uses this, so no two objects ever touch.
+EXTENT: dict[str, float] = {"circle": 1.0, "square": 0.82 * 2**0.5, "triangle": 1.0, "diamond": 1.08}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Obj:
     def phrase(self) -> str:
         return f"{self.color} {self.shape}"
 
+    @property
+    def extent(self) -> float:
+        """The radius of the smallest centred circle that holds the shape, in pixels."""
+        return self.r * EXTENT[self.shape]
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -63,23 +71,25 @@ class Scene:
 
 
 def _fits(obj: Obj, others: tuple[Obj, ...] | list[Obj], gap: float = 3.0) -> bool:
-    margin = 1.0
-    if not (margin + obj.r <= obj.x <= SIZE - margin - obj.r):
+    margin, e = 1.0, obj.extent
+    if not (margin + e <= obj.x <= SIZE - margin - e):
         return False
-    if not (margin + obj.r <= obj.y <= SIZE - margin - obj.r):
+    if not (margin + e <= obj.y <= SIZE - margin - e):
         return False
-    return all(np.hypot(obj.x - o.x, obj.y - o.y) >= obj.r + o.r + gap for o in others)
+    return all(np.hypot(obj.x - o.x, obj.y - o.y) >= e + o.extent + gap for o in others)
 
 
 def sample_object(rng: np.random.Generator, others=(), tries: int = 200, **fixed) -> Obj | None:
     """A random object that does not overlap `others`; keyword arguments fix its fields."""
     for _ in range(tries):
         r = fixed.get("r", rng.uniform(MIN_RADIUS, MAX_RADIUS))
+        shape = fixed.get("shape", SHAPES[rng.integers(len(SHAPES))])
+        e = r * EXTENT[shape]
         obj = Obj(
-            shape=fixed.get("shape", SHAPES[rng.integers(len(SHAPES))]),
+            shape=shape,
             color=fixed.get("color", list(COLORS)[rng.integers(len(COLORS))]),
-            x=float(rng.uniform(r + 1, SIZE - 1 - r)),
-            y=float(rng.uniform(r + 1, SIZE - 1 - r)),
+            x=float(rng.uniform(e + 1, SIZE - 1 - e)),
+            y=float(rng.uniform(e + 1, SIZE - 1 - e)),
             r=float(r),
         )
         if _fits(obj, others):
@@ -149,17 +159,48 @@ def _object_list(phrases: list[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+def article(phrase: str) -> str:
+    """'a red circle', 'an orange square'."""
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
 def caption(scene: Scene) -> str:
-    """'a red circle and a blue square on a white background' (objects left to right)."""
-    phrases = [f"a {o.phrase}" for o in scene.objects]
+    """'a red circle and an orange square on a white background' (objects left to right)."""
+    phrases = [article(o.phrase) for o in scene.objects]
     if not phrases:
-        return f"a {scene.background} background"
-    return f"{_object_list(phrases)} on a {scene.background} background"
+        return article(f"{scene.background} background")
+    return f"{_object_list(phrases)} on {article(scene.background)} background"
+
+
+def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption as web captions are: whole, partial (some objects, any order), or a bare concept.
+
+    40 %: the whole caption. 40 %: a random subset of the objects in random order, each phrase with
+    or without its article, with or without the background phrase. 20 %: one bare concept
+    ("red circle", or "white background" for one in six). Partial captions never name what the
+    image does not hold, so a concept's noise prediction points at that concept.
+    """
+    u = rng.random()
+    if u < 0.4 or not scene.objects:
+        return caption(scene)
+    bg = f"{scene.background} background"
+    if u >= 0.8:
+        if rng.random() < 1 / 6:
+            return bg
+        return scene.objects[rng.integers(len(scene.objects))].phrase
+    k = int(rng.integers(1, len(scene.objects) + 1))
+    chosen = [scene.objects[i] for i in rng.permutation(len(scene.objects))[:k]]
+    with_article = rng.random() < 0.5
+    phrases = [article(o.phrase) if with_article else o.phrase for o in chosen]
+    text = _object_list(phrases)
+    if rng.random() < 0.5:
+        text += " on " + (article(bg) if with_article else bg)
+    return text
 
 
 def vocabulary() -> list[str]:
     """Every word the caption grammar (and the edit concepts) can produce."""
-    words = ["a", "and", "on", "background", ",", *SHAPES, *COLORS, *BACKGROUNDS]
+    words = ["a", "and", "on", "background", ",", *SHAPES, *COLORS, *BACKGROUNDS, "an"]
     return list(dict.fromkeys(words))
 
 
