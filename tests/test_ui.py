@@ -281,3 +281,15 @@ def _check_upload_limit(url: str) -> None:
     too_big = b"\0" * (11 * 1024 * 1024)
     r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", too_big, "image/png")}, timeout=30)
     assert r.status_code == 413, r.status_code
+
+
+def test_form_values_of_the_wrong_type_give_a_message_not_a_traceback(ui_model):
+    for seed, texts, message in [
+        ("abc", None, "Seed must be a whole number"),
+        (1.5, None, "Seed must be a whole number"),
+        (0, {"query": 5, "reference": CAPTION}, "Query must be text"),
+        (0, {"query": QUERY, "reference": ["a"]}, "Reference must be text"),
+    ]:
+        with pytest.warns(UserWarning):
+            out = edit(ui_model, None, scene(), "diffedit", texts, seed)
+        assert out["status"].startswith(f"Error: {message}"), out["status"]

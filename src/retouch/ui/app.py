@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from retouch.errors import InputError
+from retouch.errors import InputError, SettingError
 from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
@@ -83,6 +83,26 @@ def form_settings(method: str, values: dict) -> dict:
     return out
 
 
+def _seed(value) -> int:
+    """The form's seed as a whole number (Gradio sends floats), or a SettingError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingError(f"Seed must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise SettingError(f"Seed must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _text(value, label: str) -> str:
+    """A text field's value; anything but text (or nothing) is refused in one line."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SettingError(f"{label} must be text, got {type(value).__name__}")
+    return value
+
+
 def _concepts(text: str | None) -> tuple[str, ...]:
     """Concepts typed one per line or separated by commas."""
     return tuple(c.strip() for line in (text or "").splitlines() for c in line.split(",") if c.strip())
@@ -140,14 +160,14 @@ def run_edit(
             image=image,
             method=method,
             settings=form_settings(method, values),
-            seed=int(seed) if seed is not None and float(seed).is_integer() else seed,
-            query=texts.get("query") or "",
-            reference=texts.get("reference") or "",
-            prompt=texts.get("prompt") or "",
-            source=texts.get("source") or "",
-            add=_concepts(texts.get("add")),
-            remove=_concepts(texts.get("remove")),
-            mask=texts.get("mask") or "none",
+            seed=_seed(seed),
+            query=_text(texts.get("query"), "Query"),
+            reference=_text(texts.get("reference"), "Reference"),
+            prompt=_text(texts.get("prompt"), "Prompt"),
+            source=_text(texts.get("source"), "Source"),
+            add=_concepts(_text(texts.get("add"), "Add")),
+            remove=_concepts(_text(texts.get("remove"), "Remove")),
+            mask=_text(texts.get("mask"), "Mask") or "none",
         )
         outcome = run(model, cache, req, _stage_progress(progress))
     except InputError as e:
