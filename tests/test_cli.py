@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -599,3 +600,26 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
         )
     assert "an</w>" in new_tok.get_vocab()
     torch.set_num_threads(1)
+
+
+def test_a_hub_id_without_network_is_one_quick_line(image, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "retouch",
+        "edit",
+        str(image),
+        "-o",
+        str(tmp_path / "o.png"),
+        "--query",
+        QUERY,
+        "--model",
+        "someone/some-model",
+    ]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and time.perf_counter() - t0 < 60
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model hub is unreachable" in lines[0], done.stderr
+    assert not (tmp_path / "o.png").exists()

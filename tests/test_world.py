@@ -125,6 +125,8 @@ def test_training_captions_mix_whole_partial_and_bare_and_name_only_what_is_ther
         have = Counter((o.color, o.shape) for o in scene.objects)
         assert not Counter(objs) - have, (text, scene)  # never an object the image lacks
         assert bg in (None, scene.background)
+        whole_form = text.startswith(("a ", "an ")) and " background" in text and bg is not None
+        assert not whole_form or len(objs) == len(scene.objects), text  # that form names every object
         if text == caption(scene):
             kinds["whole"] += 1
         elif len(objs) <= 1 and (bg is None or not objs) and not text.startswith(("a ", "an ")):

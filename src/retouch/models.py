@@ -56,6 +56,8 @@ def load(
         raise ModelError(f"cannot load model {source}: no such folder")
     if Path(source).exists() and not (Path(source) / "model_index.json").is_file():
         raise ModelError(f"{source} is not a diffusers model folder (no model_index.json)")
+    if not Path(source).expanduser().exists():
+        _check_hub(source)
     with _quietly():
         return _load(source, dev, dt, kw)
 
@@ -86,6 +88,32 @@ def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBun
         dt,
         fingerprint(vae, text_encoder, unet, scheduler),
     )
+
+
+def _check_hub(repo_id: str, timeout: float = 5.0) -> None:
+    """A hub id must be in the local cache or the hub must answer, quickly: otherwise one line
+    saying so, instead of a long wait and a misleading error."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        snapshot_download(repo_id, allow_patterns=["model_index.json"], local_files_only=True)
+        return
+    except Exception:  # noqa: BLE001 - not cached: ask the hub
+        pass
+    import huggingface_hub
+
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=timeout)
+    except HfHubHTTPError as e:
+        raise ModelError(
+            f"cannot load model {repo_id}: the hub does not have it ({e.__class__.__name__})"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeout: all say the same
+        raise ModelError(
+            f"cannot load model {repo_id}: not in the local cache and the model hub is unreachable "
+            f"({type(e).__name__}); give a local folder or connect"
+        ) from e
 
 
 def model_name(source: str) -> str:

@@ -178,7 +178,9 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
     40 %: the whole caption. 40 %: a random subset of the objects in random order, each phrase with
     or without its article, with or without the background phrase. 20 %: one bare concept
     ("red circle", or "white background" for one in six). Partial captions never name what the
-    image does not hold, so a concept's noise prediction points at that concept.
+    image does not hold, so a concept's noise prediction points at that concept; and a caption in
+    the whole caption's form (articles and the background phrase) always names every object, so
+    that form keeps meaning "exactly these objects".
     """
     u = rng.random()
     if u < 0.4 or not scene.objects:
@@ -190,10 +192,12 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
         return scene.objects[rng.integers(len(scene.objects))].phrase
     k = int(rng.integers(1, len(scene.objects) + 1))
     chosen = [scene.objects[i] for i in rng.permutation(len(scene.objects))[:k]]
-    with_article = rng.random() < 0.5
+    with_article, with_bg = rng.random() < 0.5, rng.random() < 0.5
+    if with_article and with_bg and k < len(scene.objects):  # the whole form, yet not every object
+        with_article, with_bg = rng.permutation([True, False])
     phrases = [article(o.phrase) if with_article else o.phrase for o in chosen]
     text = _object_list(phrases)
-    if rng.random() < 0.5:
+    if with_bg:
         text += " on " + (article(bg) if with_article else bg)
     return text
 
