@@ -187,7 +187,9 @@ def sample_grid(samples, path, cols: int = 6, rows: int = 4) -> None:
 def model_command(model_path, recon, t2i, inversions, grid, as_json):
     """Measure a ShapesWorld model on held-out seeds (autoencoder, judge, text-to-image, DDIM)."""
     import retouch
+    from retouch.shell import quiet_libraries
 
+    quiet_libraries()
     model = retouch.load(model_path, device="cpu")
     report = model_report(model, n_recon=recon, n_t2i=t2i, n_inv=inversions)
     if grid:
