@@ -138,3 +138,32 @@ def test_ray_local_gives_the_same_images_as_the_local_pool(tmp_path):
     for name in names:
         a, b = (np.asarray(Image.open(d / name)) for d in (local, ray))
         assert np.array_equal(a, b), name
+
+
+def test_a_csv_manifest_reads_as_its_json_lines_twin(tmp_path):
+    from retouch.batch.manifest import read_manifest
+
+    (tmp_path / "m.csv").write_text(
+        "image,method,query,reference,add,remove,seed,num_inference_steps,edit_scale\n"
+        "a.png,diffedit,a green circle,a red circle,,,3,10,\n"
+        "a.png,ledits,,,green circle;blue square,red circle,0,12,5.5\n"
+    )
+    assert read_manifest(tmp_path / "m.csv") == [
+        {
+            "image": "a.png",
+            "method": "diffedit",
+            "query": "a green circle",
+            "reference": "a red circle",
+            "seed": 3,
+            "num_inference_steps": 10,
+        },
+        {
+            "image": "a.png",
+            "method": "ledits",
+            "add": ["green circle", "blue square"],
+            "remove": ["red circle"],
+            "seed": 0,
+            "num_inference_steps": 12,
+            "edit_scale": 5.5,
+        },
+    ]
