@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retouch.batch.manifest import Row
+from retouch.batch.work import edit_image
 from retouch.files import append_jsonl, read_jsonl
 from retouch.pool import map_unordered
 
@@ -53,12 +54,6 @@ def done_rows(out_dir: Path) -> dict[int, dict]:
     return {r["row"]: r for r in read_jsonl(out_dir / RESULTS)}
 
 
-def _edit_group(model, rows: list[Row]) -> list[dict]:
-    from retouch.batch.work import edit_image
-
-    return edit_image(model, rows)
-
-
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -90,7 +85,7 @@ def run_batch(
                 record(dict(row=row.index, status="failed", error=row.error, unet_evals=0, seconds=0.0))
         tasks = groups(todo)
         if tasks:
-            for batch in map_unordered(_edit_group, tasks, loader, workers, ray_address):
+            for batch in map_unordered(edit_image, tasks, loader, workers, ray_address):
                 for result in batch:
                     record(result)
     return [done[r.index] for r in rows if r.index in done]

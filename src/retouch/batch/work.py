@@ -4,7 +4,6 @@ edits one image, sharing one DDIM encoding (DiffEdit) or one inversion (LEDITS) 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 from retouch import __version__
 from retouch.batch.manifest import Row
@@ -107,8 +106,3 @@ def _edit_row(model: ModelBundle, row: Row, image, shared: dict) -> int:
     row.output.parent.mkdir(parents=True, exist_ok=True)
     save_image(result.image, row.output, params)
     return made + result.unet_evals
-
-
-def settings_of(row: Row) -> dict:
-    """A row as the results file describes it."""
-    return {k: v for k, v in asdict(row).items() if k in ("method", "texts", "settings", "seed")}
