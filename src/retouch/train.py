@@ -48,6 +48,7 @@ class TrainConfig:
     min_snr_gamma: float = setting(5.0, "unet: Min-SNR loss weighting γ (Hang et al. 2023)")
     dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached")
     three_object_share: float = setting(0.4, "unet: share of three-object scenes (binding is hardest there)")
+    whole_caption_share: float = setting(0.4, "unet: share of whole captions (the rest partial or bare)")
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -287,7 +288,9 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
         x0 = latents[idx]  # [B, 4, h, w]
         rng = np.random.default_rng([cfg.seed, step])
-        tok_ids = _tokenize(tok, [world.training_caption(scenes[i], rng) for i in idx.tolist()])
+        tok_ids = _tokenize(
+            tok, [world.training_caption(scenes[i], rng, cfg.whole_caption_share) for i in idx.tolist()]
+        )
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
         tok_ids[drop] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)
