@@ -102,6 +102,7 @@ def build_corpus(folder) -> list[Case]:
         "palette_transparent.png": _encoded(palette, "PNG", transparency=background),
         "exif_rotated.jpg": exif_rotated_jpeg(scene(64, 48)),
         "good.png": png,
+        "large.png": _encoded(rgb.resize((256, 256), Image.NEAREST), "PNG"),  # 4x the pixels of 64x64
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -144,6 +145,19 @@ def build_corpus(folder) -> list[Case]:
         ),
         Case("seed past 2^64", f["good.png"], ("--query", QUERY, "--seed", str(2**64))),
         Case("device meta", f["good.png"], ("--query", QUERY, "--device", "meta")),
+        Case(
+            "image over the pixel budget",
+            f["large.png"],
+            ("--query", QUERY, "--max-pixels", "4096"),
+            expect="edit",
+            size=(64, 64),
+        ),
+        Case(
+            "image over the pixel budget, --no-resize",
+            f["large.png"],
+            ("--query", QUERY, "--max-pixels", "4096", "--no-resize"),
+        ),
+        Case("NaN pixel budget", f["good.png"], ("--query", QUERY, "--max-pixels", "nan")),
     ]
 
 

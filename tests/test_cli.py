@@ -357,7 +357,52 @@ def test_corpus(corpus, tmp_path, model_args):
                 assert img.size == case.size and img.mode == "RGB", case.name
                 assert np.asarray(img).std() > 0, case.name
             outcomes[case.name] = "edit"
-    assert sum(v == "edit" for v in outcomes.values()) == 4
+    assert sum(v == "edit" for v in outcomes.values()) == 5
+    assert "over this model's budget of 4096 pixels" in outcomes["image over the pixel budget, --no-resize"]
+
+
+def test_an_image_over_the_budget_is_edited_resized_and_the_cli_says_so(tmp_path, model_args):
+    """A 256x256 image and its 256x256 mask on a 4096-pixel budget: a 64x64 edit whose mask is
+    the given one scaled; the summary line says what was done. mask and invert say so too."""
+    big = tmp_path / "big.png"
+    Image.fromarray(scene()).resize((256, 256), Image.NEAREST).save(big)
+    user = np.zeros((256, 256), np.uint8)
+    user[:128] = 255  # the top half
+    Image.fromarray(user).save(tmp_path / "mask.png")
+    budget = ["--max-pixels", "4096"]
+    result = edit(
+        big,
+        tmp_path / "out.png",
+        model_args,
+        "diffedit",
+        *budget,
+        "--mask",
+        tmp_path / "mask.png",
+        "--paste-back",
+    )
+    assert result.exit_code == 0, result.output
+    assert "image is 256x256, over this model's budget of 4096 pixels: edited at 64x64" in result.stdout
+    with Image.open(tmp_path / "out.png") as out, Image.open(big) as original:
+        assert out.size == (64, 64)
+        small = np.asarray(original.resize((64, 64), Image.LANCZOS), np.float64)
+        bottom = np.abs(np.asarray(out, np.float64)[40:] - small[40:]).max()  # outside the mask: pasted back
+        assert bottom <= 1, bottom
+    result = run(
+        "mask", big, "-o", tmp_path / "m.png", "--query", QUERY, *model_args, "--no-progress", *budget
+    )
+    assert result.exit_code == 0 and "note: image is 256x256" in result.stderr
+    with Image.open(tmp_path / "m.png") as m, Image.open(tmp_path / "m.overlay.png") as o:
+        assert m.size == o.size == (64, 64)
+    inv = tmp_path / "inv.safetensors"
+    result = run("invert", big, "-o", inv, *FAST["ledits"], *model_args, "--no-progress", *budget)
+    assert result.exit_code == 0 and "note: image is 256x256" in result.stderr
+    result = run(
+        "edit", big, "-o", tmp_path / "l.png", "--method", "ledits", "--inversion", inv,
+        "--add", "red circle", *model_args, "--no-progress", *budget,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "l.png") as out:
+        assert out.size == (64, 64)
 
 
 def test_progress_goes_to_stderr(image, tmp_path, model_args):

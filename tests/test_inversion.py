@@ -5,6 +5,9 @@ noise's independence, the number of steps inverted, seeding, and saving/loading.
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -84,6 +87,53 @@ def test_ddpm_posterior_matches_diffusers_ddpm(prediction_type):
         torch.testing.assert_close(mu + sigma * z, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
+def test_dpmsolver_2m_steps_match_diffusers(prediction_type, algorithm):
+    """Schedule.dpmpp_2m ≡ DPMSolverMultistepScheduler (solver_order 2, midpoint, our timesteps,
+    ending at the final alpha's level as `final_sigmas_type="sigma_min"` does): a whole trajectory
+    under one noise function, first step first order, the rest second order."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    schedule = _schedule(prediction_type)
+    timesteps = schedule.timesteps(20)
+    ref = DPMSolverMultistepScheduler.from_config(
+        schedule.scheduler.config,
+        algorithm_type=algorithm,
+        solver_order=2,
+        lower_order_final=False,
+        final_sigmas_type="sigma_min",
+    )
+    with warnings.catch_warnings():  # numpy 2 on diffusers' array of a tensor
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ref.set_timesteps(timesteps=timesteps)
+    assert [int(t) for t in ref.timesteps] == timesteps
+    g = torch.Generator().manual_seed(2)
+    x = ours = torch.randn(1, 4, 8, 8, generator=g)
+    prev, sde = None, algorithm.startswith("sde")
+    for t, t_next in pairs(timesteps):
+        out, z = analytic_net(ours, t, torch.zeros(1, 1, 1)), torch.randn(1, 4, 8, 8, generator=g)
+        x = ref.step(analytic_net(x, t, torch.zeros(1, 1, 1)), t, x, variance_noise=z).prev_sample
+        mu, sigma, prev = schedule.dpmpp_2m(ours, schedule.to_eps(out, ours, t), t, t_next, prev, sde)
+        ours = mu + sigma * z
+        assert (sigma > 0) == sde
+        torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_first_order_dpmsolver_steps_are_ddim_and_ddpm():
+    schedule = _schedule("epsilon")
+    g = torch.Generator().manual_seed(3)
+    x, eps = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    for t, t_next in [(901, 881), (21, 1), (1, -1), (-1, 21), (21, 41)]:  # down, to clean, and up
+        ode, sigma, _ = schedule.dpmpp_2m(x, eps, t, t_next)
+        torch.testing.assert_close(ode, schedule.ddim_step(x, eps, t, t_next), atol=1e-5, rtol=1e-5)
+        if t_next < t or t_next < 0:
+            mu, s = schedule.ddpm_mean_sigma(x, eps, t, t_next)
+            sde, sigma, _ = schedule.dpmpp_2m(x, eps, t, t_next, sde=True)
+            torch.testing.assert_close(sde, mu, atol=1e-5, rtol=1e-5)
+            assert sigma == pytest.approx(s, rel=1e-9)
+
+
 # --- the core invariant ---------------------------------------------------------------------------
 
 
@@ -115,7 +165,10 @@ def analytic_net(x: torch.Tensor, t: int, c: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("n,skip", [(10, 0), (10, 3), (50, 10), (100, 36)])
 @pytest.mark.parametrize("with_source", [False, True])
-def test_invariant_with_an_analytic_noise_predictor(prediction_type, n, skip, with_source, record_property):
+@pytest.mark.parametrize("solver", ["ddpm", "dpmsolver++"])
+def test_invariant_with_an_analytic_noise_predictor(
+    prediction_type, n, skip, with_source, solver, record_property
+):
     schedule = _schedule(prediction_type)
     g = torch.Generator().manual_seed(n + skip)
     x0 = torch.randn(1, 4, 8, 8, generator=g)
@@ -130,13 +183,16 @@ def test_invariant_with_an_analytic_noise_predictor(prediction_type, n, skip, wi
         if with_source
         else guided_eps(analytic_eps, uncond, None, 1)
     )
-    trajectory, zs = ddpm_invert(eps, schedule, x0, timesteps, g)
-    inv = _inversion(x0, trajectory, zs, timesteps, n, skip)
+    trajectory, zs = ddpm_invert(eps, schedule, x0, timesteps, g, solver=solver)
+    inv = replace(_inversion(x0, trajectory, zs, timesteps, n, skip), solver=solver)
     target = cond if with_source else None
     out = _sample(analytic_eps, schedule, inv, uncond, target, 3.5)
     err = float((out - x0).abs().max())
     record_property("max_abs_error", err)
     assert err < 1e-5
+    if len(timesteps) > 2:  # the other sampler does not reconstruct: the solver is the second order's
+        other = replace(inv, solver="ddpm" if solver == "dpmsolver++" else "dpmsolver++")
+        assert float((_sample(analytic_eps, schedule, other, uncond, target, 3.5) - x0).abs().max()) > 1e-3
 
 
 def _reconstruct(model, inv: Inversion) -> torch.Tensor:
@@ -152,11 +208,14 @@ def _reconstruct(model, inv: Inversion) -> torch.Tensor:
 def _sample(eps_fn, schedule, inv: Inversion, uncond, target, scale) -> torch.Tensor:
     """DDPM sampling from the inversion with its z maps, CFG on `target` (None: ε(∅)), no concepts."""
     guided = sega_eps(eps_fn, uncond, [], [], target, scale)
-    return ddpm_sample(guided, schedule, inv.trajectory[:1], list(inv.timesteps), inv.zs, SegaState())
+    return ddpm_sample(
+        guided, schedule, inv.trajectory[:1], list(inv.timesteps), inv.zs, SegaState(), solver=inv.solver
+    )
 
 
-def _check_invariant(model, image, n, skip, source, record_property) -> None:
-    inv = retouch.invert(model, image, source=source, num_inference_steps=n, skip=skip)
+def _check_invariant(model, image, n, skip, source, record_property, solver="ddpm") -> None:
+    inv = retouch.invert(model, image, source=source, num_inference_steps=n, skip=skip, solver=solver)
+    assert inv.solver == solver
     errs = [float((_reconstruct(model, inv) - inv.x0).abs().max())]
     if source:  # through the public API: the source as the target prompt, at the same scale
         out = retouch.ledits(
@@ -166,15 +225,16 @@ def _check_invariant(model, image, n, skip, source, record_property) -> None:
             num_inference_steps=n,
             skip=skip,
             target_guidance_scale=inv.source_guidance_scale,
+            solver=solver,
         )
         errs.append(float((out.latents - inv.x0).abs().max()))
     else:  # no concepts, no prompt: the reconstruction without running the sampler
-        out = retouch.ledits(model, inv, num_inference_steps=n, skip=skip)
+        out = retouch.ledits(model, inv, num_inference_steps=n, skip=skip, solver=solver)
         assert out.message and torch.equal(out.latents, inv.x0) and out.unet_evals == 0
         # an edit whose base is ∅, through the sampler: a concept at scale 0 adds nothing, and
         # only the batch of the UNet call changes ([∅, e] instead of [∅]: float rounding)
         out = retouch.ledits(
-            model, inv, add=["green circle"], edit_scale=0.0, num_inference_steps=n, skip=skip
+            model, inv, add=["green circle"], edit_scale=0.0, num_inference_steps=n, skip=skip, solver=solver
         )
         errs.append(float((out.latents - inv.x0).abs().max()))
     record_property("max_abs_error", max(errs))
@@ -184,17 +244,19 @@ def _check_invariant(model, image, n, skip, source, record_property) -> None:
 
 @pytest.mark.parametrize("n,skip", [(10, 0), (25, 5)])
 @pytest.mark.parametrize("source", ["", CAPTION])
-def test_invariant_tiny_models(tiny_model, scene_image, n, skip, source, record_property):
-    _check_invariant(tiny_model, scene_image[0], n, skip, source, record_property)
+@pytest.mark.parametrize("solver", ["ddpm", "dpmsolver++"])
+def test_invariant_tiny_models(tiny_model, scene_image, n, skip, source, solver, record_property):
+    _check_invariant(tiny_model, scene_image[0], n, skip, source, record_property, solver)
 
 
 @pytest.mark.parametrize("n,skip", [(10, 0), (50, 10)])
 @pytest.mark.parametrize("source", ["", CAPTION])
-def test_invariant_shipped_model(shipped_model, scene_image, n, skip, source, record_property):
+@pytest.mark.parametrize("solver", ["ddpm", "dpmsolver++"])
+def test_invariant_shipped_model(shipped_model, scene_image, n, skip, source, solver, record_property):
     from retouch.shapes.world import caption
 
     text = caption(scene_image[1]) if source else ""
-    _check_invariant(shipped_model, scene_image[0], n, skip, text, record_property)
+    _check_invariant(shipped_model, scene_image[0], n, skip, text, record_property, solver)
 
 
 # --- what is inverted, and with what noise --------------------------------------------------------

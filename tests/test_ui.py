@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from browser.chromium import free_port, in_ci, page, require, require_chromium
+from browser.chromium import free_port, in_ci, page, pages, require, require_chromium
 from fuzz import CAPTION, QUERY, build_corpus, scene
 
 gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
@@ -151,20 +151,29 @@ def test_bad_input_gives_a_message_not_a_crash(ui_model, image, case):
 
 
 def test_corpus_through_the_app(ui_model, tmp_path):
-    """The bad-input corpus's image files, as uploads: a message each, or an edit."""
+    """The bad-input corpus's image files, as uploads: a message each, or an edit (at most the
+    app's pixel budget)."""
+    from retouch.latents import fitted_size
+    from retouch.ui.app import app_model
+
+    model = app_model(ui_model)
     for case in build_corpus(tmp_path):
+        if "--no-resize" in case.args:  # a CLI choice; the app always resizes
+            continue
         if case.image.name == "good.png" or case.image.is_dir():  # a folder cannot be uploaded
             continue
         path = _uploaded_copy(case.image)
         try:
             with pytest.warns(UserWarning) if case.expect == "error" else contextlib.nullcontext():
-                out = edit(ui_model, None, str(path), "diffedit")
+                out = edit(model, None, str(path), "diffedit")
         finally:
             shutil.rmtree(path.parent)
         if case.expect == "error":
             assert out["status"].startswith("Error: "), (case.name, out["status"])
         else:
-            assert out["result"].size == case.size, case.name
+            with Image.open(case.image) as img:  # the CLI's budget flag is not the app's
+                size = img.size if "--max-pixels" in case.args else case.size
+            assert out["result"].size == fitted_size(*size, model.pixel_budget), case.name
 
 
 def test_uploads_reach_retouch_undecoded(ui_model, tmp_path):
@@ -189,15 +198,26 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
     from retouch.main import main
 
     served = {}
-    monkeypatch.setattr(
-        retouch.ui.app, "launch", lambda model, host, port: served.update(model=model, host=host, port=port)
-    )
+
+    def launch(model, host, port, block, max_pixels, time_limit, concurrency):
+        served.update(model=model, host=host, port=port, max_pixels=max_pixels, time_limit=time_limit)
+        served.update(concurrency=concurrency)
+
+    monkeypatch.setattr(retouch.ui.app, "launch", launch)
     monkeypatch.setattr(retouch.ui.command, "load_model", lambda model, device, dtype: ("the model", 0.0))
-    result = CliRunner().invoke(main, ["ui", "--port", "7999"])
+    result = CliRunner().invoke(main, ["ui", "--port", "7999", "--max-pixels", "1024", "--time-limit", "30"])
     assert result.exit_code == 0, result.output
-    assert served == {"model": "the model", "host": "127.0.0.1", "port": 7999}
-    result = CliRunner().invoke(main, ["ui", "--port", "0"])
-    assert result.exit_code == 2 and "Invalid value for '--port'" in result.stderr
+    assert served == dict(
+        model="the model", host="127.0.0.1", port=7999, max_pixels=1024, time_limit=30.0, concurrency=2
+    )
+    for args, message in [
+        (["--port", "0"], "Invalid value for '--port'"),
+        (["--time-limit", "nan"], "--time-limit must be finite"),
+        (["--time-limit", "0"], "--time-limit must be > 0"),
+        (["--max-pixels", "10"], "Invalid value for '--max-pixels'"),
+    ]:
+        result = CliRunner().invoke(main, ["ui", *args])
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
 
 
 def test_presets_fill_the_form():
@@ -207,7 +227,7 @@ def test_presets_fill_the_form():
     ]
 
 
-def test_the_form_is_derived_and_model_work_is_queued_one_at_a_time(ui_model):
+def test_the_form_is_derived_and_edits_run_two_at_a_time_the_rest_queued(ui_model):
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import LEditsConfig
     from retouch.settings import settings_fields
@@ -217,7 +237,38 @@ def test_the_form_is_derived_and_model_work_is_queued_one_at_a_time(ui_model):
     for method, cls in (("diffedit", DiffEditConfig), ("ledits", LEditsConfig)):
         assert {f"{method}-{s.name}" for s in settings_fields(cls)} <= ids
     edits = [fn for fn in demo.fns.values() if fn.name == "on_edit"]
-    assert len(edits) == 1 and edits[0].concurrency_limit == 1
+    assert len(edits) == 1 and edits[0].concurrency_limit == 2
+    assert [fn.name for fn in demo.fns.values()].count("on_stop") == 1  # Stop: ends the running edit
+    assert any(fn.cancels == [edits[0]._id] for fn in demo.fns.values())  # and a queued one
+
+
+def test_an_upload_over_the_app_budget_is_edited_resized_and_the_page_says_so(ui_model):
+    from retouch.ui.app import app_model
+
+    n = ui_model.native_size
+    big = np.asarray(Image.fromarray(scene()).resize((2 * n, 2 * n), Image.NEAREST))
+    assert app_model(ui_model).pixel_budget == n * n < ui_model.pixel_budget  # lower than the library's
+    out = edit(app_model(ui_model), None, big, "diffedit")
+    assert out["result"].size == out["overlay"].size == (n, n)
+    assert out["status"].startswith(f"image is {2 * n}x{2 * n}, over this model's budget of {n * n} pixels")
+
+
+def test_an_edit_past_the_time_limit_or_stopped_ends_with_a_message(ui_model):
+    import time as _time
+
+    forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
+    texts = {"add": "red circle", "source": CAPTION}
+    for kw, message in [
+        (dict(time_limit=1e-3), "the edit ran past this server's time limit of 0.001 s"),
+        (dict(stopped=lambda: True), "stopped"),
+    ]:
+        t0 = _time.perf_counter()
+        with pytest.warns(UserWarning):
+            out = run_edit(
+                ui_model, None, scene(), "ledits", texts, 0, forms["diffedit"], forms["ledits"], **kw
+            )
+        assert out[3] == f"Error: {message}" or out[3].startswith(f"Error: {message}:"), out[3]
+        assert out[1] is None and _time.perf_counter() - t0 < 5  # at the first step, not the end
 
 
 def test_in_the_browser(ui_model, tmp_path):
@@ -293,3 +344,65 @@ def test_form_values_of_the_wrong_type_give_a_message_not_a_traceback(ui_model):
         with pytest.warns(UserWarning):
             out = edit(ui_model, None, scene(), "diffedit", texts, seed)
         assert out["status"].startswith(f"Error: {message}"), out["status"]
+
+
+def test_a_second_visitor_is_served_while_an_over_budget_edit_runs_and_stop_ends_an_edit(
+    ui_model, tmp_path, monkeypatch
+):
+    """Visitor A uploads an image over the app's budget with many steps; visitor B's normal edit
+    completes while A's runs; A's page then says the image was resized. A starts an endless edit
+    and presses Stop: the edit ends on the server (not only on the page)."""
+    import queue
+
+    import retouch.ui.app as app
+
+    require_chromium()
+    expect = require("playwright.sync_api").expect
+    ended: queue.Queue = queue.Queue()
+
+    def watched(*args):
+        try:
+            return run(*args)
+        except Exception as e:
+            ended.put(type(e).__name__)
+            raise
+
+    run = app.run
+    monkeypatch.setattr(app, "run", watched)
+    n = ui_model.native_size
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.fromarray(scene()).resize((3 * n, 3 * n), Image.NEAREST).save(big)
+    Image.fromarray(scene()).save(small)
+    port = free_port()
+    demo = launch(ui_model, port=port, block=False)
+    try:
+        with pages(2) as (a, b):
+            for p, photo, steps in ((a, big, "300"), (b, small, "10")):
+                p.goto(f"http://127.0.0.1:{port}/")
+                p.locator("#image input[type=file]").set_input_files(photo)
+                expect(p.locator("#image img")).to_have_count(1, timeout=20_000)
+                p.locator("#query").get_by_role("textbox").fill(QUERY)
+                p.get_by_text("DiffEdit settings").click()
+                p.locator("#diffedit-mask_samples").get_by_role("spinbutton").fill("2")
+                p.locator("#diffedit-num_inference_steps").get_by_role("spinbutton").fill(steps)
+            a_status = a.locator("#status").get_by_role("textbox")
+            b_status = b.locator("#status").get_by_role("textbox")
+            a.locator("#edit").click()
+            a.wait_for_timeout(1000)  # A's edit is running
+            b.locator("#edit").click()
+            expect(b_status).to_have_value(re.compile(r"^mask: \d"), timeout=60_000)
+            assert a_status.input_value() == ""  # B was served while A's edit ran
+            resized = (
+                f"image is {3 * n}x{3 * n}, over this model's budget of {n * n} pixels: edited at {n}x{n}"
+            )
+            expect(a_status).to_have_value(re.compile("^" + re.escape(resized)), timeout=180_000)
+            a.locator("#diffedit-num_inference_steps").get_by_role("spinbutton").fill(
+                "1000"
+            )  # the most there are
+            a.locator("#edit").click()
+            a.wait_for_timeout(1500)
+            assert ended.empty(), ended.get()
+            a.locator("#stop").click()
+            assert ended.get(timeout=20) == "Stopped"  # the server's edit ended at its next step
+    finally:
+        demo.close()

@@ -30,6 +30,8 @@ from retouch.files import check_output, image_saver, save_image, write_all_atomi
 from retouch.shell import (
     CONTEXT,
     SettingsCommand,
+    budget_options,
+    fit_image,
     given_settings,
     load_model,
     model_options,
@@ -144,6 +146,7 @@ def _read_mask(mask: str | None, image, label: str = "image"):
     help="ledits: edit from an inversion saved by `retouch invert`, without inverting.",
 )
 @model_options
+@budget_options
 @_run_options
 def edit(
     image,
@@ -161,6 +164,8 @@ def edit(
     model,
     device,
     dtype,
+    max_pixels,
+    resize,
     seed,
     as_json,
     quiet,
@@ -188,7 +193,7 @@ def edit(
     )
     user_mask = _read_mask(mask, img)
     check_output(output, [image, mask if mask not in (None, "infer") else None, inversion])
-    bundle, t_load = load_model(model, device, dtype)
+    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
     with progress_bars(not (quiet or no_progress)) as progress:
         result = run(bundle, user_mask, progress, kw)
     timings = {"load": t_load, **result.timings}
@@ -303,16 +308,21 @@ def _check_finite(name: str, value) -> None:
 def _read_inversion(path: Path, img, source, given: dict):
     """Load a saved inversion, check it against the image, and take its step settings unless
     given (so an edit need not repeat them)."""
+    from PIL import Image
+
     from retouch.latents import image_hash
     from retouch.types import Inversion
 
     inv = Inversion.load(path)
+    if img.size != (inv.width, inv.height):  # made from the image fitted to a pixel budget
+        img = img.resize((inv.width, inv.height), Image.LANCZOS)
     if inv.image_hash != image_hash(img):
         raise InputError(f"inversion {path} was made from another image")
     if source is not None and source.strip() != inv.source:
         raise InputError(f"--source differs from the inversion's source {inv.source!r}")
     given.setdefault("num_inference_steps", inv.num_inference_steps)
     given.setdefault("skip", inv.skip)
+    given.setdefault("solver", inv.solver)
     return inv
 
 
@@ -328,9 +338,23 @@ def _read_inversion(path: Path, img, source, given: dict):
 @click.option("--query", required=True, help="The text the edited image should fit.")
 @click.option("--reference", default="", help="The text of what to change [default: empty].")
 @model_options
+@budget_options
 @_run_options
 def mask(
-    image, output, query, reference, model, device, dtype, seed, as_json, quiet, no_progress, **settings
+    image,
+    output,
+    query,
+    reference,
+    model,
+    device,
+    dtype,
+    max_pixels,
+    resize,
+    seed,
+    as_json,
+    quiet,
+    no_progress,
+    **settings,
 ):
     """DiffEdit's mask of IMAGE alone: where QUERY and REFERENCE disagree."""
     from retouch.latents import load_image
@@ -344,7 +368,8 @@ def mask(
     overlay_path = output.with_name(f"{output.stem}.overlay{output.suffix}")
     check_output(output, [image])
     check_output(overlay_path, [image])
-    bundle, t_load = load_model(model, device, dtype)
+    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
+    img = fit_image(bundle, img, quiet)
     t0 = time.perf_counter()
     m = diffedit_mask(bundle, img, query, reference, **kw, **given)
     timings = {"load": t_load, "mask": time.perf_counter() - t0}
@@ -398,8 +423,23 @@ def mask(
 )
 @click.option("--source", default="", help="The image's caption [default: empty].")
 @model_options
+@budget_options
 @_run_options
-def invert(image, output, source, model, device, dtype, seed, as_json, quiet, no_progress, **settings):
+def invert(
+    image,
+    output,
+    source,
+    model,
+    device,
+    dtype,
+    max_pixels,
+    resize,
+    seed,
+    as_json,
+    quiet,
+    no_progress,
+    **settings,
+):
     """Invert IMAGE once (edit-friendly DDPM inversion), to edit it many times with ledits."""
     from retouch.latents import load_image
     from retouch.methods.ledits import LEditsConfig
@@ -410,7 +450,8 @@ def invert(image, output, source, model, device, dtype, seed, as_json, quiet, no
     kw = _seed_kw(seed)
     img = load_image(image)
     check_output(output, [image], image=False)
-    bundle, t_load = load_model(model, device, dtype)
+    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
+    img = fit_image(bundle, img, quiet)
     t0 = time.perf_counter()
     with progress_bars(not (quiet or no_progress)) as progress:
         inv = invert_image(bundle, img, source, progress=progress, **kw, **given)

@@ -17,19 +17,28 @@ EpsT = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def ddim_encode(
-    eps_fn: EpsT, schedule: Schedule, x0: torch.Tensor, timesteps: list[int], progress: Progress = None
+    eps_fn: EpsT,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    timesteps: list[int],
+    progress: Progress = None,
+    solver: str = "ddim",
 ) -> list[torch.Tensor]:
     """DDIM inversion of x0 up through `timesteps` (ascending, least noisy first).
 
     Each step goes from the current level to the next noisier t, with ε evaluated at (x, t) as
-    in DDIM inversion (DDIM paper, Eq. 13 run backwards). x0 [1, C, h, w] sits at level -1.
-    Returns [x0, x_{t_1}, ..., x_{t_k}]: k+1 latents [1, C, h, w].
+    in DDIM inversion (DDIM paper, Eq. 13 run backwards). x0 [B, C, h, w] sits at level -1.
+    solver "dpmsolver++": the same ODE run with DPM-Solver++(2M) steps (Schedule.dpmpp_2m).
+    Returns [x0, x_{t_1}, ..., x_{t_k}]: k+1 latents [B, C, h, w].
     """
     latents = [x0]
-    x, level = x0, -1
+    x, level, prev = x0, -1, None
     for i, t in enumerate(timesteps):
         eps = eps_fn(x, t)
-        x = schedule.ddim_step(x, eps, level, t)
+        if solver == "ddim":
+            x = schedule.ddim_step(x, eps, level, t)
+        else:
+            x, _, prev = schedule.dpmpp_2m(x, eps, level, t, prev)
         latents.append(x)
         level = t
         if progress:
@@ -44,6 +53,7 @@ def ddpm_invert(
     timesteps: list[int],
     generator: torch.Generator,
     progress: Progress = None,
+    solver: str = "ddpm",
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, Alg. 1).
 
@@ -52,16 +62,21 @@ def ddpm_invert(
     2. downward: μ_t from ε(x_t); z_t = (x_next − μ_t)/σ_t; x_next ← μ_t + σ_t z_t (so the next
        network call sees exactly what the sampler will produce);
     3. the last map (to the clean level, where x_next = x0) is kept too.
+    solver "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M) SDE steps (LEDITS++, METHODS §2b), whose
+    multistep memory is built from the replaced latents, the ones the sampler will see.
     Returns (trajectory [x_{t_1}, ..., x_{t_k}, x0] of k+1 latents, z maps [k, C, h, w]).
     """
     noisy = [
         schedule.add_noise(x0, torch.randn(x0.shape, generator=generator, device=x0.device), t)
         for t in timesteps
     ] + [x0]
-    trajectory, zs = [noisy[0]], []
+    trajectory, zs, prev = [noisy[0]], [], None
     for i, (t, t_next) in enumerate(pairs(timesteps)):
         x_t = trajectory[-1]
-        mu, sigma = schedule.ddpm_mean_sigma(x_t, eps_fn(x_t, t), t, t_next)
+        if solver == "ddpm":
+            mu, sigma = schedule.ddpm_mean_sigma(x_t, eps_fn(x_t, t), t, t_next)
+        else:
+            mu, sigma, prev = schedule.dpmpp_2m(x_t, eps_fn(x_t, t), t, t_next, prev, sde=True)
         z = (noisy[i + 1] - mu) / sigma
         zs.append(z)
         trajectory.append(x0 if t_next < 0 else mu + sigma * z)

@@ -8,6 +8,7 @@ the original size is restored on output.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,43 @@ def load_image(image, name: str = "image") -> Image.Image:
         raise ImageError(f"{name} must be a path, a PIL image or an array, got {type(image).__name__}")
     _check_size(*img.size, name)
     return img
+
+
+def fitted_size(width: int, height: int, budget: int) -> tuple[int, int]:
+    """(width, height) of an image resized, aspect kept, to hold at most `budget` pixels (the size
+    itself when it fits). A strip too thin for that keeps its short side at MIN_SIDE."""
+    if width * height <= budget:
+        return width, height
+    scale = math.sqrt(budget / (width * height))
+    w, h = math.floor(width * scale), math.floor(height * scale)
+    if h < MIN_SIDE:
+        w, h = min(width, budget // MIN_SIDE), MIN_SIDE
+    elif w < MIN_SIDE:
+        w, h = MIN_SIDE, min(height, budget // MIN_SIDE)
+    return w, h
+
+
+def fit_budget(
+    img: Image.Image, budget: int, resize: bool = True, name: str = "image"
+) -> tuple[Image.Image, str]:
+    """(the image within `budget` pixels, a note saying it was resized or ""). resize=False: an
+    image over the budget is an ImageError instead."""
+    w, h = img.size
+    size = fitted_size(w, h, budget)
+    if size == (w, h):
+        return img, ""
+    if not resize:
+        raise ImageError(
+            f"{name} is {w}x{h} ({w * h} pixels), over this model's budget of {budget} pixels: "
+            "resize it, or raise the budget (max_pixels, --max-pixels)"
+        )
+    note = f"{name} is {w}x{h}, over this model's budget of {budget} pixels: edited at {size[0]}x{size[1]}"
+    return img.resize(size, Image.LANCZOS), note
+
+
+def fitted(bundle: ModelBundle, image) -> tuple[Image.Image, str]:
+    """(the checked image within the model's pixel budget, a note if it was resized)."""
+    return fit_budget(load_image(image), bundle.pixel_budget, bundle.resize)
 
 
 def image_hash(img: Image.Image) -> str:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from retouch.denoiser import EpsFn, cfg
 from retouch.errors import ImageError
+from retouch.latents import fitted_size
 from retouch.schedule import Schedule
 
 
@@ -59,10 +60,13 @@ def binarize(
     return (scores > threshold).float(), scores
 
 
-def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor: int) -> torch.Tensor:
+def user_mask(
+    mask, height: int, width: int, latent_hw: tuple[int, int], factor: int, budget: int | None = None
+) -> torch.Tensor:
     """A mask a user gives (path, PIL image, array or tensor; nonzero = edit), of the image's size
     (height, width), at latent resolution: {0,1} [h, w]. A latent cell is in the mask if any of
-    its pixels is."""
+    its pixels is. With `budget`, a mask of the image's size before it was fitted to that pixel
+    budget is resized with it (a pixel is in the mask if any pixel it covers was)."""
     if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
         try:
             with Image.open(mask) as img:
@@ -75,6 +79,8 @@ def user_mask(mask, height: int, width: int, latent_hw: tuple[int, int], factor:
     m = torch.as_tensor(np.array(mask)).float()
     if m.dim() == 3:
         m = m.amax(dim=-1) if m.shape[-1] in (1, 3, 4) else m.amax(dim=0)
+    if m.dim() == 2 and budget is not None and fitted_size(m.shape[1], m.shape[0], budget) == (width, height):
+        m = F.adaptive_max_pool2d((m > 0).float()[None, None], (height, width))[0, 0]
     if tuple(m.shape) != (height, width):
         raise ImageError(f"mask is {m.shape[1]}x{m.shape[0]}, the image is {width}x{height}")
     if not torch.isfinite(m).all():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from retouch.errors import ModelError
+from retouch.errors import ModelError, SettingError
+from retouch.latents import MIN_SIDE
 from retouch.types import ModelBundle
 
 SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
@@ -40,13 +42,18 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
+    max_pixels: int | None = None,
+    resize: bool = True,
 ) -> ModelBundle:
     """Load a model once, to reuse for every edit.
 
     model: None for the shipped ShapesWorld model, a local diffusers folder, or a hub id.
     device: default CUDA when available, else CPU. dtype: default float16 on GPU, float32 on CPU.
     allow_pickle: also accept .bin/.ckpt weights (unpickling runs code: off unless asked for).
+    max_pixels: the pixel budget of an input image (default four times the native area);
+    resize: an image over it is resized down to it (False: refused with an ImageError).
     """
+    check_budget(max_pixels)
     source = str(SHIPPED if model is None else model)
     dev = torch.device(device) if device is not None else default_device()
     dt = _dtype(dtype, dev)
@@ -59,7 +66,15 @@ def load(
     if not Path(source).expanduser().exists():
         _check_hub(source)
     with _quietly():
-        return _load(source, dev, dt, kw)
+        return replace(_load(source, dev, dt, kw), max_pixels=max_pixels, resize=bool(resize))
+
+
+def check_budget(max_pixels) -> None:
+    """A pixel budget is None (the model's default) or a whole number of at least MIN_SIDE²."""
+    if max_pixels is None:
+        return
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < MIN_SIDE**2:
+        raise SettingError(f"max_pixels must be a whole number ≥ {MIN_SIDE**2}, got {max_pixels!r}")
 
 
 def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBundle:

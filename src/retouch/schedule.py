@@ -7,6 +7,7 @@ Timesteps are integer training timesteps; a loop's position is a step index.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,42 @@ class Schedule:
         var = (1 - a_next) / (1 - a_t) * (1 - a_t / a_next)
         mu = a_next**0.5 * self.pred_x0(x_t, eps, t) + max(1 - a_next - var, 0.0) ** 0.5 * eps
         return mu, var**0.5
+
+    def alpha_sigma(self, t: int) -> tuple[float, float]:
+        """(α_t, σ_t) = (√ᾱ_t, √(1−ᾱ_t)): x_t = α_t x0 + σ_t ε."""
+        a = self.alpha_bar(t)
+        return a**0.5, (1 - a) ** 0.5
+
+    def lam(self, t: int) -> float:
+        """λ_t = log α_t − log σ_t, the half log-SNR DPM-Solver steps in (∞ at a clean level)."""
+        alpha, sigma = self.alpha_sigma(t)
+        return math.inf if sigma == 0 else math.log(alpha / sigma)
+
+    def dpmpp_2m(self, x, eps, t: int, t_next: int, prev=None, sde: bool = False):
+        """One DPM-Solver++(2M) step from level t to t_next (Lu et al. 2022, arXiv 2211.01095).
+
+        D0 = x̂0(x, ε) is the data prediction; with the previous step's (D_prev, h_prev) it is
+        corrected to D = D0 + (D0 − D_prev)/(2r), r = h_prev/h, h = λ_next − λ_t (Alg. 2; the
+        2M SDE midpoint form D0 + ½·D1 of METHODS §2b is the same expression). Then
+          ODE (Eq. 9):  x_next = (σ_next/σ_t)·x − α_next·(e^(−h) − 1)·D,            σ = 0
+          SDE (§2b):    μ = (σ_next/σ_t)·e^(−h)·x + α_next·(1 − e^(−2h))·D,  σ = σ_next·√(1 − e^(−2h))
+        First order (no prev) is exactly DDIM (ODE) or the DDPM posterior (SDE). Either
+        direction: t_next > t runs the ODE as an inversion (ε then taken at t_next, as DDIM
+        inversion does). A step from or to a clean level whose σ is 0 is first order.
+        Returns (x_next or μ, σ, the state (D0, h) for the next step)."""
+        d0 = self.pred_x0(x, eps, t)
+        h = self.lam(t_next) - self.lam(t)
+        if not math.isfinite(h):  # σ_t or σ_next is 0: the first-order step, DDIM or DDPM
+            if sde:
+                mu, sigma = self.ddpm_mean_sigma(x, eps, t, t_next)
+                return mu, sigma, None
+            return self.ddim_step(x, eps, t, t_next), 0.0, None
+        d = d0 if prev is None else d0 + (d0 - prev[0]) * (h / (2 * prev[1]))
+        (_, s_t), (a_n, s_n) = self.alpha_sigma(t), self.alpha_sigma(t_next)
+        if sde:
+            e = math.exp(-h)
+            return (s_n / s_t * e) * x + (a_n * (1 - e * e)) * d, s_n * (1 - e * e) ** 0.5, (d0, h)
+        return (s_n / s_t) * x - (a_n * math.expm1(-h)) * d, 0.0, (d0, h)
 
 
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:

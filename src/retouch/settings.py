@@ -19,9 +19,9 @@ from typing import Any
 from retouch.errors import SettingError
 
 
-def setting(default, help: str):  # noqa: A002 - the word users read
-    """A config field with its default and the help shown by every shell."""
-    return field(default=default, metadata={"help": help})
+def setting(default, help: str, choices: tuple = ()):  # noqa: A002 - the word users read
+    """A config field with its default, the help shown by every shell and, for text, its choices."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
 
 def check_number(name: str, value, low=None, high=None, low_open=False, integer=False) -> None:
@@ -67,6 +67,7 @@ class Setting:
     optional: bool
     default: Any
     help: str
+    choices: tuple = ()  # the values a text setting takes (a menu), if fixed
 
     @property
     def flag(self) -> str:
@@ -94,7 +95,13 @@ def settings_fields(config_cls) -> list[Setting]:
     """The fields of a config dataclass, in order, as Settings (name, kind, default, help)."""
     hints = typing.get_type_hints(config_cls)
     return [
-        Setting(f.name, *_kind(hints[f.name]), f.default, f.metadata.get("help", ""))
+        Setting(
+            f.name,
+            *_kind(hints[f.name]),
+            f.default,
+            f.metadata.get("help", ""),
+            f.metadata.get("choices", ()),
+        )
         for f in fields(config_cls)
     ]
 

@@ -139,10 +139,12 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
     classes share is one flag whose help gives each class's default. Every option defaults to
     None (not given): the library's own defaults apply unless a flag is given."""
     merged: dict[str, tuple[Setting, dict[str, Any]]] = {}
+    choices: dict[str, list] = {}
     for label, cls in configs.items():
         for s in settings_fields(cls):
             if keep(s.name):
                 merged.setdefault(s.name, (s, {}))[1][label] = s.default
+                choices.setdefault(s.name, []).extend(c for c in s.choices if c not in choices[s.name])
     options = []
     for s, defaults in merged.values():
         shown = {k: "none" if v is None else v for k, v in defaults.items()}
@@ -156,7 +158,8 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
             decl = f"{s.flag}/--no-{s.flag[2:]}"
             options.append(click.Option([decl, s.name], default=None, help=help_text))
         else:
-            options.append(click.Option([s.flag, s.name], type=_click_type(s), default=None, help=help_text))
+            kind = click.Choice(choices[s.name]) if choices[s.name] else _click_type(s)
+            options.append(click.Option([s.flag, s.name], type=kind, default=None, help=help_text))
     return options
 
 
@@ -203,6 +206,35 @@ def model_options(fn):
     return fn
 
 
+def budget_options(fn):
+    """--max-pixels and --resize/--no-resize: the pixel budget of the input image."""
+    fn = click.option(
+        "--resize/--no-resize",
+        default=True,
+        show_default=True,
+        help="Resize an image over the pixel budget down to it (--no-resize: refuse it).",
+    )(fn)
+    fn = click.option(
+        "--max-pixels",
+        type=click.IntRange(min=64),
+        default=None,
+        help="Pixel budget of the input image [default: four times the model's native area, "
+        "e.g. 1024x1024 for SD 1.5, 128x128 for the shipped model].",
+    )(fn)
+    return fn
+
+
+def fit_image(bundle, img, quiet: bool = False):
+    """The image within the model's pixel budget, saying on stderr when it was resized (an
+    ImageError when over it and resizing is off)."""
+    from retouch.latents import fitted
+
+    img, note = fitted(bundle, img)
+    if note and not quiet:
+        click.echo(f"note: {note}", err=True)
+    return img
+
+
 def quiet_libraries() -> None:
     """No weight-loading bars or tokenizer warnings from diffusers/transformers: stderr carries
     our progress bars and errors only."""
@@ -214,7 +246,7 @@ def quiet_libraries() -> None:
         lib.utils.logging.set_verbosity_error()
 
 
-def load_model(model, device, dtype):
+def load_model(model, device, dtype, max_pixels=None, resize=True):
     """(the loaded ModelBundle, seconds): the device checked first, the libraries quiet."""
     import torch
 
@@ -233,7 +265,7 @@ def load_model(model, device, dtype):
             raise InputError(f"--device {device}: retouch runs on cpu, cuda or mps")
     quiet_libraries()
     t0 = time.perf_counter()
-    bundle = load(model, device=device, dtype=dtype)
+    bundle = load(model, device=device, dtype=dtype, max_pixels=max_pixels, resize=resize)
     return bundle, time.perf_counter() - t0
 
 

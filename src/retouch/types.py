@@ -26,6 +26,8 @@ class ModelBundle:
     device: torch.device
     dtype: torch.dtype
     fingerprint: str = ""  # identifies the weights: inversions record it and refuse another model
+    max_pixels: int | None = None  # the pixel budget of an input image; None: pixel_budget's default
+    resize: bool = True  # an image over the budget is resized down to it (False: refused)
 
     @property
     def prediction_type(self) -> str:
@@ -49,6 +51,13 @@ class ModelBundle:
     def native_size(self) -> int:
         """The image side the model was trained at (512 for SD 1.5, 64 for the shipped model)."""
         return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def pixel_budget(self) -> int:
+        """Most pixels an input image may hold (larger ones are resized down or refused): work is
+        bounded by the input. Default four times the native area (1024² for SD 1.5, 128² for the
+        shipped model)."""
+        return self.max_pixels if self.max_pixels is not None else 4 * self.native_size**2
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class Encoding:
     unet_evals: int
     image_hash: str
     fingerprint: str
+    solver: str = "ddim"  # the ODE solver that made it: "ddim" or "dpmsolver++"
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class Inversion:
     width: int
     seed: int
     unet_evals: int
+    solver: str = "ddpm"  # "ddpm" (§2) or "dpmsolver++" (2M SDE, §2b): the sampler must match
 
     _META = (
         "timesteps",
@@ -149,6 +160,7 @@ class Inversion:
         "width",
         "seed",
         "unet_evals",
+        "solver",
     )
 
     def save(self, path) -> None:
@@ -202,6 +214,8 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
     def bad(why: str) -> InversionError:
         return InversionError(f"inversion {path} is damaged or not retouch's: {why}")
 
+    if isinstance(meta, dict):
+        meta.setdefault("solver", "ddpm")  # files written before the solver setting
     if not isinstance(meta, dict) or set(meta) != set(keys):
         extra, missing = sorted(set(meta) - set(keys)), sorted(set(keys) - set(meta))
         raise bad(f"metadata keys differ (extra {extra}, missing {missing})")
@@ -210,6 +224,8 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
         raise bad(f"{', '.join(ints)} must be non-negative whole numbers")
     if not all(isinstance(meta[k], str) for k in ("source", "fingerprint", "model_id", "image_hash")):
         raise bad("source, fingerprint, model_id and image_hash must be text")
+    if meta["solver"] not in ("ddpm", "dpmsolver++"):
+        raise bad(f"solver must be ddpm or dpmsolver++, got {meta['solver']!r}")
     scale = meta["source_guidance_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise bad("source_guidance_scale must be a finite number")

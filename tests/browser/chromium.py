@@ -58,13 +58,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def page(width: int = 1280, height: int = 1000):
-    """A Playwright page in headless system Chromium."""
+def pages(n: int, width: int = 1280, height: int = 1000):
+    """n Playwright pages in headless system Chromium, each its own visitor (browser context)."""
     executable = require_chromium()
     sync_api = require("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(executable), args=ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            size = {"width": width, "height": height}
+            yield [browser.new_context(viewport=size).new_page() for _ in range(n)]
         finally:
             browser.close()
+
+
+@contextmanager
+def page(width: int = 1280, height: int = 1000):
+    """A Playwright page in headless system Chromium."""
+    with pages(1, width, height) as (one,):
+        yield one

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from retouch.shell import CONTEXT, model_options
+from retouch.shell import CONTEXT, budget_options, model_options
 
 
 def _default_workers(device: str | None) -> int:
@@ -62,7 +62,21 @@ def _default_workers(device: str | None) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @model_options
-def batch(manifest, out_dir, workers, ray_address, threads, as_json, no_progress, model, device, dtype):
+@budget_options
+def batch(
+    manifest,
+    out_dir,
+    workers,
+    ray_address,
+    threads,
+    as_json,
+    no_progress,
+    model,
+    device,
+    dtype,
+    max_pixels,
+    resize,
+):
     """Run every edit of MANIFEST (JSON Lines or CSV), writing into OUT."""
     from tqdm.auto import tqdm
 
@@ -97,7 +111,7 @@ def batch(manifest, out_dir, workers, ray_address, threads, as_json, no_progress
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
 
-        loader = Loader(model, device, dtype, threads)
+        loader = Loader(model, device, dtype, threads, max_pixels, resize)
         results = run_batch(
             rows, out_dir, loader, workers or _default_workers(device), ray_address, on_result
         )

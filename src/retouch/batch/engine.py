@@ -23,12 +23,14 @@ RESULTS = "results.jsonl"
 @dataclass(frozen=True)
 class Loader:
     """What a worker loads once: the model (folder or hub id; None: the shipped one), device,
-    dtype, and its torch CPU threads."""
+    dtype, its torch CPU threads and the pixel budget of an input image."""
 
     model: str | None = None
     device: str | None = None
     dtype: str | None = None
     threads: int = 1
+    max_pixels: int | None = None
+    resize: bool = True
 
     def __call__(self):
         """Load the model (once per worker)."""
@@ -37,7 +39,7 @@ class Loader:
         from retouch.shell import load_model
 
         torch.set_num_threads(self.threads)
-        return load_model(self.model, self.device, self.dtype)[0]
+        return load_model(self.model, self.device, self.dtype, self.max_pixels, self.resize)[0]
 
 
 def groups(rows: list[Row]) -> list[list[Row]]:

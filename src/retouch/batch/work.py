@@ -9,7 +9,7 @@ from retouch import __version__
 from retouch.batch.manifest import Row
 from retouch.errors import InputError
 from retouch.files import save_image
-from retouch.latents import load_image
+from retouch.latents import fitted, load_image
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit
 from retouch.methods.ledits import INVERSION_FIELDS, LEditsConfig, invert, ledits
 from retouch.settings import with_settings
@@ -24,7 +24,7 @@ def edit_image(model: ModelBundle, rows: list[Row]) -> list[dict]:
     for row in rows:
         t0 = time.perf_counter()
         try:
-            image = load_image(row.image)
+            image, note = fitted(model, load_image(row.image))
             evals = _edit_row(model, row, image, shared)
             results.append(
                 dict(
@@ -33,6 +33,7 @@ def edit_image(model: ModelBundle, rows: list[Row]) -> list[dict]:
                     output=str(row.output),
                     unet_evals=evals,
                     seconds=round(time.perf_counter() - t0, 4),
+                    **({"note": note} if note else {}),
                 )
             )
         except Exception as e:  # noqa: BLE001 - one row's failure is recorded, the batch goes on
@@ -56,7 +57,7 @@ def _edit_row(model: ModelBundle, row: Row, image, shared: dict) -> int:
     if row.method == "diffedit":
         cfg = with_settings(DiffEditConfig(), row.settings)
         cfg.check()
-        key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio)
+        key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio, cfg.solver)
         made = 0
         encoding = None
         if cfg.uses_encoding:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from retouch.errors import SettingError
-from retouch.latents import Pixels, encode, image_hash, load_image, to_pixels
+from retouch.latents import Pixels, encode, fitted, image_hash, to_pixels
 from retouch.types import ModelBundle
 
 Progress = Callable[[str, int, int], None]
@@ -19,20 +19,23 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Prepared:
-    """An image ready for a model: the checked RGB image, padded pixels, its hash and x0."""
+    """An image ready for a model: the checked RGB image (within the model's pixel budget), padded
+    pixels, its hash and x0; note says if the image was resized to fit the budget."""
 
     image: Image.Image
     pixels: Pixels
     hash: str
     x0: torch.Tensor  # [1, C, h, w] scaled latent of the VAE posterior mean
+    note: str = ""
 
 
 def prepare(bundle: ModelBundle, image, x0: torch.Tensor | None = None) -> Prepared:
     """The checked image, its pixels, hash and x0; x0 given (an encoding's or inversion's, whose
-    hash the caller checks against this one): no second VAE encoding."""
-    img = load_image(image)
+    hash the caller checks against this one): no second VAE encoding. An image over the model's
+    pixel budget is resized down to it (hashed as resized) or refused (bundle.resize False)."""
+    img, note = fitted(bundle, image)
     px = to_pixels(bundle, img)
-    return Prepared(img, px, image_hash(img), encode(bundle, px.tensor) if x0 is None else x0)
+    return Prepared(img, px, image_hash(img), encode(bundle, px.tensor) if x0 is None else x0, note)
 
 
 def generator(bundle: ModelBundle, seed: int) -> torch.Generator:

@@ -28,6 +28,7 @@ from retouch.timing import Timer
 from retouch.types import EditResult, Encoding, Mask, ModelBundle
 
 MODES = ("diffedit", "no_mask", "no_encoding", "sdedit")
+SOLVERS = ("ddim", "dpmsolver++")
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 
@@ -43,9 +44,12 @@ class DiffEditConfig:
     mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling")
     mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
     mask_guidance_scale: float | None = setting(None, "diffusers' CFG on both mask sides; None: paper")
-    mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit")
+    mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
     paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
     feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
+    solver: str = setting(
+        "ddim", "ddim (the paper) or dpmsolver++: DPM-Solver++(2M), to encode and decode", SOLVERS
+    )
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -60,6 +64,8 @@ class DiffEditConfig:
         if self.mask_guidance_scale is not None:
             check_number("mask_guidance_scale", self.mask_guidance_scale, 0)
         check_number("feather", self.feather, 0, 64)
+        if self.solver not in SOLVERS:
+            raise SettingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.mode not in MODES:
             raise SettingError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
@@ -141,7 +147,7 @@ def _resolve_mask(model, prep: Prepared, mask, query, reference, cfg, seed) -> t
         return m, m.unet_evals
     if not isinstance(mask, Mask):
         px, (h, w) = prep.pixels, prep.x0.shape[-2:]
-        latent = user_mask(mask, px.height, px.width, (h, w), model.vae_scale_factor)
+        latent = user_mask(mask, px.height, px.width, (h, w), model.vae_scale_factor, model.pixel_budget)
         mask = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, cfg.feather))
     if tuple(mask.latent.shape) != tuple(prep.x0.shape[-2:]):
         raise SettingError(
@@ -170,7 +176,7 @@ def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :][::-1]  # ascending
     eps = guided_eps(unet_eps(model, schedule, counter), encode_text(model, [""]), None, 1.0)
-    latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"))
+    latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"), cfg.solver)
     return Encoding(
         tuple(latents),
         (-1, *ts),
@@ -179,6 +185,7 @@ def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
         counter.n,
         prep.hash,
         model.fingerprint,
+        cfg.solver,
     )
 
 
@@ -187,10 +194,15 @@ def _check_encoding(enc: Encoding, prep: Prepared, model, cfg: DiffEditConfig) -
         raise SettingError("encoding was made with another model")
     if enc.image_hash != prep.hash:
         raise SettingError("encoding was made from another image")
-    if (enc.num_inference_steps, enc.encode_ratio) != (cfg.num_inference_steps, cfg.encode_ratio):
+    if (enc.num_inference_steps, enc.encode_ratio, enc.solver) != (
+        cfg.num_inference_steps,
+        cfg.encode_ratio,
+        cfg.solver,
+    ):
         raise SettingError(
             f"encoding has num_inference_steps={enc.num_inference_steps}, encode_ratio="
-            f"{enc.encode_ratio}; the edit asks for {cfg.num_inference_steps}, {cfg.encode_ratio}"
+            f"{enc.encode_ratio}, solver={enc.solver}; the edit asks for {cfg.num_inference_steps}, "
+            f"{cfg.encode_ratio}, {cfg.solver}"
         )
 
 
@@ -224,7 +236,7 @@ def _decode(model, start, background, mask: Mask | None, query: str, cfg: DiffEd
     uncond, cond = encode_text(model, ["", query]).split(1)
     eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, cfg.guidance_scale)
     m = None if mask is None else mask.latent.to(start)
-    z = ddim_sample(eps, schedule, start, ts, background, m, stage(progress, "decode"))
+    z = ddim_sample(eps, schedule, start, ts, background, m, stage(progress, "decode"), cfg.solver)
     return check_finite(z, "guidance_scale"), counter.n
 
 
@@ -280,4 +292,5 @@ def diffedit(
         seed,
         dict(timer.times),
         z,
+        prep.note,
     )

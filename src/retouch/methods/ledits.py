@@ -22,7 +22,7 @@ from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.guidance import Concept, SegaState, sega_eps
 from retouch.inversion import ddpm_invert
-from retouch.latents import decode, image_hash, load_image, paste_back, to_image, to_pixels, upsample_mask
+from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
 from retouch.methods.common import Progress, check_finite, generator, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
@@ -37,7 +37,8 @@ from retouch.types import EditResult, Inversion, Mask, ModelBundle
 PRESETS = {"style": (8.0, 2, 0.92), "face": (5.0, 2, 0.95), "object": (15.0, 5, 0.95)}
 
 Number = float | Sequence[float]
-INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale")  # what invert() reads
+INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale", "solver")  # what invert() reads
+SOLVERS = ("ddpm", "dpmsolver++")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class LEditsConfig:
     paste_back: bool = setting(
         False, "ours, with a mask: paste the unmasked input pixels back after decoding"
     )
+    solver: str = setting(
+        "ddpm", "ddpm (the paper) or dpmsolver++: LEDITS++'s 2M SDE inversion, for fewer steps", SOLVERS
+    )
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -75,6 +79,8 @@ class LEditsConfig:
         check_number("momentum_scale", self.momentum_scale, 0)
         check_number("momentum_beta", self.momentum_beta, 0, 1)
         check_number("feather", self.feather, 0, 64)
+        if self.solver not in SOLVERS:
+            raise SettingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
 
     @property
     def skip_steps(self) -> int:
@@ -160,7 +166,7 @@ def invert(
         cfg.source_guidance_scale if source else 1.0,
     )
     trajectory, zs = ddpm_invert(
-        eps, schedule, prep.x0, timesteps, generator(model, seed), stage(progress, "invert")
+        eps, schedule, prep.x0, timesteps, generator(model, seed), stage(progress, "invert"), cfg.solver
     )
     return Inversion(
         prep.x0,
@@ -178,6 +184,7 @@ def invert(
         prep.pixels.width,
         seed,
         counter.n,
+        cfg.solver,
     )
 
 
@@ -199,7 +206,7 @@ def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> tupl
             model, image, query or reference, reference if query else "", seed=seed, x0=inv.x0
         )  # the inversion's (its image was checked by hash): no VAE pass
         return m, m.unet_evals
-    latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor)
+    latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor, model.pixel_budget)
     return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather)), 0
 
 
@@ -208,7 +215,7 @@ def _resolve_inversion(model, image_or_inversion, image, source, cfg, seed, prog
     checked against the model, the settings and the image (0); an image is inverted here."""
     inv = image_or_inversion
     if isinstance(inv, Inversion):
-        if image is not None and image_hash(load_image(image)) != inv.image_hash:
+        if image is not None and image_hash(fitted(model, image)[0]) != inv.image_hash:
             raise SettingError("the inversion was made from another image")
         _check_inversion(model, inv, cfg)
         return inv, image, 0
@@ -254,6 +261,7 @@ def _edit(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask:
         pin=inv.trajectory,
         mask=m,
         progress=stage(progress, "edit"),
+        solver=inv.solver,
     )
     return check_finite(
         z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)"
@@ -309,10 +317,9 @@ def ledits(
     with timer("edit"):
         z, edit_evals = _edit(model, inv, prompt, concepts, cfg, m, progress)
         out = decode(model, z)
+    img, note = fitted(model, image) if image is not None else (None, "")
     if cfg.paste_back and m is not None:
-        out = paste_back(
-            out, to_pixels(model, load_image(image)), m.latent, model.vae_scale_factor, cfg.feather
-        )
+        out = paste_back(out, to_pixels(model, img), m.latent, model.vae_scale_factor, cfg.feather)
     return EditResult(
         to_image(out, inv.height, inv.width),
         m,
@@ -321,6 +328,7 @@ def ledits(
         seed,
         dict(timer.times),
         z,
+        note,
     )
 
 
@@ -333,9 +341,9 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
         prep = prepare(model, image_or_inversion)
         x0, height, width = prep.x0, prep.pixels.height, prep.pixels.width
     img = to_image(decode(model, x0), height, width)
-    return EditResult(
-        img, None, 0, settings, seed, {}, x0, "no concepts and no target prompt: returned the reconstruction"
-    )
+    note = "" if isinstance(image_or_inversion, Inversion) else prep.note
+    message = "; ".join(filter(None, ["no concepts and no target prompt: returned the reconstruction", note]))
+    return EditResult(img, None, 0, settings, seed, {}, x0, message)
 
 
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
@@ -348,8 +356,13 @@ def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
             f"inversion latents are {list(inv.x0.shape[1:])}; a {inv.width}x{inv.height} "
             f"image on this model has {list(latent)}"
         )
-    if (inv.num_inference_steps, inv.skip) != (cfg.num_inference_steps, cfg.skip_steps):
+    if (inv.num_inference_steps, inv.skip, inv.solver) != (
+        cfg.num_inference_steps,
+        cfg.skip_steps,
+        cfg.solver,
+    ):
         raise SettingError(
-            f"inversion has num_inference_steps={inv.num_inference_steps}, skip={inv.skip}; the edit "
-            f"asks for {cfg.num_inference_steps}, {cfg.skip_steps}: invert again with those"
+            f"inversion has num_inference_steps={inv.num_inference_steps}, skip={inv.skip}, solver="
+            f"{inv.solver}; the edit asks for {cfg.num_inference_steps}, {cfg.skip_steps}, {cfg.solver}: "
+            "invert again with those"
         )

@@ -175,8 +175,9 @@ def caption(scene: Scene) -> str:
 def training_caption(scene: Scene, rng: np.random.Generator, whole: float = 0.4) -> str:
     """A caption as web captions are: whole, partial (some objects, any order), or a bare concept.
 
-    `whole` (40 %): the whole caption. Of the rest, two thirds: a random subset of the objects in random order, each phrase with
-    or without its article, with or without the background phrase; one third: one bare concept
+    `whole` (40 %): the whole caption. Of the rest, two thirds: a random subset of the objects in
+    random order, each phrase with or without its article, with or without the background phrase;
+    one third: one bare concept
     ("red circle", or "white background" for one in six). Partial captions never name what the
     image does not hold, so a concept's noise prediction points at that concept; and a caption in
     the whole caption's form (articles and the background phrase) always names every object, so

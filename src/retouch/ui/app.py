@@ -1,10 +1,12 @@
 """The web app (Gradio): upload an image, pick a method, write the texts, edit, download.
 
 The settings form is derived from the methods' config dataclasses (one field per setting, the
-dataclass default pre-filled). Model work runs one request at a time (the queue); each visitor's
-inversions live in their own gr.State. Uploads are bounded in size (MAX_FILE_SIZE) and in pixels
-(retouch.latents' limits, checked from the header before decoding); the app only reads files
-Gradio received as uploads and only writes its own result files.
+dataclass default pre-filled). Work is bounded for every visitor: uploads in file size
+(MAX_FILE_SIZE) and in pixels (retouch.latents' limits, checked from the header before decoding;
+larger than the app's pixel budget, the model's native area by default, they are resized down with
+a message), each edit by a time limit, and a visitor can stop their edit; `concurrency` edits run at
+once and the rest wait in the queue. Each visitor's inversions live in their own gr.State. The app
+only reads files Gradio received as uploads and only writes its own result files.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -23,11 +27,15 @@ from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import PRESETS, LEditsConfig
-from retouch.settings import Setting, parse_numbers, settings_fields
+from retouch.models import check_budget
+from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
-from retouch.ui.session import Cache, EditRequest, run
+from retouch.ui.session import Cache, EditRequest, guarded, run
 
 MAX_FILE_SIZE = "10mb"
+TIME_LIMIT_S = 120.0  # per edit; the edit stops at its next step past it
+CONCURRENCY = 2  # edits at once (a long one does not hold everyone); the rest are queued
+_STOPS: set[str] = set()  # sessions whose visitor pressed Stop during their edit
 CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
 PRESET_FIELDS = ("edit_scale", "edit_warmup", "edit_threshold")  # the order of PRESETS' tuples
 RESULTS = Path(tempfile.gettempdir()) / "retouch-ui"  # the app's own result files
@@ -56,6 +64,8 @@ def _field(method: str, s: Setting):
     kw = dict(label=s.label, info=s.help or None, elem_id=f"{method}-{s.name}")
     if s.kind == "bool":
         return gr.Checkbox(value=s.default, **kw)
+    if s.kind == "str" and s.choices:
+        return gr.Dropdown(list(s.choices), value=s.default, **kw)
     if s.kind == "str":
         return gr.Textbox(value=s.default, **kw)
     if s.kind == "per_concept":
@@ -149,10 +159,14 @@ def run_edit(
     diffedit_values: dict,
     ledits_values: dict,
     progress=None,
+    time_limit: float = TIME_LIMIT_S,
+    stopped: Callable[[], bool] = lambda: False,
 ):
     """The Edit button: returns (mask over the image, result, download file, status, cache).
-    Bad input gives a warning and the reason in the status box; the server keeps serving."""
+    Bad input, the time limit or stopped() give a warning and the reason in the status box; the
+    server keeps serving."""
     cache = cache if cache is not None else Cache()
+    steps = guarded(_stage_progress(progress), time.monotonic() + time_limit, time_limit, stopped)
     try:
         image = _uploaded(image)
         values = diffedit_values if method == "diffedit" else ledits_values
@@ -169,7 +183,7 @@ def run_edit(
             remove=_concepts(_text(texts.get("remove"), "Remove")),
             mask=_text(texts.get("mask"), "Mask") or "none",
         )
-        outcome = run(model, cache, req, _stage_progress(progress))
+        outcome = run(model, cache, req, steps)
     except InputError as e:
         message = " ".join(str(e).split())
         if isinstance(image, Path):  # name the file as the visitor knows it, not where the server keeps it
@@ -202,13 +216,32 @@ def _example_images() -> list[list]:
     return rows
 
 
-def build_app(model: ModelBundle) -> gr.Blocks:
-    """The app for one loaded model."""
+def app_model(model: ModelBundle, max_pixels: int | None = None) -> ModelBundle:
+    """The model as the app uses it: uploads over `max_pixels` (default the model's native area,
+    a quarter of the library's budget) resized down to it."""
+    check_budget(max_pixels)
+    return replace(model, max_pixels=max_pixels or model.native_size**2, resize=True)
+
+
+def build_app(
+    model: ModelBundle,
+    max_pixels: int | None = None,
+    time_limit: float = TIME_LIMIT_S,
+    concurrency: int = CONCURRENCY,
+) -> gr.Blocks:
+    """The app for one loaded model: uploads over `max_pixels` resized down, each edit stopped
+    after `time_limit` seconds, `concurrency` edits at once."""
+    check_number("time_limit", time_limit, low=0, low_open=True)
+    check_number("concurrency", concurrency, low=1, integer=True)
+    model = app_model(model, max_pixels)
+    side = int(model.pixel_budget**0.5)
     with gr.Blocks(title="retouch", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
             "# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
             "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
-            f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}."
+            f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}; "
+            f"larger than {model.pixel_budget} pixels ({side}x{side}), they are edited resized down. "
+            f"An edit stops after {time_limit:g} s."
         )
         cache = gr.State(None, time_to_live=3600)
         with gr.Row():
@@ -250,7 +283,9 @@ def build_app(model: ModelBundle) -> gr.Blocks:
                             elem_id="mask",
                         )
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
-                edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
+                with gr.Row():
+                    edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 fields = {}
                 for name, cls in CONFIGS.items():
                     with gr.Accordion(
@@ -298,7 +333,9 @@ def build_app(model: ModelBundle) -> gr.Blocks:
             "mask": mask,
         }
 
-        def on_edit(data, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress this way)
+        def on_edit(data, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio injects these)
+            visitor = request.session_hash
+            _STOPS.discard(visitor)
             return run_edit(
                 model,
                 data[cache],
@@ -309,7 +346,12 @@ def build_app(model: ModelBundle) -> gr.Blocks:
                 {k: data[c] for k, c in form["diffedit"].items()},
                 {k: data[c] for k, c in form["ledits"].items()},
                 progress,
+                time_limit,
+                lambda: visitor in _STOPS,
             )
+
+        def on_stop(request: gr.Request):
+            _STOPS.add(request.session_hash)  # the running edit ends at its next step
 
         inputs = {
             cache,
@@ -321,13 +363,14 @@ def build_app(model: ModelBundle) -> gr.Blocks:
             *form["ledits"].values(),
         }
         # preprocess=False: the handler gets the upload's payload, not Gradio's decoding of it
-        edit_button.click(
+        editing = edit_button.click(
             on_edit,
             inputs=inputs,
             outputs=[overlay, result, download, status, cache],
-            concurrency_limit=1,
+            concurrency_limit=concurrency,
             preprocess=False,
         )
+        stop_button.click(on_stop, cancels=[editing], queue=False)
     return demo
 
 
@@ -345,9 +388,17 @@ def _preset_values(preset: str):
     return [defaults[n] for n in PRESET_FIELDS]
 
 
-def launch(model: ModelBundle, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
-    """Serve the app: model work one request at a time, the others queued."""
-    demo = build_app(model)
+def launch(
+    model: ModelBundle,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+    max_pixels: int | None = None,
+    time_limit: float = TIME_LIMIT_S,
+    concurrency: int = CONCURRENCY,
+) -> gr.Blocks:
+    """Serve the app: `concurrency` edits at once, the others queued (build_app for the limits)."""
+    demo = build_app(model, max_pixels, time_limit, concurrency)
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.launch(
         server_name=host,

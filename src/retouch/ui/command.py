@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import click
 
+from retouch.settings import check_number
 from retouch.shell import CONTEXT, load_model, model_options
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=64),
+    default=None,
+    help="Uploads over this many pixels are edited resized down [default: the model's native area].",
+)
+@click.option("--time-limit", type=float, default=120.0, show_default=True, help="Seconds per edit.")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=2, show_default=True, help="Edits run at once."
+)
 @model_options
-def ui(host, port, model, device, dtype):
+def ui(host, port, max_pixels, time_limit, concurrency, model, device, dtype):
     """Serve the web app: upload an image, edit it, download the result."""
     try:
         from retouch.ui.app import launch
     except ImportError as e:
         raise click.ClickException(f"the web app needs gradio: pip install 'retouch[ui]' ({e})") from e
+    check_number("--time-limit", time_limit, low=0, low_open=True)
     bundle, _ = load_model(model, device, dtype)
-    launch(bundle, host=host, port=port)
+    launch(bundle, host, port, True, max_pixels, time_limit, concurrency)

@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from retouch.errors import SettingError
-from retouch.latents import image_hash, load_image
+from retouch.errors import InputError, SettingError
+from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
 from retouch.settings import check_seed, with_settings
@@ -71,10 +71,14 @@ class Outcome:
     steps: tuple[tuple[str, float | None], ...]
     unet_evals: int  # this request's, reused values cost nothing
     params: dict[str, Any]
+    note: str = ""  # the upload was resized to the app's pixel budget
 
     @property
     def status(self) -> str:
-        lines = [f"{name}: skipped (reused)" if t is None else f"{name}: {t:.1f} s" for name, t in self.steps]
+        lines = [self.note] if self.note else []
+        lines += [
+            f"{name}: skipped (reused)" if t is None else f"{name}: {t:.1f} s" for name, t in self.steps
+        ]
         lines.append(f"UNet evaluations: {self.unet_evals}")
         if self.result.mask is not None:
             lines.append(f"mask area: {self.result.mask.area:.0%}")
@@ -99,9 +103,34 @@ def _reused(cache: Cache, key, make) -> tuple[Any, float | None]:
     return value, seconds
 
 
+class Stopped(InputError):
+    """An edit stopped by its visitor or by the server's time limit."""
+
+
+def guarded(
+    progress: Progress | None, deadline: float, limit: float, stopped: Callable[[], bool]
+) -> Progress:
+    """`progress` that also ends the edit (Stopped) at the next step once the visitor asked to
+    stop or time.monotonic() passed `deadline` (`limit` seconds after the start)."""
+
+    def step(stage: str, done: int, total: int) -> None:
+        if stopped():
+            raise Stopped("stopped")
+        if time.monotonic() > deadline:
+            raise Stopped(
+                f"the edit ran past this server's time limit of {limit:g} s: "
+                "use fewer steps or a smaller image"
+            )
+        if progress is not None:
+            progress(stage, done, total)
+
+    return step
+
+
 def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress | None = None) -> Outcome:
-    """Run one edit, reusing the visitor's cached inversion/encoding/mask when they fit."""
-    image = load_image(req.image)
+    """Run one edit, reusing the visitor's cached inversion/encoding/mask when they fit. An image
+    over the model's pixel budget is resized to it (Outcome.note says so) or refused."""
+    image, note = fitted(model, req.image)
     seed = check_seed(req.seed)
     key = (image_hash(image), model.fingerprint)
     if req.method == "diffedit":
@@ -119,7 +148,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
         "seed": result.seed,
     }
     evals = result.unet_evals + sum(v.unet_evals for v in made)
-    return Outcome(result, overlay, tuple(steps), evals, params)
+    return Outcome(result, overlay, tuple(steps), evals, params, note)
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
@@ -138,7 +167,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
     if cfg.mode in ("diffedit", "no_mask"):
         encoding, t = _reused(
             cache,
-            ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio),
+            ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio, cfg.solver),
             lambda: ddim_encoding(model, image, cfg, progress),
         )
         steps.append(("encoding", t))
@@ -160,6 +189,7 @@ def _ledits(model, cache, req, image, seed, key, progress):
         cfg.num_inference_steps,
         cfg.skip_steps,
         cfg.source_guidance_scale,
+        cfg.solver,
         seed,
     )
     inv, t = _reused(cache, inv_key, lambda: invert(model, image, req.source, cfg, seed, progress))
