@@ -55,9 +55,10 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> EpsFn:
-    """eps_fn with classifier-free guidance folded in; scale 1 or no uncond: a single branch."""
-    if uncond is None or scale == 1.0:
+def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, scale) -> EpsFn:
+    """eps_fn with classifier-free guidance folded in; scale 1 or no uncond: a single branch.
+    scale: a number, or one per batch element [B, 1, 1, 1]."""
+    if uncond is None or (not isinstance(scale, torch.Tensor) and scale == 1.0):
         return lambda x, t, _c=None: eps_fn(x, t, cond.expand(x.shape[0], -1, -1))
 
     def fn(x, t, _c=None):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from retouch.denoiser import EpsFn, branches, cfg
+from retouch.denoiser import EpsFn, cfg
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,14 @@ class Concept:
     cooldown: int | None = None
     threshold: float = 0.95
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SegaState:
+    """SEGA's state between steps: the step index and the momentum ν [B, C, h, w] (None: zero)."""
+
+    step: int = 0
+    momentum: torch.Tensor | None = None
 
 
 def threshold_per_channel(psi: torch.Tensor, q: float) -> torch.Tensor:
@@ -82,11 +90,63 @@ def _weighted(psis: dict, concepts: list[Concept], idx: list[int]) -> torch.Tens
 
 
 @dataclass(frozen=True)
-class SegaState:
-    """SEGA's state between steps: the step index and the momentum ν [B, C, h, w] (None: zero)."""
+class Guide:
+    """One edit's guidance (METHODS §3): ε(∅)'s condition, the base (target prompt, None: none) and
+    its CFG scale, the SEGA concepts and their conditions, momentum settings and a mask [h, w]
+    confining γ. Conditions [1, L, D]."""
 
-    step: int = 0
-    momentum: torch.Tensor | None = None
+    uncond: torch.Tensor
+    concepts: tuple[Concept, ...] = ()
+    concept_conds: tuple[torch.Tensor, ...] = ()
+    base: torch.Tensor | None = None
+    base_scale: float = 1.0
+    momentum_scale: float = 0.3
+    momentum_beta: float = 0.6
+    mask: torch.Tensor | None = None
+
+    @property
+    def conds(self) -> list[torch.Tensor]:
+        """[∅, base?, e_1..e_k]: the branches of one step."""
+        return [self.uncond, *([self.base] if self.base is not None else []), *self.concept_conds]
+
+    def combine(self, eps: list[torch.Tensor], x: torch.Tensor, state: SegaState):
+        """ε̃ and the new state from this edit's branch outputs (each [1, C, h, w])."""
+        e = cfg(eps[0], eps[1], self.base_scale) if self.base is not None else eps[0]
+        if not self.concepts:
+            return e, SegaState(state.step + 1, state.momentum)
+        nu = torch.zeros_like(x) if state.momentum is None else state.momentum
+        gamma, nu = sega_step(
+            eps[0],
+            eps[-len(self.concepts) :],
+            list(self.concepts),
+            state.step,
+            nu,
+            self.momentum_scale,
+            self.momentum_beta,
+            self.mask,
+        )
+        return e + gamma, SegaState(state.step + 1, nu)
+
+
+def sega_eps_many(eps_fn: EpsFn, guides: list[Guide]):
+    """CFG plus SEGA for several edits as one guided noise function: fn(x, t, states) → (ε̃,
+    states), x [B, C, h, w] (edit b's latent x[b]), one state per edit, and ONE network call per
+    step over every edit's branches [∅, base?, e_1..e_k] (METHODS §3)."""
+    rows = [b for b, g in enumerate(guides) for _ in g.conds]
+    conds = torch.cat([c for g in guides for c in g.conds])  # [Σ k_b, L, D]
+    sizes = [len(g.conds) for g in guides]
+
+    def fn(x: torch.Tensor, t: int, states: tuple[SegaState, ...]):
+        eps = eps_fn(x[rows], t, conds).split(1)  # Σ k_b × [1, C, h, w]
+        out, new, i = [], [], 0
+        for b, (g, k) in enumerate(zip(guides, sizes)):
+            e, state = g.combine(list(eps[i : i + k]), x[b : b + 1], states[b])
+            out.append(e)
+            new.append(state)
+            i += k
+        return torch.cat(out), tuple(new)
+
+    return fn
 
 
 def sega_eps(
@@ -105,17 +165,13 @@ def sega_eps(
 
     ε̃ = ε(∅) + w·(ε(base) − ε(∅)) (no base: ε(∅)), plus γ from `sega_step`. uncond, base and each
     concept condition [1, L, D]; mask [h, w] confines γ. The momentum lives in the state."""
-    conds = [uncond, *([base] if base is not None else []), *concept_conds]
+    guide = Guide(
+        uncond, tuple(concepts), tuple(concept_conds), base, base_scale, momentum_scale, momentum_beta, mask
+    )
+    many = sega_eps_many(eps_fn, [guide])
 
     def fn(x: torch.Tensor, t: int, state: SegaState) -> tuple[torch.Tensor, SegaState]:
-        eps = branches(eps_fn, x, t, conds)  # len(conds) × [B, C, h, w]
-        e = cfg(eps[0], eps[1], base_scale) if base is not None else eps[0]
-        if not concepts:
-            return e, SegaState(state.step + 1, state.momentum)
-        nu = torch.zeros_like(x) if state.momentum is None else state.momentum
-        gamma, nu = sega_step(
-            eps[0], eps[-len(concepts) :], concepts, state.step, nu, momentum_scale, momentum_beta, mask
-        )
-        return e + gamma, SegaState(state.step + 1, nu)
+        e, (state,) = many(x, t, (state,))
+        return e, state
 
     return fn

@@ -10,6 +10,7 @@ and reuses for other queries on the same image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -228,16 +229,166 @@ def _resolve_start(model, prep: Prepared, encoding, cfg: DiffEditConfig, seed: i
 # --- Step 3: masked decoding (§3.3) ------------------------------------------------------------
 
 
-def _decode(model, start, background, mask: Mask | None, query: str, cfg: DiffEditConfig, progress):
-    """DDIM decoding under CFG on the query from level t_r, the background following its own
-    trajectory outside the mask: (final latent [1, C, h, w], evaluations)."""
+def _decode(model, start, background, masks, queries: list[str], scales: list[float], cfg, progress):
+    """DDIM decoding under CFG on each edit's query from level t_r, the background following its
+    own trajectory outside the mask, all edits as ONE batch per step: start [B, C, h, w],
+    background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]  # descending
-    uncond, cond = encode_text(model, ["", query]).split(1)
-    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, cfg.guidance_scale)
-    m = None if mask is None else mask.latent.to(start)
-    z = ddim_sample(eps, schedule, start, ts, background, m, stage(progress, "decode"), cfg.solver)
+    embs = encode_text(model, ["", *queries])
+    uncond, cond = embs[:1], embs[1:]  # [1, L, D], [B, L, D]
+    scale = (
+        scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=start.device).view(-1, 1, 1, 1)
+    )
+    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, scale)
+    z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
     return check_finite(z, "guidance_scale"), counter.n
+
+
+EDIT_KEYS = ("query", "reference", "seed", "mask", "encoding")  # an edit's own; the rest: settings
+GRID = ("num_inference_steps", "encode_ratio", "solver", "mode")  # what the edits of a batch share
+
+
+@dataclass(frozen=True)
+class _Job:
+    query: str
+    reference: str
+    seed: int
+    mask: object
+    encoding: Encoding | None
+    cfg: DiffEditConfig
+
+
+def _job(model, edit: dict, config, settings: dict) -> _Job:
+    """One edit of a batch, checked: its texts, seed and settings (the batch's, then its own)."""
+    if not isinstance(edit, dict) or "query" not in edit:
+        raise SettingError("each edit is a dict with at least a query, e.g. dict(query='a green circle')")
+    own = {k: v for k, v in edit.items() if k not in EDIT_KEYS}
+    return _Job(
+        check_prompt(model, edit["query"], "query"),
+        check_prompt(model, edit.get("reference", ""), "reference", allow_empty=True),
+        check_seed(edit.get("seed", 0)),
+        edit.get("mask"),
+        edit.get("encoding"),
+        _config(config, {**settings, **own}),
+    )
+
+
+def diffedit_many(
+    model: ModelBundle,
+    images,
+    edits: Sequence[dict],
+    config: DiffEditConfig | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> list[EditResult]:
+    """Several DiffEdit edits, their decodings as ONE UNet batch per step.
+
+    images: one image for every edit, or one per edit (all of one size); edits[i]: dict(query=...,
+    reference="", seed=0, mask=None, encoding=None, plus any DiffEditConfig field of its own, e.g.
+    guidance_scale). The edits share num_inference_steps, encode_ratio, solver and mode. Each
+    distinct image is prepared and encoded once (its encoding shared by its edits, its cost
+    counted on the first); masks are inferred per edit. The results are those of one `diffedit`
+    call per edit, to the float rounding of batched arithmetic."""
+    jobs = [_job(model, e, config, settings) for e in edits]
+    if not jobs:
+        return []
+    images = list(images) if isinstance(images, (list, tuple)) else [images] * len(jobs)
+    if len(images) != len(jobs):
+        raise SettingError(f"{len(images)} images for {len(jobs)} edits: give one image, or one per edit")
+    grid = {tuple(getattr(j.cfg, f) for f in GRID) for j in jobs}
+    if len(grid) > 1:
+        raise SettingError(f"the edits of one batch must share {', '.join(GRID)}")
+    cfg, timer = jobs[0].cfg, Timer(model.device)
+    with timer("prepare"):  # an encoding holds x0: no second VAE encoding (its hash checked below)
+        preps = _prepare_all(model, images, jobs)
+    for job, prep in zip(jobs, preps):
+        if job.encoding is not None:
+            _check_encoding(job.encoding, prep, model, job.cfg)
+    masks, evals = [], []
+    with timer("mask", when=cfg.uses_mask and any(j.mask is None for j in jobs)):
+        for job, prep in zip(jobs, preps):
+            m, spent = _resolve_mask(model, prep, job.mask, job.query, job.reference, job.cfg, job.seed)
+            masks.append(m)
+            evals.append(spent)
+    starts, backgrounds, encodings = [], [], {}
+    with timer("encode", when=any(j.encoding is None for j in jobs)):
+        for i, (job, prep) in enumerate(zip(jobs, preps)):
+            enc = job.encoding or encodings.get(prep.hash)
+            start, background, spent = _resolve_start(model, prep, enc, job.cfg, job.seed, progress)
+            if cfg.uses_encoding and enc is None:
+                encodings[prep.hash] = _as_encoding(background, prep, model, cfg, spent)
+            starts.append(start)
+            backgrounds.append(background)
+            evals[i] += spent
+    with timer("decode"):
+        m = None if not cfg.uses_mask else torch.stack([mk.latent for mk in masks])[:, None].to(starts[0])
+        background = {t: torch.cat([b[t] for b in backgrounds]) for t in backgrounds[0]}
+        z, spent = _decode(
+            model,
+            torch.cat(starts),
+            background,
+            m,
+            [j.query for j in jobs],
+            [j.cfg.guidance_scale for j in jobs],
+            cfg,
+            progress,
+        )
+        out = decode(model, z)
+    results = []
+    for i, (job, prep, mask) in enumerate(zip(jobs, preps, masks)):
+        pixels = out[i : i + 1]
+        if job.cfg.paste_back and mask is not None:
+            pixels = paste_back(pixels, prep.pixels, mask.latent, model.vae_scale_factor, job.cfg.feather)
+        settings_out = {
+            "method": "diffedit",
+            "query": job.query,
+            "reference": job.reference,
+            **asdict(job.cfg),
+            "model": model.model_id,
+        }
+        results.append(
+            EditResult(
+                to_image(pixels, prep.pixels.height, prep.pixels.width),
+                mask,
+                evals[i] + spent // len(jobs),
+                settings_out,
+                job.seed,
+                dict(timer.times),
+                z[i : i + 1],
+                prep.note,
+            )
+        )
+    return results
+
+
+def _prepare_all(model, images: list, jobs: list[_Job]) -> list[Prepared]:
+    """Each distinct image (by object) prepared once; all of one size."""
+    seen: dict[int, Prepared] = {}
+    preps = []
+    for image, job in zip(images, jobs):
+        key = id(image) if job.encoding is None else (id(image), id(job.encoding))
+        if key not in seen:
+            seen[key] = prepare(model, image, x0=None if job.encoding is None else job.encoding.latents[0])
+        preps.append(seen[key])
+    if len({tuple(p.x0.shape) for p in preps}) > 1:
+        raise SettingError("the images of one batch must be of one size")
+    return preps
+
+
+def _as_encoding(background: dict, prep: Prepared, model, cfg: DiffEditConfig, spent: int) -> Encoding:
+    """The encoding just computed for an image, to share with its other edits in the batch."""
+    levels = sorted(background)  # -1 (x0) first, then ascending
+    return Encoding(
+        tuple(background[t] for t in levels),
+        tuple(levels),
+        cfg.num_inference_steps,
+        cfg.encode_ratio,
+        spent,
+        prep.hash,
+        model.fingerprint,
+        cfg.solver,
+    )
 
 
 def diffedit(
@@ -259,38 +410,5 @@ def diffedit(
     infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields.
     progress(stage, done, total): called after each step. unet_evals counts what this call spent.
     """
-    cfg = _config(config, settings)
-    seed = check_seed(seed)
-    query = check_prompt(model, query, "query")
-    reference = check_prompt(model, reference, "reference", allow_empty=True)
-    timer = Timer(model.device)
-    with timer("prepare"):  # an encoding holds x0: no second VAE encoding (its hash checked below)
-        prep = prepare(model, image, x0=None if encoding is None else encoding.latents[0])
-    if encoding is not None:
-        _check_encoding(encoding, prep, model, cfg)
-    with timer("mask", when=cfg.uses_mask and mask is None):
-        mask, mask_evals = _resolve_mask(model, prep, mask, query, reference, cfg, seed)
-    with timer("encode", when=encoding is None):
-        start, background, encode_evals = _resolve_start(model, prep, encoding, cfg, seed, progress)
-    with timer("decode"):
-        z, decode_evals = _decode(model, start, background, mask, query, cfg, progress)
-        out = decode(model, z)
-    if cfg.paste_back and mask is not None:
-        out = paste_back(out, prep.pixels, mask.latent, model.vae_scale_factor, cfg.feather)
-    settings_out = {
-        "method": "diffedit",
-        "query": query,
-        "reference": reference,
-        **asdict(cfg),
-        "model": model.model_id,
-    }
-    return EditResult(
-        to_image(out, prep.pixels.height, prep.pixels.width),
-        mask,
-        mask_evals + encode_evals + decode_evals,
-        settings_out,
-        seed,
-        dict(timer.times),
-        z,
-        prep.note,
-    )
+    edit = dict(query=query, reference=reference, seed=seed, mask=mask, encoding=encoding)
+    return diffedit_many(model, image, [edit], config, progress, **settings)[0]

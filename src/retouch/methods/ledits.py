@@ -20,7 +20,7 @@ import torch
 
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
-from retouch.guidance import Concept, SegaState, sega_eps
+from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
@@ -224,18 +224,17 @@ def _resolve_inversion(model, image_or_inversion, image, source, cfg, seed, prog
     return inv, image, inv.unet_evals
 
 
-def _guided(model, schedule, counter, inv: Inversion, prompt: str, concepts, cfg, mask):
-    """CFG + SEGA as one noise function. No target prompt: the base term is the inversion's own
-    (source with w_src, or ∅), so that whatever SEGA does not touch is reconstructed exactly."""
+def _guide(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask) -> Guide:
+    """One edit's CFG + SEGA. No target prompt: the base term is the inversion's own (source with
+    w_src, or ∅), so that whatever SEGA does not touch is reconstructed exactly."""
     base_text = prompt or inv.source
     base_scale = cfg.target_guidance_scale if prompt else inv.source_guidance_scale
     texts = ["", *([base_text] if base_text else []), *[c.text for c in concepts]]
     embs = encode_text(model, texts).split(1)  # each [1, L, D]
-    return sega_eps(
-        unet_eps(model, schedule, counter),
+    return Guide(
         embs[0],
-        concepts,
-        list(embs[len(embs) - len(concepts) :]),
+        tuple(concepts),
+        tuple(embs[len(embs) - len(concepts) :]),
         embs[1] if base_text else None,
         base_scale,
         cfg.momentum_scale,
@@ -244,28 +243,190 @@ def _guided(model, schedule, counter, inv: Inversion, prompt: str, concepts, cfg
     )
 
 
-def _edit(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask: Mask | None, progress):
-    """DDPM sampling from the inversion's x_{t_start} with its z maps and the guided ε̃ (§4); with
-    a mask, guidance only inside and latents outside pinned to the inversion's trajectory.
-    Returns (x0 [1, C, h, w], evaluations)."""
+def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress):
+    """DDPM sampling of every edit from its inversion's x_{t_start} with its z maps and guided ε̃
+    (§4), all edits as ONE batch per step; with a mask, guidance only inside and latents outside
+    pinned to the inversion's trajectory. Returns (x0 [B, C, h, w], evaluations)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
-    m = None if mask is None else mask.latent.to(inv.x0)
-    guided = _guided(model, schedule, counter, inv, prompt, concepts, cfg, m)
+    x = torch.cat([inv.trajectory[:1] for inv in invs])  # [B, C, h, w]
+    zs = invs[0].zs if len(invs) == 1 else torch.stack([inv.zs for inv in invs], dim=1)  # [K, B, C, h, w]
+    m = pin = None
+    if any(mk is not None for mk in masks):
+        ones = torch.ones(x.shape[-2:], device=x.device)
+        m = torch.stack([ones if mk is None else mk for mk in masks])[:, None]  # [B, 1, h, w]
+        pin = invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
     z = ddpm_sample(
-        guided,
+        sega_eps_many(unet_eps(model, schedule, counter), guides),
         schedule,
-        inv.trajectory[:1],
-        list(inv.timesteps),
-        inv.zs,
-        SegaState(),
-        pin=inv.trajectory,
+        x,
+        list(invs[0].timesteps),
+        zs,
+        tuple(SegaState() for _ in invs),
+        pin=pin,
         mask=m,
         progress=stage(progress, "edit"),
-        solver=inv.solver,
+        solver=invs[0].solver,
     )
     return check_finite(
         z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)"
     ), counter.n
+
+
+EDIT_KEYS = ("add", "remove", "prompt", "seed", "mask", "image", "preset")  # an edit's own
+GRID = ("num_inference_steps", "skip_steps", "solver")  # what the edits of a batch share
+
+
+@dataclass(frozen=True)
+class _Job:
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    prompt: str
+    seed: int
+    mask: object
+    image: object
+    preset: str | None
+    cfg: LEditsConfig
+    concepts: list
+
+
+def _job(model, edit: dict, config, preset, settings: dict) -> _Job:
+    """One edit of a batch, checked before any model work: concepts, texts, seed, settings."""
+    if not isinstance(edit, dict):
+        raise SettingError("each edit is a dict, e.g. dict(add=['green circle'], remove=['red circle'])")
+    own = {k: v for k, v in edit.items() if k not in EDIT_KEYS}
+    preset = edit.get("preset", preset)
+    cfg = _config(config, preset, {**settings, **own})
+    add, remove = edit.get("add", ()), edit.get("remove", ())
+    concepts = make_concepts(model, add, remove, cfg)
+    prompt = check_prompt(model, edit.get("prompt", ""), "prompt", allow_empty=True)
+    return _Job(
+        tuple(add), tuple(remove), prompt, check_seed(edit.get("seed", 0)), edit.get("mask"),
+        edit.get("image"), preset, cfg, concepts,
+    )  # fmt: skip
+
+
+def ledits_many(
+    model: ModelBundle,
+    images_or_inversions,
+    edits: Sequence[dict],
+    source: str = "",
+    config: LEditsConfig | None = None,
+    preset: str | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> list[EditResult]:
+    """Several LEDITS edits, their sampling as ONE UNet batch per step.
+
+    images_or_inversions: one image or Inversion for every edit, or one per edit (all of one
+    size); edits[i]: dict(add=[...], remove=[...], prompt="", seed=0, mask=None, image=None,
+    preset=None, plus any LEditsConfig field of its own, e.g. edit_scale). The edits share
+    num_inference_steps, skip and solver. Each distinct image is inverted once (with `source`
+    and its first edit's seed, the cost counted on that edit). The results are those of one
+    `ledits` call per edit, to the float rounding of batched arithmetic."""
+    source = check_prompt(model, source, "source", allow_empty=True)
+    jobs = [_job(model, e, config, preset, settings) for e in edits]
+    if not jobs:
+        return []
+    given = images_or_inversions
+    given = list(given) if isinstance(given, (list, tuple)) else [given] * len(jobs)
+    if len(given) != len(jobs):
+        raise SettingError(f"{len(given)} images for {len(jobs)} edits: give one, or one per edit")
+    if len({tuple(getattr(j.cfg, f) for f in GRID) for j in jobs}) > 1:
+        raise SettingError("the edits of one batch must share num_inference_steps, skip and solver")
+    for job, item in zip(jobs, given):
+        if job.cfg.paste_back and job.mask is not None and job.image is None and isinstance(item, Inversion):
+            raise SettingError("paste_back needs the image: pass image= with the inversion")
+    sizes = {(g.width, g.height) if isinstance(g, Inversion) else fitted(model, g)[0].size for g in given}
+    if len(sizes) > 1:
+        raise SettingError("the images of one batch must be of one size")
+    timer = Timer(model.device)
+    invs, images, evals, done = [], [], [], {}
+    with timer("invert", when=any(not isinstance(g, Inversion) for g in given)):
+        for job, item in zip(jobs, given):
+            if not job.concepts and not job.prompt:  # nothing to edit: neither invert nor sample
+                invs.append(None)
+                images.append(job.image)
+                evals.append(0)
+                continue
+            key = (id(item), job.seed) if not isinstance(item, Inversion) else (id(item), id(job.image))
+            if key in done:
+                inv, image = done[key]
+                spent = 0
+            else:
+                inv, image, spent = _resolve_inversion(
+                    model, item, job.image, source, job.cfg, job.seed, progress
+                )
+                done[key] = inv, image
+            invs.append(inv)
+            images.append(image)
+            evals.append(spent)
+    masks = []
+    with timer("mask", when=any(isinstance(j.mask, str) for j in jobs)):
+        for i, (job, inv, image) in enumerate(zip(jobs, invs, images)):
+            m, spent = (
+                (None, 0)
+                if inv is None
+                else _edit_mask(
+                    model, image, inv, job.mask, job.prompt, job.concepts, job.seed, job.cfg.feather
+                )
+            )
+            masks.append(m)
+            evals[i] += spent
+    live = [i for i, inv in enumerate(invs) if inv is not None]
+    z = None
+    if live:
+        with timer("edit"):
+            guides = [
+                _guide(
+                    model, invs[i], jobs[i].prompt, jobs[i].concepts, jobs[i].cfg, _latent(masks[i], invs[i])
+                )
+                for i in live
+            ]
+            z, spent = _edit(
+                model, [invs[i] for i in live], guides, [_latent(masks[i], invs[i]) for i in live], progress
+            )
+            out = decode(model, z)
+    results = []
+    for i, job in enumerate(jobs):
+        settings_out = {
+            "method": "ledits",
+            "prompt": job.prompt,
+            "add": list(job.add),
+            "remove": list(job.remove),
+            "source": given[i].source if isinstance(given[i], Inversion) else source,
+            **asdict(job.cfg),
+            "preset": job.preset,
+            "model": model.model_id,
+        }
+        if invs[i] is None:
+            if isinstance(given[i], Inversion):
+                _resolve_inversion(model, given[i], job.image, source, job.cfg, job.seed, None)
+            results.append(_reconstruction(model, given[i], settings_out, job.seed))
+            continue
+        b = live.index(i)
+        img, note = fitted(model, images[i]) if images[i] is not None else (None, "")
+        pixels, m = out[b : b + 1], masks[i]
+        if job.cfg.paste_back and m is not None:
+            pixels = paste_back(
+                pixels, to_pixels(model, img), m.latent, model.vae_scale_factor, job.cfg.feather
+            )
+        results.append(
+            EditResult(
+                to_image(pixels, invs[i].height, invs[i].width),
+                m,
+                evals[i] + spent // len(live),
+                settings_out,
+                job.seed,
+                dict(timer.times),
+                z[b : b + 1],
+                note,
+            )
+        )
+    return results
+
+
+def _latent(mask: Mask | None, inv: Inversion):
+    return None if mask is None else mask.latent.to(inv.x0)
 
 
 def ledits(
@@ -287,49 +448,8 @@ def ledits(
     image, inverted here with `source`). mask: None, "infer", a Mask, or a user mask.
     Settings: LEditsConfig fields; preset: "style", "face" or "object". progress(stage, done,
     total) after each step. unet_evals counts what this call spent."""
-    cfg = _config(config, preset, settings)
-    seed = check_seed(seed)
-    prompt = check_prompt(model, prompt, "prompt", allow_empty=True)
-    source = check_prompt(model, source, "source", allow_empty=True)
-    concepts = make_concepts(model, add, remove, cfg)
-    given = image_or_inversion
-    settings_out = {
-        "method": "ledits",
-        "prompt": prompt,
-        "add": list(add),
-        "remove": list(remove),
-        "source": given.source if isinstance(given, Inversion) else source,
-        **asdict(cfg),
-        "preset": preset,
-        "model": model.model_id,
-    }
-    if cfg.paste_back and mask is not None and image is None and isinstance(given, Inversion):
-        raise SettingError("paste_back needs the image: pass image= with the inversion")
-    if not concepts and not prompt:  # nothing to edit: neither invert nor sample
-        if isinstance(given, Inversion):
-            _resolve_inversion(model, given, image, source, cfg, seed, None)
-        return _reconstruction(model, given, settings_out, seed)
-    timer = Timer(model.device)
-    with timer("invert", when=not isinstance(given, Inversion)):
-        inv, image, invert_evals = _resolve_inversion(model, given, image, source, cfg, seed, progress)
-    with timer("mask", when=isinstance(mask, str)):
-        m, mask_evals = _edit_mask(model, image, inv, mask, prompt, concepts, seed, cfg.feather)
-    with timer("edit"):
-        z, edit_evals = _edit(model, inv, prompt, concepts, cfg, m, progress)
-        out = decode(model, z)
-    img, note = fitted(model, image) if image is not None else (None, "")
-    if cfg.paste_back and m is not None:
-        out = paste_back(out, to_pixels(model, img), m.latent, model.vae_scale_factor, cfg.feather)
-    return EditResult(
-        to_image(out, inv.height, inv.width),
-        m,
-        invert_evals + mask_evals + edit_evals,
-        settings_out,
-        seed,
-        dict(timer.times),
-        z,
-        note,
-    )
+    edit = dict(add=add, remove=remove, prompt=prompt, seed=seed, mask=mask, image=image)
+    return ledits_many(model, image_or_inversion, [edit], source, config, preset, progress, **settings)[0]
 
 
 def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> EditResult:
