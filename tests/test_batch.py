@@ -100,6 +100,29 @@ def test_rows_of_one_image_share_its_encoding_and_inversion(tmp_path):
     assert evals == [28, 32, 20, 24]
 
 
+def test_batch_size_runs_rows_of_one_image_as_one_unet_batch_with_the_same_images(tmp_path):
+    """--batch-size 4: each image's rows of one method and step grid go through the UNet together;
+    the images are one-by-one's (pixels within one level), the evaluations the same, and a bad
+    row among them still fails alone."""
+    manifest = make_manifest(tmp_path, images=2, bad=False)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    more = [dict(r, seed=r["seed"] + 10) for r in rows]  # each edit again with another seed
+    bad = dict(rows[0], guidance_scale=float("nan"))
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *more, bad]))
+    outs = {}
+    for size in (1, 4):
+        outs[size] = tmp_path / f"out{size}"
+        args = ["batch", str(manifest), "--out", str(outs[size]), "--no-progress", "--batch-size", str(size)]
+        assert CliRunner().invoke(main, args).exit_code == 1  # the bad row
+    one, four = ({r["row"]: r for r in results(outs[k])} for k in (1, 4))
+    assert four[8]["status"] == "failed" and "guidance_scale must be finite" in four[8]["error"]
+    for i in range(8):
+        assert one[i]["status"] == four[i]["status"] == "ok"
+        with Image.open(one[i]["output"]) as a, Image.open(four[i]["output"]) as b:
+            assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1, i
+    assert [one[i]["unet_evals"] for i in range(8)] == [four[i]["unet_evals"] for i in range(8)]
+
+
 def test_killed_with_sigkill_and_resumed_every_row_exactly_once(tmp_path):
     manifest = make_manifest(tmp_path, images=6, bad=False)
     out = tmp_path / "out"

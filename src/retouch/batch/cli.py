@@ -59,6 +59,13 @@ def _default_workers(device: str | None) -> int:
     show_default=True,
     help="torch CPU threads of each worker.",
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Rows of one image (same method and steps) run as one UNet batch per step.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @model_options
@@ -69,6 +76,7 @@ def batch(
     workers,
     ray_address,
     threads,
+    batch_size,
     as_json,
     no_progress,
     model,
@@ -113,7 +121,7 @@ def batch(
 
         loader = Loader(model, device, dtype, threads, max_pixels, resize)
         results = run_batch(
-            rows, out_dir, loader, workers or _default_workers(device), ray_address, on_result
+            rows, out_dir, loader, workers or _default_workers(device), ray_address, on_result, batch_size
         )
     summary = {
         "rows": len(rows),

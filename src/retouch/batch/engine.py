@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from retouch.batch.manifest import Row
@@ -66,9 +67,11 @@ def run_batch(
     workers: int = 1,
     ray_address: str | None = None,
     on_result: Callable[[dict], None] | None = None,
+    batch_size: int = 1,
 ) -> list[dict]:
     """Run every row not yet in out_dir/results.jsonl and append its result (bad rows: their error,
-    without running). Returns the results of every row, in manifest order."""
+    without running); up to batch_size rows of one image as one UNet batch per step. Returns the
+    results of every row, in manifest order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.rglob(".*.tmp"):  # a killed run's half-written image: never left behind
         stale.unlink(missing_ok=True)
@@ -87,7 +90,8 @@ def run_batch(
                 record(dict(row=row.index, status="failed", error=row.error, unet_evals=0, seconds=0.0))
         tasks = groups(todo)
         if tasks:
-            for batch in map_unordered(edit_image, tasks, loader, workers, ray_address):
+            work = partial(edit_image, batch_size=batch_size)
+            for batch in map_unordered(work, tasks, loader, workers, ray_address):
                 for result in batch:
                     record(result)
     return [done[r.index] for r in rows if r.index in done]

@@ -10,100 +10,136 @@ from retouch.batch.manifest import Row
 from retouch.errors import InputError
 from retouch.files import save_image
 from retouch.latents import fitted, load_image
-from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit
-from retouch.methods.ledits import INVERSION_FIELDS, LEditsConfig, invert, ledits
+from retouch.methods.diffedit import GRID as DIFFEDIT_GRID
+from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit_many
+from retouch.methods.ledits import INVERSION_FIELDS, LEditsConfig, invert, ledits_many, make_concepts
 from retouch.settings import with_settings
+from retouch.text import check_prompt
 from retouch.types import ModelBundle
 
 
-def edit_image(model: ModelBundle, rows: list[Row]) -> list[dict]:
-    """Run the rows (all of one image) in order; a result dict per row, its PNG written
-    atomically before the result is returned. A row's bad input fails that row only."""
-    shared: dict = {}
-    results = []
-    for row in rows:
+def edit_image(
+    model: ModelBundle, rows: list[Row], batch_size: int = 1, shared: dict | None = None
+) -> list[dict]:
+    """Run the rows (all of one image); a result dict per row (in their order), its PNG written
+    atomically before the result is returned. Up to `batch_size` rows of one method and step grid
+    go through the UNet as one batch per step (`diffedit_many`, `ledits_many`). A row's bad input
+    fails that row only (a batch that fails is run again row by row). shared: the image's values
+    (encodings, inversions) made so far."""
+    shared = {} if shared is None else shared
+    done: dict[int, dict] = {}
+    for group in _groups(model, rows, batch_size):
         t0 = time.perf_counter()
         try:
-            image, note = fitted(model, load_image(row.image))
-            evals = _edit_row(model, row, image, shared)
-            results.append(
-                dict(
-                    row=row.index,
-                    status="ok",
-                    output=str(row.output),
-                    unet_evals=evals,
-                    seconds=round(time.perf_counter() - t0, 4),
-                    **({"note": note} if note else {}),
-                )
-            )
+            done.update(_run(model, group, shared))
         except Exception as e:  # noqa: BLE001 - one row's failure is recorded, the batch goes on
+            if len(group) > 1:  # which row? each alone
+                done.update({r["row"]: r for row in group for r in edit_image(model, [row], 1, shared)})
+                continue
             reason = " ".join(str(e).split()) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-            results.append(
-                dict(
-                    row=row.index,
-                    status="failed",
-                    error=reason,
-                    unet_evals=0,
-                    seconds=round(time.perf_counter() - t0, 4),
-                )
+            seconds = round(time.perf_counter() - t0, 4)
+            done[group[0].index] = dict(
+                row=group[0].index, status="failed", error=reason, unet_evals=0, seconds=seconds
             )
-    return results
+    return [done[row.index] for row in rows]
 
 
-def _edit_row(model: ModelBundle, row: Row, image, shared: dict) -> int:
-    """One row's edit, reusing (or making and keeping) its image's encoding or inversion; returns
-    the UNet evaluations this row spent."""
+def _grid(model: ModelBundle, row: Row):
+    """What the rows of one UNet batch must share: method and step grid; None for a row whose
+    settings or texts are bad (it runs alone, and fails alone, before any shared work)."""
     t = row.texts
+    try:
+        if row.method == "diffedit":
+            cfg = with_settings(DiffEditConfig(), row.settings)
+            cfg.check()
+            check_prompt(model, t.get("query", ""), "query")
+            check_prompt(model, t.get("reference", ""), "reference", allow_empty=True)
+            return ("diffedit", *(getattr(cfg, f) for f in DIFFEDIT_GRID))
+        cfg = with_settings(LEditsConfig(), row.settings)
+        cfg.check()
+        make_concepts(model, t.get("add", ()), t.get("remove", ()), cfg)
+        check_prompt(model, t.get("prompt", ""), "prompt", allow_empty=True)
+        return ("ledits", cfg.num_inference_steps, cfg.skip_steps, cfg.solver)
+    except InputError:
+        return None
+
+
+def _groups(model: ModelBundle, rows: list[Row], batch_size: int) -> list[list[Row]]:
+    """The rows in batches of at most batch_size that share a step grid, in manifest order."""
+    by_grid: dict = {}
+    for row in rows:
+        key = _grid(model, row) if batch_size > 1 else None
+        by_grid.setdefault(key if key is not None else ("alone", row.index), []).append(row)
+    return [g[i : i + batch_size] for g in by_grid.values() for i in range(0, len(g), max(1, batch_size))]
+
+
+def _run(model: ModelBundle, rows: list[Row], shared: dict) -> dict[int, dict]:
+    """The rows as one batched call; their PNGs written; {row index: result dict}."""
+    t0 = time.perf_counter()
+    image, note = fitted(model, load_image(rows[0].image))
+    items, edits, made = zip(*[_inputs(model, row, image, shared) for row in rows])
+    many = diffedit_many if rows[0].method == "diffedit" else ledits_many
+    results = many(model, list(items), list(edits))
+    seconds = round((time.perf_counter() - t0) / len(rows), 4)
+    out = {}
+    for row, result, spent in zip(rows, results, made):
+        params = {
+            "model": model.model_id,
+            "fingerprint": model.fingerprint,
+            "method": row.method,
+            "settings": result.settings,
+            "seed": result.seed,
+            "retouch": __version__,
+        }
+        row.output.parent.mkdir(parents=True, exist_ok=True)
+        save_image(result.image, row.output, params)
+        out[row.index] = dict(
+            row=row.index,
+            status="ok",
+            output=str(row.output),
+            unet_evals=spent + result.unet_evals,
+            seconds=seconds,
+            **({"note": note} if note else {}),
+        )
+    return out
+
+
+def _inputs(model: ModelBundle, row: Row, image, shared: dict):
+    """(what the row edits: the image or its inversion, its edit as the *_many functions take it,
+    evaluations spent here making a value its image's other rows share: an encoding, an inversion)."""
+    t = row.texts
+    made = 0
     if row.method == "diffedit":
         cfg = with_settings(DiffEditConfig(), row.settings)
         cfg.check()
         key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio, cfg.solver)
-        made = 0
-        encoding = None
-        if cfg.uses_encoding:
-            if key not in shared:
-                shared[key] = ddim_encoding(model, image, cfg)
-                made = shared[key].unet_evals
-            encoding = shared[key]
-        result = diffedit(
-            model,
-            image,
-            t.get("query", ""),
-            t.get("reference", ""),
-            cfg,
-            row.seed,
-            mask=row.mask,
-            encoding=encoding,
-        )
-    else:
-        cfg = with_settings(LEditsConfig(), row.settings)
-        cfg.check()
-        source = (t.get("source") or "").strip()
-        key = ("inversion", source, row.seed, *(getattr(cfg, f) for f in INVERSION_FIELDS), cfg.skip_steps)
-        made = 0
-        if key not in shared:
-            shared[key] = invert(model, image, source, cfg, row.seed)
+        if cfg.uses_encoding and key not in shared:
+            shared[key] = ddim_encoding(model, image, cfg)
             made = shared[key].unet_evals
-        result = ledits(
-            model,
-            shared[key],
-            add=t.get("add", ()),
-            remove=t.get("remove", ()),
-            prompt=t.get("prompt", ""),
-            preset=t.get("preset"),
+        edit = dict(
+            query=t.get("query", ""),
+            reference=t.get("reference", ""),
             seed=row.seed,
             mask=row.mask,
-            image=image,
+            encoding=shared.get(key) if cfg.uses_encoding else None,
             **row.settings,
-        )  # the row's settings over a preset
-    params = {
-        "model": model.model_id,
-        "fingerprint": model.fingerprint,
-        "method": row.method,
-        "settings": result.settings,
-        "seed": result.seed,
-        "retouch": __version__,
-    }
-    row.output.parent.mkdir(parents=True, exist_ok=True)
-    save_image(result.image, row.output, params)
-    return made + result.unet_evals
+        )
+        return image, edit, made
+    cfg = with_settings(LEditsConfig(), row.settings)
+    cfg.check()
+    source = (t.get("source") or "").strip()
+    key = ("inversion", source, row.seed, *(getattr(cfg, f) for f in INVERSION_FIELDS), cfg.skip_steps)
+    if key not in shared:
+        shared[key] = invert(model, image, source, cfg, row.seed)
+        made = shared[key].unet_evals
+    edit = dict(
+        add=t.get("add", ()),
+        remove=t.get("remove", ()),
+        prompt=t.get("prompt", ""),
+        preset=t.get("preset"),
+        seed=row.seed,
+        mask=row.mask,
+        image=image,
+        **row.settings,
+    )  # the row's settings over a preset
+    return shared[key], edit, made
