@@ -320,7 +320,7 @@ def test_unwritable_output_is_one_line_before_loading(image, tmp_path, model_arg
         (["--method", "ledits", "--add", "red circle", "--guidance-scale", "3"], "not a ledits setting"),
         (["--method", "ledits", "--add", "red circle", "--prompt", "  "], "prompt is empty"),
         (["--method", "magic"], "Invalid value for '--method'"),
-        (["--query", QUERY, "--mode", "nope"], "mode must be one of"),
+        (["--query", QUERY, "--mode", "nope"], "Invalid value for '--mode'"),
         (["--query", QUERY, "--mask", "missing.png"], "no such file"),
     ],
 )
@@ -668,3 +668,24 @@ def test_a_hub_id_without_network_is_one_quick_line(image, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "model hub is unreachable" in lines[0], done.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_fast_applies_the_named_fast_settings_and_flags_override_them(image, tmp_path, model_args):
+    from retouch.methods.diffedit import FAST
+
+    out = tmp_path / "fast.png"
+    args = ["--query", QUERY, "--reference", REFERENCE, *model_args, "--no-progress", "--json"]
+    result = run("edit", image, "-o", out, "--fast", *args)
+    assert result.exit_code == 0, result.output
+    settings = read_params(out)["settings"]
+    assert {k: settings[k] for k in FAST} == FAST
+    n = FAST["num_inference_steps"]  # mask 2·10, encoding 0.8·N, decoding 2·0.8·N
+    assert json.loads(result.stdout)["unet_evals"] == 20 + round(0.8 * n) * 3
+    result = run("edit", image, "-o", out, "--fast", "--num-inference-steps", "10", *args)
+    assert read_params(out)["settings"]["num_inference_steps"] == 10
+    inv = tmp_path / "fast.safetensors"
+    assert run("invert", image, "-o", inv, "--fast", *model_args, "--no-progress").exit_code == 0
+    result = run("edit", image, "-o", out, "--method", "ledits", "--inversion", inv, "--add", "red circle",
+                 *model_args, "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_params(out)["settings"]["solver"] == "dpmsolver++"  # taken from the inversion

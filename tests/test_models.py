@@ -24,3 +24,23 @@ def test_model_name_is_the_folder_name_or_the_hub_id(tmp_path):
     folder.mkdir()
     assert model_name(str(folder)) == "my-model"
     assert model_name("stabilityai/stable-diffusion-2-1") == "stabilityai/stable-diffusion-2-1"
+
+
+def test_the_compiled_path_gives_the_same_images(tiny_eps):
+    """retouch.load(compile=True) / models.compiled: torch.compile of the UNet. Same latents to
+    COMPILED_TOL (fused kernels round differently), same pixels to one level of 255."""
+    import numpy as np
+
+    import retouch
+    from retouch.models import compiled
+
+    COMPILED_TOL = 1e-4
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[16:48, 16:48] = (200, 30, 30)
+    kw = dict(query="a green square", reference="a red square", mode="no_mask", num_inference_steps=4)
+    plain = retouch.diffedit(tiny_eps, img, **kw)
+    fast = compiled(tiny_eps)
+    assert fast.fingerprint == tiny_eps.fingerprint and fast.unet is not tiny_eps.unet
+    out = retouch.diffedit(fast, img, **kw)
+    assert float((out.latents - plain.latents).abs().max()) <= COMPILED_TOL
+    assert np.abs(np.asarray(out.image, int) - np.asarray(plain.image, int)).max() <= 1

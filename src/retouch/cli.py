@@ -146,6 +146,7 @@ def _read_mask(mask: str | None, image, label: str = "image"):
     help="ledits: edit from an inversion saved by `retouch invert`, without inverting.",
 )
 @model_options
+@click.option("--fast", is_flag=True, help="The method's named fast settings (explicit flags override).")
 @budget_options
 @_run_options
 def edit(
@@ -164,6 +165,7 @@ def edit(
     model,
     device,
     dtype,
+    fast,
     max_pixels,
     resize,
     seed,
@@ -174,8 +176,12 @@ def edit(
 ):
     """Edit IMAGE with text; write the result to OUTPUT (a PNG carries its parameters)."""
     from retouch.latents import load_image
+    from retouch.methods import diffedit as de
+    from retouch.methods import ledits as le
 
     given = given_settings(settings)
+    if fast:
+        given = {**(de.FAST if method == "diffedit" else le.FAST), **given}
     kw = _seed_kw(seed)
     img = load_image(image)
     inputs = _diffedit_inputs if method == "diffedit" else _ledits_inputs
@@ -423,6 +429,7 @@ def mask(
 )
 @click.option("--source", default="", help="The image's caption [default: empty].")
 @model_options
+@click.option("--fast", is_flag=True, help="The method's named fast settings (explicit flags override).")
 @budget_options
 @_run_options
 def invert(
@@ -432,6 +439,7 @@ def invert(
     model,
     device,
     dtype,
+    fast,
     max_pixels,
     resize,
     seed,
@@ -442,10 +450,12 @@ def invert(
 ):
     """Invert IMAGE once (edit-friendly DDPM inversion), to edit it many times with ledits."""
     from retouch.latents import load_image
-    from retouch.methods.ledits import LEditsConfig
+    from retouch.methods.ledits import FAST, LEditsConfig
     from retouch.methods.ledits import invert as invert_image
 
     given = given_settings(settings)
+    if fast:
+        given = {**FAST, **given}
     _check_config(LEditsConfig, "ledits", given)
     kw = _seed_kw(seed)
     img = load_image(image)

@@ -30,7 +30,7 @@ def unet_eps(bundle: ModelBundle, schedule: Schedule, counter: EvalCounter) -> E
     """The bundle's UNet as an ε-predictor that counts its batch elements in `counter`."""
     unet = bundle.unet
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def eps_fn(x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         counter.n += x_t.shape[0]
         tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)

@@ -200,14 +200,14 @@ def to_image(pixels: torch.Tensor, height: int, width: int) -> Image.Image:
     return Image.fromarray(arr)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode(bundle: ModelBundle, pixels: torch.Tensor) -> torch.Tensor:
     """x0 = VAE posterior MEAN × scaling factor (not a sample): [1, 3, H, W] → [1, C, H/f, W/f]."""
     post = bundle.vae.encode(pixels.to(bundle.dtype)).latent_dist
     return post.mean.float() * bundle.vae.config.scaling_factor
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
     """[1, C, h, w] scaled latents → pixels [1, 3, h·f, w·f] in [-1, 1]."""
     z = latents.to(bundle.dtype) / bundle.vae.config.scaling_factor

@@ -29,15 +29,27 @@ def check_prompt(bundle: ModelBundle, text: str, name: str, allow_empty: bool = 
     return text
 
 
-@torch.no_grad()
+CACHED_TEXTS = 256  # embeddings a loaded model keeps (the oldest dropped first)
+
+
+@torch.inference_mode()
 def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
-    """CLIP last hidden states, as Stable Diffusion conditions on them: [B, L, D]."""
-    tok = bundle.tokenizer
-    ids = tok(
-        list(texts),
-        padding="max_length",
-        max_length=tok.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(bundle.device)  # [B, L]
-    return bundle.text_encoder(ids)[0].to(bundle.dtype)  # [B, L, D]
+    """CLIP last hidden states, as Stable Diffusion conditions on them: [B, L, D].
+
+    Each text is encoded alone, once: its embedding [1, L, D] is kept in the model's text cache, so
+    an edit encodes each of its texts once and later edits (any visitor's) reuse them; alone, so
+    that an embedding never depends on which texts it was encoded with."""
+    cache = bundle.text_cache
+    for text in dict.fromkeys(texts):
+        if text not in cache:
+            ids = bundle.tokenizer(
+                [text],
+                padding="max_length",
+                max_length=bundle.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(bundle.device)  # [1, L]
+            cache[text] = bundle.text_encoder(ids)[0].to(bundle.dtype)  # [1, L, D]
+            while len(cache) > CACHED_TEXTS:
+                cache.pop(next(iter(cache)), None)
+    return torch.cat([cache[t] for t in texts])  # [B, L, D]

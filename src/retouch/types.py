@@ -28,6 +28,7 @@ class ModelBundle:
     fingerprint: str = ""  # identifies the weights: inversions record it and refuse another model
     max_pixels: int | None = None  # the pixel budget of an input image; None: pixel_budget's default
     resize: bool = True  # an image over the budget is resized down to it (False: refused)
+    text_cache: dict = field(default_factory=dict, repr=False, compare=False)  # text → [1, L, D]
 
     @property
     def prediction_type(self) -> str:

@@ -107,7 +107,7 @@ def _mask(result) -> np.ndarray | None:
 
 
 def _ddim_key(s: Settings) -> tuple:
-    return ("ddim", s.diffedit.num_inference_steps, s.diffedit.encode_ratio)
+    return ("ddim", s.diffedit.num_inference_steps, s.diffedit.encode_ratio, s.diffedit.solver)
 
 
 def _ddim_encoding(ctx: Context, case: Case, s: Settings):
@@ -139,7 +139,7 @@ def _diffedit(mode: str) -> Callable:
 
 def _ddpm_key(s: Settings) -> tuple:
     c = s.ledits
-    return ("ddpm", s.source, c.num_inference_steps, c.skip_steps, c.source_guidance_scale)
+    return ("ddpm", s.source, c.num_inference_steps, c.skip_steps, c.source_guidance_scale, c.solver)
 
 
 def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
