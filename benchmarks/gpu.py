@@ -55,6 +55,7 @@ class UNetClock:
 
     def __init__(self, unet, device: torch.device):
         self.unet, self._forward, self.device = unet, unet.forward, device
+        self._own = "forward" in vars(unet)  # a compiled module's forward is its own attribute
         self.events: list = []
         self.cpu_seconds = 0.0
         unet.forward = self._timed
@@ -79,7 +80,10 @@ class UNetClock:
         return total
 
     def unwrap(self) -> None:
-        del self.unet.forward
+        if self._own:
+            self.unet.forward = self._forward
+        else:
+            del self.unet.forward
 
 
 def load(args):

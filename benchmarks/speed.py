@@ -7,6 +7,10 @@
                                                        # on the CPU 5 steps, 2 mask samples, and a
                                                        # light warm-up: an edit takes minutes there)
     python benchmarks/speed.py --full-size --construct-only    # build it, print parameter counts, exit
+    python benchmarks/speed.py --fast                  # retouch's named fast settings against each
+                                                       # diffusers pipeline at ITS defaults (DiffEdit:
+                                                       # N=50, mask with CFG 7.5; LEDITS++: 30
+                                                       # inversion steps, skip 0.15)
 
 Pairs (retouch.bench.methods.COUNTERPARTS), run by the same code as `retouch bench edits`:
   * diffedit ↔ diffusers_diffedit (StableDiffusionDiffEditPipeline): N steps, encoding ratio r,
@@ -71,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="default: float16 on GPU, float32 on CPU")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--fast", action="store_true", help="ours at FAST, theirs at the pipelines' defaults")
     return p.parse_args(argv)
 
 
@@ -149,6 +154,21 @@ def load_model(args):
     return retouch.load(folder, device=args.device, dtype=args.dtype or "float32")
 
 
+def fast_settings() -> tuple[Settings, Settings]:
+    """(retouch at its named fast settings, diffusers' pipelines at their own defaults)."""
+    from retouch.methods.diffedit import FAST as DF
+    from retouch.methods.ledits import FAST as LF
+
+    s = Settings(source="empty")
+    ours = replace(s, diffedit=replace(s.diffedit, **DF), ledits=replace(s.ledits, **LF))
+    theirs = replace(
+        s,
+        diffedit=replace(s.diffedit, mask_guidance_scale=7.5),
+        ledits=replace(s.ledits, num_inference_steps=30, skip=0.15, momentum_scale=0.0),
+    )
+    return ours, theirs
+
+
 def settings(args, device: torch.device) -> Settings:
     """Both methods' configs, matched (see the module's docstring)."""
     small = args.full_size and device.type == "cpu"
@@ -201,6 +221,7 @@ def main(argv=None) -> None:
     model = load_model(args)
     ctx, calls = Context(model), UNetCalls(model.unet)
     s = settings(args, model.device)
+    s_ours, s_theirs = fast_settings() if args.fast else (s, s)
     scale = model.native_size // 64
     cases = make_cases(args.first_seed, args.edits + 1, [args.kind], scale=scale)
     pairs = [(ours, COUNTERPARTS[ours]) for ours in args.pairs.split(",")]
@@ -209,19 +230,21 @@ def main(argv=None) -> None:
         f"model {model.model_id} on {model.device} ({model.dtype}), {cases[0].source_image.shape[0]}px, "
         f"threads {args.threads}; DiffEdit N={s.diffedit.num_inference_steps} r={s.diffedit.encode_ratio} "
         f"n={s.diffedit.mask_samples}; LEDITS N={s.ledits.num_inference_steps} skip={s.ledits.skip_steps}; "
-        f"warm-up: {warmup}"
+        f"warm-up: {warmup}" + ("; --fast: ours at FAST, theirs at their defaults" if args.fast else "")
     )
     if warmup == "light":  # kernels, allocator, the diffusers pipelines: what a first call pays
         warm_up(ctx, [name for pair in pairs for name in pair])
     else:
         for ours, theirs in pairs:  # the first case, not reported
-            for name in (ours, theirs):
-                time_one(ctx, calls, name, cases[0], s)
+            time_one(ctx, calls, ours, cases[0], s_ours)
+            time_one(ctx, calls, theirs, cases[0], s_theirs)
     rows = []
     for i, case in enumerate(cases[1:]):
         for ours, theirs in pairs:
-            order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-            rows += [time_one(ctx, calls, name, case, s) for name in order]
+            order = [(ours, s_ours), (theirs, s_theirs)]
+            rows += [
+                time_one(ctx, calls, name, case, st) for name, st in (order if i % 2 == 0 else order[::-1])
+            ]
     print(
         f"{'retouch':<16} {'diffusers':<19} {'s/edit o|t':>17} {'ratio':>6} {'2nd s o|t':>17} {'ratio':>6} "
         f"{'evals o|t':>10} {'2nd evals':>10} {'peak GiB o|t':>13}"

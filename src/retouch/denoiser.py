@@ -76,6 +76,7 @@ class UNetCalls:
 
     def __init__(self, unet):
         self.unet, self._forward = unet, unet.forward
+        self._own = "forward" in vars(unet)  # a compiled module's forward is its own attribute
         self.sizes: list[int] = []
         self.first: torch.Tensor | None = None
         unet.forward = self._counted
@@ -100,7 +101,10 @@ class UNetCalls:
         return n
 
     def unwrap(self) -> None:
-        del self.unet.forward  # back to the class's method
+        if self._own:
+            self.unet.forward = self._forward
+        else:
+            del self.unet.forward  # back to the class's method
 
 
 @contextlib.contextmanager
