@@ -146,6 +146,9 @@ def test_edits_command_writes_and_resumes(tiny_folder, judge_path, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| **diffedit** | all | 1 |" in summary and "ledits_masked" in summary
     assert (out / "grid_reshape.png").is_file()
+    for record in (summary, (out / "run.json").read_text()):  # names and digests, not install paths
+        assert str(judge_path.parent) not in record and str(tiny_folder) not in record
+        assert f"{judge_path.name} (blake2b " in record
 
     # a second run with one more method runs only that one
     first = (out / "cases.jsonl").read_text()

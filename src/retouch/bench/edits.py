@@ -365,9 +365,16 @@ def _run_record(model, settings: Settings, judge_path) -> dict:
         model=str(model.model_id),
         fingerprint=model.fingerprint,
         settings=_settings_json(settings),
-        judge=None if judge_path is None else str(judge_path),
+        judge=None if judge_path is None else _judge_name(Path(judge_path)),
         settings_line=settings_line(settings),
     )
+
+
+def _judge_name(path: Path) -> str:
+    """What a report says of the judge: its file's name and digest, never where it is installed."""
+    import hashlib
+
+    return f"{path.name} (blake2b {hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()})"
 
 
 def _settings_json(settings: Settings) -> dict:
