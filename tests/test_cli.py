@@ -518,6 +518,7 @@ TAMPERED = {
     "a missing metadata key": (lambda m, t: m.pop("seed"), "metadata keys differ"),
     "timesteps as text": (lambda m, t: m.update(timesteps=[str(x) for x in m["timesteps"]]), "whole numbers"),
     "fewer z maps than timesteps": (lambda m, t: t.update(zs=t["zs"][:-1].clone()), "z maps"),
+    "an unknown solver": (lambda m, t: m.update(solver="euler"), "solver must be ddpm or dpmsolver"),
     "latents of another size": (
         lambda m, t: t.update({k: v[..., :8, :8].clone() for k, v in t.items()}),
         "latents are",

@@ -142,11 +142,107 @@ def build_components(
 
 
 def save_pipeline(folder: Path, components: dict) -> Path:
-    """Write the components as a diffusers StableDiffusionPipeline folder (safetensors)."""
-    from diffusers import StableDiffusionPipeline
+    """Write the components as a diffusers folder (safetensors): a StableDiffusionPipeline, or a
+    StableDiffusionXLPipeline when they hold a second text encoder."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    if "text_encoder_2" in components:
+        pipe = StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+    else:
+        pipe = StableDiffusionPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+# SDXL base's scheduler config (its EulerDiscreteScheduler's betas and spacing; we step it with DDIM math)
+SDXL_SCHEDULER = {**SD1_SCHEDULER}
+SDXL_SIZES = {
+    # tiny: for tests; full: SDXL base 1.0's configs (sd_xl_base.yaml / the diffusers folder's)
+    "tiny": dict(
+        vae=(8, 16), unet=(16, 32), heads=(4, 8), depth=(1, 1), text=(16, 24), text_layers=2,
+        projection=20, time_dim=8, sample=32, layers=1, groups=8,
+    ),
+    "full": dict(
+        vae=(128, 256, 512, 512), unet=(320, 640, 1280), heads=(5, 10, 20), depth=(1, 2, 10),
+        text=(768, 1280), text_layers=(12, 32), projection=1280, time_dim=256, sample=128, layers=2,
+        groups=32,
+    ),
+}  # fmt: skip
+
+
+def build_sdxl_components(size: str = "tiny", tokenizer_dir: Path | None = None, seed: int = 0) -> dict:
+    """Untrained SDXL components from the real classes (METHODS §6): CLIPTextModel and
+    CLIPTextModelWithProjection (penultimate states concatenated, pooled from the second), a UNet
+    with addition_embed_type="text_time", a VAE with force_upcast and SDXL's scaling factor."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    s = SDXL_SIZES[size]
+    torch.manual_seed(seed)
+    folder = Path(tokenizer_dir or tempfile.mkdtemp(prefix="retouch-tok-"))
+    tokenizer = build_tokenizer(folder / "1")
+    tokenizer_2 = build_tokenizer(folder / "2")
+    layers = s["text_layers"] if isinstance(s["text_layers"], tuple) else (s["text_layers"],) * 2
+
+    def text_config(width: int, n: int, **kw):
+        return CLIPTextConfig(
+            vocab_size=max(len(tokenizer), 49408 if size == "full" else 0),
+            hidden_size=width,
+            intermediate_size=width * 4,
+            num_hidden_layers=n,
+            num_attention_heads=max(1, width // 64) if size == "full" else 2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **kw,
+        )
+
+    text_encoder = CLIPTextModel(text_config(s["text"][0], layers[0], hidden_act="quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        text_config(s["text"][1], layers[1], hidden_act="gelu", projection_dim=s["projection"])
+    )
+    n_vae, n_unet = len(s["vae"]), len(s["unet"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        block_out_channels=s["vae"],
+        layers_per_block=2 if size == "full" else 1,
+        latent_channels=4,
+        norm_num_groups=s["groups"],
+        sample_size=s["sample"] * 2 ** (n_vae - 1),
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=s["sample"],
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        block_out_channels=s["unet"],
+        layers_per_block=s["layers"],
+        transformer_layers_per_block=s["depth"],
+        attention_head_dim=s["heads"],
+        cross_attention_dim=sum(s["text"]),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=s["time_dim"],
+        projection_class_embeddings_input_dim=6 * s["time_dim"] + s["projection"],
+        use_linear_projection=True,
+        norm_num_groups=s["groups"],
+    )
+    return dict(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=DDIMScheduler(**SDXL_SCHEDULER),
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from retouch.schedule import Schedule
+from retouch.text import unpack_xl
 from retouch.types import ModelBundle
 
 EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
@@ -26,15 +27,28 @@ class EvalCounter:
     n: int = 0
 
 
-def unet_eps(bundle: ModelBundle, schedule: Schedule, counter: EvalCounter) -> EpsFn:
-    """The bundle's UNet as an ε-predictor that counts its batch elements in `counter`."""
-    unet = bundle.unet
+def unet_eps(
+    bundle: ModelBundle, schedule: Schedule, counter: EvalCounter, image_size: tuple[int, int] | None = None
+) -> EpsFn:
+    """The bundle's UNet as an ε-predictor that counts its batch elements in `counter`. SDXL: the
+    condition's pooled row and the added time ids (original size, crop (0, 0), target size: the
+    image's own (height, width) `image_size`, default the latent's size in pixels; METHODS §6) go
+    to every batch element."""
+    unet, xl = bundle.unet, bundle.family == "sdxl"
 
     @torch.inference_mode()
     def eps_fn(x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
-        counter.n += x_t.shape[0]
-        tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
-        out = unet(x_t.to(bundle.dtype), tt, encoder_hidden_states=cond.to(bundle.dtype)).sample
+        b = x_t.shape[0]
+        counter.n += b
+        tt = torch.full((b,), int(t), dtype=torch.long, device=x_t.device)
+        kw = {}
+        if xl:
+            cond, pooled = unpack_xl(cond, bundle.text_encoder_2.config.projection_dim)
+            f = bundle.vae_scale_factor
+            h, w = image_size or (x_t.shape[-2] * f, x_t.shape[-1] * f)
+            ids = torch.tensor([[h, w, 0, 0, h, w]], device=x_t.device, dtype=bundle.dtype).expand(b, 6)
+            kw["added_cond_kwargs"] = {"text_embeds": pooled.to(bundle.dtype), "time_ids": ids}
+        out = unet(x_t.to(bundle.dtype), tt, encoder_hidden_states=cond.to(bundle.dtype), **kw).sample
         return schedule.to_eps(out.float(), x_t.float(), t)
 
     return eps_fn

@@ -203,14 +203,14 @@ def to_image(pixels: torch.Tensor, height: int, width: int) -> Image.Image:
 @torch.inference_mode()
 def encode(bundle: ModelBundle, pixels: torch.Tensor) -> torch.Tensor:
     """x0 = VAE posterior MEAN × scaling factor (not a sample): [1, 3, H, W] → [1, C, H/f, W/f]."""
-    post = bundle.vae.encode(pixels.to(bundle.dtype)).latent_dist
+    post = bundle.vae.encode(pixels.to(bundle.vae.dtype)).latent_dist  # the VAE's own (upcast) dtype
     return post.mean.float() * bundle.vae.config.scaling_factor
 
 
 @torch.inference_mode()
 def decode(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
     """[1, C, h, w] scaled latents → pixels [1, 3, h·f, w·f] in [-1, 1]."""
-    z = latents.to(bundle.dtype) / bundle.vae.config.scaling_factor
+    z = latents.to(bundle.vae.dtype) / bundle.vae.config.scaling_factor
     return bundle.vae.decode(z).sample.float()
 
 

@@ -92,30 +92,53 @@ def check_budget(max_pixels) -> None:
 
 
 def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBundle:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     try:
+        index = DiffusionPipeline.load_config(source)  # model_index.json: which parts, which family
+        xl = "text_encoder_2" in index
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dt, **kw)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
+        second = {}
+        if xl:
+            second = dict(
+                text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+                    source, subfolder="text_encoder_2", torch_dtype=dt, **kw
+                ),
+                tokenizer_2=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
+                empty_is_zeros=bool(index.get("force_zeros_for_empty_prompt", True)),
+            )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {source}: {first}") from e
-    for m in (vae, unet, text_encoder):
+    return _bundle(vae, text_encoder, tokenizer, unet, scheduler, model_name(source), dev, dt, **second)
+
+
+def _bundle(vae, text_encoder, tokenizer, unet, scheduler, model_id, dev, dt, **second) -> ModelBundle:
+    """The parts on their device and dtype, frozen; the VAE in float32 when a float16 model's VAE
+    config asks to upcast (SDXL's VAE overflows in float16)."""
+    modules = [vae, unet, text_encoder, *([second["text_encoder_2"]] if second.get("text_encoder_2") else [])]
+    for m in modules:
         m.to(dev).eval().requires_grad_(False)
+        if next(m.parameters()).dtype != dt:
+            m.to(dtype=dt)
+    if dt == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(dtype=torch.float32)
     return ModelBundle(
         vae,
         text_encoder,
         tokenizer,
         unet,
         scheduler,
-        model_name(source),
+        model_id,
         dev,
         dt,
-        fingerprint(vae, text_encoder, unet, scheduler),
+        fingerprint(vae, text_encoder, unet, scheduler, second.get("text_encoder_2")),
+        **second,
     )
 
 
@@ -173,7 +196,7 @@ def _quietly():
             (m.enable_progress_bar if bars else m.disable_progress_bar)()
 
 
-def fingerprint(vae, text_encoder, unet, scheduler) -> str:
+def fingerprint(vae, text_encoder, unet, scheduler, text_encoder_2=None) -> str:
     """A short hash of the configs and of every weight (as float32, so the dtype a model is loaded
     in does not change it): the same model gives the same value wherever it is installed; changing
     any one weight (merging a LoRA) gives another."""
@@ -181,13 +204,15 @@ def fingerprint(vae, text_encoder, unet, scheduler) -> str:
     import json
 
     h = hashlib.blake2b(digest_size=16)
-    for cfg in (vae.config, unet.config, text_encoder.config.to_dict(), scheduler.config):
+    extra = [] if text_encoder_2 is None else [text_encoder_2]
+    configs = [vae.config, unet.config, text_encoder.config.to_dict(), scheduler.config]
+    for cfg in configs + [m.config.to_dict() for m in extra]:
         h.update(
             json.dumps(
                 {k: v for k, v in dict(cfg).items() if not k.startswith("_")}, sort_keys=True, default=str
             ).encode()
         )
-    for module in (vae, unet, text_encoder):
+    for module in (vae, unet, text_encoder, *extra):
         for name, tensor in sorted(module.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
@@ -195,26 +220,30 @@ def fingerprint(vae, text_encoder, unet, scheduler) -> str:
 
 
 def from_components(
-    vae, text_encoder, tokenizer, unet, scheduler, model_id: str = "in-memory", device=None, dtype=None
+    vae,
+    text_encoder,
+    tokenizer,
+    unet,
+    scheduler,
+    model_id: str = "in-memory",
+    device=None,
+    dtype=None,
+    text_encoder_2=None,
+    tokenizer_2=None,
+    force_zeros_for_empty_prompt: bool = True,
 ) -> ModelBundle:
-    """A ModelBundle from components already in memory (a diffusers pipeline's, or built in code)."""
+    """A ModelBundle from components already in memory (a diffusers pipeline's, or built in code);
+    with text_encoder_2 and tokenizer_2, an SDXL."""
     from diffusers import DDIMScheduler
 
     dev = torch.device(device) if device is not None else next(unet.parameters()).device
     dt = _dtype(dtype, dev) if dtype is not None else next(unet.parameters()).dtype
-    for m in (vae, unet, text_encoder):
-        m.to(dev).eval().requires_grad_(False)
-        if next(m.parameters()).dtype != dt:
-            m.to(dtype=dt)
+    second = {}
+    if text_encoder_2 is not None:
+        second = dict(
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            empty_is_zeros=bool(force_zeros_for_empty_prompt),
+        )
     sched = DDIMScheduler.from_config(scheduler.config)
-    return ModelBundle(
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        sched,
-        model_id,
-        dev,
-        dt,
-        fingerprint(vae, text_encoder, unet, sched),
-    )
+    return _bundle(vae, text_encoder, tokenizer, unet, sched, model_id, dev, dt, **second)

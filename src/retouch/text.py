@@ -1,4 +1,9 @@
-"""Text prompts to CLIP embeddings [B, L, D], with the checks a user's prompt needs."""
+"""Text prompts to CLIP embeddings [B, L, D], with the checks a user's prompt needs.
+
+Stable Diffusion 1.x/2.x: the text encoder's last hidden states. SDXL (METHODS §6): the penultimate
+hidden states of both encoders concatenated [B, 77, 768 + 1280], and the second encoder's pooled,
+projected embedding [B, 1280], carried as one extra row [B, 78, 2048] (zero-padded) so that every
+loop batches, splits and repeats a condition as one tensor; denoiser.unet_eps unpacks it."""
 
 from __future__ import annotations
 
@@ -42,14 +47,44 @@ def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
     cache = bundle.text_cache
     for text in dict.fromkeys(texts):
         if text not in cache:
-            ids = bundle.tokenizer(
-                [text],
-                padding="max_length",
-                max_length=bundle.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(bundle.device)  # [1, L]
-            cache[text] = bundle.text_encoder(ids)[0].to(bundle.dtype)  # [1, L, D]
+            cache[text] = _encode_xl(bundle, text) if bundle.family == "sdxl" else _encode_sd(bundle, text)
             while len(cache) > CACHED_TEXTS:
                 cache.pop(next(iter(cache)), None)
     return torch.cat([cache[t] for t in texts])  # [B, L, D]
+
+
+def _ids(tokenizer, text: str, device) -> torch.Tensor:
+    return tokenizer(
+        [text],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)  # [1, L]
+
+
+def _encode_sd(bundle: ModelBundle, text: str) -> torch.Tensor:
+    return bundle.text_encoder(_ids(bundle.tokenizer, text, bundle.device))[0].to(bundle.dtype)  # [1, L, D]
+
+
+def _encode_xl(bundle: ModelBundle, text: str) -> torch.Tensor:
+    """[1, L + 1, D1 + D2]: both encoders' penultimate hidden states, then the pooled row."""
+    hidden = []
+    for encoder, tokenizer in (
+        (bundle.text_encoder, bundle.tokenizer),
+        (bundle.text_encoder_2, bundle.tokenizer_2),
+    ):
+        out = encoder(_ids(tokenizer, text, bundle.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])  # [1, L, D_i]
+    h = torch.cat(hidden, dim=-1)  # [1, L, D1 + D2]
+    pooled = out[0]  # the second encoder's text_embeds [1, P]
+    row = torch.nn.functional.pad(pooled, (0, h.shape[-1] - pooled.shape[-1]))[:, None]  # [1, 1, D]
+    packed = torch.cat([h, row], dim=1).to(bundle.dtype)
+    if not text and bundle.empty_is_zeros:  # force_zeros_for_empty_prompt: ∅ is zeros, hidden and pooled
+        packed = torch.zeros_like(packed)
+    return packed
+
+
+def unpack_xl(cond: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An SDXL condition [B, L + 1, D] → (hidden states [B, L, D], pooled [B, pooled_dim])."""
+    return cond[:, :-1], cond[:, -1, :pooled_dim]

@@ -15,9 +15,10 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A Stable Diffusion 1.x/2.x model loaded once and reused for every edit."""
+    """A Stable Diffusion 1.x/2.x or SDXL model loaded once and reused for every edit. The methods
+    never ask which: text.encode_text and denoiser.unet_eps carry the family's conditioning."""
 
-    vae: Any  # diffusers AutoencoderKL
+    vae: Any  # diffusers AutoencoderKL (float32 when its config asks to upcast a float16 model)
     text_encoder: Any  # transformers CLIPTextModel
     tokenizer: Any  # transformers CLIPTokenizer
     unet: Any  # diffusers UNet2DConditionModel
@@ -29,6 +30,14 @@ class ModelBundle:
     max_pixels: int | None = None  # the pixel budget of an input image; None: pixel_budget's default
     resize: bool = True  # an image over the budget is resized down to it (False: refused)
     text_cache: dict = field(default_factory=dict, repr=False, compare=False)  # text → [1, L, D]
+    text_encoder_2: Any = None  # SDXL: CLIPTextModelWithProjection (OpenCLIP bigG); None for SD 1/2
+    tokenizer_2: Any = None
+    empty_is_zeros: bool = False  # SDXL's force_zeros_for_empty_prompt: ∅ is all-zero embeddings
+
+    @property
+    def family(self) -> str:
+        """ "sdxl" (two text encoders, added time ids) or "sd" (Stable Diffusion 1.x/2.x)."""
+        return "sdxl" if self.text_encoder_2 is not None else "sd"
 
     @property
     def prediction_type(self) -> str:
@@ -147,6 +156,7 @@ class Inversion:
     seed: int
     unet_evals: int
     solver: str = "ddpm"  # "ddpm" (§2) or "dpmsolver++" (2M SDE, §2b): the sampler must match
+    family: str = "sd"  # the model family it was made with: "sd" or "sdxl"
 
     _META = (
         "timesteps",
@@ -162,6 +172,7 @@ class Inversion:
         "seed",
         "unet_evals",
         "solver",
+        "family",
     )
 
     def save(self, path) -> None:
@@ -200,6 +211,10 @@ class Inversion:
         meta["timesteps"] = tuple(meta["timesteps"])
         dev = device if device is not None else (model.device if model is not None else "cpu")
         inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
+        if model is not None and inv.family != model.family:
+            raise InversionError(
+                f"inversion {path} was made with an {inv.family} model, this is {model.family}"
+            )
         if model is not None and inv.fingerprint != model.fingerprint:
             raise InversionError(f"inversion {path} was made with another model ({inv.model_id})")
         return inv
@@ -217,6 +232,7 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
 
     if isinstance(meta, dict):
         meta.setdefault("solver", "ddpm")  # files written before the solver setting
+        meta.setdefault("family", "sd")  # and before SDXL
     if not isinstance(meta, dict) or set(meta) != set(keys):
         extra, missing = sorted(set(meta) - set(keys)), sorted(set(keys) - set(meta))
         raise bad(f"metadata keys differ (extra {extra}, missing {missing})")
@@ -225,6 +241,8 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
         raise bad(f"{', '.join(ints)} must be non-negative whole numbers")
     if not all(isinstance(meta[k], str) for k in ("source", "fingerprint", "model_id", "image_hash")):
         raise bad("source, fingerprint, model_id and image_hash must be text")
+    if meta["family"] not in ("sd", "sdxl"):
+        raise bad(f"family must be sd or sdxl, got {meta['family']!r}")
     if meta["solver"] not in ("ddpm", "dpmsolver++"):
         raise bad(f"solver must be ddpm or dpmsolver++, got {meta['solver']!r}")
     scale = meta["source_guidance_scale"]

@@ -125,7 +125,7 @@ def _infer_mask(model, prep: Prepared, query: str, reference: str, cfg: DiffEdit
     )  # [n, C, h, w]
     cond_q, cond_r, uncond = encode_text(model, [query, reference, ""]).split(1)
     d = difference_map(
-        unet_eps(model, schedule, counter),
+        unet_eps(model, schedule, counter, _size(prep)),
         schedule,
         x0,
         t,
@@ -178,7 +178,7 @@ def ddim_encoding(
 def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :][::-1]  # ascending
-    eps = guided_eps(unet_eps(model, schedule, counter), encode_text(model, [""]), None, 1.0)
+    eps = guided_eps(unet_eps(model, schedule, counter, _size(prep)), encode_text(model, [""]), None, 1.0)
     latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"), cfg.solver)
     return Encoding(
         tuple(latents),
@@ -231,7 +231,7 @@ def _resolve_start(model, prep: Prepared, encoding, cfg: DiffEditConfig, seed: i
 # --- Step 3: masked decoding (§3.3) ------------------------------------------------------------
 
 
-def _decode(model, start, background, masks, queries: list[str], scales: list[float], cfg, progress):
+def _decode(model, start, background, masks, queries: list[str], scales: list[float], cfg, size, progress):
     """DDIM decoding under CFG on each edit's query from level t_r, the background following its
     own trajectory outside the mask, all edits as ONE batch per step: start [B, C, h, w],
     background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations)."""
@@ -242,7 +242,7 @@ def _decode(model, start, background, masks, queries: list[str], scales: list[fl
     scale = (
         scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=start.device).view(-1, 1, 1, 1)
     )
-    eps = guided_eps(unet_eps(model, schedule, counter), cond, uncond, scale)
+    eps = guided_eps(unet_eps(model, schedule, counter, size), cond, uncond, scale)
     z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
     return check_finite(z, "guidance_scale"), counter.n
 
@@ -334,6 +334,7 @@ def diffedit_many(
             [j.query for j in jobs],
             [j.cfg.guidance_scale for j in jobs],
             cfg,
+            _size(preps[0]),
             progress,
         )
         out = decode(model, z)
@@ -362,6 +363,11 @@ def diffedit_many(
             )
         )
     return results
+
+
+def _size(prep: Prepared) -> tuple[int, int]:
+    """The image's own (height, width): SDXL's size conditioning."""
+    return prep.pixels.height, prep.pixels.width
 
 
 def _prepare_all(model, images: list, jobs: list[_Job]) -> list[Prepared]:

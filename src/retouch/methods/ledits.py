@@ -162,7 +162,7 @@ def invert(
     timesteps = schedule.timesteps(cfg.num_inference_steps)[cfg.skip_steps :]
     uncond, cond = encode_text(model, ["", source]).split(1)
     eps = guided_eps(
-        unet_eps(model, schedule, counter),
+        unet_eps(model, schedule, counter, (prep.pixels.height, prep.pixels.width)),
         cond,
         uncond if source else None,
         cfg.source_guidance_scale if source else 1.0,
@@ -187,6 +187,7 @@ def invert(
         seed,
         counter.n,
         cfg.solver,
+        model.family,
     )
 
 
@@ -258,7 +259,7 @@ def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progre
         m = torch.stack([ones if mk is None else mk for mk in masks])[:, None]  # [B, 1, h, w]
         pin = invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
     z = ddpm_sample(
-        sega_eps_many(unet_eps(model, schedule, counter), guides),
+        sega_eps_many(unet_eps(model, schedule, counter, (invs[0].height, invs[0].width)), guides),
         schedule,
         x,
         list(invs[0].timesteps),
@@ -469,6 +470,8 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
 
 
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
+    if inv.family != model.family:
+        raise SettingError(f"inversion was made with an {inv.family} model, this is {model.family}")
     if inv.fingerprint != model.fingerprint:
         raise SettingError(f"inversion was made with another model ({inv.model_id})")
     m, f = model.size_multiple, model.vae_scale_factor
