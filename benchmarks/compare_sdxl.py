@@ -4,9 +4,10 @@
     python benchmarks/compare_sdxl.py --full-size --size 512 --steps 4   # SDXL base's architecture,
                                                              # random weights (slow on a CPU)
 
-The model is built from the real classes (retouch.architecture.build_sdxl_components), saved as a
-diffusers folder and loaded by both: retouch.load, and LEditsPPPipelineStableDiffusionXL with its
-own scheduler (DPMSolverMultistepScheduler, sde-dpmsolver++, its defaults). Per method, after one
+The model is built from the real classes (retouch.architecture.build_sdxl_components); the tiny one
+is saved as a diffusers folder and loaded with retouch.load, the full-size one kept in memory.
+diffusers' LEditsPPPipelineStableDiffusionXL runs on the same modules (one copy of the weights) with
+its own scheduler (DPMSolverMultistepScheduler, sde-dpmsolver++, its defaults). Per method, after one
 warm-up: the inversion (or encoding) and one edit, wall seconds, UNet evaluations (batch elements,
 counted by wrapping unet.forward), the process's peak resident memory so far (ru_maxrss: on a CPU
 the whole process; on CUDA torch.cuda.max_memory_allocated of that method), and the reconstruction
@@ -57,15 +58,24 @@ def peak_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
 
-def theirs(folder: Path, device, dtype):
+def theirs(model):
+    """diffusers' LEDITS++ XL on the bundle's own modules (one copy of the weights in memory),
+    with its default scheduler."""
     from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusionXL
 
-    pipe = LEditsPPPipelineStableDiffusionXL.from_pretrained(folder, torch_dtype=dtype)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
+    pipe = LEditsPPPipelineStableDiffusionXL(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        text_encoder_2=model.text_encoder_2,
+        tokenizer=model.tokenizer,
+        tokenizer_2=model.tokenizer_2,
+        unet=model.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(
+            model.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
+        ),
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 def main(argv=None) -> None:
@@ -75,12 +85,16 @@ def main(argv=None) -> None:
     dtype = args.dtype or ("float16" if torch.device(args.device).type == "cuda" else "float32")
     work = Path(tempfile.mkdtemp(prefix="retouch-sdxl-"))
     t0 = time.perf_counter()
-    folder = save_pipeline(
-        work / "model", build_sdxl_components("full" if args.full_size else "tiny", work / "tok")
-    )
-    model = retouch.load(str(folder), device=args.device, dtype=dtype)
-    pipe = theirs(folder, args.device, getattr(torch, dtype))
-    pipe.vae = model.vae  # one VAE in memory (the same weights)
+    if args.full_size:  # in memory: its folder would be 14 GB
+        from retouch.models import from_components
+
+        with torch.device(args.device):
+            parts = build_sdxl_components("full", work / "tok")
+        model = from_components(**parts, model_id="sdxl-random", device=args.device, dtype=dtype)
+    else:
+        folder = save_pipeline(work / "model", build_sdxl_components("tiny", work / "tok"))
+        model = retouch.load(str(folder), device=args.device, dtype=dtype)
+    pipe = theirs(model)
     n_params = sum(p.numel() for p in model.unet.parameters())
     kind = "base architecture" if args.full_size else "tiny"
     built = time.perf_counter() - t0
@@ -151,7 +165,6 @@ def main(argv=None) -> None:
             model, img, "a green circle", SOURCE, mask=mask, encoding=enc, num_inference_steps=n
         ),
     )
-    pipe_calls = UNetCalls(pipe.unet) if pipe.unet is not model.unet else None
     from PIL import Image
 
     def their_invert():
@@ -167,8 +180,6 @@ def main(argv=None) -> None:
         rec = pipe(editing_prompt=None, generator=torch.Generator(args.device).manual_seed(0)).images[0]
         return f"{psnr(rec, out.vae_reconstruction_images[0]):.1f} dB"
 
-    calls.unwrap()
-    calls = pipe_calls or UNetCalls(pipe.unet)
     run(
         "diffusers LEDITS++ XL",
         their_invert,

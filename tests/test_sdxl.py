@@ -131,3 +131,30 @@ def test_an_inversion_records_the_family_and_another_model_refuses_it(xl, tmp_pa
     with pytest.raises(SettingError, match="made with an sdxl model"):
         retouch.ledits(sd, inv, add=["green circle"], **LEDITS)
     assert retouch.Inversion.load(tmp_path / "xl.safetensors", xl).family == "sdxl"
+
+
+def test_the_command_line_edits_with_an_sdxl_folder(xl_folder, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from retouch.files import read_params
+    from retouch.main import main
+
+    Image.fromarray(_image()).save(tmp_path / "in.png")
+    for method, args in [
+        ("diffedit", ["--query", "a green circle", "--num-inference-steps", "6", "--mask-samples", "2"]),
+        (
+            "ledits",
+            ["--add", "green circle", "--num-inference-steps", "8", "--skip", "2", "--solver", "dpmsolver++"],
+        ),
+    ]:
+        out = tmp_path / f"{method}.png"
+        result = CliRunner().invoke(
+            main,
+            ["edit", str(tmp_path / "in.png"), "-o", str(out), "--method", method, "--model", str(xl_folder),
+             "--dtype", "bfloat16", "--no-progress", *args],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        with Image.open(out) as img:
+            assert img.size == (70, 45)
+        assert read_params(out)["model"] == "model"  # the folder's name, not its path

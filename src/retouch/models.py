@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion 1.x/2.x model (diffusers folder or hub id) into a ModelBundle."""
+"""Loading a Stable Diffusion 1.x/2.x or SDXL model (diffusers folder or hub id) into a ModelBundle."""
 
 from __future__ import annotations
 

@@ -201,7 +201,7 @@ def model_options(fn):
         "--model",
         default=None,
         metavar="FOLDER|HUB_ID",
-        help="A diffusers Stable Diffusion 1.x/2.x model [default: the shipped ShapesWorld model]",
+        help="A diffusers Stable Diffusion 1.x/2.x or SDXL model [default: the shipped ShapesWorld model]",
     )(fn)
     return fn
 
