@@ -68,7 +68,7 @@ def evals(seen: list[torch.Tensor]) -> int:
     return sum(x.shape[0] for x in seen)
 
 
-def x_independent_eps(bundle, schedule, counter):
+def x_independent_eps(bundle, schedule, counter, image_size=None):
     """Stand-in for unet_eps: ε depends on t only (fixed random field per t), not on x or the text.
     DDIM inversion is then exact, so encode → decode must give x0 back to float rounding."""
 
