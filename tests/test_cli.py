@@ -691,4 +691,4 @@ def test_fast_applies_the_named_fast_settings_and_flags_override_them(image, tmp
                  *model_args, "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
     settings = read_params(out)["settings"]  # taken from the inversion
-    assert (settings["num_inference_steps"], settings["solver"]) == (25, "dpmsolver++")
+    assert (settings["num_inference_steps"], settings["solver"]) == (20, "dpmsolver++")
