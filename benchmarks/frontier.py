@@ -44,7 +44,7 @@ def points(run_dirs: list[Path]) -> list[dict]:
             diffusers = method.startswith("diffusers")
             out.append(
                 dict(
-                    run=str(run),
+                    run=run.name,
                     method=method,
                     family=family,
                     solver="theirs"
