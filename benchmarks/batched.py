@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (medians); one warm-up first")
     p.add_argument("--workloads", default="diffedit,ledits,diffedit-images")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-warmup", action="store_true", help="no warm-up round (full size on a CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
 
@@ -81,10 +82,11 @@ def workloads(model, args) -> dict:
     color = text.split()[1]
     queries = [text.replace(color, c, 1) for c in COLORS if c != color][:k]
     queries += [queries[i % len(queries)] for i in range(len(queries), k)]
-    mask = retouch.diffedit_mask(model, image, queries[0], text, **d_cfg)
-    enc = retouch.ddim_encoding(model, image, **d_cfg)
+    wanted = args.workloads.split(",")
+    mask = retouch.diffedit_mask(model, image, queries[0], text, **d_cfg) if "diffedit" in wanted else None
+    enc = retouch.ddim_encoding(model, image, **d_cfg) if "diffedit" in wanted else None
     d_edits = [dict(query=q, reference=text, seed=i, mask=mask, encoding=enc) for i, q in enumerate(queries)]
-    inv = retouch.invert(model, image, **l_cfg)
+    inv = retouch.invert(model, image, **l_cfg) if "ledits" in wanted else None
     shape = text.split()[2]
     l_edits = [
         dict(add=[f"{c} {shape}"], remove=[f"{color} {shape}"], seed=i) for i, c in enumerate(COLORS[:k])
@@ -132,7 +134,8 @@ def main(argv=None) -> None:
           f"{'speed-up':>8} {'evals':>7} {'max px diff':>11}")  # fmt: skip
     for name in args.workloads.split(","):
         one, many = work[name]
-        timed(one, model, calls), timed(many, model, calls)  # warm-up
+        if not args.no_warmup:
+            timed(one, model, calls), timed(many, model, calls)
         t_one, t_many = [], []
         for _ in range(args.repeats):
             s1, r1, e1 = timed(one, model, calls)
