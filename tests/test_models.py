@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from retouch.architecture import build_components
@@ -44,3 +45,31 @@ def test_the_compiled_path_gives_the_same_images(tiny_eps):
     out = retouch.diffedit(fast, img, **kw)
     assert float((out.latents - plain.latents).abs().max()) <= COMPILED_TOL
     assert np.abs(np.asarray(out.image, int) - np.asarray(plain.image, int)).max() <= 1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_on_stable_diffusion_is_finite_and_exact(prediction_type, dtype, tmp_path):
+    """SD 1.x/2.x in half precision (UNet, text encoder; the VAE in float32 where its config asks):
+    LEDITS with no edit reconstructs to HALF_TOL, both methods give finite images of the input's size."""
+    import numpy as np
+
+    import retouch
+    from retouch.architecture import build_components
+    from retouch.models import from_components
+
+    HALF_TOL = 2e-2
+    parts = build_components("tiny", prediction_type=prediction_type, tokenizer_dir=tmp_path / "tok")
+    model = from_components(**parts, model_id="tiny-half", device="cpu", dtype=dtype)
+    assert model.unet.dtype == getattr(torch, dtype)
+    img = (np.random.default_rng(1).random((45, 70, 3)) * 255).astype(np.uint8)
+    steps = dict(num_inference_steps=12, skip=2)
+    inv = retouch.invert(model, img, source="a red circle", **steps)
+    same = retouch.ledits(
+        model, inv, prompt="a red circle", target_guidance_scale=inv.source_guidance_scale, **steps
+    )
+    assert float((same.latents - inv.x0).abs().max()) < HALF_TOL
+    out = retouch.ledits(model, inv, add=["green circle"], remove=["red circle"], **steps)
+    d = retouch.diffedit(model, img, "a green circle", "a red circle", num_inference_steps=6, mask_samples=2)
+    for r in (out, d):
+        assert torch.isfinite(r.latents).all() and r.image.size == (70, 45)
