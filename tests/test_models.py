@@ -73,3 +73,23 @@ def test_half_precision_on_stable_diffusion_is_finite_and_exact(prediction_type,
     d = retouch.diffedit(model, img, "a green circle", "a red circle", num_inference_steps=6, mask_samples=2)
     for r in (out, d):
         assert torch.isfinite(r.latents).all() and r.image.size == (70, 45)
+
+
+def test_text_embeddings_are_kept_bounded_and_do_not_depend_on_their_batch(tiny_eps):
+    from retouch.text import CACHED_TEXTS, encode_text
+
+    tiny_eps.text_cache.clear()
+    alone = encode_text(tiny_eps, ["a red circle"])
+    calls = []
+    forward = tiny_eps.text_encoder.forward
+    tiny_eps.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        both = encode_text(tiny_eps, ["a blue square", "a red circle"])
+        assert len(calls) == 1  # the cached text is not encoded again
+        assert torch.equal(both[1:], alone)
+        for i in range(CACHED_TEXTS + 10):
+            encode_text(tiny_eps, [f"a red circle {i}"])
+        assert len(tiny_eps.text_cache) == CACHED_TEXTS
+    finally:
+        del tiny_eps.text_encoder.forward
+    assert torch.equal(encode_text(tiny_eps, ["a red circle"]), alone)  # evicted, encoded again, the same

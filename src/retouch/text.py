@@ -7,6 +7,8 @@ loop batches, splits and repeats a condition as one tensor; denoiser.unet_eps un
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from retouch.errors import PromptError
@@ -35,6 +37,7 @@ def check_prompt(bundle: ModelBundle, text: str, name: str, allow_empty: bool = 
 
 
 CACHED_TEXTS = 256  # embeddings a loaded model keeps (the oldest dropped first)
+_CACHE_LOCK = threading.Lock()  # web visitors edit at once: one writer at a time
 
 
 @torch.inference_mode()
@@ -45,12 +48,17 @@ def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
     an edit encodes each of its texts once and later edits (any visitor's) reuse them; alone, so
     that an embedding never depends on which texts it was encoded with."""
     cache = bundle.text_cache
+    found = {}
     for text in dict.fromkeys(texts):
-        if text not in cache:
-            cache[text] = _encode_xl(bundle, text) if bundle.family == "sdxl" else _encode_sd(bundle, text)
-            while len(cache) > CACHED_TEXTS:
-                cache.pop(next(iter(cache)), None)
-    return torch.cat([cache[t] for t in texts])  # [B, L, D]
+        emb = cache.get(text)
+        if emb is None:
+            emb = _encode_xl(bundle, text) if bundle.family == "sdxl" else _encode_sd(bundle, text)
+            with _CACHE_LOCK:
+                cache[text] = emb
+                while len(cache) > CACHED_TEXTS:
+                    cache.pop(next(iter(cache)), None)
+        found[text] = emb
+    return torch.cat([found[t] for t in texts])  # [B, L, D]
 
 
 def _ids(tokenizer, text: str, device) -> torch.Tensor:
