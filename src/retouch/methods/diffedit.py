@@ -317,10 +317,11 @@ def diffedit_many(
     starts, backgrounds, encodings = [], [], {}
     with timer("encode", when=any(j.encoding is None for j in jobs)):
         for i, (job, prep) in enumerate(zip(jobs, preps)):
-            enc = job.encoding or encodings.get(prep.hash)
-            start, background, spent = _resolve_start(model, prep, enc, job.cfg, job.seed, progress)
-            if cfg.uses_encoding and enc is None:
-                encodings[prep.hash] = _as_encoding(background, prep, model, cfg, spent)
+            enc, spent = job.encoding or encodings.get(prep.hash), 0
+            if cfg.uses_encoding and enc is None:  # each image encoded once, paid by its first edit
+                enc = encodings[prep.hash] = _encode(model, prep, cfg, progress)
+                spent = enc.unet_evals
+            start, background, _ = _resolve_start(model, prep, enc, job.cfg, job.seed, progress)
             starts.append(start)
             backgrounds.append(background)
             evals[i] += spent
@@ -383,21 +384,6 @@ def _prepare_all(model, images: list, jobs: list[_Job]) -> list[Prepared]:
     if len({tuple(p.x0.shape) for p in preps}) > 1:
         raise SettingError("the images of one batch must be of one size")
     return preps
-
-
-def _as_encoding(background: dict, prep: Prepared, model, cfg: DiffEditConfig, spent: int) -> Encoding:
-    """The encoding just computed for an image, to share with its other edits in the batch."""
-    levels = sorted(background)  # -1 (x0) first, then ascending
-    return Encoding(
-        tuple(background[t] for t in levels),
-        tuple(levels),
-        cfg.num_inference_steps,
-        cfg.encode_ratio,
-        spent,
-        prep.hash,
-        model.fingerprint,
-        cfg.solver,
-    )
 
 
 def diffedit(

@@ -340,7 +340,14 @@ def ledits_many(
     for job, item in zip(jobs, given):
         if job.cfg.paste_back and job.mask is not None and job.image is None and isinstance(item, Inversion):
             raise SettingError("paste_back needs the image: pass image= with the inversion")
-    sizes = {(g.width, g.height) if isinstance(g, Inversion) else fitted(model, g)[0].size for g in given}
+    fits: dict[int, tuple] = {}  # each distinct image read and fitted to the budget once
+
+    def fit(image):
+        if id(image) not in fits:
+            fits[id(image)] = fitted(model, image)
+        return fits[id(image)]
+
+    sizes = {(g.width, g.height) if isinstance(g, Inversion) else fit(g)[0].size for g in given}
     if len(sizes) > 1:
         raise SettingError("the images of one batch must be of one size")
     timer = Timer(model.device)
@@ -380,15 +387,12 @@ def ledits_many(
     z = None
     if live:
         with timer("edit"):
+            latents = [_latent(masks[i], invs[i]) for i in live]
             guides = [
-                _guide(
-                    model, invs[i], jobs[i].prompt, jobs[i].concepts, jobs[i].cfg, _latent(masks[i], invs[i])
-                )
-                for i in live
+                _guide(model, invs[i], jobs[i].prompt, jobs[i].concepts, jobs[i].cfg, m)
+                for i, m in zip(live, latents)
             ]
-            z, spent = _edit(
-                model, [invs[i] for i in live], guides, [_latent(masks[i], invs[i]) for i in live], progress
-            )
+            z, spent = _edit(model, [invs[i] for i in live], guides, latents, progress)
             out = decode(model, z)
     results = []
     for i, job in enumerate(jobs):
@@ -408,7 +412,7 @@ def ledits_many(
             results.append(_reconstruction(model, given[i], settings_out, job.seed))
             continue
         b = live.index(i)
-        img, note = fitted(model, images[i]) if images[i] is not None else (None, "")
+        img, note = fit(images[i]) if images[i] is not None else (None, "")
         pixels, m = out[b : b + 1], masks[i]
         if job.cfg.paste_back and m is not None:
             pixels = paste_back(
