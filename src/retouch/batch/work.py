@@ -11,10 +11,11 @@ from retouch.errors import InputError
 from retouch.files import save_image
 from retouch.latents import fitted, load_image
 from retouch.methods.diffedit import GRID as DIFFEDIT_GRID
-from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit_many
-from retouch.methods.ledits import INVERSION_FIELDS, LEditsConfig, invert, ledits_many, make_concepts
-from retouch.settings import with_settings
-from retouch.text import check_prompt
+from retouch.methods.diffedit import ddim_encoding, diffedit_many
+from retouch.methods.diffedit import edit_job as diffedit_job
+from retouch.methods.ledits import GRID as LEDITS_GRID
+from retouch.methods.ledits import INVERSION_FIELDS, invert, ledits_many
+from retouch.methods.ledits import edit_job as ledits_job
 from retouch.types import ModelBundle
 
 
@@ -44,24 +45,33 @@ def edit_image(
     return [done[row.index] for row in rows]
 
 
+def _edit(row: Row, image=None) -> dict:
+    """The row as the *_many functions take an edit (without the encoding its image shares)."""
+    t, own = row.texts, dict(seed=row.seed, mask=row.mask, **row.settings)
+    if row.method == "diffedit":
+        return dict(query=t.get("query", ""), reference=t.get("reference", ""), **own)
+    texts = dict(add=t.get("add", ()), remove=t.get("remove", ()), prompt=t.get("prompt", ""))
+    return dict(**texts, preset=t.get("preset"), image=image, **own)  # the row's settings over a preset
+
+
+def _job(model: ModelBundle, row: Row):
+    """The row checked as its method checks an edit: texts, seed, settings (InputError if bad)."""
+    if row.method == "diffedit":
+        return diffedit_job(model, _edit(row), None, {})
+    return ledits_job(model, _edit(row), None, None, {})
+
+
 def _grid(model: ModelBundle, row: Row):
     """What the rows of one UNet batch must share: method and step grid; None for a row whose
     settings or texts are bad (it runs alone, and fails alone, before any shared work)."""
-    t = row.texts
     try:
-        if row.method == "diffedit":
-            cfg = with_settings(DiffEditConfig(), row.settings)
-            cfg.check()
-            check_prompt(model, t.get("query", ""), "query")
-            check_prompt(model, t.get("reference", ""), "reference", allow_empty=True)
-            return ("diffedit", *(getattr(cfg, f) for f in DIFFEDIT_GRID))
-        cfg = with_settings(LEditsConfig(), row.settings)
-        cfg.check()
-        make_concepts(model, t.get("add", ()), t.get("remove", ()), cfg)
-        check_prompt(model, t.get("prompt", ""), "prompt", allow_empty=True)
-        return ("ledits", cfg.num_inference_steps, cfg.skip_steps, cfg.solver)
+        cfg = _job(model, row).cfg
     except InputError:
         return None
+    return (
+        row.method,
+        *(getattr(cfg, f) for f in (DIFFEDIT_GRID if row.method == "diffedit" else LEDITS_GRID)),
+    )
 
 
 def _groups(model: ModelBundle, rows: list[Row], batch_size: int) -> list[list[Row]]:
@@ -107,39 +117,16 @@ def _run(model: ModelBundle, rows: list[Row], shared: dict) -> dict[int, dict]:
 def _inputs(model: ModelBundle, row: Row, image, shared: dict):
     """(what the row edits: the image or its inversion, its edit as the *_many functions take it,
     evaluations spent here making a value its image's other rows share: an encoding, an inversion)."""
-    t = row.texts
-    made = 0
+    cfg, made = _job(model, row).cfg, 0
     if row.method == "diffedit":
-        cfg = with_settings(DiffEditConfig(), row.settings)
-        cfg.check()
         key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio, cfg.solver)
         if cfg.uses_encoding and key not in shared:
             shared[key] = ddim_encoding(model, image, cfg)
             made = shared[key].unet_evals
-        edit = dict(
-            query=t.get("query", ""),
-            reference=t.get("reference", ""),
-            seed=row.seed,
-            mask=row.mask,
-            encoding=shared.get(key) if cfg.uses_encoding else None,
-            **row.settings,
-        )
-        return image, edit, made
-    cfg = with_settings(LEditsConfig(), row.settings)
-    cfg.check()
-    source = (t.get("source") or "").strip()
+        return image, dict(_edit(row), encoding=shared.get(key) if cfg.uses_encoding else None), made
+    source = (row.texts.get("source") or "").strip()
     key = ("inversion", source, row.seed, *(getattr(cfg, f) for f in INVERSION_FIELDS), cfg.skip_steps)
     if key not in shared:
         shared[key] = invert(model, image, source, cfg, row.seed)
         made = shared[key].unet_evals
-    edit = dict(
-        add=t.get("add", ()),
-        remove=t.get("remove", ()),
-        prompt=t.get("prompt", ""),
-        preset=t.get("preset"),
-        seed=row.seed,
-        mask=row.mask,
-        image=image,
-        **row.settings,
-    )  # the row's settings over a preset
-    return shared[key], edit, made
+    return shared[key], _edit(row, image), made

@@ -262,7 +262,7 @@ class _Job:
     cfg: DiffEditConfig
 
 
-def _job(model, edit: dict, config, settings: dict) -> _Job:
+def edit_job(model, edit: dict, config, settings: dict) -> _Job:
     """One edit of a batch, checked: its texts, seed and settings (the batch's, then its own)."""
     if not isinstance(edit, dict) or "query" not in edit:
         raise SettingError("each edit is a dict with at least a query, e.g. dict(query='a green circle')")
@@ -293,7 +293,7 @@ def diffedit_many(
     distinct image is prepared and encoded once (its encoding shared by its edits, its cost
     counted on the first); masks are inferred per edit. The results are those of one `diffedit`
     call per edit, to the float rounding of batched arithmetic."""
-    jobs = [_job(model, e, config, settings) for e in edits]
+    jobs = [edit_job(model, e, config, settings) for e in edits]
     if not jobs:
         return []
     images = list(images) if isinstance(images, (list, tuple)) else [images] * len(jobs)

@@ -293,7 +293,7 @@ class _Job:
     concepts: list
 
 
-def _job(model, edit: dict, config, preset, settings: dict) -> _Job:
+def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
     """One edit of a batch, checked before any model work: concepts, texts, seed, settings."""
     if not isinstance(edit, dict):
         raise SettingError("each edit is a dict, e.g. dict(add=['green circle'], remove=['red circle'])")
@@ -328,7 +328,7 @@ def ledits_many(
     and its first edit's seed, the cost counted on that edit). The results are those of one
     `ledits` call per edit, to the float rounding of batched arithmetic."""
     source = check_prompt(model, source, "source", allow_empty=True)
-    jobs = [_job(model, e, config, preset, settings) for e in edits]
+    jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
         return []
     given = images_or_inversions
