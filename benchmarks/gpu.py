@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import retouch
+from retouch.denoiser import UNetCalls
 from retouch.methods.diffedit import FAST as DIFFEDIT_FAST
 from retouch.methods.ledits import FAST as LEDITS_FAST
 from retouch.timing import sync
@@ -50,40 +51,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class UNetClock:
-    """CUDA events (or wall time off CUDA) around every UNet forward: total seconds inside it."""
+class UNetClock(UNetCalls):
+    """UNetCalls that also times every UNet forward: CUDA events on CUDA, wall time elsewhere."""
 
     def __init__(self, unet, device: torch.device):
-        self.unet, self._forward, self.device = unet, unet.forward, device
-        self._own = "forward" in vars(unet)  # a compiled module's forward is its own attribute
-        self.events: list = []
-        self.cpu_seconds = 0.0
-        unet.forward = self._timed
+        super().__init__(unet)
+        self.device, self.events, self.cpu_seconds = device, [], 0.0
 
-    def _timed(self, *args, **kwargs):
+    def _counted(self, *args, **kwargs):
         if self.device.type != "cuda":
             t0 = time.perf_counter()
-            out = self._forward(*args, **kwargs)
+            out = super()._counted(*args, **kwargs)
             self.cpu_seconds += time.perf_counter() - t0
             return out
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        out = self._forward(*args, **kwargs)
+        out = super()._counted(*args, **kwargs)
         end.record()
         self.events.append((start, end))
         return out
 
-    def take(self) -> float:
+    def seconds(self) -> float:
+        """Seconds inside the UNet since the last call, and reset."""
         sync(self.device)
         total = self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000
         self.events, self.cpu_seconds = [], 0.0
+        self.reset()
         return total
-
-    def unwrap(self) -> None:
-        if self._own:
-            self.unet.forward = self._forward
-        else:
-            del self.unet.forward
 
 
 def load(args):
@@ -141,7 +135,7 @@ def measure(model, name: str, prepare, edit, image, args) -> dict:
     clock = UNetClock(model.unet, dev)
     try:
         edit(model, image, prepare(model, image), 0)  # warm-up (and, compiled, the compilation)
-        clock.take()
+        clock.seconds()
         firsts, reedits, shares = [], [], []
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -152,12 +146,12 @@ def measure(model, name: str, prepare, edit, image, args) -> dict:
             edit(model, image, prep, i)
             sync(dev)
             firsts.append(time.perf_counter() - t0)
-            shares.append(clock.take() / firsts[-1])
+            shares.append(clock.seconds() / firsts[-1])
             t0 = time.perf_counter()
             edit(model, image, prep, i + 100)
             sync(dev)
             reedits.append(time.perf_counter() - t0)
-            clock.take()
+            clock.seconds()
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
     finally:
         clock.unwrap()
