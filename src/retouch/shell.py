@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -244,6 +245,26 @@ def quiet_libraries() -> None:
     for lib in (diffusers, transformers):
         lib.utils.logging.disable_progress_bar()
         lib.utils.logging.set_verbosity_error()
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """What a worker loads once (a pool's `init`): the model (folder or hub id; None: the shipped
+    one), device, dtype, its torch CPU threads and the pixel budget of an input image."""
+
+    model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int = 1
+    max_pixels: int | None = None
+    resize: bool = True
+
+    def __call__(self):
+        """The loaded ModelBundle, with this process's torch threads set."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return load_model(self.model, self.device, self.dtype, self.max_pixels, self.resize)[0]
 
 
 def load_model(model, device, dtype, max_pixels=None, resize=True):

@@ -88,10 +88,11 @@ def batch(
     """Run every edit of MANIFEST (JSON Lines or CSV), writing into OUT."""
     from tqdm.auto import tqdm
 
-    from retouch.batch.engine import Loader, done_rows, run_batch
+    from retouch.batch.engine import done_rows, run_batch
     from retouch.batch.manifest import read_manifest, resolve
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import LEditsConfig
+    from retouch.shell import ModelLoader
 
     if ray_address is not None:
         try:
@@ -119,7 +120,7 @@ def batch(
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
 
-        loader = Loader(model, device, dtype, threads, max_pixels, resize)
+        loader = ModelLoader(model, device, dtype, threads, max_pixels, resize)
         results = run_batch(
             rows, out_dir, loader, workers or _default_workers(device), ray_address, on_result, batch_size
         )

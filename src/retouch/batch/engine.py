@@ -9,7 +9,6 @@ starts Ray on this machine), each loading the model once and running the same `e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -17,30 +16,9 @@ from retouch.batch.manifest import Row
 from retouch.batch.work import edit_image
 from retouch.files import append_jsonl, read_jsonl
 from retouch.pool import map_unordered
+from retouch.shell import ModelLoader
 
 RESULTS = "results.jsonl"
-
-
-@dataclass(frozen=True)
-class Loader:
-    """What a worker loads once: the model (folder or hub id; None: the shipped one), device,
-    dtype, its torch CPU threads and the pixel budget of an input image."""
-
-    model: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    threads: int = 1
-    max_pixels: int | None = None
-    resize: bool = True
-
-    def __call__(self):
-        """Load the model (once per worker)."""
-        import torch
-
-        from retouch.shell import load_model
-
-        torch.set_num_threads(self.threads)
-        return load_model(self.model, self.device, self.dtype, self.max_pixels, self.resize)[0]
 
 
 def groups(rows: list[Row]) -> list[list[Row]]:
@@ -63,7 +41,7 @@ def done_rows(out_dir: Path) -> dict[int, dict]:
 def run_batch(
     rows: list[Row],
     out_dir: Path,
-    loader: Loader,
+    loader: ModelLoader,
     workers: int = 1,
     ray_address: str | None = None,
     on_result: Callable[[dict], None] | None = None,

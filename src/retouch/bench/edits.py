@@ -40,7 +40,14 @@ from retouch.bench.methods import (
 from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
 from retouch.files import append_jsonl, read_jsonl
 from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED
-from retouch.shell import CONTEXT, SettingsCommand, given_settings, quiet_libraries, setting_options
+from retouch.shell import (
+    CONTEXT,
+    ModelLoader,
+    SettingsCommand,
+    given_settings,
+    quiet_libraries,
+    setting_options,
+)
 
 DEFAULT_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)  # DiffEdit's encoding ratio (the paper sweeps 0.5–0.9)
 DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)  # × LEDITS's target and concept guidance scales
@@ -148,25 +155,15 @@ def warm_up(ctx: Context, methods: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class Loader:
-    """What a worker loads once to run its share of the jobs: the parent's model (checked by
-    fingerprint), device, dtype and judge, with its torch CPU threads. Called, it returns the
-    worker's (Context, judge)."""
+class Loader(ModelLoader):
+    """A ModelLoader that also checks the worker loaded the parent's model (by fingerprint) and
+    loads the judge. Called, it returns the worker's (Context, judge)."""
 
-    model: str | None
-    fingerprint: str
-    device: str | None = None
-    dtype: str | None = None
+    fingerprint: str = ""
     judge: str | None = None
-    threads: int = 1
 
     def __call__(self):
-        import torch
-
-        from retouch.shell import load_model
-
-        torch.set_num_threads(self.threads)
-        bundle = load_model(self.model, self.device, self.dtype)[0]
+        bundle = super().__call__()
         if bundle.fingerprint != self.fingerprint:
             raise RuntimeError(f"worker loaded another model ({bundle.fingerprint} != {self.fingerprint})")
         judge = None
