@@ -314,6 +314,8 @@ def test_in_the_browser(ui_model, tmp_path):
             p.locator("#edit").click()
             expect(status).to_have_value(re.compile("inversion: skipped \\(reused\\)"), timeout=120_000)
             assert "edit: " in status.input_value() and first != status.input_value()
+            p.locator(".toast-close").evaluate_all("buttons => buttons.forEach(b => b.click())")
+            expect(p.locator(".toast-item")).to_have_count(0)  # the screenshot shows this edit only
             p.locator("#status").scroll_into_view_if_needed()
             p.evaluate("window.scrollTo(0, 0)")
             p.screenshot(path=str(tmp_path / "ui.png"))
