@@ -168,11 +168,14 @@ def sample_grid(samples, path, cols: int = 6, rows: int = 4) -> None:
     for i, (cap, img) in enumerate(samples[: cols * rows]):
         x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
         grid.paste(Image.fromarray(img).resize((cell, cell), Image.NEAREST), (x, y))
-        words, lines = cap.replace(" on a ", " | on a ").split(" "), [""]
-        for w in words:
-            if len(lines[-1]) + len(w) > 24:
-                lines.append("")
-            lines[-1] += ("" if not lines[-1] else " ") + w
+        objects, on, background = cap.rpartition(" on ")  # the background starts its own line
+        lines = [""]
+        for part in (objects, on.strip() + " " + background) if on else (cap,):
+            for w in part.split(" "):
+                if len(lines[-1]) + len(w) > 24:
+                    lines.append("")
+                lines[-1] += ("" if not lines[-1] else " ") + w
+            lines.append("")
         draw.multiline_text((x + 2, y + cell + 1), "\n".join(lines[:4]), fill="black", spacing=0)
     grid.save(path)
 
