@@ -126,6 +126,22 @@ def test_every_config_field_is_a_flag():
         assert s.flag in train_help
 
 
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--bare-background-share", "1.5", "bare_background_share must be <= 1"),
+        ("--lr", "nan", "lr must be finite"),
+        ("--steps", "0", "steps must be >= 1"),
+        ("--caption-dropout", "-0.1", "caption_dropout must be >= 0"),
+    ],
+)
+def test_train_refuses_a_bad_setting_before_writing_anything(tmp_path, flag, value, says):
+    work = tmp_path / "work"
+    result = run("train", "vae", str(work), flag, value)
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert not work.exists()
+
+
 def test_edit_diffedit_writes_png_with_parameters_and_json(image, tmp_path, model_args):
     out = tmp_path / "out.png"
     result = edit(image, out, model_args, "diffedit", "--json", "--seed", "3", "--guidance-scale", "5")

@@ -134,3 +134,18 @@ def test_training_captions_mix_whole_partial_and_bare_and_name_only_what_is_ther
         else:
             kinds["partial"] += 1
     assert kinds["whole"] > 150 and kinds["partial"] > 150 and kinds["bare"] > 60, kinds
+
+
+def test_the_share_of_bare_background_concepts_is_a_setting():
+    from retouch.shapes.world import sample_scene, training_caption
+
+    def background_share(share):
+        rng = np.random.default_rng(1)
+        scenes = [sample_scene(seed) for seed in range(3000)]
+        texts = [training_caption(s, rng, whole=0.0, bare_background=share) for s in scenes]
+        return sum(t == f"{s.background} background" for s, t in zip(scenes, texts)) / len(texts)
+
+    # a third of the captions are bare when whole = 0; of those, the share names the background
+    assert 0.03 < background_share(1 / 6) < 0.08
+    assert 0.25 < background_share(0.9) < 0.35
+    assert background_share(0.0) == 0.0

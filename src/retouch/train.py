@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from retouch.settings import setting
+from retouch.settings import check_number, setting
 from retouch.shapes import world
 from retouch.shapes.world import HELD_OUT_SEED
 
@@ -49,6 +49,26 @@ class TrainConfig:
     dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached")
     three_object_share: float = setting(0.4, "unet: share of three-object scenes (binding is hardest there)")
     whole_caption_share: float = setting(0.4, "unet: share of whole captions (the rest partial or bare)")
+    bare_background_share: float = setting(
+        1 / 6, 'unet: share of the bare concepts that name the background ("white background")'
+    )
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "dataset_size"):
+            check_number(name, getattr(self, name), 1, integer=True)
+        check_number("warmup", self.warmup, 0, integer=True)
+        check_number("seed", self.seed, 0, integer=True)
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("min_snr_gamma", self.min_snr_gamma, 0, low_open=True)
+        check_number("kl_weight", self.kl_weight, 0)
+        for name in (
+            "caption_dropout",
+            "ema_decay",
+            "three_object_share",
+            "whole_caption_share",
+            "bare_background_share",
+        ):
+            check_number(name, getattr(self, name), 0, 1)
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -289,7 +309,11 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
         x0 = latents[idx]  # [B, 4, h, w]
         rng = np.random.default_rng([cfg.seed, step])
         tok_ids = _tokenize(
-            tok, [world.training_caption(scenes[i], rng, cfg.whole_caption_share) for i in idx.tolist()]
+            tok,
+            [
+                world.training_caption(scenes[i], rng, cfg.whole_caption_share, cfg.bare_background_share)
+                for i in idx.tolist()
+            ],
         )
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
         tok_ids[drop] = empty_ids

@@ -172,13 +172,16 @@ def caption(scene: Scene) -> str:
     return f"{_object_list(phrases)} on {article(scene.background)} background"
 
 
-def training_caption(scene: Scene, rng: np.random.Generator, whole: float = 0.4) -> str:
+def training_caption(
+    scene: Scene, rng: np.random.Generator, whole: float = 0.4, bare_background: float = 1 / 6
+) -> str:
     """A caption as web captions are: whole, partial (some objects, any order), or a bare concept.
 
     `whole` (40 %): the whole caption. Of the rest, two thirds: a random subset of the objects in
     random order, each phrase with or without its article, with or without the background phrase;
     one third: one bare concept
-    ("red circle", or "white background" for one in six). Partial captions never name what the
+    ("red circle", or "white background" for a share `bare_background` of them, one in six by
+    default). Partial captions never name what the
     image does not hold, so a concept's noise prediction points at that concept; and a caption in
     the whole caption's form (articles and the background phrase) always names every object, so
     that form keeps meaning "exactly these objects".
@@ -188,7 +191,7 @@ def training_caption(scene: Scene, rng: np.random.Generator, whole: float = 0.4)
         return caption(scene)
     bg = f"{scene.background} background"
     if u >= whole + (1 - whole) * 2 / 3:
-        if rng.random() < 1 / 6:
+        if rng.random() < bare_background:
             return bg
         return scene.objects[rng.integers(len(scene.objects))].phrase
     k = int(rng.integers(1, len(scene.objects) + 1))
