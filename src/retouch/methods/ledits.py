@@ -192,10 +192,11 @@ def invert(
     )
 
 
-def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> tuple[Mask | None, int]:
+def _edit_mask(model, image, inv: Inversion, job: _Job) -> tuple[Mask | None, int]:
     """The edit's mask and the evaluations spent on it here: None; a Mask given (0); "infer":
     DiffEdit's mask of the query (the prompt, or the added concepts) against the reference (the
     source caption, or the removed concepts); a user mask (0)."""
+    mask, concepts = job.mask, job.concepts
     if mask is None:
         return None, 0
     if isinstance(mask, Mask):
@@ -204,14 +205,15 @@ def _edit_mask(model, image, inv, mask, prompt, concepts, seed, feather) -> tupl
     if isinstance(mask, str) and mask == "infer":
         if image is None:
             raise SettingError("mask='infer' needs the image: pass image= with the inversion")
-        query = prompt or ", ".join(c.text for c in concepts if c.direction > 0)
+        query = job.prompt or ", ".join(c.text for c in concepts if c.direction > 0)
         reference = inv.source or ", ".join(c.text for c in concepts if c.direction < 0)
         m = diffedit_mask(
-            model, image, query or reference, reference if query else "", seed=seed, x0=inv.x0
+            model, image, query or reference, reference if query else "", seed=job.seed, x0=inv.x0
         )  # the inversion's (its image was checked by hash): no VAE pass
         return m, m.unet_evals
     latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor, model.pixel_budget)
-    return Mask(latent, upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, feather)), 0
+    soft = upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, job.cfg.feather)
+    return Mask(latent, soft), 0
 
 
 def _resolve_inversion(model, image_or_inversion, image, source, cfg, seed, progress):
@@ -331,15 +333,7 @@ def ledits_many(
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
         return []
-    given = images_or_inversions
-    given = list(given) if isinstance(given, (list, tuple)) else [given] * len(jobs)
-    if len(given) != len(jobs):
-        raise SettingError(f"{len(given)} images for {len(jobs)} edits: give one, or one per edit")
-    if len({tuple(getattr(j.cfg, f) for f in GRID) for j in jobs}) > 1:
-        raise SettingError("the edits of one batch must share num_inference_steps, skip and solver")
-    for job, item in zip(jobs, given):
-        if job.cfg.paste_back and job.mask is not None and job.image is None and isinstance(item, Inversion):
-            raise SettingError("paste_back needs the image: pass image= with the inversion")
+    given = _batch_items(images_or_inversions, jobs)
     fits: dict[int, tuple] = {}  # each distinct image read and fitted to the budget once
 
     def fit(image):
@@ -351,40 +345,15 @@ def ledits_many(
     if len(sizes) > 1:
         raise SettingError("the images of one batch must be of one size")
     timer = Timer(model.device)
-    invs, images, evals, done = [], [], [], {}
     with timer("invert", when=any(not isinstance(g, Inversion) for g in given)):
-        for job, item in zip(jobs, given):
-            if not job.concepts and not job.prompt:  # nothing to edit: neither invert nor sample
-                invs.append(None)
-                images.append(job.image)
-                evals.append(0)
-                continue
-            key = (id(item), job.seed) if not isinstance(item, Inversion) else (id(item), id(job.image))
-            if key in done:
-                inv, image = done[key]
-                spent = 0
-            else:
-                inv, image, spent = _resolve_inversion(
-                    model, item, job.image, source, job.cfg, job.seed, progress
-                )
-                done[key] = inv, image
-            invs.append(inv)
-            images.append(image)
-            evals.append(spent)
+        invs, images, evals = _invert_all(model, jobs, given, source, progress)
     masks = []
     with timer("mask", when=any(isinstance(j.mask, str) for j in jobs)):
         for i, (job, inv, image) in enumerate(zip(jobs, invs, images)):
-            m, spent = (
-                (None, 0)
-                if inv is None
-                else _edit_mask(
-                    model, image, inv, job.mask, job.prompt, job.concepts, job.seed, job.cfg.feather
-                )
-            )
+            m, spent = (None, 0) if inv is None else _edit_mask(model, image, inv, job)
             masks.append(m)
             evals[i] += spent
     live = [i for i, inv in enumerate(invs) if inv is not None]
-    z = None
     if live:
         with timer("edit"):
             latents = [_latent(masks[i], invs[i]) for i in live]
@@ -396,20 +365,11 @@ def ledits_many(
             out = decode(model, z)
     results = []
     for i, job in enumerate(jobs):
-        settings_out = {
-            "method": "ledits",
-            "prompt": job.prompt,
-            "add": list(job.add),
-            "remove": list(job.remove),
-            "source": given[i].source if isinstance(given[i], Inversion) else source,
-            **asdict(job.cfg),
-            "preset": job.preset,
-            "model": model.model_id,
-        }
+        record = _record(model, job, given[i], source)
         if invs[i] is None:
             if isinstance(given[i], Inversion):
                 _resolve_inversion(model, given[i], job.image, source, job.cfg, job.seed, None)
-            results.append(_reconstruction(model, given[i], settings_out, job.seed))
+            results.append(_reconstruction(model, given[i], record, job.seed))
             continue
         b = live.index(i)
         img, note = fit(images[i]) if images[i] is not None else (None, "")
@@ -418,19 +378,61 @@ def ledits_many(
             pixels = paste_back(
                 pixels, to_pixels(model, img), m.latent, model.vae_scale_factor, job.cfg.feather
             )
-        results.append(
-            EditResult(
-                to_image(pixels, invs[i].height, invs[i].width),
-                m,
-                evals[i] + spent // len(live),
-                settings_out,
-                job.seed,
-                dict(timer.times),
-                z[b : b + 1],
-                note,
-            )
-        )
+        image = to_image(pixels, invs[i].height, invs[i].width)
+        evals_i = evals[i] + spent // len(live)
+        results.append(EditResult(image, m, evals_i, record, job.seed, dict(timer.times), z[b : b + 1], note))
     return results
+
+
+def _batch_items(images_or_inversions, jobs: list[_Job]) -> list:
+    """One image or Inversion per edit (one given for all is repeated), checked against the edits."""
+    given = images_or_inversions
+    given = list(given) if isinstance(given, (list, tuple)) else [given] * len(jobs)
+    if len(given) != len(jobs):
+        raise SettingError(f"{len(given)} images for {len(jobs)} edits: give one, or one per edit")
+    if len({tuple(getattr(j.cfg, f) for f in GRID) for j in jobs}) > 1:
+        raise SettingError("the edits of one batch must share num_inference_steps, skip and solver")
+    for job, item in zip(jobs, given):
+        if job.cfg.paste_back and job.mask is not None and job.image is None and isinstance(item, Inversion):
+            raise SettingError("paste_back needs the image: pass image= with the inversion")
+    return given
+
+
+def _invert_all(model, jobs: list[_Job], given: list, source: str, progress):
+    """The inversion (None: nothing to edit), the image and the evaluations spent, per edit. Each
+    distinct image is inverted once per seed; an edit given an Inversion spends nothing."""
+    invs, images, evals, done = [], [], [], {}
+    for job, item in zip(jobs, given):
+        if not job.concepts and not job.prompt:  # nothing to edit: neither invert nor sample
+            invs.append(None)
+            images.append(job.image)
+            evals.append(0)
+            continue
+        key = (id(item), job.seed) if not isinstance(item, Inversion) else (id(item), id(job.image))
+        spent = 0
+        if key not in done:
+            inv, image, spent = _resolve_inversion(
+                model, item, job.image, source, job.cfg, job.seed, progress
+            )
+            done[key] = inv, image
+        invs.append(done[key][0])
+        images.append(done[key][1])
+        evals.append(spent)
+    return invs, images, evals
+
+
+def _record(model, job: _Job, item, source: str) -> dict:
+    """What an edit's result records of how it was made."""
+    return {
+        "method": "ledits",
+        "prompt": job.prompt,
+        "add": list(job.add),
+        "remove": list(job.remove),
+        "source": item.source if isinstance(item, Inversion) else source,
+        **asdict(job.cfg),
+        "preset": job.preset,
+        "model": model.model_id,
+    }
 
 
 def _latent(mask: Mask | None, inv: Inversion):
