@@ -314,17 +314,9 @@ def diffedit_many(
             m, spent = _resolve_mask(model, prep, job.mask, job.query, job.reference, job.cfg, job.seed)
             masks.append(m)
             evals.append(spent)
-    starts, backgrounds, encodings = [], [], {}
     with timer("encode", when=any(j.encoding is None for j in jobs)):
-        for i, (job, prep) in enumerate(zip(jobs, preps)):
-            enc, spent = job.encoding or encodings.get(prep.hash), 0
-            if cfg.uses_encoding and enc is None:  # each image encoded once, paid by its first edit
-                enc = encodings[prep.hash] = _encode(model, prep, cfg, progress)
-                spent = enc.unet_evals
-            start, background, _ = _resolve_start(model, prep, enc, job.cfg, job.seed, progress)
-            starts.append(start)
-            backgrounds.append(background)
-            evals[i] += spent
+        starts, backgrounds, spent = _encode_all(model, jobs, preps, progress)
+        evals = [e + s for e, s in zip(evals, spent)]
     with timer("decode"):
         m = None if not cfg.uses_mask else torch.stack([mk.latent for mk in masks])[:, None].to(starts[0])
         background = {t: torch.cat([b[t] for b in backgrounds]) for t in backgrounds[0]}
@@ -345,26 +337,30 @@ def diffedit_many(
         pixels = out[i : i + 1]
         if job.cfg.paste_back and mask is not None:
             pixels = paste_back(pixels, prep.pixels, mask.latent, model.vae_scale_factor, job.cfg.feather)
-        settings_out = {
-            "method": "diffedit",
-            "query": job.query,
-            "reference": job.reference,
-            **asdict(job.cfg),
-            "model": model.model_id,
-        }
+        record = {"method": "diffedit", "query": job.query, "reference": job.reference, **asdict(job.cfg)}
+        record["model"] = model.model_id
+        image = to_image(pixels, prep.pixels.height, prep.pixels.width)
+        evals_i = evals[i] + spent // len(jobs)
         results.append(
-            EditResult(
-                to_image(pixels, prep.pixels.height, prep.pixels.width),
-                mask,
-                evals[i] + spent // len(jobs),
-                settings_out,
-                job.seed,
-                dict(timer.times),
-                z[i : i + 1],
-                prep.note,
-            )
+            EditResult(image, mask, evals_i, record, job.seed, dict(timer.times), z[i : i + 1], prep.note)
         )
     return results
+
+
+def _encode_all(model, jobs: list[_Job], preps: list[Prepared], progress):
+    """Each edit's start latent and background trajectory, and the evaluations spent on it here:
+    each image is encoded once (paid by its first edit); a given encoding costs nothing."""
+    starts, backgrounds, spent, encodings = [], [], [], {}
+    for job, prep in zip(jobs, preps):
+        enc, cost = job.encoding or encodings.get(prep.hash), 0
+        if job.cfg.uses_encoding and enc is None:
+            enc = encodings[prep.hash] = _encode(model, prep, job.cfg, progress)
+            cost = enc.unet_evals
+        start, background, _ = _resolve_start(model, prep, enc, job.cfg, job.seed, progress)
+        starts.append(start)
+        backgrounds.append(background)
+        spent.append(cost)
+    return starts, backgrounds, spent
 
 
 def _size(prep: Prepared) -> tuple[int, int]:
