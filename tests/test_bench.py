@@ -310,4 +310,5 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
     report = json.loads(result.stdout)
     assert report["autoencoder_psnr_db"] > 25 and report["ddim_round_trip_psnr_db"] > 15
     assert 0 <= report["t2i_faithful"] <= 1 and 0 <= report["concept_contains"] <= 1
+    assert 0 <= report["background_concept_holds"] <= 1
     assert set(report["t2i_faithful_by_objects"]) <= {"1", "2", "3"}

@@ -117,18 +117,28 @@ def generate(pipe, model, captions: list[str], steps: int, guidance: float, seed
 def concept_draws(
     model, judge, n: int = 200, steps: int = 50, guidance: float = 5.0, seed: int = HELD_OUT_SEED + 200_000
 ) -> dict:
-    """Images generated from a bare concept ("red circle": no article, no background), n held-out
-    draws: the share that holds that object (the judge finds an object of that colour and shape)."""
-    from retouch.shapes.judge import read_images
+    """Images generated from a bare concept, n held-out draws each: from an object's ("red circle":
+    no article, no background), the share that holds that object (the judge finds an object of
+    that colour and shape); from a background's ("black background"), the share whose background
+    the judge reads as that colour."""
+    from retouch.shapes.judge import read_backgrounds, read_images
 
+    pipe = _pipeline(model)
     scenes = [world.sample_scene(seed + i) for i in range(n)]
     concepts = [s.objects[0].phrase for s in scenes]
-    images = generate(_pipeline(model), model, concepts, steps, guidance, seed, 50)
+    images = generate(pipe, model, concepts, steps, guidance, seed, 50)
     hits = [
         (s.objects[0].color, s.objects[0].shape) in objs
         for s, (_, objs) in zip(scenes, read_images(judge, images))
     ]
-    return {"concept_contains": float(np.mean(hits)), "concept_samples": list(zip(concepts, images))[:24]}
+    backgrounds = [list(world.BACKGROUNDS)[i % len(world.BACKGROUNDS)] for i in range(n)]
+    bg_images = generate(pipe, model, [f"{b} background" for b in backgrounds], steps, guidance, seed, 50)
+    bg_hits = [a == b for a, b in zip(read_backgrounds(judge, bg_images), backgrounds)]
+    return {
+        "concept_contains": float(np.mean(hits)),
+        "background_concept_holds": float(np.mean(bg_hits)),
+        "concept_samples": list(zip(concepts, images))[:24],
+    }
 
 
 def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n_inv: int = 64) -> dict:
@@ -211,6 +221,10 @@ def model_command(model_path, recon, t2i, inversions, grid, as_json):
     )
     click.echo(
         f"bare concepts ({t2i} draws, 'red circle', no background): {report['concept_contains']:.1%} hold it"
+    )
+    click.echo(
+        f"bare background concepts ({t2i} draws, 'black background'): "
+        f"{report['background_concept_holds']:.1%} have that background"
     )
     click.echo(
         f"DDIM inversion round trip ({inversions} images, 50 steps): "
