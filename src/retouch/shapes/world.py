@@ -179,12 +179,11 @@ def training_caption(
 
     `whole` (40 %): the whole caption. Of the rest, two thirds: a random subset of the objects in
     random order, each phrase with or without its article, with or without the background phrase;
-    one third: one bare concept
-    ("red circle", or "white background" for a share `bare_background` of them, one in six by
-    default). Partial captions never name what the
-    image does not hold, so a concept's noise prediction points at that concept; and a caption in
-    the whole caption's form (articles and the background phrase) always names every object, so
-    that form keeps meaning "exactly these objects".
+    one third: one bare concept ("red circle", or "white background" for a share `bare_background`
+    of them, one in six by default). Partial captions never name what the image does not hold, so
+    a concept's noise prediction points at that concept; and a caption in the whole caption's form
+    (articles and the background phrase) always names every object, so that form keeps meaning
+    "exactly these objects".
     """
     u = rng.random()
     if u < whole or not scene.objects:
