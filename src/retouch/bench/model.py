@@ -131,7 +131,8 @@ def concept_draws(
         (s.objects[0].color, s.objects[0].shape) in objs
         for s, (_, objs) in zip(scenes, read_images(judge, images))
     ]
-    backgrounds = [list(world.BACKGROUNDS)[i % len(world.BACKGROUNDS)] for i in range(n)]
+    names = list(world.BACKGROUNDS)
+    backgrounds = [names[i % len(names)] for i in range(n)]  # each background in turn
     bg_images = generate(pipe, model, [f"{b} background" for b in backgrounds], steps, guidance, seed, 50)
     bg_hits = [a == b for a, b in zip(read_backgrounds(judge, bg_images), backgrounds)]
     return {
