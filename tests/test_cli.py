@@ -124,6 +124,9 @@ def test_every_config_field_is_a_flag():
     train_help = run("train", "vae", "--help").output
     for s in settings_fields(TrainConfig):
         assert s.flag in train_help
+    train_options = {p.name: p for p in main.get_command(None, "train").get_command(None, "unet").params}
+    assert train_options["bare_background_share"].help.endswith("[default: 0.1667]")  # 1/6, readable
+    assert train_options["kl_weight"].help.endswith("[default: 1e-06]")  # small floats keep their value
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,7 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
                 choices.setdefault(s.name, []).extend(c for c in s.choices if c not in choices[s.name])
     options = []
     for s, defaults in merged.values():
-        shown = {k: "none" if v is None else v for k, v in defaults.items()}
+        shown = {k: _shown(v) for k, v in defaults.items()}
         if len(configs) == 1 or len(set(map(str, shown.values()))) == 1:
             default = str(next(iter(shown.values())))
         else:
@@ -162,6 +162,13 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
             kind = click.Choice(choices[s.name]) if choices[s.name] else _click_type(s)
             options.append(click.Option([s.flag, s.name], type=kind, default=None, help=help_text))
     return options
+
+
+def _shown(value):
+    """A default as help shows it: 'none', and a float to four significant digits (1/6 → 0.1667)."""
+    if value is None:
+        return "none"
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def given_settings(values: dict) -> dict:
