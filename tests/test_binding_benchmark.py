@@ -1,0 +1,30 @@
+"""benchmarks/binding.py: how one image's reading is counted against its caption."""
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "binding", Path(__file__).parents[1] / "benchmarks" / "binding.py"
+)
+binding = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(binding)
+
+WANTED = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
+
+
+def test_a_faithful_image_counts_only_as_faithful():
+    count = binding.classify(WANTED, "white", tuple(reversed(WANTED)), "white")
+    assert count == Counter({"faithful": 1, "images with 3 objects": 1})
+
+
+def test_each_kind_of_failure_is_named():
+    read = (("blue", "circle"), ("blue", "square"), ("green", "triangle"), ("red", "diamond"))
+    count = binding.classify(WANTED, "white", read, "black")
+    assert count["faithful"] == 0 and count["background wrong"] == 1
+    assert count["images with 4 objects"] == 1
+    assert count["object: its shape there in another colour"] == 1  # the red circle is blue
+    count = binding.classify(WANTED, "white", (("blue", "square"), ("red", "diamond")), "white")
+    assert count["object: its colour there on another shape"] == 1  # red, but a diamond
+    assert count["object: missing"] == 1  # no green, no triangle
+    assert count["images with 2 objects"] == 1 and count["faithful"] == 0
