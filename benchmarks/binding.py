@@ -7,8 +7,9 @@ whether the text encoder binds each colour to its shape.
 Generation: held-out three-object captions (seeds from 10 300 000), diffusers' StableDiffusionPipeline
 with DDIM, 50 steps, guidance 5 (as `retouch bench model`). Printed: the faithful share (the judge's
 background and multiset of objects against the caption), how many images hold 2, 3 or 4 objects,
-and per caption object that is not there, whether its shape is there in another colour, its colour
-on another shape, or neither (missing).
+and per caption object that is not there, whether an object read that matches no caption object
+has its shape (in another colour), its colour (on another shape), or neither (missing, or another
+object in its stead).
 
 Probe: a linear classifier (softmax regression) on the text encoder's final hidden state at each
 shape token of 2000 training-range captions, predicting the colour said with that shape; its
@@ -48,15 +49,14 @@ def classify(wanted: list, wanted_background: str, objects: tuple, background: s
     count = Counter({"faithful": Counter(objects) == Counter(wanted) and background == wanted_background})
     count[f"images with {len(objects)} objects"] += 1
     count["background wrong"] += background != wanted_background
-    for color, shape in wanted:
-        if (color, shape) in objects:
-            continue
-        if any(s == shape for _, s in objects):
+    left = Counter(objects) - Counter(wanted)  # objects read that no caption object matches
+    for color, shape in (Counter(wanted) - Counter(objects)).elements():  # caption objects not there
+        if any(s == shape for _, s in left.elements()):
             count["object: its shape there in another colour"] += 1
-        elif any(c == color for c, _ in objects):
+        elif any(c == color for c, _ in left.elements()):
             count["object: its colour there on another shape"] += 1
         else:
-            count["object: missing"] += 1
+            count["object: missing, or another object in its stead"] += 1
     return count
 
 

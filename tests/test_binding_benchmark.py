@@ -26,5 +26,14 @@ def test_each_kind_of_failure_is_named():
     assert count["object: its shape there in another colour"] == 1  # the red circle is blue
     count = binding.classify(WANTED, "white", (("blue", "square"), ("red", "diamond")), "white")
     assert count["object: its colour there on another shape"] == 1  # red, but a diamond
-    assert count["object: missing"] == 1  # no green, no triangle
+    assert count["object: missing, or another object in its stead"] == 1  # no green, no triangle
     assert count["images with 2 objects"] == 1 and count["faithful"] == 0
+
+
+def test_a_repeated_object_read_once_counts_the_other_as_not_there():
+    wanted = [("red", "circle"), ("red", "circle"), ("blue", "square")]
+    count = binding.classify(wanted, "white", (("red", "circle"), ("blue", "square")), "white")
+    assert count["faithful"] == 0
+    assert (
+        count["object: missing, or another object in its stead"] == 1
+    )  # one red circle is there, the other is not
