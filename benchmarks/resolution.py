@@ -18,34 +18,16 @@ import torch
 from PIL import Image
 
 import retouch
-from retouch.bench.model import _pipeline
-from retouch.metrics import psnr
+from retouch.bench.model import _pipeline, autoencoder_psnr, generate
 from retouch.shapes import world
 from retouch.shapes.judge import faithful_batch, load_judge
 
 SEED = 10_000_000
 
 
-@torch.no_grad()
-def autoencoder_psnr(model, size: int, n: int) -> float:
-    x = np.stack([world.render(world.sample_scene(SEED + i), size) for i in range(n)])  # (n, size, size, 3)
-    pixels = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, 3, size, size]
-    back = torch.cat(
-        [model.vae.decode(model.vae.encode(b).latent_dist.mean).sample for b in pixels.split(32)]
-    )
-    y = ((back.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    return psnr(x, y)
-
-
 def faithful_share(model, judge, size: int, n: int) -> float:
     captions = [world.caption(world.sample_scene(SEED + 100_000 + i)) for i in range(n)]
-    pipe = _pipeline(model)
-    images = []
-    for i in range(0, n, 50):  # as bench.model.generate, but at `size`
-        gens = [torch.Generator().manual_seed(SEED + i + j) for j in range(len(captions[i : i + 50]))]
-        out = pipe(captions[i : i + 50], num_inference_steps=50, guidance_scale=5.0, generator=gens,
-                   output_type="np", height=size, width=size)  # fmt: skip
-        images += [(im * 255).round().astype(np.uint8) for im in out.images]
+    images = generate(_pipeline(model), model, captions, 50, 5.0, SEED, 50, size=size)
     small = [np.asarray(Image.fromarray(im).resize((64, 64), Image.BOX)) for im in images]
     return float(np.mean([r.faithful for r in faithful_batch(judge, small, captions)]))
 
@@ -62,7 +44,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, judge = retouch.load(args.model, device="cpu"), load_judge()
     for size in map(int, args.sizes.split(",")):
-        ae = autoencoder_psnr(model, size, args.renders)
+        ae = autoencoder_psnr(model, args.renders, SEED, size)
         share = faithful_share(model, judge, size, args.captions)
         print(f"{size} px: autoencoder {ae:.2f} dB, text-to-image faithful {share:.0%}", flush=True)
 

@@ -23,18 +23,18 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _renders(seeds) -> tuple[np.ndarray, torch.Tensor, list[world.Scene]]:
+def _renders(seeds, size: int = world.SIZE) -> tuple[np.ndarray, torch.Tensor, list[world.Scene]]:
     scenes = [world.sample_scene(int(s)) for s in seeds]
-    imgs = np.stack([world.render(s) for s in scenes])  # (B, 64, 64, 3)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 64, 64]
+    imgs = np.stack([world.render(s, size) for s in scenes])  # (B, size, size, 3)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, size, size]
     return imgs, x, scenes
 
 
 @torch.no_grad()
-def autoencoder_psnr(model, n: int = 512, seed: int = HELD_OUT_SEED) -> float:
+def autoencoder_psnr(model, n: int = 512, seed: int = HELD_OUT_SEED, size: int = world.SIZE) -> float:
     from retouch.latents import decode, encode
 
-    imgs, x, _ = _renders(range(seed, seed + n))
+    imgs, x, _ = _renders(range(seed, seed + n), size)
     out = torch.cat([decode(model, encode(model, b.to(model.device))) for b in x.split(64)])
     return psnr(imgs, _to_uint8(out))
 
@@ -91,8 +91,19 @@ def _pipeline(model):
     return pipe
 
 
-def generate(pipe, model, captions: list[str], steps: int, guidance: float, seed: int, batch: int):
-    """Images (uint8 (H, W, 3)) generated from the captions, image i with seed + i."""
+def generate(
+    pipe,
+    model,
+    captions: list[str],
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch: int,
+    size: int | None = None,
+):
+    """Images (uint8 (H, W, 3)) generated from the captions, image i with seed + i, at `size`
+    pixels a side (default: the model's native size)."""
+    size = size or model.native_size
     n = len(captions)
     images = []
     for i in range(0, n, batch):
@@ -106,8 +117,8 @@ def generate(pipe, model, captions: list[str], steps: int, guidance: float, seed
             guidance_scale=guidance,
             generator=gens,
             output_type="np",
-            height=model.native_size,
-            width=model.native_size,
+            height=size,
+            width=size,
         )
         images.extend((out.images * 255).round().astype(np.uint8))
     return images
