@@ -667,6 +667,42 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
     torch.set_num_threads(1)
 
 
+def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
+    """--architecture mini-attn from the shipped model: the exported model has cross-attention at its
+    top level too, and (the new attention starting at zero) predicts what the shipped model predicts.
+    The grown model cannot be squeezed back into the smaller architecture: one line, exit 2."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from retouch.models import SHIPPED
+
+    (tmp_path / "vae" / "ckpt").mkdir(parents=True)
+    shutil.copy(
+        SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
+    )
+    args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
+    args += ["--lr", "1e-12", "--vae-work", tmp_path / "vae"]
+    result = run("train", "unet", tmp_path / "unet", "--init", SHIPPED, "--architecture", "mini-attn", *args)
+    assert result.exit_code == 0, result.output
+    assert "grown: 3 new attention blocks" in (tmp_path / "unet" / "train.log").read_text()
+    work = ["--vae-work", tmp_path / "vae", "--unet-work", tmp_path / "unet"]
+    assert run("train", "export", tmp_path / "model", *work).exit_code == 0
+    old, new = (UNet2DConditionModel.from_pretrained(p / "unet") for p in (SHIPPED, tmp_path / "model"))
+    assert new.config.down_block_types[0] == "CrossAttnDownBlock2D" != old.config.down_block_types[0]
+    assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 64, generator=gen)
+    with torch.no_grad():
+        a, b = (m(x, torch.tensor([50, 700]), text).sample for m in (old, new))
+    assert (a - b).abs().max() < 1e-4 < a.abs().max()
+    line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
+    assert "does not fit this architecture" in line
+    line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))
+    assert "huge" in line
+    torch.set_num_threads(1)
+
+
 def test_a_hub_id_without_network_is_one_quick_line(image, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
     cmd = [

@@ -28,9 +28,14 @@ SD1_SCHEDULER = dict(
 )
 
 SIZES = {
-    # name: (vae channels, unet channels, text width, text layers, unet layers per block, heads dim)
+    # name: vae channels, unet channels, text width, text layers, unet layers per block, head dim, and
+    # whether the UNet's top (full-resolution) level also attends to the text (SD's does; "mini" not)
     "mini": dict(vae=(32, 64, 64), unet=(64, 96, 128), text=64, text_layers=2, layers=1, head_dim=16),
+    "mini-attn": dict(
+        vae=(32, 64, 64), unet=(64, 96, 128), text=64, text_layers=2, layers=1, head_dim=16, top=True
+    ),
     "tiny": dict(vae=(8, 16), unet=(16, 32), text=16, text_layers=1, layers=1, head_dim=8),
+    "tiny-attn": dict(vae=(8, 16), unet=(16, 32), text=16, text_layers=1, layers=1, head_dim=8, top=True),
 }
 
 
@@ -125,12 +130,15 @@ def build_components(
         )
     )
     n_unet = len(s["unet"])
+    top = s.get("top", False)
     unet = UNet2DConditionModel(
         sample_size=64 // 2 ** (n_vae - 1),
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        down_block_types=("CrossAttnDownBlock2D" if top else "DownBlock2D",)
+        + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1)
+        + ("CrossAttnUpBlock2D" if top else "UpBlock2D",),
         block_out_channels=s["unet"],
         layers_per_block=s["layers"],
         cross_attention_dim=s["text"],

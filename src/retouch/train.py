@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from retouch.errors import ModelError, SettingError
 from retouch.settings import check_number, setting
 from retouch.shapes import world
 from retouch.shapes.world import HELD_OUT_SEED
@@ -52,6 +53,12 @@ class TrainConfig:
     bare_background_share: float = setting(
         1 / 6, 'unet: share of the bare concepts that name the background ("white background")'
     )
+    architecture: str = setting(
+        "mini",
+        "unet: the architecture (retouch.architecture.SIZES); from --init of a smaller one, the model"
+        " grows into it: the new cross-attention starts at zero, so training starts from its function",
+        choices=("mini", "mini-attn"),
+    )
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "dataset_size"):
@@ -69,6 +76,8 @@ class TrainConfig:
             "bare_background_share",
         ):
             check_number(name, getattr(self, name), 0, 1)
+        if self.architecture not in ("mini", "mini-attn"):
+            raise SettingError(f"architecture must be mini or mini-attn, got {self.architecture!r}")
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -252,12 +261,32 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def _grow_into(unet, state: dict) -> None:
+    """Load a trained UNet's weights into `unet`, of the same architecture or one with cross-attention
+    at more levels: each new attention block's output projection starts at zero, so the block adds
+    nothing (its residual passes the features through) and `unet` computes what the trained one did."""
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    new = sorted({k.split(".attentions.")[0] + ".attentions." + k.split(".")[3] for k in missing
+                  if ".attentions." in k})  # fmt: skip
+    if unexpected or any(".attentions." not in k for k in missing):
+        odd = ", ".join((unexpected or missing)[:2])
+        raise ModelError(
+            f"--init does not fit this architecture (no place for its {odd}, ...): is it larger?"
+        )
+    for name in new:
+        out = unet.get_submodule(name).proj_out
+        torch.nn.init.zeros_(out.weight)
+        torch.nn.init.zeros_(out.bias)
+    if new:
+        log.info("grown: %d new attention blocks start at zero (%s ...)", len(new), new[0])
+
+
 def _init_from(parts: dict, folder: Path) -> None:
     """Start from a trained model folder: its UNet, and its text encoder with token rows mapped by
     token string onto the new tokenizer (a word new to the grammar starts from the article's row)."""
     from transformers import CLIPTokenizer
 
-    parts["unet"].load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    _grow_into(parts["unet"], load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     state = load_file(folder / "text_encoder" / "model.safetensors")
     key = next(k for k in state if k.endswith("token_embedding.weight"))
     old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
@@ -282,7 +311,8 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     from retouch.architecture import SD1_SCHEDULER, build_components
 
     log.info("train unet %s", asdict(cfg))
-    parts = build_components("mini", tokenizer_dir=work / "tokenizer", seed=cfg.seed)
+    parts = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer", seed=cfg.seed)
+    (work / "architecture.json").write_text(json.dumps({"architecture": cfg.architecture}))
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
@@ -297,8 +327,8 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     empty_ids = _tokenize(tok, [""])[0]
     sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER.items() if k != "set_alpha_to_one"})
     alphas_cumprod = sched.alphas_cumprod
-    ema_unet, ema_te = build_components("mini", tokenizer_dir=work / "tokenizer")["unet"], None
-    ema_te = build_components("mini", tokenizer_dir=work / "tokenizer")["text_encoder"]
+    ema = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer")
+    ema_unet, ema_te = ema["unet"], ema["text_encoder"]
     ema_unet.load_state_dict(unet.state_dict())
     ema_te.load_state_dict(te.state_dict())
     pairs = [(ema_unet, unet), (ema_te, te)]
@@ -339,7 +369,9 @@ def export(out: Path, vae_work: Path, unet_work: Path, decoder_work: Path | None
     """Assemble the trained parts into a diffusers folder (EMA weights, measured scaling factor)."""
     from retouch.architecture import build_components, save_pipeline
 
-    parts = build_components("mini", tokenizer_dir=unet_work / "tokenizer")
+    arch = unet_work / "architecture.json"  # absent in work folders older than the setting: "mini"
+    size = json.loads(arch.read_text())["architecture"] if arch.exists() else "mini"
+    parts = build_components(size, tokenizer_dir=unet_work / "tokenizer")
     vae_state = load_file(vae_work / "ckpt" / "vae.safetensors")
     if decoder_work is not None:  # decoder fine-tuned with the encoder frozen: latents unchanged
         vae_state = load_file(decoder_work / "ckpt" / "vae.safetensors")
