@@ -669,7 +669,8 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
 
 def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     """--architecture mini-attn from the shipped model: the exported model has cross-attention at its
-    top level too, and (the new attention starting at zero) predicts what the shipped model predicts.
+    top level too, and (the new attention starting at zero) predicts what the shipped model predicts;
+    stored in float16 it takes half the bytes and loads as float32, predicting within rounding.
     The grown model cannot be squeezed back into the smaller architecture: one line, exit 2."""
     import shutil
 
@@ -696,6 +697,15 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     with torch.no_grad():
         a, b = (m(x, torch.tensor([50, 700]), text).sample for m in (old, new))
     assert (a - b).abs().max() < 1e-4 < a.abs().max()
+    assert run("train", "export", tmp_path / "half", *work, "--unet-dtype", "float16").exit_code == 0
+    weights = [
+        p / "unet" / "diffusion_pytorch_model.safetensors" for p in (tmp_path / "model", tmp_path / "half")
+    ]
+    assert weights[1].stat().st_size < 0.51 * weights[0].stat().st_size
+    half = UNet2DConditionModel.from_pretrained(tmp_path / "half" / "unet")
+    assert next(half.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert 1e-6 < (half(x, torch.tensor([50, 700]), text).sample - b).abs().max() < 1e-2 * a.abs().max()
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
     assert "does not fit this architecture" in line
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))

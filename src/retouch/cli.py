@@ -564,15 +564,25 @@ def train_unet_command(work, vae_work, init, threads, **settings):
 @click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
 @click.option("--unet-work", type=_folder, required=True, help="The UNet's work folder.")
 @click.option("--decoder-work", type=_folder, help="A decoder fine-tuned with the encoder frozen.")
-def train_export_command(out, vae_work, unet_work, decoder_work):
+@click.option(
+    "--unet-dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of the stored UNet weights (float16 halves them; they load as float32).",
+)
+def train_export_command(out, vae_work, unet_work, decoder_work, unet_dtype):
     """Assemble the trained parts into a diffusers model folder OUT."""
+    import torch
+
     from retouch.train import export
 
     _ckpt(vae_work, "vae.safetensors", "autoencoder")
     _ckpt(unet_work, "ema_unet.safetensors", "UNet")
     if decoder_work is not None:
         _ckpt(decoder_work, "vae.safetensors", "decoder")
-    click.echo(f"wrote {export(out, vae_work, unet_work, decoder_work)}")
+    dtype = getattr(torch, unet_dtype)
+    click.echo(f"wrote {export(out, vae_work, unet_work, decoder_work, dtype)}")
 
 
 @train.command("judge", context_settings=CONTEXT)

@@ -365,8 +365,17 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     _loop(work, cfg, modules, params, step_fn, after_step=ema_update)
 
 
-def export(out: Path, vae_work: Path, unet_work: Path, decoder_work: Path | None = None) -> Path:
-    """Assemble the trained parts into a diffusers folder (EMA weights, measured scaling factor)."""
+def export(
+    out: Path,
+    vae_work: Path,
+    unet_work: Path,
+    decoder_work: Path | None = None,
+    unet_dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Assemble the trained parts into a diffusers folder (EMA weights, measured scaling factor).
+
+    `unet_dtype`: the precision the UNet's weights are stored in (float16 halves the folder; loaders
+    that ask for float32, as retouch and diffusers do by default, get them back as float32)."""
     from retouch.architecture import build_components, save_pipeline
 
     arch = unet_work / "architecture.json"  # absent in work folders older than the setting: "mini"
@@ -380,4 +389,5 @@ def export(out: Path, vae_work: Path, unet_work: Path, decoder_work: Path | None
     parts["text_encoder"].load_state_dict(load_file(unet_work / "ckpt" / "ema_text_encoder.safetensors"))
     scale = float(load_file(next(unet_work.glob("latents_*.safetensors")))["scale"])
     parts["vae"].register_to_config(scaling_factor=scale)
+    parts["unet"].to(unet_dtype)
     return save_pipeline(out, parts)
