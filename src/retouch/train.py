@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +28,8 @@ from retouch.shapes import world
 from retouch.shapes.world import HELD_OUT_SEED
 
 log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("mini", "mini-attn")  # the trainable ones of retouch.architecture.SIZES
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class TrainConfig:
         "mini",
         "unet: the architecture (retouch.architecture.SIZES); from --init of a smaller one, the model"
         " grows into it: the new cross-attention starts at zero, so training starts from its function",
-        choices=("mini", "mini-attn"),
+        choices=ARCHITECTURES,
     )
 
     def __post_init__(self):
@@ -76,8 +79,8 @@ class TrainConfig:
             "bare_background_share",
         ):
             check_number(name, getattr(self, name), 0, 1)
-        if self.architecture not in ("mini", "mini-attn"):
-            raise SettingError(f"architecture must be mini or mini-attn, got {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise SettingError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
 
 
 def render_batch(seeds) -> tuple[torch.Tensor, list[str]]:
@@ -266,13 +269,12 @@ def _grow_into(unet, state: dict) -> None:
     at more levels: each new attention block's output projection starts at zero, so the block adds
     nothing (its residual passes the features through) and `unet` computes what the trained one did."""
     missing, unexpected = unet.load_state_dict(state, strict=False)
-    new = sorted({k.split(".attentions.")[0] + ".attentions." + k.split(".")[3] for k in missing
-                  if ".attentions." in k})  # fmt: skip
-    if unexpected or any(".attentions." not in k for k in missing):
-        odd = ", ".join((unexpected or missing)[:2])
-        raise ModelError(
-            f"--init does not fit this architecture (no place for its {odd}, ...): is it larger?"
-        )
+    blocks = [re.match(r"(.*\.attentions\.\d+)\.", k) for k in missing]  # e.g. up_blocks.2.attentions.1
+    new = sorted({b.group(1) for b in blocks if b})
+    if unexpected or not all(blocks):
+        odd = f"weights it has that {{}} lacks: {', '.join(unexpected[:2])}" if unexpected else ""
+        odd = odd or f"weights {{}} needs that it lacks: {', '.join(missing[:2])}"
+        raise ModelError(f"--init does not fit this architecture ({odd.format('it')}, ...)")
     for name in new:
         out = unet.get_submodule(name).proj_out
         torch.nn.init.zeros_(out.weight)
