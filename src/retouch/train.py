@@ -272,9 +272,11 @@ def _grow_into(unet, state: dict) -> None:
     blocks = [re.match(r"(.*\.attentions\.\d+)\.", k) for k in missing]  # e.g. up_blocks.2.attentions.1
     new = sorted({b.group(1) for b in blocks if b})
     if unexpected or not all(blocks):
-        odd = f"weights it has that {{}} lacks: {', '.join(unexpected[:2])}" if unexpected else ""
-        odd = odd or f"weights {{}} needs that it lacks: {', '.join(missing[:2])}"
-        raise ModelError(f"--init does not fit this architecture ({odd.format('it')}, ...)")
+        if unexpected:
+            odd = f"it has weights this architecture lacks: {', '.join(unexpected[:2])}"
+        else:
+            odd = f"this architecture needs weights it lacks: {', '.join(missing[:2])}"
+        raise ModelError(f"--init does not fit the architecture ({odd}, ...)")
     for name in new:
         out = unet.get_submodule(name).proj_out
         torch.nn.init.zeros_(out.weight)
