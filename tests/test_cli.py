@@ -671,10 +671,12 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     """--architecture mini-attn from the shipped model: the exported model has cross-attention at its
     top level too, and (the new attention starting at zero) predicts what the shipped model predicts;
     stored in float16 it takes half the bytes and loads as float32, predicting within rounding.
+    --grown-lr-scale trains the new blocks alone at a higher rate.
     The grown model cannot be squeezed back into the smaller architecture: one line, exit 2."""
     import shutil
 
     from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
 
     from retouch.models import SHIPPED
 
@@ -706,6 +708,12 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     assert next(half.parameters()).dtype == torch.float32
     with torch.no_grad():
         assert 1e-6 < (half(x, torch.tensor([50, 700]), text).sample - b).abs().max() < 1e-2 * a.abs().max()
+    fast = ["--grown-lr-scale", "1e9", "--init", SHIPPED, "--architecture", "mini-attn"]
+    assert run("train", "unet", tmp_path / "fast", *fast, *args).exit_code == 0
+    live = load_file(tmp_path / "fast" / "ckpt" / "unet.safetensors")  # after one step at lr 1e-12, 1e-3
+    shipped = load_file(SHIPPED / "unet" / "diffusion_pytorch_model.safetensors")
+    assert live["down_blocks.0.attentions.0.proj_out.weight"].abs().min() > 1e-4  # grown: moved
+    assert all((live[k] - v).abs().max() < 1e-6 for k, v in shipped.items())  # the rest: kept
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))

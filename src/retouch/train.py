@@ -62,6 +62,9 @@ class TrainConfig:
         " grows into it: the new cross-attention starts at zero, so training starts from its function",
         choices=ARCHITECTURES,
     )
+    grown_lr_scale: float = setting(
+        1.0, "unet: learning rate of the attention blocks a grown model gains, as a multiple of --lr"
+    )
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "dataset_size"):
@@ -70,6 +73,7 @@ class TrainConfig:
         check_number("seed", self.seed, 0, integer=True)
         check_number("lr", self.lr, 0, low_open=True)
         check_number("min_snr_gamma", self.min_snr_gamma, 0, low_open=True)
+        check_number("grown_lr_scale", self.grown_lr_scale, 0, low_open=True)
         check_number("kl_weight", self.kl_weight, 0)
         for name in (
             "caption_dropout",
@@ -128,16 +132,21 @@ def _load_ckpt(work: Path, modules: dict, opt: torch.optim.Optimizer) -> int:
     return json.loads((ckpt / "step.json").read_text())["step"]
 
 
-def _loop(work: Path, cfg: TrainConfig, modules, params, step_fn: Callable, after_step=None):
-    """The shared training loop: lr schedule, logging, checkpointing, resume."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+def _loop(work: Path, cfg: TrainConfig, modules, groups, step_fn: Callable, after_step=None):
+    """The shared training loop: lr schedule, logging, checkpointing, resume.
+
+    `groups`: a list of parameters, or of {"params": [...], "lr_scale": s} (the schedule times s)."""
+    if not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     start = _load_ckpt(work, modules, opt)
     if start:
         log.info("resumed at step %d", start)
     t0, losses = time.time(), []
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = _lr_at(step, cfg) * g.get("lr_scale", 1.0)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         loss = step_fn(step, gen)
         opt.zero_grad(set_to_none=True)
@@ -264,7 +273,7 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def _grow_into(unet, state: dict) -> None:
+def _grow_into(unet, state: dict) -> list[str]:
     """Load a trained UNet's weights into `unet`, of the same architecture or one with cross-attention
     at more levels: each new attention block's output projection starts at zero, so the block adds
     nothing (its residual passes the features through) and `unet` computes what the trained one did."""
@@ -283,14 +292,16 @@ def _grow_into(unet, state: dict) -> None:
         torch.nn.init.zeros_(out.bias)
     if new:
         log.info("grown: %d new attention blocks start at zero (%s ...)", len(new), new[0])
+    return new
 
 
-def _init_from(parts: dict, folder: Path) -> None:
+def _init_from(parts: dict, folder: Path) -> list[str]:
     """Start from a trained model folder: its UNet, and its text encoder with token rows mapped by
-    token string onto the new tokenizer (a word new to the grammar starts from the article's row)."""
+    token string onto the new tokenizer (a word new to the grammar starts from the article's row).
+    Returns the UNet's attention blocks that the folder's model did not have (see `_grow_into`)."""
     from transformers import CLIPTokenizer
 
-    _grow_into(parts["unet"], load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    new = _grow_into(parts["unet"], load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     state = load_file(folder / "text_encoder" / "model.safetensors")
     key = next(k for k in state if k.endswith("token_embedding.weight"))
     old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
@@ -302,6 +313,7 @@ def _init_from(parts: dict, folder: Path) -> None:
             rows[i] = old_rows[old_vocab[token]]
     state[key] = rows
     parts["text_encoder"].load_state_dict(state)
+    return new
 
 
 @_logged
@@ -320,9 +332,9 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
-    scale = None
+    scale, grown = None, []
     if init is not None:
-        _init_from(parts, init)
+        grown = _init_from(parts, init)
         scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
         log.info("initialised from %s, scaling factor %s", init, scale)
     latents, seeds, scale = _latent_dataset(work, vae, cfg, scale)
@@ -336,7 +348,11 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     ema_unet.load_state_dict(unet.state_dict())
     ema_te.load_state_dict(te.state_dict())
     pairs = [(ema_unet, unet), (ema_te, te)]
-    params = list(unet.parameters()) + list(te.parameters())
+    new = {id(p) for name in grown for p in unet.get_submodule(name).parameters()}
+    groups = [
+        {"params": [p for p in unet.parameters() if id(p) not in new] + list(te.parameters())},
+        {"params": [p for p in unet.parameters() if id(p) in new], "lr_scale": cfg.grown_lr_scale},
+    ]
 
     def step_fn(step, gen):
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
@@ -366,7 +382,7 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
                 pe.lerp_(p, 1 - cfg.ema_decay)
 
     modules = {"unet": unet, "text_encoder": te, "ema_unet": ema_unet, "ema_text_encoder": ema_te}
-    _loop(work, cfg, modules, params, step_fn, after_step=ema_update)
+    _loop(work, cfg, modules, [g for g in groups if g["params"]], step_fn, after_step=ema_update)
 
 
 def export(
@@ -393,5 +409,9 @@ def export(
     parts["text_encoder"].load_state_dict(load_file(unet_work / "ckpt" / "ema_text_encoder.safetensors"))
     scale = float(load_file(next(unet_work.glob("latents_*.safetensors")))["scale"])
     parts["vae"].register_to_config(scaling_factor=scale)
-    parts["unet"].to(unet_dtype)
-    return save_pipeline(out, parts)
+    save_pipeline(out, parts)
+    if unet_dtype != torch.float32:  # rewritten, not cast in the module (diffusers warns on .to())
+        weights = Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
+        state = {k: v.to(unet_dtype) for k, v in load_file(weights).items()}
+        save_file(state, weights, metadata={"format": "pt"})
+    return Path(out)
