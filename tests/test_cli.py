@@ -704,6 +704,7 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
         p / "unet" / "diffusion_pytorch_model.safetensors" for p in (tmp_path / "model", tmp_path / "half")
     ]
     assert weights[1].stat().st_size < 0.51 * weights[0].stat().st_size
+    assert weights[1].stat().st_mode == weights[0].stat().st_mode
     half = UNet2DConditionModel.from_pretrained(tmp_path / "half" / "unet")
     assert next(half.parameters()).dtype == torch.float32
     with torch.no_grad():

@@ -413,5 +413,7 @@ def export(
     if unet_dtype != torch.float32:  # rewritten, not cast in the module (diffusers warns on .to())
         weights = Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
         state = {k: v.to(unet_dtype) for k, v in load_file(weights).items()}
+        mode = weights.stat().st_mode
         save_file(state, weights, metadata={"format": "pt"})
+        weights.chmod(mode)  # as save_pipeline left it (the rewrite would leave it owner-only)
     return Path(out)
