@@ -715,6 +715,8 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     shipped = load_file(SHIPPED / "unet" / "diffusion_pytorch_model.safetensors")
     assert live["down_blocks.0.attentions.0.proj_out.weight"].abs().min() > 1e-4  # grown: moved
     assert all((live[k] - v).abs().max() < 1e-6 for k, v in shipped.items())  # the rest: kept
+    line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", SHIPPED, *args))
+    assert "holds a mini-attn model: resume it with --architecture mini-attn" in line
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))

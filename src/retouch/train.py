@@ -327,8 +327,11 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     from retouch.architecture import SD1_SCHEDULER, build_components
 
     log.info("train unet %s", asdict(cfg))
+    arch = work / "architecture.json"
+    if arch.exists() and (was := json.loads(arch.read_text())["architecture"]) != cfg.architecture:
+        raise SettingError(f"{work} holds a {was} model: resume it with --architecture {was}")
     parts = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer", seed=cfg.seed)
-    (work / "architecture.json").write_text(json.dumps({"architecture": cfg.architecture}))
+    arch.write_text(json.dumps({"architecture": cfg.architecture}))
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
