@@ -31,12 +31,9 @@ SIZES = {
     # name: vae channels, unet channels, text width, text layers, unet layers per block, head dim, and
     # whether the UNet's top (full-resolution) level also attends to the text (SD's does; "mini" not)
     "mini": dict(vae=(32, 64, 64), unet=(64, 96, 128), text=64, text_layers=2, layers=1, head_dim=16),
-    "mini-attn": dict(
-        vae=(32, 64, 64), unet=(64, 96, 128), text=64, text_layers=2, layers=1, head_dim=16, top=True
-    ),
     "tiny": dict(vae=(8, 16), unet=(16, 32), text=16, text_layers=1, layers=1, head_dim=8),
-    "tiny-attn": dict(vae=(8, 16), unet=(16, 32), text=16, text_layers=1, layers=1, head_dim=8, top=True),
 }
+SIZES["mini-attn"] = {**SIZES["mini"], "top": True}
 
 
 def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:

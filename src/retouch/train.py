@@ -135,9 +135,8 @@ def _load_ckpt(work: Path, modules: dict, opt: torch.optim.Optimizer) -> int:
 def _loop(work: Path, cfg: TrainConfig, modules, groups, step_fn: Callable, after_step=None):
     """The shared training loop: lr schedule, logging, checkpointing, resume.
 
-    `groups`: a list of parameters, or of {"params": [...], "lr_scale": s} (the schedule times s)."""
-    if not isinstance(groups[0], dict):
-        groups = [{"params": groups}]
+    `groups`: the optimiser's parameter groups, {"params": [...]} with an optional "lr_scale" s (the
+    group's learning rate is the schedule's times s)."""
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     start = _load_ckpt(work, modules, opt)
@@ -221,7 +220,7 @@ def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
         kl = post.kl().mean() / x[0].numel() if not cfg.decoder_only else 0.0
         return rec + cfg.kl_weight * kl
 
-    _loop(work, cfg, {"vae": vae}, params, step_fn)
+    _loop(work, cfg, {"vae": vae}, [{"params": params}], step_fn)
 
 
 @torch.no_grad()
@@ -261,6 +260,15 @@ def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = Non
     d = {"latents": torch.cat(lats), "seeds": torch.from_numpy(seeds), "scale": torch.tensor(scale)}
     save_file({k: v.contiguous() for k, v in d.items()}, path)
     return d["latents"], d["seeds"], scale
+
+
+ARCHITECTURE_FILE = "architecture.json"
+
+
+def _architecture_of(work: Path) -> str | None:
+    """The architecture a UNet work folder was trained with, or None if it records none."""
+    path = work / ARCHITECTURE_FILE
+    return json.loads(path.read_text())["architecture"] if path.exists() else None
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -327,11 +335,11 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     from retouch.architecture import SD1_SCHEDULER, build_components
 
     log.info("train unet %s", asdict(cfg))
-    arch = work / "architecture.json"
-    if arch.exists() and (was := json.loads(arch.read_text())["architecture"]) != cfg.architecture:
+    was = _architecture_of(work)
+    if was is not None and was != cfg.architecture:
         raise SettingError(f"{work} holds a {was} model: resume it with --architecture {was}")
     parts = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer", seed=cfg.seed)
-    arch.write_text(json.dumps({"architecture": cfg.architecture}))
+    (work / ARCHITECTURE_FILE).write_text(json.dumps({"architecture": cfg.architecture}))
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
@@ -401,8 +409,7 @@ def export(
     that ask for float32, as retouch and diffusers do by default, get them back as float32)."""
     from retouch.architecture import build_components, save_pipeline
 
-    arch = unet_work / "architecture.json"  # absent in work folders older than the setting: "mini"
-    size = json.loads(arch.read_text())["architecture"] if arch.exists() else "mini"
+    size = _architecture_of(unet_work) or "mini"  # none recorded in work folders older than the setting
     parts = build_components(size, tokenizer_dir=unet_work / "tokenizer")
     vae_state = load_file(vae_work / "ckpt" / "vae.safetensors")
     if decoder_work is not None:  # decoder fine-tuned with the encoder frozen: latents unchanged
@@ -412,11 +419,5 @@ def export(
     parts["text_encoder"].load_state_dict(load_file(unet_work / "ckpt" / "ema_text_encoder.safetensors"))
     scale = float(load_file(next(unet_work.glob("latents_*.safetensors")))["scale"])
     parts["vae"].register_to_config(scaling_factor=scale)
-    save_pipeline(out, parts)
-    if unet_dtype != torch.float32:  # rewritten, not cast in the module (diffusers warns on .to())
-        weights = Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
-        state = {k: v.to(unet_dtype) for k, v in load_file(weights).items()}
-        mode = weights.stat().st_mode
-        save_file(state, weights, metadata={"format": "pt"})
-        weights.chmod(mode)  # as save_pipeline left it (the rewrite would leave it owner-only)
-    return Path(out)
+    parts["unet"].type(unet_dtype)  # (not .to(): diffusers' override warns about float32 modules)
+    return save_pipeline(out, parts)
