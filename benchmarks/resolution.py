@@ -15,7 +15,6 @@ import argparse
 
 import numpy as np
 import torch
-from PIL import Image
 
 import retouch
 from retouch.bench.model import _pipeline, autoencoder_psnr, generate
@@ -28,8 +27,7 @@ SEED = 10_000_000
 def faithful_share(model, judge, size: int, n: int) -> float:
     captions = [world.caption(world.sample_scene(SEED + 100_000 + i)) for i in range(n)]
     images = generate(_pipeline(model), model, captions, 50, 5.0, SEED, 50, size=size)
-    small = [np.asarray(Image.fromarray(im).resize((64, 64), Image.BOX)) for im in images]
-    return float(np.mean([r.faithful for r in faithful_batch(judge, small, captions)]))
+    return float(np.mean([r.faithful for r in faithful_batch(judge, images, captions)]))  # read at 64
 
 
 def main() -> None:

@@ -222,12 +222,11 @@ def main(argv=None) -> None:
     ctx, calls = Context(model), UNetCalls(model.unet)
     s = settings(args, model.device)
     s_ours, s_theirs = fast_settings() if args.fast else (s, s)
-    scale = model.native_size // 64
-    cases = make_cases(args.first_seed, args.edits + 1, [args.kind], scale=scale)
+    cases = make_cases(args.first_seed, args.edits + 1, [args.kind], size=model.native_size)
     pairs = [(ours, COUNTERPARTS[ours]) for ours in args.pairs.split(",")]
     warmup = args.warmup or ("light" if args.full_size and model.device.type == "cpu" else "edit")
     print(
-        f"model {model.model_id} on {model.device} ({model.dtype}), {cases[0].source_image.shape[0]}px, "
+        f"model {model.model_id} on {model.device} ({model.dtype}), {cases[0].input_image.shape[0]}px, "
         f"threads {args.threads}; DiffEdit N={s.diffedit.num_inference_steps} r={s.diffedit.encode_ratio} "
         f"n={s.diffedit.mask_samples}; LEDITS N={s.ledits.num_inference_steps} skip={s.ledits.skip_steps}; "
         f"warm-up: {warmup}" + ("; --fast: ours at FAST, theirs at their defaults" if args.fast else "")

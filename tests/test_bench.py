@@ -56,6 +56,33 @@ def test_every_seed_gives_a_consistent_case(kind, seed):
         assert len(case.untouched()) == len(case.edit.source.objects) - (kind != "add")
 
 
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_a_case_for_a_larger_model_feeds_its_size_and_is_measured_at_64(kind):
+    """size 96: the input is the scene rendered at 96 px; the ground truth stays at 64, the input's
+    render box-resized, so that the perfect edit (the target rendered at 96) succeeds and keeps
+    every untouched object, and a mask of the latent cells the change touches covers the changed region at 64 px."""
+    from retouch.bench.edits import evaluate
+    from retouch.bench.methods import METHODS, Output, Timed
+    from retouch.shapes import world
+    from retouch.shapes.judge import load_judge
+
+    case = make_case(HELD_OUT_SEED + 3, kind, size=96)
+    assert case.input_image.shape == (96, 96, 3) and case.source_image.shape == (64, 64, 3)
+    assert case.region.shape == (64, 64) and case.target_image.shape == (64, 64, 3)
+    small = make_case(HELD_OUT_SEED + 3, kind)
+    assert np.abs(case.source_image.astype(int) - small.source_image).mean() < 3  # the same scene
+    perfect = Output(world.render(case.edit.target, 96), None)
+    method, edit = METHODS["diffedit"], Timed(None, 0.0, 0)
+    row, mask = evaluate(case, method, None, perfect, None, edit, load_judge(), 4)
+    assert row["success"] and row["preserved"] in (True, None) and mask is None
+    assert row["psnr_target"] > 99 and row["psnr_bg"] > 40  # edge pixels: the region is drawn at 64 px
+    region_96 = world.render(case.edit.target, 96) != world.render(case.edit.source, 96)
+    latent = region_96.any(-1).reshape(24, 4, 24, 4).any(axis=(1, 3))  # (24, 24): cells it touches
+    row, mask = evaluate(case, method, None, Output(perfect.image, latent), None, edit, None, 4)
+    assert mask.shape == (64, 64) and mask[case.region].mean() > 0.9  # in place, at 64 px
+    assert row["mask_iou"] == pytest.approx((mask & case.region).sum() / (mask | case.region).sum())
+
+
 def test_bad_seed_and_kind_are_refused():
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         make_case(-1, "recolor")

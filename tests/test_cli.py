@@ -716,11 +716,41 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     assert live["down_blocks.0.attentions.0.proj_out.weight"].abs().min() > 1e-4  # grown: moved
     assert all((live[k] - v).abs().max() < 1e-6 for k, v in shipped.items())  # the rest: kept
     line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", SHIPPED, *args))
-    assert "holds a mini-attn model: resume it with --architecture mini-attn" in line
+    assert "holds a model of architecture mini-attn: resume it with --architecture mini-attn" in line
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))
     assert "huge" in line
+    torch.set_num_threads(1)
+
+
+def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path):
+    """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
+    96; a work folder resumes only at its own size, and a size off the grid is one line, exit 2."""
+    import shutil
+
+    import retouch
+    from retouch.models import SHIPPED
+
+    (tmp_path / "vae" / "ckpt").mkdir(parents=True)
+    shutil.copy(
+        SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
+    )
+    args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "4", "--threads", "1", "--warmup", "1"]
+    args += ["--vae-work", tmp_path / "vae", "--init", SHIPPED]
+    result = run("train", "unet", tmp_path / "unet", "--image-size", "96", *args)
+    assert result.exit_code == 0, result.output
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "unet" / "latents_4_96px.safetensors")["latents"].shape == (4, 4, 24, 24)
+    work = ["--vae-work", tmp_path / "vae", "--unet-work", tmp_path / "unet"]
+    assert run("train", "export", tmp_path / "model", *work).exit_code == 0
+    model = retouch.load(tmp_path / "model", device="cpu")
+    assert model.native_size == 96 and model.vae.config.sample_size == 96
+    line = one_error_line(run("train", "unet", tmp_path / "unet", *args))
+    assert "holds a model of image_size 96: resume it with --image-size 96" in line
+    line = one_error_line(run("train", "unet", tmp_path / "odd", "--image-size", "100", *args))
+    assert "image_size must be a multiple of 16, got 100" in line and not (tmp_path / "odd").exists()
     torch.set_num_threads(1)
 
 

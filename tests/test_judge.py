@@ -149,6 +149,23 @@ def test_faithful_on_clean_held_out_renders(judge):
     assert np.mean([r.faithful for r in readings]) >= 0.98
 
 
+@pytest.mark.parametrize("size", [96, 128])
+def test_the_judge_reads_renders_of_another_size_at_its_own(judge, size):
+    """Images and regions of another size are box-resized to 64 px first: renders at 96 and 128 px
+    read as their captions say, and an object's region at that size reads as that object."""
+    from retouch.shapes.judge import at_judge_size, read_regions
+
+    scenes = [world.sample_scene(s) for s in SEEDS[:50]]
+    images = [world.render(s, size) for s in scenes]
+    assert at_judge_size(images[0]).shape == (64, 64, 3)
+    readings = faithful_batch(judge, images, [world.caption(s) for s in scenes])
+    assert np.mean([r.faithful for r in readings]) >= 0.96
+    regions = [world.masks(s, size)[0] for s in scenes]
+    assert at_judge_size(regions[0]).shape == (64, 64) and at_judge_size(regions[0]).dtype == bool
+    reads = read_regions(judge, images, regions)
+    assert np.mean([r == (s.objects[0].shape, s.objects[0].color) for r, s in zip(reads, scenes)]) >= 0.96
+
+
 def _wrong_captions(scene: world.Scene) -> dict[str, str]:
     objs = [(o.color, o.shape) for o in scene.objects]
     c, s = objs[0]

@@ -89,9 +89,16 @@ def build_tokenizer(folder: Path, words: list[str] | None = None, max_length: in
 
 
 def build_components(
-    size: str = "mini", prediction_type: str = "epsilon", tokenizer_dir: Path | None = None, seed=0
+    size: str = "mini",
+    prediction_type: str = "epsilon",
+    tokenizer_dir: Path | None = None,
+    seed=0,
+    image_size: int = 64,
 ) -> dict:
-    """Untrained components of a Stable Diffusion of the given size: a dict of pipeline parts."""
+    """Untrained components of a Stable Diffusion of the given size: a dict of pipeline parts.
+
+    `image_size`: the native pixels a side the model is made for (its config's sample sizes; the
+    weights do not depend on it)."""
     import tempfile
 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -110,7 +117,7 @@ def build_components(
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=64,
+        sample_size=image_size,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -129,7 +136,7 @@ def build_components(
     n_unet = len(s["unet"])
     top = s.get("top", False)
     unet = UNet2DConditionModel(
-        sample_size=64 // 2 ** (n_vae - 1),
+        sample_size=image_size // 2 ** (n_vae - 1),
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D" if top else "DownBlock2D",)

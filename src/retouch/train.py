@@ -65,6 +65,11 @@ class TrainConfig:
     grown_lr_scale: float = setting(
         1.0, "unet: learning rate of the attention blocks a grown model gains, as a multiple of --lr"
     )
+    image_size: int = setting(
+        64,
+        "unet: pixels a side of the training scenes, a multiple of 16: the exported model's native"
+        " size (the autoencoder is convolutional: the same one serves every size)",
+    )
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "dataset_size"):
@@ -83,6 +88,9 @@ class TrainConfig:
             "bare_background_share",
         ):
             check_number(name, getattr(self, name), 0, 1)
+        check_number("image_size", self.image_size, 32, integer=True)
+        if self.image_size % 16:
+            raise SettingError(f"image_size must be a multiple of 16, got {self.image_size}")
         if self.architecture not in ARCHITECTURES:
             raise SettingError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
 
@@ -244,7 +252,8 @@ def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = Non
     """Latent means (scaled) and scene seeds of `dataset_size` training scenes, cached on disk.
 
     `scale`: the latent scaling factor to keep (a fine-tuned model keeps its own); else measured."""
-    path = work / f"latents_{cfg.dataset_size}.safetensors"
+    px = "" if cfg.image_size == world.SIZE else f"_{cfg.image_size}px"
+    path = work / f"latents_{cfg.dataset_size}{px}.safetensors"
     if path.exists():
         d = load_file(path)
         return d["latents"], d["seeds"], float(d["scale"])
@@ -253,8 +262,8 @@ def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = Non
     lats = []
     for i in range(0, cfg.dataset_size, 256):
         scenes = [_scene_of(s, cfg) for s in seeds[i : i + 256]]
-        x = torch.from_numpy(np.stack([world.render(s) for s in scenes])).permute(0, 3, 1, 2)
-        lats.append(vae.encode(x.float() / 127.5 - 1).latent_dist.mean * scale)  # [B, 4, 16, 16]
+        x = torch.from_numpy(np.stack([world.render(s, cfg.image_size) for s in scenes])).permute(0, 3, 1, 2)
+        lats.append(vae.encode(x.float() / 127.5 - 1).latent_dist.mean * scale)  # [B, 4, size/4, size/4]
         if i % 10240 == 0:
             log.info("encoding dataset %d/%d", i, cfg.dataset_size)
     d = {"latents": torch.cat(lats), "seeds": torch.from_numpy(seeds), "scale": torch.tensor(scale)}
@@ -265,10 +274,13 @@ def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = Non
 ARCHITECTURE_FILE = "architecture.json"
 
 
-def _architecture_of(work: Path) -> str | None:
-    """The architecture a UNet work folder was trained with, or None if it records none."""
+def _architecture_of(work: Path) -> dict:
+    """What a UNet work folder was trained as: {"architecture", "image_size"}; the defaults for
+    work folders older than these settings, which record neither or only the first."""
     path = work / ARCHITECTURE_FILE
-    return json.loads(path.read_text())["architecture"] if path.exists() else None
+    return {"architecture": "mini", "image_size": world.SIZE} | (
+        json.loads(path.read_text()) if path.exists() else {}
+    )
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -335,11 +347,14 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     from retouch.architecture import SD1_SCHEDULER, build_components
 
     log.info("train unet %s", asdict(cfg))
-    was = _architecture_of(work)
-    if was is not None and was != cfg.architecture:
-        raise SettingError(f"{work} holds a {was} model: resume it with --architecture {was}")
+    kind = {"architecture": cfg.architecture, "image_size": cfg.image_size}
+    if (work / "ckpt").exists():
+        for name, was in _architecture_of(work).items():
+            if was != kind[name]:
+                flag = "--" + name.replace("_", "-")
+                raise SettingError(f"{work} holds a model of {name} {was}: resume it with {flag} {was}")
     parts = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer", seed=cfg.seed)
-    (work / ARCHITECTURE_FILE).write_text(json.dumps({"architecture": cfg.architecture}))
+    (work / ARCHITECTURE_FILE).write_text(json.dumps(kind))
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
@@ -409,8 +424,10 @@ def export(
     that ask for float32, as retouch and diffusers do by default, get them back as float32)."""
     from retouch.architecture import build_components, save_pipeline
 
-    size = _architecture_of(unet_work) or "mini"  # none recorded in work folders older than the setting
-    parts = build_components(size, tokenizer_dir=unet_work / "tokenizer")
+    kind = _architecture_of(unet_work)
+    parts = build_components(
+        kind["architecture"], tokenizer_dir=unet_work / "tokenizer", image_size=kind["image_size"]
+    )
     vae_state = load_file(vae_work / "ckpt" / "vae.safetensors")
     if decoder_work is not None:  # decoder fine-tuned with the encoder frozen: latents unchanged
         vae_state = load_file(decoder_work / "ckpt" / "vae.safetensors")

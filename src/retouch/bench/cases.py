@@ -1,12 +1,15 @@
 """ShapesBench cases: one ShapesWorld edit per seed, with everything a metric needs.
 
     case = make_case(10_000_123, "recolor")
+    case.input_image                       # uint8 (size, size, 3): what a method edits
     case.source_image, case.target_image   # uint8 (64, 64, 3): the input and the ground truth
     case.region                            # bool (64, 64): where source and target differ
     case.add, case.remove                  # the edit as SEGA concepts
 
 Deterministic per seed: the same (seed, kind) always gives the same case, on any machine.
-`scale` > 1 upsamples the 64-pixel renders (nearest) for models of a larger native size.
+`size`: pixels a side of the input, a model's native size; every figure is read at world.SIZE
+(64) whatever it is, the edited image box-resized to it as the judge reads it, and the source
+and target are the renders at `size` so resized, so that a perfect edit scores as one at any size.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from retouch.shapes import world
+from retouch.shapes.judge import at_judge_size
 from retouch.shapes.world import EDIT_KINDS, Edit
 
 
@@ -28,7 +32,7 @@ class Case:
     seed: int
     kind: str
     edit: Edit
-    scale: int = 1  # the images (and region) are the 64-pixel renders upsampled by this (nearest)
+    size: int = world.SIZE  # pixels a side of the input (the model's native size)
 
     @property
     def id(self) -> str:
@@ -51,24 +55,29 @@ class Case:
         return self.edit.remove
 
     @cached_property
+    def input_image(self) -> np.ndarray:
+        """The input a method edits: uint8 (size, size, 3)."""
+        return world.render(self.edit.source, self.size)
+
+    @cached_property
     def source_image(self) -> np.ndarray:
-        """The input: uint8 (H, W, 3)."""
-        return _upsample(world.render(self.edit.source), self.scale)
+        """The input as it is measured: uint8 (64, 64, 3)."""
+        return at_judge_size(self.input_image)
 
     @cached_property
     def target_image(self) -> np.ndarray:
-        """The ground-truth result: uint8 (H, W, 3)."""
-        return _upsample(world.render(self.edit.target), self.scale)
+        """The ground-truth result: uint8 (64, 64, 3)."""
+        return at_judge_size(world.render(self.edit.target, self.size))
 
     @cached_property
     def region(self) -> np.ndarray:
-        """The ground-truth changed region: bool (H, W), True where source and target differ."""
-        return _upsample(self.edit.changed_region(), self.scale)
+        """The ground-truth changed region: bool (64, 64), True where source and target differ."""
+        return self.edit.changed_region()
 
     def judged_region(
         self,
     ) -> tuple[np.ndarray, tuple[str | None, str | None], tuple[str | None, str | None]]:
-        """(region bool (H, W), expected read, source read) for the judge's edit-success read.
+        """(region bool (64, 64), expected read, source read) for the judge's edit-success read.
 
         recolor/reshape: the union of the object's old and new masks, expecting the new
         (shape, colour); remove: the old object's mask, expecting (None, None); add: the new
@@ -89,29 +98,25 @@ class Case:
         raise ValueError(f"{self.kind} edits are judged on the background, not a region")
 
     def untouched(self) -> list[tuple[world.Obj, np.ndarray]]:
-        """Every object the edit must leave alone, with its ground-truth mask bool (H, W)."""
+        """Every object the edit must leave alone, with its ground-truth mask bool (64, 64)."""
         e = self.edit
         edited = e.source.objects[e.index] if e.index is not None else None
         ms = world.masks(e.source)
         return [(o, m) for o, m in zip(e.source.objects, ms) if o != edited]
 
 
-def _upsample(a: np.ndarray, scale: int) -> np.ndarray:
-    return a if scale == 1 else a.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-def make_case(seed: int, kind: str, scale: int = 1) -> Case:
+def make_case(seed: int, kind: str, size: int = world.SIZE) -> Case:
     """The case of (seed, kind): a deterministic ShapesWorld edit."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return Case(int(seed), kind, world.sample_edit(int(seed), kind), scale)
+    return Case(int(seed), kind, world.sample_edit(int(seed), kind), size)
 
 
-def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS, scale: int = 1) -> list[Case]:
+def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS, size: int = world.SIZE) -> list[Case]:
     """n cases: case i is kind kinds[i mod len(kinds)] on scene seed `seed + i`."""
     unknown = [k for k in kinds if k not in EDIT_KINDS]
     if unknown or not kinds:
         raise ValueError(
             f"unknown edit kind {unknown[0] if unknown else ''!r}; expected some of {EDIT_KINDS}"
         )
-    return [make_case(seed + i, kinds[i % len(kinds)], scale) for i in range(n)]
+    return [make_case(seed + i, kinds[i % len(kinds)], size) for i in range(n)]

@@ -39,6 +39,7 @@ from retouch.bench.methods import (
 )
 from retouch.bench.metrics import image_metrics, judge_case, mask_metrics, pixel_mask
 from retouch.files import append_jsonl, read_jsonl
+from retouch.shapes.judge import at_judge_size
 from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED
 from retouch.shell import (
     CONTEXT,
@@ -90,11 +91,14 @@ def evaluate(
     judge,
     vae_scale_factor: int,
 ) -> tuple[dict, np.ndarray | None]:
-    """The row of one edit, and its pixel mask bool (H, W) (None if the method has no mask)."""
-    h, w = case.source_image.shape[:2]
-    mask = None if out.mask is None else pixel_mask(out.mask, vae_scale_factor, h, w)
+    """The row of one edit, and its pixel mask bool (64, 64) (None if the method has no mask).
+
+    The edited image and the mask are read at the judge's size, as the case's ground truth is."""
+    h, w = case.input_image.shape[:2]
+    mask = None if out.mask is None else at_judge_size(pixel_mask(out.mask, vae_scale_factor, h, w))
+    image = at_judge_size(out.image)  # uint8 (64, 64, 3)
     verdicts = (
-        judge_case(judge, out.image, case)
+        judge_case(judge, image, case)
         if judge is not None
         else dict(success=None, source_gone=None, read=None, preserved=None, preserved_fraction=None)
     )
@@ -107,7 +111,7 @@ def evaluate(
         library=method.library,
         sweep=point,
         **verdicts,
-        **image_metrics(out.image, case),
+        **image_metrics(image, case),
         **mask_metrics(mask, case),
         unet_evals=first_evals,
         seconds=(prep.seconds if prep else 0.0) + edit.seconds,
@@ -546,7 +550,8 @@ def edits_command(
         torch.set_num_threads(threads)
     try:
         names = parse_methods(methods)
-        cases = make_cases(seed, n_cases, [k.strip() for k in kinds.split(",") if k.strip()])
+        kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+        make_cases(seed, 1, kind_list)  # the kinds, checked before the model loads
         bench_settings = make_settings(given_settings(settings), steps, source)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
@@ -559,6 +564,7 @@ def edits_command(
         click.echo(f"note: seeds below {HELD_OUT_SEED} are training scenes", err=True)
     quiet_libraries()
     bundle = retouch.load(model, device=device, dtype=dtype)
+    cases = make_cases(seed, n_cases, kind_list, size=bundle.native_size)  # inputs at the model's size
     judge_model, judge_path = _load_judge(judge)
     record = _run_record(bundle, bench_settings, judge_path)
     _check_resume(out_dir, record)

@@ -113,7 +113,7 @@ def _ddim_key(s: Settings) -> tuple:
 def _ddim_encoding(ctx: Context, case: Case, s: Settings):
     from retouch.methods.diffedit import ddim_encoding
 
-    return ddim_encoding(ctx.model, case.source_image, config=s.diffedit)
+    return ddim_encoding(ctx.model, case.input_image, config=s.diffedit)
 
 
 def _diffedit(mode: str) -> Callable:
@@ -122,7 +122,7 @@ def _diffedit(mode: str) -> Callable:
 
         r = diffedit(
             ctx.model,
-            case.source_image,
+            case.input_image,
             case.target_caption,
             case.source_caption,
             config=replace(s.diffedit, mode=mode),
@@ -145,7 +145,7 @@ def _ddpm_key(s: Settings) -> tuple:
 def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
     from retouch.methods.ledits import invert
 
-    return invert(ctx.model, case.source_image, s.source_text(case), config=s.ledits, seed=case.seed)
+    return invert(ctx.model, case.input_image, s.source_text(case), config=s.ledits, seed=case.seed)
 
 
 def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
@@ -161,7 +161,7 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
             config=s.ledits,
             seed=case.seed,
             mask="infer" if masked else None,
-            image=case.source_image if masked else None,
+            image=case.input_image if masked else None,
         )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
@@ -175,7 +175,7 @@ def _their_ddim_encoding(ctx: Context, case: Case, s: Settings):
     from retouch.latents import load_image, to_pixels
 
     pipe = ctx.pipe("diffedit")
-    x0 = dp.vae_mean_latents(pipe, to_pixels(ctx.model, load_image(case.source_image)).tensor)
+    x0 = dp.vae_mean_latents(pipe, to_pixels(ctx.model, load_image(case.input_image)).tensor)
     return x0, dp.diffedit_encode(pipe, x0, s.diffedit, case.seed)
 
 
@@ -186,7 +186,7 @@ def _their_diffedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
     pipe = ctx.pipe("diffedit")
     mask = dp.diffedit_mask(pipe, x0, case.target_caption, case.source_caption, s.diffedit, case.seed)
     z = dp.diffedit_decode(pipe, case.target_caption, mask, encoded, s.diffedit)
-    h, w = case.source_image.shape[:2]
+    h, w = case.input_image.shape[:2]
     return Output(_image(to_image(dp.decode_latents(pipe, z), h, w)), mask[0] > 0.5)
 
 
@@ -206,7 +206,7 @@ def _their_inversion(ctx: Context, case: Case, s: Settings):
     n, k = _ledits_steps(s)
     dp.ledits_invert(
         pipe,
-        Image.fromarray(case.source_image),
+        Image.fromarray(case.input_image),
         s.source_text(case),
         s.ledits.source_guidance_scale,
         n,
@@ -240,7 +240,7 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token) -> Output:
 def _autoencoder(ctx: Context, case: Case, s: Settings, prep) -> Output:
     from retouch.latents import decode, encode, load_image, to_image, to_pixels
 
-    px = to_pixels(ctx.model, load_image(case.source_image))
+    px = to_pixels(ctx.model, load_image(case.input_image))
     with torch.no_grad():
         out = decode(ctx.model, encode(ctx.model, px.tensor))
     return Output(_image(to_image(out, px.height, px.width)), None, 0)

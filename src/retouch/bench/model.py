@@ -1,7 +1,8 @@
 """`retouch bench model`: how good is a ShapesWorld model, on held-out seeds never used in training.
 
 Prints and returns: the autoencoder's reconstruction PSNR, the judge's held-out accuracy,
-text-to-image faithfulness (judged), and the DDIM inversion round trip's PSNR.
+text-to-image faithfulness (judged), and the DDIM inversion round trip's PSNR. Everything runs at
+the model's native size; the judge reads generated images at its own (world.SIZE, box-resized).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def ddim_round_trip_psnr(model, n: int = 64, steps: int = 50, seed: int = HELD_O
     from retouch.schedule import Schedule
     from retouch.text import encode_text
 
-    imgs, x, _ = _renders(range(seed, seed + n))
+    imgs, x, _ = _renders(range(seed, seed + n), model.native_size)
     schedule = Schedule.from_scheduler(model.scheduler)
     ts = schedule.timesteps(steps)
     eps = guided_eps(unet_eps(model, schedule, EvalCounter()), encode_text(model, [""]), None, 1.0)
@@ -162,7 +163,7 @@ def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n
     model = model if model is not None else retouch.load(device="cpu")
     judge = judge if judge is not None else load_judge()
     t0 = time.perf_counter()
-    report = {"autoencoder_psnr_db": autoencoder_psnr(model, n_recon)}
+    report = {"autoencoder_psnr_db": autoencoder_psnr(model, n_recon, size=model.native_size)}
     report["judge"] = held_out_accuracy(judge)
     captions, images = text_to_image(model, n_t2i)
     ok = [bool(faithful(judge, img, cap)) for img, cap in zip(images, captions)]

@@ -9,6 +9,9 @@ It is trained only on ShapesWorld renders of seeds below HELD_OUT_SEED, with reg
 jittered object masks (dilated, eroded, boxes, unions and differences with another shape at the
 same place, as changed regions of edits are) or empty blobs, and with light degradations (noise,
 blur, colour jitter, softening) so that it also reads imperfect, generated images.
+
+It reads at the size it was trained at, world.SIZE pixels a side: an image (and its region) of
+another size, from a model of another native size, is box-resized to it first (`at_judge_size`).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ class Judge(nn.Module):
 
 
 def _as_uint8(image) -> np.ndarray:
-    """A PIL image or HWC array as uint8 (64, 64, 3)."""
+    """A PIL image or HWC array as uint8 (64, 64, 3), at the judge's size (`at_judge_size`)."""
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {arr.shape}")
@@ -98,13 +101,27 @@ def _as_uint8(image) -> np.ndarray:
         if arr.min() < 0 or arr.max() > 255:
             raise ValueError("expected a uint8 image or values in [0, 255]")
         arr = np.round(arr).astype(np.uint8)
-    return arr
+    return at_judge_size(arr)
+
+
+def at_judge_size(image: np.ndarray) -> np.ndarray:
+    """A uint8 image (H, W, 3), or a bool region (H, W), at world.SIZE pixels a side: box-resized
+    (a region keeps the pixels at least half covered), or itself if already that size."""
+    from PIL import Image
+
+    side = world.SIZE
+    if image.shape[:2] == (side, side):
+        return image
+    if image.dtype == bool:
+        cover = Image.fromarray(image.astype(np.float32)).resize((side, side), Image.BOX)
+        return np.asarray(cover) >= 0.5
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BOX))
 
 
 def _inputs(images: list, regions: list) -> torch.Tensor:
-    """Images and regions as the judge's input [B, 4, H, W]."""
-    imgs = np.stack([_as_uint8(im) for im in images])  # (B, H, W, 3)
-    regs = np.stack([np.asarray(r, dtype=bool) for r in regions])  # (B, H, W)
+    """Images and regions as the judge's input [B, 4, 64, 64]."""
+    imgs = np.stack([_as_uint8(im) for im in images])  # (B, 64, 64, 3)
+    regs = np.stack([at_judge_size(np.asarray(r, dtype=bool)) for r in regions])  # (B, 64, 64)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
     m = torch.from_numpy(regs).float()[:, None]  # [B, 1, H, W]
     return torch.cat([x, m], 1)  # [B, 4, H, W]
@@ -205,7 +222,7 @@ def _split_touching(comp: np.ndarray, erode: int = 2, min_core: int = 4) -> list
 
 
 def find_objects(image, background=None, threshold: float = 40.0, min_pixels: int = 12) -> list[np.ndarray]:
-    """Masks (bool (H, W)) of the objects of `image`, left to right.
+    """Masks (bool (64, 64), at the judge's size) of the objects of `image`, left to right.
 
     Objects are the connected components of the pixels whose colour differs from the background
     colour (a name, an RGB triple, or None to take the median of the image border) by more than

@@ -113,9 +113,10 @@ def sample_scene(seed: int, n_objects: int | None = None) -> Scene:
 
 
 def object_coverage(obj: Obj, size: int = SIZE, ss: int = SUPERSAMPLE) -> np.ndarray:
-    """Anti-aliased coverage of one object in [0, 1]: float32 (size, size)."""
+    """Anti-aliased coverage of one object in [0, 1]: float32 (size, size). The scene's coordinates
+    are SIZE-pixel ones: at another `size` the same scene is drawn finer or coarser."""
     n = size * ss
-    c = (np.arange(n, dtype=np.float32) + 0.5) / ss  # supersample centres, in pixels
+    c = (np.arange(n, dtype=np.float32) + 0.5) / ss * (SIZE / size)  # supersample centres, in SIZE px
     dx = c[None, :] - obj.x  # (1, n)
     dy = c[:, None] - obj.y  # (n, 1)
     if obj.shape == "circle":
@@ -137,7 +138,7 @@ def object_coverage(obj: Obj, size: int = SIZE, ss: int = SUPERSAMPLE) -> np.nda
 
 
 def render(scene: Scene, size: int = SIZE) -> np.ndarray:
-    """The scene as uint8 RGB (size, size, 3)."""
+    """The scene as uint8 RGB (size, size, 3): the same scene at any size (`object_coverage`)."""
     img = np.empty((size, size, 3), np.float32)
     img[:] = BACKGROUNDS[scene.background]
     for obj in scene.objects:
