@@ -60,7 +60,8 @@ def test_every_seed_gives_a_consistent_case(kind, seed):
 def test_a_case_for_a_larger_model_feeds_its_size_and_is_measured_at_64(kind):
     """size 96: the input is the scene rendered at 96 px; the ground truth stays at 64, the input's
     render box-resized, so that the perfect edit (the target rendered at 96) succeeds and keeps
-    every untouched object, and a mask of the latent cells the change touches covers the changed region at 64 px."""
+    every untouched object, and a mask of the latent cells the change touches covers the changed
+    region at 64 px."""
     from retouch.bench.edits import evaluate
     from retouch.bench.methods import METHODS, Output, Timed
     from retouch.shapes import world
