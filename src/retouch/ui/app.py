@@ -200,17 +200,18 @@ def _stage_progress(progress):
     return lambda stage, done, total: progress((done, total), desc=stage)
 
 
-def _example_images() -> list[list]:
-    """A few held-out ShapesWorld scenes (what the shipped model knows) with their captions."""
+def _example_images(size: int) -> list[list]:
+    """A few held-out ShapesWorld scenes (what the shipped model knows) with their captions,
+    rendered at `size` pixels a side (the model's native size)."""
     from retouch.shapes.world import HELD_OUT_SEED, caption, render, sample_scene
 
     RESULTS.mkdir(exist_ok=True)
     rows = []
     for i in (3, 7, 12):
         scene = sample_scene(HELD_OUT_SEED + i, n_objects=1)
-        path = RESULTS / f"example-{i}.png"
+        path = RESULTS / f"example-{i}-{size}px.png"
         if not path.exists():
-            Image.fromarray(render(scene)).save(path)
+            Image.fromarray(render(scene, size)).save(path)
         text = caption(scene)
         rows.append([str(path), text, text])
     return rows
@@ -315,7 +316,11 @@ def build_app(
                     )
                 download = gr.File(label="Download (PNG with its parameters)", elem_id="download")
                 status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="status")
-        gr.Examples(_example_images(), inputs=[image, reference, source], label="ShapesWorld examples")
+        gr.Examples(
+            _example_images(model.native_size),
+            inputs=[image, reference, source],
+            label="ShapesWorld examples",
+        )
 
         boxes = [diffedit_box, ledits_box, fields["diffedit"]["_box"], fields["ledits"]["_box"]]
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
