@@ -122,9 +122,9 @@ def _inputs(images: list, regions: list) -> torch.Tensor:
     """Images and regions as the judge's input [B, 4, 64, 64]."""
     imgs = np.stack([_as_uint8(im) for im in images])  # (B, 64, 64, 3)
     regs = np.stack([at_judge_size(np.asarray(r, dtype=bool)) for r in regions])  # (B, 64, 64)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
-    m = torch.from_numpy(regs).float()[:, None]  # [B, 1, H, W]
-    return torch.cat([x, m], 1)  # [B, 4, H, W]
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 64, 64]
+    m = torch.from_numpy(regs).float()[:, None]  # [B, 1, 64, 64]
+    return torch.cat([x, m], 1)  # [B, 4, 64, 64]
 
 
 @torch.no_grad()
