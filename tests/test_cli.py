@@ -740,13 +740,17 @@ def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tm
     args += ["--vae-work", tmp_path / "vae", "--init", SHIPPED]
     result = run("train", "unet", tmp_path / "unet", "--image-size", "96", *args)
     assert result.exit_code == 0, result.output
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
-    assert load_file(tmp_path / "unet" / "latents_4_96px.safetensors")["latents"].shape == (4, 4, 24, 24)
+    cache = load_file(tmp_path / "unet" / "latents_4_96px.safetensors")
+    assert cache["latents"].shape == (4, 4, 24, 24)
+    other = {"latents": torch.zeros(1, 4, 16, 16), "seeds": torch.zeros(1), "scale": torch.tensor(9.0)}
+    save_file(other, tmp_path / "unet" / "latents_4.safetensors")  # a 64-px cache beside it: not read
     work = ["--vae-work", tmp_path / "vae", "--unet-work", tmp_path / "unet"]
     assert run("train", "export", tmp_path / "model", *work).exit_code == 0
     model = retouch.load(tmp_path / "model", device="cpu")
     assert model.native_size == 96 and model.vae.config.sample_size == 96
+    assert model.vae.config.scaling_factor == pytest.approx(float(cache["scale"]))
     line = one_error_line(run("train", "unet", tmp_path / "unet", *args))
     assert "holds a model of image_size 96: resume it with --image-size 96" in line
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--image-size", "100", *args))

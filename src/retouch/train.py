@@ -247,13 +247,17 @@ def _scene_of(seed: int, cfg: TrainConfig) -> world.Scene:
     return world.sample_scene(int(seed), n_objects=n)
 
 
+def _px(image_size: int) -> str:
+    """The latent cache's name suffix for a size (none at world.SIZE, as before sizes were a setting)."""
+    return "" if image_size == world.SIZE else f"_{image_size}px"
+
+
 @torch.no_grad()
 def _latent_dataset(work: Path, vae, cfg: TrainConfig, scale: float | None = None):
     """Latent means (scaled) and scene seeds of `dataset_size` training scenes, cached on disk.
 
     `scale`: the latent scaling factor to keep (a fine-tuned model keeps its own); else measured."""
-    px = "" if cfg.image_size == world.SIZE else f"_{cfg.image_size}px"
-    path = work / f"latents_{cfg.dataset_size}{px}.safetensors"
+    path = work / f"latents_{cfg.dataset_size}{_px(cfg.image_size)}.safetensors"
     if path.exists():
         d = load_file(path)
         return d["latents"], d["seeds"], float(d["scale"])
@@ -434,7 +438,9 @@ def export(
     parts["vae"].load_state_dict(vae_state)
     parts["unet"].load_state_dict(load_file(unet_work / "ckpt" / "ema_unet.safetensors"))
     parts["text_encoder"].load_state_dict(load_file(unet_work / "ckpt" / "ema_text_encoder.safetensors"))
-    scale = float(load_file(next(unet_work.glob("latents_*.safetensors")))["scale"])
+    suffix = _px(kind["image_size"])  # the latents of the size it was trained at
+    cache = next(c for c in unet_work.glob("latents_*") if re.fullmatch(rf"latents_\d+{suffix}", c.stem))
+    scale = float(load_file(cache)["scale"])
     parts["vae"].register_to_config(scaling_factor=scale)
     parts["unet"].type(unet_dtype)  # (not .to(): diffusers' override warns about float32 modules)
     return save_pipeline(out, parts)
