@@ -34,13 +34,13 @@ def test_render_is_anti_aliased_and_rgb():
 def test_a_scene_rendered_at_another_size_is_the_same_scene(size):
     """At 96 or 128 px the objects keep their place and size relative to the image: box-resized
     back to 64 px the render is the 64-px one up to anti-aliasing, and the masks scale with it."""
-    from PIL import Image
+    from retouch.shapes.judge import at_judge_size  # a box resize to 64 px
 
     for seed in range(20):
         scene = world.sample_scene(seed)
         small, big = world.render(scene), world.render(scene, size)
         assert big.shape == (size, size, 3)
-        back = np.asarray(Image.fromarray(big).resize((64, 64), Image.BOX)).astype(int)
+        back = at_judge_size(big).astype(int)
         assert np.abs(back - small).mean() < (4 if size > 64 else 8)
         areas = world.masks(scene, size).mean(axis=(1, 2)), world.masks(scene).mean(axis=(1, 2))
         assert np.allclose(*areas, rtol=0.1, atol=0.002 if size > 64 else 0.01)

@@ -112,11 +112,16 @@ def make_case(seed: int, kind: str, size: int = world.SIZE) -> Case:
     return Case(int(seed), kind, world.sample_edit(int(seed), kind), size)
 
 
-def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS, size: int = world.SIZE) -> list[Case]:
-    """n cases: case i is kind kinds[i mod len(kinds)] on scene seed `seed + i`."""
+def check_kinds(kinds: Sequence[str]) -> None:
+    """ValueError unless `kinds` is a non-empty list of ShapesWorld edit kinds."""
     unknown = [k for k in kinds if k not in EDIT_KINDS]
     if unknown or not kinds:
         raise ValueError(
             f"unknown edit kind {unknown[0] if unknown else ''!r}; expected some of {EDIT_KINDS}"
         )
+
+
+def make_cases(seed: int, n: int, kinds: Sequence[str] = EDIT_KINDS, size: int = world.SIZE) -> list[Case]:
+    """n cases: case i is kind kinds[i mod len(kinds)] on scene seed `seed + i`."""
+    check_kinds(kinds)
     return [make_case(seed + i, kinds[i % len(kinds)], size) for i in range(n)]

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from retouch.bench.cases import Case, make_cases
+from retouch.bench.cases import Case, check_kinds, make_cases
 from retouch.bench.methods import (
     COUNTERPARTS,
     METHODS,
@@ -551,7 +551,7 @@ def edits_command(
     try:
         names = parse_methods(methods)
         kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
-        make_cases(seed, 1, kind_list)  # the kinds, checked before the model loads
+        check_kinds(kind_list)  # before the model loads
         bench_settings = make_settings(given_settings(settings), steps, source)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
