@@ -724,6 +724,57 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     torch.set_num_threads(1)
 
 
+def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
+    """--architecture mini-deep from the shipped model: every block gains a resnet (and an attention
+    where it attends), the up blocks' old layers keep reading the skips they read, so the grown UNet
+    predicts exactly what the shipped one does; after a step at a high rate the new blocks have moved
+    and it no longer does. Exported in float16 it is no larger than the shipped float32 UNet and loads
+    with StableDiffusionPipeline. A deeper model does not go back into a shallower one."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from retouch.models import SHIPPED
+
+    (tmp_path / "vae" / "ckpt").mkdir(parents=True)
+    shutil.copy(
+        SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
+    )
+    args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
+    args += ["--vae-work", tmp_path / "vae", "--init", SHIPPED, "--architecture", "mini-deep"]
+    work = ["--vae-work", tmp_path / "vae"]
+    old = UNet2DConditionModel.from_pretrained(SHIPPED / "unet")
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 64, generator=gen)
+    t = torch.tensor([50, 700])
+    with torch.no_grad():
+        a = old(x, t, text).sample
+    for name, lr in (("kept", "1e-12"), ("moved", "1e-3")):
+        result = run("train", "unet", tmp_path / name, *args, "--lr", lr, "--ema-decay", "0")
+        assert result.exit_code == 0, result.output
+        log = (tmp_path / name / "train.log").read_text()
+        assert "grown: 4 new attention blocks, 6 new resnet blocks" in log
+        out = ["--unet-work", tmp_path / name, "--unet-dtype", "float16"]
+        assert run("train", "export", tmp_path / f"model-{name}", *work, *out).exit_code == 0
+        new = UNet2DConditionModel.from_pretrained(tmp_path / f"model-{name}" / "unet")
+        assert new.config.layers_per_block == 2 != old.config.layers_per_block
+        with torch.no_grad():
+            gap = (new(x, t, text).sample - a).abs().max()
+        if name == "kept":  # float16 weights: within rounding
+            assert gap < 1e-2 * a.abs().max()
+            assert sum(p.numel() for p in new.parameters()) > 1.4 * sum(p.numel() for p in old.parameters())
+            size = (tmp_path / "model-kept" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+            assert size <= (SHIPPED / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+            pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model-kept", safety_checker=None)
+            assert pipe.unet.config.layers_per_block == 2
+        else:
+            assert gap > 1e-2 * a.abs().max()
+    back = ["--init", tmp_path / "model-kept", "--vae-work", tmp_path / "vae"]
+    line = one_error_line(run("train", "unet", tmp_path / "back", *args[:8], *back))
+    assert "does not fit the architecture (it has weights this architecture lacks" in line
+    torch.set_num_threads(1)
+
+
 def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path):
     """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
     96; a work folder resumes only at its own size, and a size off the grid is one line, exit 2."""

@@ -29,7 +29,7 @@ from retouch.shapes.world import HELD_OUT_SEED
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("mini", "mini-attn")  # the trainable ones of retouch.architecture.SIZES
+ARCHITECTURES = ("mini", "mini-attn", "mini-deep")  # the trainable ones of retouch.architecture.SIZES
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class TrainConfig:
     architecture: str = setting(
         "mini",
         "unet: the architecture (retouch.architecture.SIZES); from --init of a smaller one, the model"
-        " grows into it: the new cross-attention starts at zero, so training starts from its function",
+        " grows into it: the new blocks start as the identity, so training starts from its function",
         choices=ARCHITECTURES,
     )
     grown_lr_scale: float = setting(
@@ -297,25 +297,65 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def _deepen(state: dict, layers: int) -> dict:
+    """A shallower UNet's weights renamed for one of `layers` layers per block: each up block's
+    resnets and attentions after its first move up by the layers gained, so that each still reads the
+    skip it read (the new down layers pass their input through, so a down block's last skip is the
+    one its old last layer gave; the new up layers take the skips in between)."""
+    was = 1 + max(int(m[1]) for k in state if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k)))
+    gained = layers - was
+    if gained <= 0:
+        return state
+
+    def moved(key: str) -> str:
+        m = re.match(r"(up_blocks\.\d+\.(?:resnets|attentions)\.)(\d+)(\..*)", key)
+        return f"{m[1]}{int(m[2]) + gained}{m[3]}" if m and int(m[2]) >= 1 else key
+
+    return {moved(k): v for k, v in state.items()}
+
+
 def _grow_into(unet, state: dict) -> list[str]:
-    """Load a trained UNet's weights into `unet`, of the same architecture or one with cross-attention
-    at more levels: each new attention block's output projection starts at zero, so the block adds
-    nothing (its residual passes the features through) and `unet` computes what the trained one did."""
-    missing, unexpected = unet.load_state_dict(state, strict=False)
-    blocks = [re.match(r"(.*\.attentions\.\d+)\.", k) for k in missing]  # e.g. up_blocks.2.attentions.1
-    new = sorted({b.group(1) for b in blocks if b})
-    if unexpected or not all(blocks):
+    """Load a trained UNet's weights into `unet`, of the same architecture or a grown one: with
+    cross-attention at more levels, or more layers per block. Each new block starts as the identity:
+    an attention's output projection at zero (its residual passes the features through), a resnet's
+    last convolution at zero with its shortcut passing the features and dropping the skip it is
+    given, so `unet` computes what the trained one did. Returns the new blocks' names."""
+    state, own = _deepen(state, unet.config.layers_per_block), unet.state_dict()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    blocks = [
+        re.match(r"(.*\.(?:attentions|resnets)\.\d+)\.", k) for k in missing
+    ]  # up_blocks.2.attentions.1
+    new = sorted({b[1] for b in blocks if b})
+    if unexpected or reshaped or not all(blocks):
         if unexpected:
             odd = f"it has weights this architecture lacks: {', '.join(unexpected[:2])}"
+        elif reshaped:
+            odd = f"its weights have other shapes: {', '.join(reshaped[:2])}"
         else:
             odd = f"this architecture needs weights it lacks: {', '.join(missing[:2])}"
         raise ModelError(f"--init does not fit the architecture ({odd}, ...)")
-    for name in new:
-        out = unet.get_submodule(name).proj_out
-        torch.nn.init.zeros_(out.weight)
-        torch.nn.init.zeros_(out.bias)
+    unet.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for name in new:
+            block = unet.get_submodule(name)
+            last = block.proj_out if ".attentions." in name else block.conv2
+            last.weight.zero_()
+            last.bias.zero_()
+            if (
+                getattr(block, "conv_shortcut", None) is not None
+            ):  # [out, out + skip, 1, 1]: keep the features
+                block.conv_shortcut.weight.zero_()
+                block.conv_shortcut.bias.zero_()
+                n = block.conv_shortcut.weight.shape[0]
+                block.conv_shortcut.weight[:, :n, 0, 0] = torch.eye(n)
     if new:
-        log.info("grown: %d new attention blocks start at zero (%s ...)", len(new), new[0])
+        kinds = {k: sum(f".{k}." in n for n in new) for k in ("attentions", "resnets")}
+        log.info(
+            "grown: %d new attention blocks, %d new resnet blocks, starting as the identity (%s ...)",
+            kinds["attentions"], kinds["resnets"], new[0],
+        )  # fmt: skip
     return new
 
 
