@@ -110,7 +110,8 @@ def test_importing_the_cli_and_help_stay_light():
 
 
 def test_every_config_field_is_a_flag():
-    from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods import diffedit
+    from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig
     from retouch.methods.ledits import PRESETS, LEditsConfig
     from retouch.train import TrainConfig
 
@@ -118,7 +119,12 @@ def test_every_config_field_is_a_flag():
     for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
         assert s.flag in help_text
     options = {p.name: p for p in main.get_command(None, "edit").params}
-    assert set(options["preset"].type.choices) == set(PRESETS)
+    assert set(options["preset"].type.choices) == set(PRESETS) | set(diffedit.PRESETS)
+    mask_presets = {
+        n for n, p in diffedit.PRESETS.items() if all(k in MASK_FIELDS or "mask_" in k for k in p)
+    }
+    mask_options = {p.name: p for p in main.get_command(None, "mask").params}
+    assert set(mask_options["preset"].type.choices) == mask_presets == {"tight-mask"}
     assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
     assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")
     train_help = run("train", "vae", "--help").output
@@ -186,6 +192,37 @@ def test_edit_ledits_concepts_preset_and_per_concept_settings(image, tmp_path, m
     assert s["edit_scale"] == [9, 4]  # the flag beats the preset
     assert s["edit_warmup"] == 5 and s["preset"] == "object"  # the preset beats the default
     assert read_params(out)["method"] == "ledits"
+
+
+def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_path, model_args):
+    """--preset remove/tight-mask give diffedit their settings (recorded in the PNG), an explicit flag
+    beats the preset, the mask command takes tight-mask; a preset of the other method: one line."""
+    fast = ["--num-inference-steps", "10", "--json"]
+    result = edit(image, tmp_path / "a.png", model_args, "diffedit", "--preset", "remove", *fast)
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)["settings"]
+    assert s["encode_ratio"] == 1.0 and s["mask_threshold"] == 0.5
+    assert read_params(tmp_path / "a.png")["settings"]["encode_ratio"] == 1.0
+    flags = ["--preset", "tight-mask", "--mask-threshold", "0.7", *fast]
+    s = json.loads(edit(image, tmp_path / "b.png", model_args, "diffedit", *flags).stdout)["settings"]
+    assert s["mask_threshold"] == 0.7 and s["encode_ratio"] == 0.8
+    masks = {}
+    for name, extra in (("paper", []), ("tight", ["--preset", "tight-mask"])):
+        out = tmp_path / f"{name}.png"
+        texts = ["--query", QUERY, "--reference", REFERENCE]
+        result = run("mask", image, "-o", out, *texts, *model_args, *extra, "--json")
+        assert result.exit_code == 0, result.output
+        masks[name] = np.asarray(Image.open(out)) > 0
+    assert masks["tight"].sum() < masks["paper"].sum()
+    assert json.loads(result.stdout)["settings"]["mask_threshold"] == 0.8
+    line = one_error_line(edit(image, tmp_path / "c.png", model_args, "diffedit", "--preset", "object"))
+    assert "--preset object is not a diffedit preset; diffedit has tight-mask, remove" in line
+    line = one_error_line(
+        edit(image, tmp_path / "d.png", model_args, "ledits", "--add", "x", "--preset", "remove")
+    )
+    assert "preset" in line and "remove" in line
+    written = ["a.png", "b.png", "paper.overlay.png", "paper.png", "tight.overlay.png", "tight.png"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["scene.png", *written])
 
 
 def test_edit_ledits_target_prompt_human_summary(image, tmp_path, model_args):

@@ -131,8 +131,10 @@ def _read_mask(mask: str | None, image, label: str = "image"):
 @click.option("--remove", multiple=True, metavar="CONCEPT", help="ledits: a concept to remove (repeatable).")
 @click.option(
     "--preset",
-    type=click.Choice(["style", "face", "object"]),
-    help="ledits: the reference demo's concept settings; explicit flags override it.",
+    type=click.Choice(["style", "face", "object", "tight-mask", "remove"]),
+    help="Named settings; explicit flags override them. ledits: the reference demo's concept "
+    "settings (style, face, object); diffedit: tight-mask (mask threshold 0.8), remove (encode "
+    "ratio 1.0), measured in BENCHMARKS.md.",
 )
 @click.option(
     "--mask",
@@ -180,6 +182,9 @@ def edit(
     from retouch.methods import ledits as le
 
     given = given_settings(settings)
+    if method == "diffedit" and preset is not None:
+        given = {**_diffedit_preset(preset), **given}
+        preset = None
     if fast:
         given = {**(de.FAST if method == "diffedit" else le.FAST), **given}
     kw = _seed_kw(seed)
@@ -232,6 +237,15 @@ def edit(
         f"wrote {output} ({method}{cfg_text}, {result.unet_evals} UNet "
         f"evaluations, {sum(timings.values()):.1f} s){' — ' + result.message if result.message else ''}",
     )
+
+
+def _diffedit_preset(name: str) -> dict:
+    """DiffEdit's settings of a named preset, or a one-line error naming the ones it has."""
+    from retouch.methods.diffedit import PRESETS
+
+    if name not in PRESETS:
+        raise InputError(f"--preset {name} is not a diffedit preset; diffedit has {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def _not_for(method: str, **flags) -> None:
@@ -343,6 +357,11 @@ def _read_inversion(path: Path, img, source, given: dict):
 )
 @click.option("--query", required=True, help="The text the edited image should fit.")
 @click.option("--reference", default="", help="The text of what to change [default: empty].")
+@click.option(
+    "--preset",
+    type=click.Choice(["tight-mask"]),
+    help="DiffEdit's named mask settings (BENCHMARKS.md); explicit flags override them.",
+)
 @model_options
 @budget_options
 @_run_options
@@ -351,6 +370,7 @@ def mask(
     output,
     query,
     reference,
+    preset,
     model,
     device,
     dtype,
@@ -367,6 +387,8 @@ def mask(
     from retouch.methods.diffedit import DiffEditConfig, diffedit_mask
 
     given = given_settings(settings)
+    if preset is not None:
+        given = {**_diffedit_preset(preset), **given}
     (query,) = _texts([query], "query")
     cfg = _check_config(DiffEditConfig, "diffedit", given)
     kw = _seed_kw(seed)

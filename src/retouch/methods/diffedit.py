@@ -33,6 +33,12 @@ SOLVERS = ("ddim", "dpmsolver++")
 # The named fast setting: half the evaluations of the defaults at their quality on ShapesBench (the
 # paper's DDIM at N=20: 68 evaluations; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20)
+# Named settings for an edit's aim, each measured against the paper's defaults on ShapesBench
+# (BENCHMARKS.md, session 10); the defaults stay the paper's. Explicit settings override them.
+PRESETS = {
+    "tight-mask": dict(mask_threshold=0.8),  # the mask keeps closer to what changes (recolour IoU up)
+    "remove": dict(encode_ratio=1.0),  # encode to pure noise: the object's trace is not redrawn
+}
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 from retouch.errors import InputError, SettingError
 from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
+from retouch.methods.diffedit import PRESETS as DIFFEDIT_PRESETS
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import PRESETS, LEditsConfig
 from retouch.models import check_budget
@@ -38,6 +39,7 @@ CONCURRENCY = 2  # edits at once (a long one does not hold everyone); the rest a
 _STOPS: set[str] = set()  # sessions whose visitor pressed Stop during their edit
 CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
 PRESET_FIELDS = ("edit_scale", "edit_warmup", "edit_threshold")  # the order of PRESETS' tuples
+DIFFEDIT_PRESET_FIELDS = tuple(dict.fromkeys(k for p in DIFFEDIT_PRESETS.values() for k in p))
 RESULTS = Path(tempfile.gettempdir()) / "retouch-ui"  # the app's own result files
 KEEP_RESULTS_S = 3600
 # Small images (ShapesWorld's are 64x64) are shown scaled up, pixels kept sharp.
@@ -263,6 +265,13 @@ def build_app(
                     reference = gr.Textbox(
                         label="Reference", info="What the image shows now (optional)", elem_id="reference"
                     )
+                    diffedit_preset = gr.Dropdown(
+                        ["none", *DIFFEDIT_PRESETS],
+                        value="none",
+                        label="Preset",
+                        info="tight-mask: a closer mask; remove: for taking an object out",
+                        elem_id="diffedit-preset",
+                    )
                 with gr.Group(visible=False) as ledits_box:
                     source = gr.Textbox(
                         label="Source", info="The image's caption (optional)", elem_id="source"
@@ -326,6 +335,10 @@ def build_app(
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
         preset_targets = [fields["ledits"][n] for n in PRESET_FIELDS]
         preset.change(_preset_values, inputs=preset, outputs=preset_targets, queue=False)
+        diffedit_targets = [fields["diffedit"][n] for n in DIFFEDIT_PRESET_FIELDS]
+        diffedit_preset.change(
+            _diffedit_preset_values, inputs=diffedit_preset, outputs=diffedit_targets, queue=False
+        )
 
         form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
         texts = {
@@ -391,6 +404,13 @@ def _preset_values(preset: str):
         return [str(v) for v in PRESETS[preset]]
     defaults = form_defaults("ledits")
     return [defaults[n] for n in PRESET_FIELDS]
+
+
+def _diffedit_preset_values(preset: str):
+    """The form's DiffEdit fields that presets set (DIFFEDIT_PRESET_FIELDS), for a preset: its
+    values, the config's defaults for the rest ("none": the defaults)."""
+    values = {**form_defaults("diffedit"), **DIFFEDIT_PRESETS.get(preset, {})}
+    return [values[n] for n in DIFFEDIT_PRESET_FIELDS]
 
 
 def launch(
