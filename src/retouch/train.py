@@ -302,8 +302,8 @@ def _deepen(state: dict, layers: int) -> dict:
     resnets and attentions after its first move up by the layers gained, so that each still reads the
     skip it read (the new down layers pass their input through, so a down block's last skip is the
     one its old last layer gave; the new up layers take the skips in between)."""
-    was = 1 + max(int(m[1]) for k in state if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k)))
-    gained = layers - was
+    held = [int(m[1]) for k in state if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))]
+    gained = layers - 1 - max(held, default=layers)  # none held: not a UNet's, left for the check
     if gained <= 0:
         return state
 
@@ -324,9 +324,8 @@ def _grow_into(unet, state: dict) -> list[str]:
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
-    blocks = [
-        re.match(r"(.*\.(?:attentions|resnets)\.\d+)\.", k) for k in missing
-    ]  # up_blocks.2.attentions.1
+    # the blocks the weights lack, e.g. up_blocks.2.attentions.1 or down_blocks.0.resnets.1
+    blocks = [re.match(r"(.*\.(?:attentions|resnets)\.\d+)\.", k) for k in missing]
     new = sorted({b[1] for b in blocks if b})
     if unexpected or reshaped or not all(blocks):
         if unexpected:
@@ -343,9 +342,8 @@ def _grow_into(unet, state: dict) -> list[str]:
             last = block.proj_out if ".attentions." in name else block.conv2
             last.weight.zero_()
             last.bias.zero_()
-            if (
-                getattr(block, "conv_shortcut", None) is not None
-            ):  # [out, out + skip, 1, 1]: keep the features
+            if getattr(block, "conv_shortcut", None) is not None:
+                # an up block's new resnet reads [features, skip]: [out, out + skip, 1, 1] = [I, 0]
                 block.conv_shortcut.weight.zero_()
                 block.conv_shortcut.bias.zero_()
                 n = block.conv_shortcut.weight.shape[0]
