@@ -812,6 +812,47 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
     torch.set_num_threads(1)
 
 
+def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(tmp_path):
+    """--architecture mini-deep-text from the shipped model: the text encoder gains two layers after
+    its two, each starting as the identity, so the grown model encodes every caption exactly as the
+    shipped one does; after a step at a high rate the new layers have moved and it no longer does.
+    A model with the deeper text encoder does not go back into one with the shallower."""
+    import shutil
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from retouch.models import SHIPPED
+    from retouch.train import _tokenize
+
+    (tmp_path / "vae" / "ckpt").mkdir(parents=True)
+    shutil.copy(
+        SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
+    )
+    args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
+    args += ["--vae-work", tmp_path / "vae", "--ema-decay", "0"]
+    captions = ["a red circle and a blue square on a white background", "green triangle", ""]
+    old = CLIPTextModel.from_pretrained(SHIPPED / "text_encoder")
+    with torch.no_grad():
+        a = old(_tokenize(CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer"), captions))[0]  # [3, 77, 64]
+    for name, lr in (("kept", "1e-12"), ("moved", "1e-3")):
+        grow = ["--init", SHIPPED, "--architecture", "mini-deep-text", "--lr", lr, "--grown-lr-scale", "10"]
+        result = run("train", "unet", tmp_path / name, *args, *grow)
+        assert result.exit_code == 0, result.output
+        assert "grown: 2 new text encoder layers" in (tmp_path / name / "train.log").read_text()
+        out = ["--vae-work", tmp_path / "vae", "--unet-work", tmp_path / name]
+        assert run("train", "export", tmp_path / f"model-{name}", *out).exit_code == 0
+        new = CLIPTextModel.from_pretrained(tmp_path / f"model-{name}" / "text_encoder")
+        assert new.config.num_hidden_layers == 4 > old.config.num_hidden_layers
+        tok = CLIPTokenizer.from_pretrained(tmp_path / f"model-{name}" / "tokenizer")
+        with torch.no_grad():
+            gap = (new(_tokenize(tok, captions))[0] - a).abs().max()
+        assert (gap < 1e-5) if name == "kept" else (gap > 1e-3)
+    back = ["--init", tmp_path / "model-kept", "--architecture", "mini-deep"]
+    line = one_error_line(run("train", "unet", tmp_path / "back", *args, *back))
+    assert "text encoder does not fit the architecture (" in line
+    torch.set_num_threads(1)
+
+
 def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path):
     """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
     96; a work folder resumes only at its own size, and a size off the grid is one line, exit 2."""

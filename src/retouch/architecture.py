@@ -35,6 +35,7 @@ SIZES = {
 }
 SIZES["mini-attn"] = {**SIZES["mini"], "top": True}
 SIZES["mini-deep"] = {**SIZES["mini"], "layers": 2}  # two layers a block (SD's count): 8.1 M UNet parameters
+SIZES["mini-deep-text"] = {**SIZES["mini-deep"], "text_layers": 4}  # and a text encoder twice as deep
 
 
 def _bpe_merges(words: list[str]) -> list[tuple[str, str]]:

@@ -29,7 +29,12 @@ from retouch.shapes.world import HELD_OUT_SEED
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("mini", "mini-attn", "mini-deep")  # the trainable ones of retouch.architecture.SIZES
+ARCHITECTURES = (
+    "mini",
+    "mini-attn",
+    "mini-deep",
+    "mini-deep-text",
+)  # the trainable ones of retouch.architecture.SIZES
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class TrainConfig:
         choices=ARCHITECTURES,
     )
     grown_lr_scale: float = setting(
-        1.0, "unet: learning rate of the attention blocks a grown model gains, as a multiple of --lr"
+        1.0, "unet: learning rate of the blocks and text layers a grown model gains, as a multiple of --lr"
     )
     image_size: int = setting(
         64,
@@ -357,13 +362,40 @@ def _grow_into(unet, state: dict) -> list[str]:
     return new
 
 
-def _init_from(parts: dict, folder: Path) -> list[str]:
+def _grow_text_into(te, state: dict) -> list[str]:
+    """Load a trained text encoder's weights into `te`, of as many layers or more: each layer it
+    gains comes after the trained ones and starts as the identity (its attention's output projection
+    and its MLP's last layer at zero: both residual branches add nothing), so `te` encodes as the
+    trained one did. Returns the new layers' names."""
+    own = te.state_dict()
+    missing = [k for k in own if k not in state]
+    layers = [re.match(r"(.*\bencoder\.layers\.\d+)\.", k) for k in missing]  # e.g. encoder.layers.2
+    unexpected = [k for k in state if k not in own]
+    if unexpected or not all(layers):
+        odd = unexpected or missing
+        raise ModelError(f"--init's text encoder does not fit the architecture ({', '.join(odd[:2])}, ...)")
+    te.load_state_dict(state, strict=False)
+    new = sorted({m[1] for m in layers})
+    with torch.no_grad():
+        for name in new:
+            layer = te.get_submodule(name)
+            for last in (layer.self_attn.out_proj, layer.mlp.fc2):
+                last.weight.zero_()
+                last.bias.zero_()
+    if new:
+        log.info("grown: %d new text encoder layers, starting as the identity", len(new))
+    return new
+
+
+def _init_from(parts: dict, folder: Path) -> list:
     """Start from a trained model folder: its UNet, and its text encoder with token rows mapped by
     token string onto the new tokenizer (a word new to the grammar starts from the article's row).
-    Returns the UNet's attention blocks that the folder's model did not have (see `_grow_into`)."""
+    Returns the modules the folder's model did not have, which start as the identity (see
+    `_grow_into` and `_grow_text_into`)."""
     from transformers import CLIPTokenizer
 
-    new = _grow_into(parts["unet"], load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    unet, te = parts["unet"], parts["text_encoder"]
+    new = _grow_into(unet, load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     state = load_file(folder / "text_encoder" / "model.safetensors")
     key = next(k for k in state if k.endswith("token_embedding.weight"))
     old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
@@ -374,8 +406,8 @@ def _init_from(parts: dict, folder: Path) -> list[str]:
         if token in old_vocab:
             rows[i] = old_rows[old_vocab[token]]
     state[key] = rows
-    parts["text_encoder"].load_state_dict(state)
-    return new
+    new_text = _grow_text_into(te, state)
+    return [unet.get_submodule(n) for n in new] + [te.get_submodule(n) for n in new_text]
 
 
 @_logged
@@ -416,10 +448,11 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     ema_unet.load_state_dict(unet.state_dict())
     ema_te.load_state_dict(te.state_dict())
     pairs = [(ema_unet, unet), (ema_te, te)]
-    new = {id(p) for name in grown for p in unet.get_submodule(name).parameters()}
+    new = {id(p) for module in grown for p in module.parameters()}
+    trained = [*unet.parameters(), *te.parameters()]
     groups = [
-        {"params": [p for p in unet.parameters() if id(p) not in new] + list(te.parameters())},
-        {"params": [p for p in unet.parameters() if id(p) in new], "lr_scale": cfg.grown_lr_scale},
+        {"params": [p for p in trained if id(p) not in new]},
+        {"params": [p for p in trained if id(p) in new], "lr_scale": cfg.grown_lr_scale},
     ]
 
     def step_fn(step, gen):
