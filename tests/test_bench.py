@@ -260,6 +260,35 @@ def test_diffusers_diffedit_matches_retouch_cost(tiny_eps):
         assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32)
 
 
+def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
+    """diffedit_presets: a removal encodes to pure noise (N=3: encode 3, decode 2·3 = 6, mask 2),
+    a recolour keeps the paper's encoding but a tighter mask (threshold 0.8: inside diffedit's),
+    a reshape is diffedit's edit exactly."""
+    from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.diffedit import PRESETS, DiffEditConfig
+
+    assert set(KIND_PRESETS.values()) <= set(PRESETS)
+    s = Settings(diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1))
+    ctx = Context(tiny_eps)
+    calls = UNetCalls(tiny_eps.unet)
+    runs = {}
+    try:
+        for kind in ("remove", "recolor", "reshape"):
+            case = make_case(HELD_OUT_SEED, kind)
+            for m in ("diffedit", "diffedit_presets"):
+                runs[kind, m] = run_method(ctx, calls, METHODS[m], case, s, {})
+    finally:
+        calls.unwrap()
+    evals = {k: (prep.evals, edit.evals) for k, (_, prep, edit) in runs.items()}
+    assert evals["remove", "diffedit_presets"] == (3, 8) and evals["remove", "diffedit"] == (2, 6)
+    assert evals["recolor", "diffedit_presets"] == evals["recolor", "diffedit"] == (2, 6)
+    tight, paper = runs["recolor", "diffedit_presets"][0].mask, runs["recolor", "diffedit"][0].mask
+    assert tight.sum() < paper.sum() and not (tight & ~paper).any()
+    same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]
+    assert np.array_equal(same[0].image, same[1].image) and np.array_equal(same[0].mask, same[1].mask)
+
+
 def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_path):
     """Two worker processes share the cases; every row but the clocks is what one process writes."""
 

@@ -7,6 +7,7 @@ A second edit of the same image costs only `edit`: timing the two parts apart gi
 a first and of a second edit. Methods with the same `prep_key` share one preparation per case.
 
 retouch: diffedit (and the paper's ablations diffedit_no_mask, diffedit_no_encoding, sdedit);
+diffedit_presets (DiffEdit with the preset a user picks for the edit's kind, KIND_PRESETS);
 ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer").
 diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
 (LEditsPPPipelineStableDiffusion, concepts only: LEDITS++ has no target prompt).
@@ -114,6 +115,22 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
     from retouch.methods.diffedit import ddim_encoding
 
     return ddim_encoding(ctx.model, case.input_image, config=s.diffedit)
+
+
+# The DiffEdit preset (retouch.methods.diffedit.PRESETS) a user picks for each kind of edit; the
+# other kinds keep the settings run.
+KIND_PRESETS = {"recolor": "tight-mask", "remove": "remove"}
+
+
+def _preset_for(case: Case, s: Settings) -> Settings:
+    from retouch.methods.diffedit import PRESETS
+
+    name = KIND_PRESETS.get(case.kind)
+    return s if name is None else replace(s, diffedit=replace(s.diffedit, **PRESETS[name]))
+
+
+def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
+    return _diffedit("diffedit")(ctx, case, _preset_for(case, s), encoding)
 
 
 def _diffedit(mode: str) -> Callable:
@@ -251,6 +268,14 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("autoencoder", "none", _autoencoder, library="vae"),
         Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
+        Method(
+            "diffedit_presets",
+            "diffedit",
+            _diffedit_preset,
+            lambda ctx, case, s: _ddim_encoding(ctx, case, _preset_for(case, s)),
+            lambda s: ("presets", *_ddim_key(s)),  # the encoding of one case under its preset
+            has_mask=True,
+        ),
         Method("diffedit_no_mask", "diffedit", _diffedit("no_mask"), _ddim_encoding, _ddim_key),
         Method("diffedit_no_encoding", "diffedit", _diffedit("no_encoding"), has_mask=True),
         Method("sdedit", "diffedit", _diffedit("sdedit")),
