@@ -23,7 +23,7 @@ from fuzz import CAPTION, QUERY, build_corpus, scene
 gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
 
 from retouch.files import PNG_KEY  # noqa: E402
-from retouch.ui.app import _diffedit_preset_values, _preset_values, build_app, form_defaults, launch, run_edit  # noqa: E402
+from retouch.ui.app import _preset_values, build_app, form_defaults, launch, run_edit  # noqa: E402
 from retouch.ui.session import Cache  # noqa: E402
 
 torch.set_num_threads(1)
@@ -221,14 +221,14 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
 
 
 def test_presets_fill_the_form():
-    assert _preset_values("object") == ["15.0", "5", "0.95"]
-    assert _preset_values("none") == [
+    assert _preset_values("ledits", "object") == ["15.0", "5", "0.95"]
+    assert _preset_values("ledits", "none") == [
         form_defaults("ledits")[n] for n in ("edit_scale", "edit_warmup", "edit_threshold")
     ]
     paper = form_defaults("diffedit")
-    assert _diffedit_preset_values("tight-mask") == [0.8, paper["encode_ratio"]]
-    assert _diffedit_preset_values("remove") == [paper["mask_threshold"], 1.0]
-    assert _diffedit_preset_values("none") == [paper["mask_threshold"], paper["encode_ratio"]]
+    assert _preset_values("diffedit", "tight-mask") == [0.8, paper["encode_ratio"]]
+    assert _preset_values("diffedit", "remove") == [paper["mask_threshold"], 1.0]
+    assert _preset_values("diffedit", "none") == [paper["mask_threshold"], paper["encode_ratio"]]
 
 
 def test_the_form_is_derived_and_edits_run_two_at_a_time_the_rest_queued(ui_model):

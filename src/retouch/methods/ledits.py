@@ -33,8 +33,12 @@ from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
 
-# The reference demo's presets: (edit_scale, edit_warmup, edit_threshold)   (METHODS §4)
-PRESETS = {"style": (8.0, 2, 0.92), "face": (5.0, 2, 0.95), "object": (15.0, 5, 0.95)}
+# The reference demo's presets (METHODS §4): named settings, as DiffEdit's are
+PRESETS = {
+    "style": dict(edit_scale=8.0, edit_warmup=2, edit_threshold=0.92),
+    "face": dict(edit_scale=5.0, edit_warmup=2, edit_threshold=0.95),
+    "object": dict(edit_scale=15.0, edit_warmup=5, edit_threshold=0.95),
+}
 
 Number = float | Sequence[float]
 INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale", "solver")  # what invert() reads
@@ -100,8 +104,7 @@ def _config(config, preset, settings) -> LEditsConfig:
     if preset is not None:
         if preset not in PRESETS:
             raise SettingError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        s, w, t = PRESETS[preset]
-        cfg = with_settings(cfg, dict(edit_scale=s, edit_warmup=w, edit_threshold=t))
+        cfg = with_settings(cfg, PRESETS[preset])
     cfg = with_settings(cfg, settings)
     cfg.check()
     return cfg

@@ -11,6 +11,7 @@ only reads files Gradio received as uploads and only writes its own result files
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 import uuid
@@ -25,9 +26,9 @@ from PIL import Image
 from retouch.errors import InputError, SettingError
 from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
-from retouch.methods.diffedit import PRESETS as DIFFEDIT_PRESETS
+from retouch.methods import diffedit, ledits
 from retouch.methods.diffedit import DiffEditConfig
-from retouch.methods.ledits import PRESETS, LEditsConfig
+from retouch.methods.ledits import LEditsConfig
 from retouch.models import check_budget
 from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
@@ -38,8 +39,11 @@ TIME_LIMIT_S = 120.0  # per edit; the edit stops at its next step past it
 CONCURRENCY = 2  # edits at once (a long one does not hold everyone); the rest are queued
 _STOPS: set[str] = set()  # sessions whose visitor pressed Stop during their edit
 CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
-PRESET_FIELDS = ("edit_scale", "edit_warmup", "edit_threshold")  # the order of PRESETS' tuples
-DIFFEDIT_PRESET_FIELDS = tuple(dict.fromkeys(k for p in DIFFEDIT_PRESETS.values() for k in p))
+PRESETS = {"diffedit": diffedit.PRESETS, "ledits": ledits.PRESETS}  # each method's named settings
+# the fields a method's presets set: a preset fills them (its values, the defaults for those it leaves)
+PRESET_FIELDS = {
+    m: tuple(dict.fromkeys(k for p in presets.values() for k in p)) for m, presets in PRESETS.items()
+}
 RESULTS = Path(tempfile.gettempdir()) / "retouch-ui"  # the app's own result files
 KEEP_RESULTS_S = 3600
 # Small images (ShapesWorld's are 64x64) are shown scaled up, pixels kept sharp.
@@ -49,11 +53,12 @@ CSS = (
 )
 
 
-def shown(s: Setting):
-    """A setting's default as the form shows it (per-concept fields are text)."""
+def shown(s: Setting, value=None):
+    """A setting's value (its default if None) as the form shows it (per-concept fields are text)."""
+    value = s.default if value is None else value
     if s.kind == "per_concept":
-        return "" if s.default is None else str(s.default)
-    return s.default
+        return "" if value is None else str(value)
+    return value
 
 
 def form_defaults(method: str) -> dict:
@@ -266,7 +271,7 @@ def build_app(
                         label="Reference", info="What the image shows now (optional)", elem_id="reference"
                     )
                     diffedit_preset = gr.Dropdown(
-                        ["none", *DIFFEDIT_PRESETS],
+                        ["none", *PRESETS["diffedit"]],
                         value="none",
                         label="Preset",
                         info="tight-mask: a closer mask; remove: for taking an object out",
@@ -283,7 +288,7 @@ def build_app(
                     prompt = gr.Textbox(label="Target prompt", info="Optional", elem_id="prompt")
                     with gr.Row():
                         preset = gr.Dropdown(
-                            ["none", *PRESETS], value="none", label="Preset", elem_id="preset"
+                            ["none", *PRESETS["ledits"]], value="none", label="Preset", elem_id="preset"
                         )
                         mask = gr.Radio(
                             ["none", "infer"],
@@ -333,12 +338,10 @@ def build_app(
 
         boxes = [diffedit_box, ledits_box, fields["diffedit"]["_box"], fields["ledits"]["_box"]]
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
-        preset_targets = [fields["ledits"][n] for n in PRESET_FIELDS]
-        preset.change(_preset_values, inputs=preset, outputs=preset_targets, queue=False)
-        diffedit_targets = [fields["diffedit"][n] for n in DIFFEDIT_PRESET_FIELDS]
-        diffedit_preset.change(
-            _diffedit_preset_values, inputs=diffedit_preset, outputs=diffedit_targets, queue=False
-        )
+        for name, dropdown in (("ledits", preset), ("diffedit", diffedit_preset)):
+            targets = [fields[name][n] for n in PRESET_FIELDS[name]]
+            fill = functools.partial(_preset_values, name)
+            dropdown.change(fill, inputs=dropdown, outputs=targets, queue=False)
 
         form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
         texts = {
@@ -398,19 +401,12 @@ def _show_method(method: str):
     return [gr.update(visible=d), gr.update(visible=m), gr.update(visible=d), gr.update(visible=m)]
 
 
-def _preset_values(preset: str):
-    """The form's edit_* fields for a preset ("none": the config's defaults)."""
-    if preset in PRESETS:
-        return [str(v) for v in PRESETS[preset]]
-    defaults = form_defaults("ledits")
-    return [defaults[n] for n in PRESET_FIELDS]
-
-
-def _diffedit_preset_values(preset: str):
-    """The form's DiffEdit fields that presets set (DIFFEDIT_PRESET_FIELDS), for a preset: its
-    values, the config's defaults for the rest ("none": the defaults)."""
-    values = {**form_defaults("diffedit"), **DIFFEDIT_PRESETS.get(preset, {})}
-    return [values[n] for n in DIFFEDIT_PRESET_FIELDS]
+def _preset_values(method: str, preset: str) -> list:
+    """The form's values of the fields `method`'s presets set (PRESET_FIELDS), for a preset: its
+    values, the config's defaults for the fields it leaves ("none": the defaults)."""
+    fields = {s.name: s for s in settings_fields(CONFIGS[method])}
+    values = {**form_defaults(method), **PRESETS[method].get(preset, {})}
+    return [shown(fields[n], values[n]) for n in PRESET_FIELDS[method]]
 
 
 def launch(
