@@ -201,11 +201,11 @@ def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_pat
     result = edit(image, tmp_path / "a.png", model_args, "diffedit", "--preset", "remove", *fast)
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)["settings"]
-    assert s["encode_ratio"] == 1.0 and s["mask_threshold"] == 0.5
-    assert read_params(tmp_path / "a.png")["settings"]["encode_ratio"] == 1.0
+    assert s["encode_ratio"] == 1.0 and s["mask_threshold"] == 0.5 and s["preset"] == "remove"
+    assert read_params(tmp_path / "a.png")["settings"] == s
     flags = ["--preset", "tight-mask", "--mask-threshold", "0.7", *fast]
     s = json.loads(edit(image, tmp_path / "b.png", model_args, "diffedit", *flags).stdout)["settings"]
-    assert s["mask_threshold"] == 0.7 and s["encode_ratio"] == 0.8
+    assert s["mask_threshold"] == 0.7 and s["encode_ratio"] == 0.8 and s["preset"] == "tight-mask"
     masks = {}
     for name, extra in (("paper", []), ("tight", ["--preset", "tight-mask"])):
         out = tmp_path / f"{name}.png"
@@ -214,7 +214,8 @@ def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_pat
         assert result.exit_code == 0, result.output
         masks[name] = np.asarray(Image.open(out)) > 0
     assert masks["tight"].sum() < masks["paper"].sum()
-    assert json.loads(result.stdout)["settings"]["mask_threshold"] == 0.8
+    s = json.loads(result.stdout)["settings"]
+    assert s["mask_threshold"] == 0.8 and s["preset"] == "tight-mask"
     line = one_error_line(edit(image, tmp_path / "c.png", model_args, "diffedit", "--preset", "object"))
     assert "--preset object is not a diffedit preset; diffedit has tight-mask, remove" in line
     line = one_error_line(

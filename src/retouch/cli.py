@@ -182,9 +182,10 @@ def edit(
     from retouch.methods import ledits as le
 
     given = given_settings(settings)
+    named = None  # a DiffEdit preset: its settings, and its name in the record as LEDITS' is
     if method == "diffedit" and preset is not None:
         given = {**_diffedit_preset(preset), **given}
-        preset = None
+        named, preset = preset, None
     if fast:
         given = {**(de.FAST if method == "diffedit" else le.FAST), **given}
     kw = _seed_kw(seed)
@@ -208,11 +209,12 @@ def edit(
     with progress_bars(not (quiet or no_progress)) as progress:
         result = run(bundle, user_mask, progress, kw)
     timings = {"load": t_load, **result.timings}
+    settings_out = result.settings if named is None else {**result.settings, "preset": named}
     params = {
         "model": bundle.model_id,
         "fingerprint": bundle.fingerprint,
         "method": method,
-        "settings": result.settings,
+        "settings": settings_out,
         "seed": result.seed,
         "retouch": __version__,
     }
@@ -223,7 +225,7 @@ def edit(
         "output": str(output),
         "method": method,
         "model": bundle.model_id,
-        "settings": result.settings,
+        "settings": settings_out,
         "seed": result.seed,
         "unet_evals": result.unet_evals,
         "mask_area": None if result.mask is None else result.mask.area,
@@ -234,7 +236,7 @@ def edit(
         summary,
         as_json,
         quiet,
-        f"wrote {output} ({method}{cfg_text}, {result.unet_evals} UNet "
+        f"wrote {output} ({method}{cfg_text}{f', preset {named}' if named else ''}, {result.unet_evals} UNet "
         f"evaluations, {sum(timings.values()):.1f} s){' — ' + result.message if result.message else ''}",
     )
 
@@ -407,6 +409,7 @@ def mask(
         "reference": reference,
         **dataclasses.asdict(cfg),
         "model": bundle.model_id,
+        **({"preset": preset} if preset else {}),
     }
     params = {
         "model": bundle.model_id,
