@@ -35,6 +35,21 @@ def tiny(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mini_model(tmp_path_factory):
+    """A model folder of the "mini" architecture (one layer a UNet block, two text layers: what the
+    larger ones grow from), random weights but the shipped autoencoder and vocabulary."""
+    from safetensors.torch import load_file
+
+    from retouch.architecture import build_components, save_pipeline
+    from retouch.models import SHIPPED
+
+    folder = tmp_path_factory.mktemp("mini")
+    parts = build_components("mini", tokenizer_dir=folder / "tokenizer", seed=0)
+    parts["vae"].load_state_dict(load_file(SHIPPED / "vae" / "diffusion_pytorch_model.safetensors"))
+    return save_pipeline(folder / "model", parts)
+
+
+@pytest.fixture(scope="session")
 def shipped():
     """The shipped ShapesWorld model, on the CPU in float32."""
     import retouch

@@ -650,7 +650,7 @@ def test_outputs_name_the_model_not_its_install_path(image, tmp_path, model_args
     assert "/" not in params["model"] and "/" not in params["settings"]["model"]
 
 
-def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
+def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path, mini_model):
     """--init keeps the model's weights and maps its token rows onto the new vocabulary by string."""
     import shutil
 
@@ -681,7 +681,9 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
         "--lr",
         "1e-12",
     ]
-    result = run("train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "vae", "--init", SHIPPED, *args)
+    result = run(
+        "train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "vae", "--init", mini_model, *args
+    )
     assert result.exit_code == 0, result.output
     assert "initialised from" in (tmp_path / "unet" / "train.log").read_text()
     result = run(
@@ -694,8 +696,10 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
         tmp_path / "unet",
     )
     assert result.exit_code == 0, result.output
-    old_tok, new_tok = (CLIPTokenizer.from_pretrained(p / "tokenizer") for p in (SHIPPED, tmp_path / "model"))
-    old, new = (load_file(p / "text_encoder" / "model.safetensors") for p in (SHIPPED, tmp_path / "model"))
+    old_tok, new_tok = (
+        CLIPTokenizer.from_pretrained(p / "tokenizer") for p in (mini_model, tmp_path / "model")
+    )
+    old, new = (load_file(p / "text_encoder" / "model.safetensors") for p in (mini_model, tmp_path / "model"))
     key = next(k for k in new if k.endswith("token_embedding.weight"))
     for word in ("red</w>", "circle</w>", "background</w>"):  # same rows, whatever their new ids
         assert torch.allclose(
@@ -705,9 +709,9 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path):
     torch.set_num_threads(1)
 
 
-def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
-    """--architecture mini-attn from the shipped model: the exported model has cross-attention at its
-    top level too, and (the new attention starting at zero) predicts what the shipped model predicts;
+def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, mini_model):
+    """--architecture mini-attn from a mini model: the exported model has cross-attention at its
+    top level too, and (the new attention starting at zero) predicts what the mini model predicts;
     stored in float16 it takes half the bytes and loads as float32, predicting within rounding.
     --grown-lr-scale trains the new blocks alone at a higher rate.
     The grown model cannot be squeezed back into the smaller architecture: one line, exit 2."""
@@ -724,12 +728,14 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     )
     args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
     args += ["--lr", "1e-12", "--vae-work", tmp_path / "vae"]
-    result = run("train", "unet", tmp_path / "unet", "--init", SHIPPED, "--architecture", "mini-attn", *args)
+    result = run(
+        "train", "unet", tmp_path / "unet", "--init", mini_model, "--architecture", "mini-attn", *args
+    )
     assert result.exit_code == 0, result.output
     assert "grown: 3 new attention blocks" in (tmp_path / "unet" / "train.log").read_text()
     work = ["--vae-work", tmp_path / "vae", "--unet-work", tmp_path / "unet"]
     assert run("train", "export", tmp_path / "model", *work).exit_code == 0
-    old, new = (UNet2DConditionModel.from_pretrained(p / "unet") for p in (SHIPPED, tmp_path / "model"))
+    old, new = (UNet2DConditionModel.from_pretrained(p / "unet") for p in (mini_model, tmp_path / "model"))
     assert new.config.down_block_types[0] == "CrossAttnDownBlock2D" != old.config.down_block_types[0]
     assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
     gen = torch.Generator().manual_seed(0)
@@ -747,13 +753,13 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     assert next(half.parameters()).dtype == torch.float32
     with torch.no_grad():
         assert 1e-6 < (half(x, torch.tensor([50, 700]), text).sample - b).abs().max() < 1e-2 * a.abs().max()
-    fast = ["--grown-lr-scale", "1e9", "--init", SHIPPED, "--architecture", "mini-attn"]
+    fast = ["--grown-lr-scale", "1e9", "--init", mini_model, "--architecture", "mini-attn"]
     assert run("train", "unet", tmp_path / "fast", *fast, *args).exit_code == 0
     live = load_file(tmp_path / "fast" / "ckpt" / "unet.safetensors")  # after one step at lr 1e-12, 1e-3
-    shipped = load_file(SHIPPED / "unet" / "diffusion_pytorch_model.safetensors")
+    kept = load_file(mini_model / "unet" / "diffusion_pytorch_model.safetensors")
     assert live["down_blocks.0.attentions.0.proj_out.weight"].abs().min() > 1e-4  # grown: moved
-    assert all((live[k] - v).abs().max() < 1e-6 for k, v in shipped.items())  # the rest: kept
-    line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", SHIPPED, *args))
+    assert all((live[k] - v).abs().max() < 1e-6 for k, v in kept.items())  # the rest: kept
+    line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", mini_model, *args))
     assert "holds a model of architecture mini-attn: resume it with --architecture mini-attn" in line
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
@@ -762,11 +768,11 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path):
     torch.set_num_threads(1)
 
 
-def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
-    """--architecture mini-deep from the shipped model: every block gains a resnet (and an attention
+def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path, mini_model):
+    """--architecture mini-deep from a mini model: every block gains a resnet (and an attention
     where it attends), the up blocks' old layers keep reading the skips they read, so the grown UNet
-    predicts exactly what the shipped one does; after a step at a high rate the new blocks have moved
-    and it no longer does. Exported in float16 it is no larger than the shipped float32 UNet and loads
+    predicts exactly what the mini one does; after a step at a high rate the new blocks have moved
+    and it no longer does. Exported in float16 it is no larger than the mini float32 UNet and loads
     with StableDiffusionPipeline. A deeper model does not go back into a shallower one."""
     import shutil
 
@@ -779,9 +785,9 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
         SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
     )
     args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
-    args += ["--vae-work", tmp_path / "vae", "--init", SHIPPED, "--architecture", "mini-deep"]
+    args += ["--vae-work", tmp_path / "vae", "--init", mini_model, "--architecture", "mini-deep"]
     work = ["--vae-work", tmp_path / "vae"]
-    old = UNet2DConditionModel.from_pretrained(SHIPPED / "unet")
+    old = UNet2DConditionModel.from_pretrained(mini_model / "unet")
     gen = torch.Generator().manual_seed(0)
     x, text = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 64, generator=gen)
     t = torch.tensor([50, 700])
@@ -802,7 +808,7 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
             assert gap < 1e-2 * a.abs().max()
             assert sum(p.numel() for p in new.parameters()) > 1.4 * sum(p.numel() for p in old.parameters())
             size = (tmp_path / "model-kept" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
-            assert size <= (SHIPPED / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+            assert size <= (mini_model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
             pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model-kept", safety_checker=None)
             assert pipe.unet.config.layers_per_block == 2
         else:
@@ -810,13 +816,14 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path):
     back = ["--init", tmp_path / "model-kept", "--vae-work", tmp_path / "vae"]
     line = one_error_line(run("train", "unet", tmp_path / "back", *args[:8], *back))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
+    assert line.endswith("--init is a mini-deep model")
     torch.set_num_threads(1)
 
 
-def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(tmp_path):
-    """--architecture mini-deep-text from the shipped model: the text encoder gains two layers after
+def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(tmp_path, mini_model):
+    """--architecture mini-deep-text from a mini model: the text encoder gains two layers after
     its two, each starting as the identity, so the grown model encodes every caption exactly as the
-    shipped one does; after a step at a high rate the new layers have moved and it no longer does.
+    mini one does; after a step at a high rate the new layers have moved and it no longer does.
     A model with the deeper text encoder does not go back into one with the shallower."""
     import shutil
 
@@ -832,11 +839,22 @@ def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(
     args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "1"]
     args += ["--vae-work", tmp_path / "vae", "--ema-decay", "0"]
     captions = ["a red circle and a blue square on a white background", "green triangle", ""]
-    old = CLIPTextModel.from_pretrained(SHIPPED / "text_encoder")
+    old = CLIPTextModel.from_pretrained(mini_model / "text_encoder")
     with torch.no_grad():
-        a = old(_tokenize(CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer"), captions))[0]  # [3, 77, 64]
+        a = old(_tokenize(CLIPTokenizer.from_pretrained(mini_model / "tokenizer"), captions))[
+            0
+        ]  # [3, 77, 64]
     for name, lr in (("kept", "1e-12"), ("moved", "1e-3")):
-        grow = ["--init", SHIPPED, "--architecture", "mini-deep-text", "--lr", lr, "--grown-lr-scale", "10"]
+        grow = [
+            "--init",
+            mini_model,
+            "--architecture",
+            "mini-deep-text",
+            "--lr",
+            lr,
+            "--grown-lr-scale",
+            "10",
+        ]
         result = run("train", "unet", tmp_path / name, *args, *grow)
         assert result.exit_code == 0, result.output
         assert "grown: 2 new text encoder layers" in (tmp_path / name / "train.log").read_text()
@@ -854,7 +872,7 @@ def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(
     torch.set_num_threads(1)
 
 
-def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path):
+def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path, mini_model):
     """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
     96; a work folder resumes only at its own size, and a size off the grid is one line, exit 2."""
     import shutil
@@ -867,7 +885,7 @@ def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tm
         SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae" / "ckpt" / "vae.safetensors"
     )
     args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "4", "--threads", "1", "--warmup", "1"]
-    args += ["--vae-work", tmp_path / "vae", "--init", SHIPPED]
+    args += ["--vae-work", tmp_path / "vae", "--init", mini_model]
     result = run("train", "unet", tmp_path / "unet", "--image-size", "96", *args)
     assert result.exit_code == 0, result.output
     from safetensors.torch import load_file, save_file

@@ -387,11 +387,37 @@ def _grow_text_into(te, state: dict) -> list[str]:
     return new
 
 
+def _model_architecture(folder: Path) -> str | None:
+    """Which of ARCHITECTURES a model folder's UNet and text encoder are, None if none."""
+    from retouch.architecture import SIZES
+
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    for name in ARCHITECTURES:
+        s = SIZES[name]
+        if (
+            list(unet.get("block_out_channels", ())) == list(s["unet"])
+            and unet.get("layers_per_block") == s["layers"]
+            and (unet.get("down_block_types", [""])[0] == "CrossAttnDownBlock2D") == s.get("top", False)
+            and text.get("num_hidden_layers") == s["text_layers"]
+        ):
+            return name
+    return None
+
+
 def _init_from(parts: dict, folder: Path) -> list:
     """Start from a trained model folder: its UNet, and its text encoder with token rows mapped by
     token string onto the new tokenizer (a word new to the grammar starts from the article's row).
     Returns the modules the folder's model did not have, which start as the identity (see
     `_grow_into` and `_grow_text_into`)."""
+    try:
+        return _load_init(parts, folder)
+    except ModelError as e:
+        name = _model_architecture(folder)
+        raise ModelError(f"{e}; --init is a {name} model" if name else str(e)) from None
+
+
+def _load_init(parts: dict, folder: Path) -> list:
     from transformers import CLIPTokenizer
 
     unet, te = parts["unet"], parts["text_encoder"]
@@ -428,7 +454,6 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
                 flag = "--" + name.replace("_", "-")
                 raise SettingError(f"{work} holds a model of {name} {was}: resume it with {flag} {was}")
     parts = build_components(cfg.architecture, tokenizer_dir=work / "tokenizer", seed=cfg.seed)
-    (work / ARCHITECTURE_FILE).write_text(json.dumps(kind))
     vae, unet, te, tok = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     vae.load_state_dict(load_file(vae_work / "ckpt" / "vae.safetensors"))
     vae.eval()
@@ -437,6 +462,7 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
         grown = _init_from(parts, init)
         scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
         log.info("initialised from %s, scaling factor %s", init, scale)
+    (work / ARCHITECTURE_FILE).write_text(json.dumps(kind))  # once the weights fit it
     latents, seeds, scale = _latent_dataset(work, vae, cfg, scale)
     scenes = [_scene_of(s, cfg) for s in seeds.tolist()]
     log.info("dataset %s scaling factor %.4f", tuple(latents.shape), scale)
