@@ -29,12 +29,8 @@ from retouch.shapes.world import HELD_OUT_SEED
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = (
-    "mini",
-    "mini-attn",
-    "mini-deep",
-    "mini-deep-text",
-)  # the trainable ones of retouch.architecture.SIZES
+# the trainable ones of retouch.architecture.SIZES
+ARCHITECTURES = ("mini", "mini-attn", "mini-deep", "mini-deep-text")
 
 
 @dataclass(frozen=True)
