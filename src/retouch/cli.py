@@ -203,6 +203,8 @@ def edit(
         preset=preset,
         inversion=inversion,
     )
+    if named:
+        cfg_text += f", preset {named}"
     user_mask = _read_mask(mask, img)
     check_output(output, [image, mask if mask not in (None, "infer") else None, inversion])
     bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
@@ -236,7 +238,7 @@ def edit(
         summary,
         as_json,
         quiet,
-        f"wrote {output} ({method}{cfg_text}{f', preset {named}' if named else ''}, {result.unet_evals} UNet "
+        f"wrote {output} ({method}{cfg_text}, {result.unet_evals} UNet "
         f"evaluations, {sum(timings.values()):.1f} s){' — ' + result.message if result.message else ''}",
     )
 

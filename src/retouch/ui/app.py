@@ -405,8 +405,9 @@ def _preset_values(method: str, preset: str) -> list:
     """The form's values of the fields `method`'s presets set (PRESET_FIELDS), for a preset: its
     values, the config's defaults for the fields it leaves ("none": the defaults)."""
     fields = {s.name: s for s in settings_fields(CONFIGS[method])}
-    values = {**form_defaults(method), **PRESETS[method].get(preset, {})}
-    return [shown(fields[n], values[n]) for n in PRESET_FIELDS[method]]
+    chosen = {k: shown(fields[k], v) for k, v in PRESETS[method].get(preset, {}).items()}
+    values = {**form_defaults(method), **chosen}  # both as the form shows them
+    return [values[n] for n in PRESET_FIELDS[method]]
 
 
 def launch(
