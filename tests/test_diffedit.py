@@ -274,6 +274,37 @@ def test_reusing_a_mask_and_an_encoding_costs_only_the_decoding(tiny_eps, unet_i
     assert torch.equal(out.latents, fresh.latents)  # same seed: reusing changes nothing but the cost
 
 
+def test_a_preset_sets_its_settings_under_explicit_ones_and_is_recorded(tiny_eps, unet_inputs):
+    """preset="remove" encodes through every step (N=4: mask 4 + encode 4 + decode 8) and is
+    recorded by name; an explicit setting beats it; a batch's preset serves the edits that name
+    none; tight-mask's mask lies inside the paper's; an unknown name fails before any UNet call."""
+    img = small_image()
+    seen = unet_inputs(tiny_eps)
+    out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, preset="remove", **FAST)
+    assert out.unet_evals == evals(seen) == 4 + 4 + 8
+    assert out.settings["preset"] == "remove" and out.settings["encode_ratio"] == 1.0
+    assert retouch.ddim_encoding(tiny_eps, img, preset="remove", **FAST).encode_ratio == 1.0
+    explicit = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, preset="remove", encode_ratio=0.5, **FAST)
+    assert explicit.settings["encode_ratio"] == 0.5
+    paper = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, **FAST)
+    assert paper.settings["preset"] is None and paper.settings["encode_ratio"] == 0.8
+    edits = [dict(query=QUERY, reference=REFERENCE), dict(query=QUERY, reference=REFERENCE, preset=None)]
+    tight, own = retouch.diffedit_many(tiny_eps, img, edits, preset="tight-mask", **FAST)
+    assert (tight.settings["preset"], tight.settings["mask_threshold"]) == ("tight-mask", 0.8)
+    assert (own.settings["preset"], own.settings["mask_threshold"]) == (None, 0.5)
+    assert torch.equal(own.mask.latent, paper.mask.latent)
+    assert bool((tight.mask.latent <= own.mask.latent).all()) and tight.mask.area < own.mask.area
+    assert torch.equal(
+        retouch.diffedit_mask(tiny_eps, img, QUERY, REFERENCE, preset="tight-mask", **FAST).latent,
+        tight.mask.latent,
+    )
+    seen.clear()
+    for call in (retouch.diffedit, retouch.diffedit_mask):
+        with pytest.raises(SettingError, match="preset must be one of tight-mask, remove, got 'object'"):
+            call(tiny_eps, img, QUERY, REFERENCE, preset="object")
+    assert seen == []
+
+
 def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tiny_v, unet_inputs):
     img = small_image()
     enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5)

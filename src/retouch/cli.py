@@ -88,14 +88,18 @@ def _report(summary: dict, as_json: bool, quiet: bool, line: str) -> None:
         click.echo(line)
 
 
-def _check_config(config_cls, method: str, given: dict):
-    from retouch.settings import with_settings
+def _check_config(config_cls, method: str, given: dict, preset: str | None = None, presets=None):
+    """The settings given (over the preset named, one of the method's `presets`), checked before
+    the model loads: one line naming what is wrong."""
+    from retouch.settings import with_preset, with_settings
 
     names = {f.name for f in dataclasses.fields(config_cls)}
     for name in given:
         if name not in names:
             raise InputError(f"--{name.replace('_', '-')} is not a {method} setting")
-    cfg = with_settings(config_cls(), given)
+    if preset is not None and preset not in presets:
+        raise InputError(f"--preset {preset} is not a {method} preset; {method} has {', '.join(presets)}")
+    cfg = with_settings(with_preset(config_cls(), presets or {}, preset), given)
     cfg.check()
     return cfg
 
@@ -182,10 +186,6 @@ def edit(
     from retouch.methods import ledits as le
 
     given = given_settings(settings)
-    named = None  # a DiffEdit preset: its settings, and its name in the record as LEDITS' is
-    if method == "diffedit" and preset is not None:
-        given = {**_diffedit_preset(preset), **given}
-        named, preset = preset, None
     if fast:
         given = {**(de.FAST if method == "diffedit" else le.FAST), **given}
     kw = _seed_kw(seed)
@@ -203,15 +203,13 @@ def edit(
         preset=preset,
         inversion=inversion,
     )
-    if named:
-        cfg_text += f", preset {named}"
     user_mask = _read_mask(mask, img)
     check_output(output, [image, mask if mask not in (None, "infer") else None, inversion])
     bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
     with progress_bars(not (quiet or no_progress)) as progress:
         result = run(bundle, user_mask, progress, kw)
     timings = {"load": t_load, **result.timings}
-    settings_out = result.settings if named is None else {**result.settings, "preset": named}
+    settings_out = result.settings
     params = {
         "model": bundle.model_id,
         "fingerprint": bundle.fingerprint,
@@ -243,30 +241,21 @@ def edit(
     )
 
 
-def _diffedit_preset(name: str) -> dict:
-    """DiffEdit's settings of a named preset, or a one-line error naming the ones it has."""
-    from retouch.methods.diffedit import PRESETS
-
-    if name not in PRESETS:
-        raise InputError(f"--preset {name} is not a diffedit preset; diffedit has {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
 def _not_for(method: str, **flags) -> None:
     for name, value in flags.items():
         if value:
             raise InputError(f"--{name} is not used by --method {method}")
 
 
-def _diffedit_inputs(img, given, query, reference, **unused):
+def _diffedit_inputs(img, given, query, reference, preset, **unused):
     """Check a diffedit edit's inputs; return run(bundle, mask, progress, seed_kw) and a label."""
-    from retouch.methods.diffedit import DiffEditConfig, diffedit
+    from retouch.methods.diffedit import PRESETS, DiffEditConfig, diffedit
 
     _not_for("diffedit", **unused)
     if query is None:
         raise InputError("--method diffedit needs --query TEXT")
     (query,) = _texts([query], "query")
-    _check_config(DiffEditConfig, "diffedit", given)
+    _check_config(DiffEditConfig, "diffedit", given, preset, PRESETS)
 
     def run(bundle, mask, progress, kw):
         return diffedit(
@@ -276,16 +265,17 @@ def _diffedit_inputs(img, given, query, reference, **unused):
             reference or "",
             mask=None if mask == "infer" else mask,
             progress=progress,
+            preset=preset,
             **kw,
             **given,
         )
 
-    return run, ""
+    return run, f", preset {preset}" if preset else ""
 
 
 def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, **unused):
     """Check a ledits edit's inputs (and its saved inversion); return run(...) and a label."""
-    from retouch.methods.ledits import LEditsConfig, ledits
+    from retouch.methods.ledits import PRESETS, LEditsConfig, ledits
     from retouch.settings import settings_fields
 
     _not_for("ledits", **unused)
@@ -295,7 +285,7 @@ def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, *
     if not (prompt or add or remove):
         raise InputError("--method ledits needs --prompt TEXT or at least one --add/--remove CONCEPT")
     inv = None if inversion is None else _read_inversion(inversion, img, source, given)
-    _check_config(LEditsConfig, "ledits", given)
+    _check_config(LEditsConfig, "ledits", given, preset, PRESETS)
     for s in settings_fields(LEditsConfig):
         if s.kind == "per_concept":
             _check_finite(s.name, given.get(s.name))
@@ -388,13 +378,11 @@ def mask(
 ):
     """DiffEdit's mask of IMAGE alone: where QUERY and REFERENCE disagree."""
     from retouch.latents import load_image
-    from retouch.methods.diffedit import DiffEditConfig, diffedit_mask
+    from retouch.methods.diffedit import PRESETS, DiffEditConfig, diffedit_mask
 
     given = given_settings(settings)
-    if preset is not None:
-        given = {**_diffedit_preset(preset), **given}
     (query,) = _texts([query], "query")
-    cfg = _check_config(DiffEditConfig, "diffedit", given)
+    cfg = _check_config(DiffEditConfig, "diffedit", given, preset, PRESETS)
     kw = _seed_kw(seed)
     img = load_image(image)
     overlay_path = output.with_name(f"{output.stem}.overlay{output.suffix}")
@@ -403,15 +391,15 @@ def mask(
     bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
     img = fit_image(bundle, img, quiet)
     t0 = time.perf_counter()
-    m = diffedit_mask(bundle, img, query, reference, **kw, **given)
+    m = diffedit_mask(bundle, img, query, reference, preset=preset, **kw, **given)
     timings = {"load": t_load, "mask": time.perf_counter() - t0}
     settings_out = {
         "method": "diffedit_mask",
         "query": query,
         "reference": reference,
         **dataclasses.asdict(cfg),
+        "preset": preset,
         "model": bundle.model_id,
-        **({"preset": preset} if preset else {}),
     }
     params = {
         "model": bundle.model_id,

@@ -47,6 +47,15 @@ def with_settings(config, settings: dict):
     return dataclasses.replace(config, **settings)
 
 
+def with_preset(config, presets: dict, preset: str | None):
+    """config with a named preset's settings (one of `presets`), or an error naming the valid ones."""
+    if preset is None:
+        return config
+    if preset not in presets:
+        raise SettingError(f"preset must be one of {', '.join(presets)}, got {preset!r}")
+    return with_settings(config, presets[preset])
+
+
 def check_seed(seed) -> int:
     """The seed, if it is a whole number in [0, 2^64); else a SettingError."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:

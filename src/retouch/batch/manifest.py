@@ -5,8 +5,8 @@
 
 Keys: image (a path relative to the manifest), method ("diffedit" or "ledits"), the method's texts
 (query, reference; prompt, source, add, remove), mask (a mask file, or "infer" for ledits), seed,
-output (a file name under the output folder), preset (ledits), and any setting by its config
-name. A bad row does not stop the batch: it becomes a Row with its one-line error.
+output (a file name under the output folder), preset (a name from the method's PRESETS), and any
+setting by its config name. A bad row does not stop the batch: it becomes a Row with its one-line error.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from pathlib import Path
 
 from retouch.errors import InputError
 
-TEXTS = {"diffedit": ("query", "reference"), "ledits": ("prompt", "source", "add", "remove", "preset")}
+TEXTS = {
+    "diffedit": ("query", "reference", "preset"),
+    "ledits": ("prompt", "source", "add", "remove", "preset"),
+}
 COMMON = ("image", "method", "mask", "seed", "output")
 
 

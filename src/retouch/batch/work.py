@@ -47,18 +47,17 @@ def edit_image(
 
 def _edit(row: Row, image=None) -> dict:
     """The row as the *_many functions take an edit (without the encoding its image shares)."""
-    t, own = row.texts, dict(seed=row.seed, mask=row.mask, **row.settings)
+    t = row.texts  # the row's settings over its preset
+    own = dict(seed=row.seed, mask=row.mask, preset=t.get("preset"), **row.settings)
     if row.method == "diffedit":
         return dict(query=t.get("query", ""), reference=t.get("reference", ""), **own)
     texts = dict(add=t.get("add", ()), remove=t.get("remove", ()), prompt=t.get("prompt", ""))
-    return dict(**texts, preset=t.get("preset"), image=image, **own)  # the row's settings over a preset
+    return dict(**texts, image=image, **own)
 
 
 def _job(model: ModelBundle, row: Row):
     """The row checked as its method checks an edit: texts, seed, settings (InputError if bad)."""
-    if row.method == "diffedit":
-        return diffedit_job(model, _edit(row), None, {})
-    return ledits_job(model, _edit(row), None, None, {})
+    return (diffedit_job if row.method == "diffedit" else ledits_job)(model, _edit(row), None, None, {})
 
 
 def _grid(model: ModelBundle, row: Row):

@@ -124,9 +124,9 @@ KIND_PRESETS = {"recolor": "tight-mask", "remove": "remove"}
 
 def _preset_for(case: Case, s: Settings) -> Settings:
     from retouch.methods.diffedit import PRESETS
+    from retouch.settings import with_preset
 
-    name = KIND_PRESETS.get(case.kind)
-    return s if name is None else replace(s, diffedit=replace(s.diffedit, **PRESETS[name]))
+    return replace(s, diffedit=with_preset(s.diffedit, PRESETS, KIND_PRESETS.get(case.kind)))
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:

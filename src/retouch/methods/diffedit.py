@@ -23,7 +23,7 @@ from retouch.masks import binarize, difference_map, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
-from retouch.settings import check_number, check_seed, setting, with_settings
+from retouch.settings import check_number, check_seed, setting, with_preset, with_settings
 from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Encoding, Mask, ModelBundle
@@ -94,8 +94,9 @@ class DiffEditConfig:
         return self.mode in ("diffedit", "no_mask")
 
 
-def _config(config: DiffEditConfig | None, settings: dict) -> DiffEditConfig:
-    cfg = with_settings(config or DiffEditConfig(), settings)
+def _config(config: DiffEditConfig | None, preset: str | None, settings: dict) -> DiffEditConfig:
+    """The config, then a preset's settings (PRESETS), then the explicit settings, checked."""
+    cfg = with_settings(with_preset(config or DiffEditConfig(), PRESETS, preset), settings)
     cfg.check()
     # the check accepts whole-number floats (10.0); store them as ints, which size and index tensors
     return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
@@ -112,11 +113,13 @@ def diffedit_mask(
     seed: int = 0,
     config: DiffEditConfig | None = None,
     x0: torch.Tensor | None = None,
+    preset: str | None = None,
     **settings,
 ) -> Mask:
     """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
-    x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here."""
-    cfg = _config(config, settings)
+    x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here.
+    preset: one of PRESETS ("tight-mask"), under the explicit settings."""
+    cfg = _config(config, preset, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
     return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
 
@@ -176,11 +179,12 @@ def ddim_encoding(
     image,
     config: DiffEditConfig | None = None,
     progress: Progress | None = None,
+    preset: str | None = None,
     **settings,
 ) -> Encoding:
     """DDIM-encode the image with the unconditional model (∅, no CFG: the paper's choice)
-    through the first r·N steps, keeping every intermediate latent (§1.2)."""
-    cfg = _config(config, settings)
+    through the first r·N steps, keeping every intermediate latent (§1.2). preset: as diffedit's."""
+    cfg = _config(config, preset, settings)
     return _encode(model, prepare(model, image), cfg, progress)
 
 
@@ -256,7 +260,7 @@ def _decode(model, start, background, masks, queries: list[str], scales: list[fl
     return check_finite(z, "guidance_scale"), counter.n
 
 
-EDIT_KEYS = ("query", "reference", "seed", "mask", "encoding")  # an edit's own; the rest: settings
+EDIT_KEYS = ("query", "reference", "seed", "mask", "encoding", "preset")  # an edit's own; the rest: settings
 GRID = ("num_inference_steps", "encode_ratio", "solver", "mode")  # what the edits of a batch share
 
 
@@ -267,11 +271,13 @@ class _Job:
     seed: int
     mask: object
     encoding: Encoding | None
+    preset: str | None
     cfg: DiffEditConfig
 
 
-def edit_job(model, edit: dict, config, settings: dict) -> _Job:
-    """One edit of a batch, checked: its texts, seed and settings (the batch's, then its own)."""
+def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
+    """One edit of a batch, checked: its texts, seed and settings (its preset or the batch's, then
+    the batch's settings, then its own)."""
     if not isinstance(edit, dict) or "query" not in edit:
         raise SettingError("each edit is a dict with at least a query, e.g. dict(query='a green circle')")
     own = {k: v for k, v in edit.items() if k not in EDIT_KEYS}
@@ -281,7 +287,8 @@ def edit_job(model, edit: dict, config, settings: dict) -> _Job:
         check_seed(edit.get("seed", 0)),
         edit.get("mask"),
         edit.get("encoding"),
-        _config(config, {**settings, **own}),
+        edit.get("preset", preset),
+        _config(config, edit.get("preset", preset), {**settings, **own}),
     )
 
 
@@ -291,17 +298,19 @@ def diffedit_many(
     edits: Sequence[dict],
     config: DiffEditConfig | None = None,
     progress: Progress | None = None,
+    preset: str | None = None,
     **settings,
 ) -> list[EditResult]:
     """Several DiffEdit edits, their decodings as ONE UNet batch per step.
 
     images: one image for every edit, or one per edit (all of one size); edits[i]: dict(query=...,
-    reference="", seed=0, mask=None, encoding=None, plus any DiffEditConfig field of its own, e.g.
-    guidance_scale). The edits share num_inference_steps, encode_ratio, solver and mode. Each
-    distinct image is prepared and encoded once (its encoding shared by its edits, its cost
-    counted on the first); masks are inferred per edit. The results are those of one `diffedit`
+    reference="", seed=0, mask=None, encoding=None, preset=None, plus any DiffEditConfig field of
+    its own, e.g. guidance_scale). preset: one of PRESETS for every edit that names none. The
+    edits share num_inference_steps, encode_ratio, solver and mode. Each distinct image is
+    prepared and encoded once (its encoding shared by its edits, its cost counted on the first);
+    masks are inferred per edit. The results are those of one `diffedit`
     call per edit, to the float rounding of batched arithmetic."""
-    jobs = [edit_job(model, e, config, settings) for e in edits]
+    jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
         return []
     images = list(images) if isinstance(images, (list, tuple)) else [images] * len(jobs)
@@ -346,7 +355,7 @@ def diffedit_many(
         if job.cfg.paste_back and mask is not None:
             pixels = paste_back(pixels, prep.pixels, mask.latent, model.vae_scale_factor, job.cfg.feather)
         record = {"method": "diffedit", "query": job.query, "reference": job.reference, **asdict(job.cfg)}
-        record["model"] = model.model_id
+        record.update(preset=job.preset, model=model.model_id)
         image = to_image(pixels, prep.pixels.height, prep.pixels.width)
         evals_i = evals[i] + spent // len(jobs)
         results.append(
@@ -400,14 +409,16 @@ def diffedit(
     mask=None,
     encoding: Encoding | None = None,
     progress: Progress | None = None,
+    preset: str | None = None,
     **settings,
 ) -> EditResult:
     """Edit `image` so that it fits `query`, changing only where query and reference disagree.
 
     model: a loaded ModelBundle; image: path, PIL image or array; mask: a Mask from
     diffedit_mask, or a user mask (image/array of the image's size, nonzero = edit), or None to
-    infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields.
+    infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields;
+    preset: one of PRESETS ("tight-mask", "remove"), under the explicit settings.
     progress(stage, done, total): called after each step. unet_evals counts what this call spent.
     """
     edit = dict(query=query, reference=reference, seed=seed, mask=mask, encoding=encoding)
-    return diffedit_many(model, image, [edit], config, progress, **settings)[0]
+    return diffedit_many(model, image, [edit], config, progress, preset, **settings)[0]
