@@ -714,7 +714,8 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, 
     top level too, and (the new attention starting at zero) predicts what the mini model predicts;
     stored in float16 it takes half the bytes and loads as float32, predicting within rounding.
     --grown-lr-scale trains the new blocks alone at a higher rate.
-    The grown model cannot be squeezed back into the smaller architecture: one line, exit 2."""
+    The grown model cannot be squeezed back into the smaller architecture: one line, exit 2; without
+    --architecture a run takes its work folder's (resuming) or its --init's."""
     import shutil
 
     from diffusers import UNet2DConditionModel
@@ -759,10 +760,15 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, 
     kept = load_file(mini_model / "unet" / "diffusion_pytorch_model.safetensors")
     assert live["down_blocks.0.attentions.0.proj_out.weight"].abs().min() > 1e-4  # grown: moved
     assert all((live[k] - v).abs().max() < 1e-6 for k, v in kept.items())  # the rest: kept
-    line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", mini_model, *args))
+    mini = ["--architecture", "mini"]
+    line = one_error_line(run("train", "unet", tmp_path / "unet", "--init", mini_model, *mini, *args))
     assert "holds a model of architecture mini-attn: resume it with --architecture mini-attn" in line
-    line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *args))
+    line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *mini, *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
+    assert run("train", "unet", tmp_path / "unet", "--init", mini_model, *args).exit_code == 0  # resumed
+    assert run("train", "unet", tmp_path / "again", "--init", tmp_path / "model", *args).exit_code == 0
+    log = (tmp_path / "again" / "train.log").read_text()
+    assert "'architecture': 'mini-attn'" in log and "grown:" not in log
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--architecture", "huge", *args))
     assert "huge" in line
     torch.set_num_threads(1)
@@ -813,7 +819,7 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path, mini_model):
             assert pipe.unet.config.layers_per_block == 2
         else:
             assert gap > 1e-2 * a.abs().max()
-    back = ["--init", tmp_path / "model-kept", "--vae-work", tmp_path / "vae"]
+    back = ["--init", tmp_path / "model-kept", "--vae-work", tmp_path / "vae", "--architecture", "mini"]
     line = one_error_line(run("train", "unet", tmp_path / "back", *args[:8], *back))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
     assert line.endswith("--init is a mini-deep model")
@@ -874,7 +880,8 @@ def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(
 
 def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path, mini_model):
     """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
-    96; a work folder resumes only at its own size, and a size off the grid is one line, exit 2."""
+    96; a work folder resumes only at its own size (its own when none is given), and a size off the
+    grid is one line, exit 2."""
     import shutil
 
     import retouch
@@ -899,8 +906,9 @@ def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tm
     model = retouch.load(tmp_path / "model", device="cpu")
     assert model.native_size == 96 and model.vae.config.sample_size == 96
     assert model.vae.config.scaling_factor == pytest.approx(float(cache["scale"]))
-    line = one_error_line(run("train", "unet", tmp_path / "unet", *args))
+    line = one_error_line(run("train", "unet", tmp_path / "unet", "--image-size", "64", *args))
     assert "holds a model of image_size 96: resume it with --image-size 96" in line
+    assert run("train", "unet", tmp_path / "unet", *args).exit_code == 0  # resumed at 96
     line = one_error_line(run("train", "unet", tmp_path / "odd", "--image-size", "100", *args))
     assert "image_size must be a multiple of 16, got 100" in line and not (tmp_path / "odd").exists()
     torch.set_num_threads(1)

@@ -510,10 +510,13 @@ def train():
     """Train the mini Stable Diffusion on ShapesWorld: vae, then unet, then export."""
 
 
-def _train_config(settings):
-    from retouch.train import TrainConfig
+def _train_config(settings, work: Path | None = None, init: Path | None = None):
+    """The training settings given; for a UNet run (`work`), its architecture and image size
+    where they are not given (`retouch.train.run_settings`)."""
+    from retouch.train import TrainConfig, run_settings
 
-    return TrainConfig(**given_settings(settings))
+    given = given_settings(settings)
+    return TrainConfig(**(given if work is None else run_settings(work, init, given)))
 
 
 def _train_logging(threads: int | None) -> None:
@@ -569,7 +572,7 @@ def train_unet_command(work, vae_work, init, threads, **settings):
     _ckpt(vae_work, "vae.safetensors", "autoencoder")
     if init is not None and not (init / "unet" / "diffusion_pytorch_model.safetensors").is_file():
         raise InputError(f"--init {init} is not a diffusers model folder with a UNet")
-    cfg = _train_config(settings)
+    cfg = _train_config(settings, work, init)
     _train_logging(threads)
     train_unet(work, vae_work, cfg, init=init)
 

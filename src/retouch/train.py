@@ -60,7 +60,8 @@ class TrainConfig:
     architecture: str = setting(
         "mini",
         "unet: the architecture (retouch.architecture.SIZES); from --init of a smaller one, the model"
-        " grows into it: the new blocks start as the identity, so training starts from its function",
+        " grows into it: the new blocks start as the identity, so training starts from its function"
+        " [default: a resumed run's own, else --init's, else mini]",
         choices=ARCHITECTURES,
     )
     grown_lr_scale: float = setting(
@@ -288,6 +289,17 @@ def _architecture_of(work: Path) -> dict:
     )
 
 
+def run_settings(work: Path, init: Path | None, given: dict) -> dict:
+    """The settings given, with the architecture and image size a run takes where they are not:
+    a work folder's own when the run resumes, else the architecture of the --init model."""
+    if (work / "ckpt").exists():
+        return {**_architecture_of(work), **given}
+    if init is not None and "architecture" not in given:
+        name = _model_architecture(init)
+        return given if name is None else {"architecture": name, **given}
+    return given
+
+
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return tokenizer(
         texts,
@@ -387,8 +399,11 @@ def _model_architecture(folder: Path) -> str | None:
     """Which of ARCHITECTURES a model folder's UNet and text encoder are, None if none."""
     from retouch.architecture import SIZES
 
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
     for name in ARCHITECTURES:
         s = SIZES[name]
         if (
