@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     from retouch.denoiser import UNetCalls
     from retouch.methods.diffedit import PRESETS, DiffEditConfig
 
-    assert set(KIND_PRESETS.values()) <= set(PRESETS)
+    assert set(KIND_PRESETS["diffedit"].values()) <= set(PRESETS)
     s = Settings(diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1))
     ctx = Context(tiny_eps)
     calls = UNetCalls(tiny_eps.unet)
@@ -287,6 +288,33 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     assert tight.sum() < paper.sum() and not (tight & ~paper).any()
     same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]
     assert np.array_equal(same[0].image, same[1].image) and np.array_equal(same[0].mask, same[1].mask)
+
+
+def test_ledits_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
+    """ledits_presets: a recolour is LEDITS with concepts under its kind's preset (the image
+    ledits_concepts makes given the preset's settings, not the one it makes at the paper's); an
+    addition, which has no preset, is ledits_concepts' edit exactly; all share one inversion."""
+    from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.ledits import PRESETS, LEditsConfig
+
+    assert set(KIND_PRESETS["ledits"].values()) <= set(PRESETS) and "add" not in KIND_PRESETS["ledits"]
+    s = Settings(ledits=LEditsConfig(num_inference_steps=4, skip=1))
+    ctx = Context(tiny_eps)
+    calls = UNetCalls(tiny_eps.unet)
+    try:
+        for kind in ("recolor", "add"):
+            case, preps = make_case(HELD_OUT_SEED, kind), {}
+            name = KIND_PRESETS["ledits"].get(kind)
+            given = replace(s, ledits=replace(s.ledits, **PRESETS[name])) if name else s
+            ours, prep, _ = run_method(ctx, calls, METHODS["ledits_presets"], case, s, preps)
+            paper, again, _ = run_method(ctx, calls, METHODS["ledits_concepts"], case, s, preps)
+            same, _, _ = run_method(ctx, calls, METHODS["ledits_concepts"], case, given, {})
+            assert again is prep and prep.evals > 0  # one inversion, shared
+            assert np.array_equal(ours.image, same.image)
+            assert np.array_equal(ours.image, paper.image) == (name is None), kind
+    finally:
+        calls.unwrap()
 
 
 def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_path):

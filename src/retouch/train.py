@@ -327,19 +327,14 @@ def _deepen(state: dict, layers: int) -> dict:
     return {moved(k): v for k, v in state.items()}
 
 
-def _grow_into(unet, state: dict) -> list[str]:
-    """Load a trained UNet's weights into `unet`, of the same architecture or a grown one: with
-    cross-attention at more levels, or more layers per block. Each new block starts as the identity:
-    an attention's output projection at zero (its residual passes the features through), a resnet's
-    last convolution at zero with its shortcut passing the features and dropping the skip it is
-    given, so `unet` computes what the trained one did. Returns the new blocks' names."""
-    state, own = _deepen(state, unet.config.layers_per_block), unet.state_dict()
+def _new_blocks(own: dict, state: dict, block: str, what: str) -> list[str]:
+    """The blocks (`block`: a pattern whose group 1 names one) of a model's weights `own` that the
+    trained weights `state` lack; a ModelError naming the misfit when `state` has weights `own`
+    lacks, weights of other shapes, or lacks more than whole blocks."""
     unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
-    # the blocks the weights lack, e.g. up_blocks.2.attentions.1 or down_blocks.0.resnets.1
-    blocks = [re.match(r"(.*\.(?:attentions|resnets)\.\d+)\.", k) for k in missing]
-    new = sorted({b[1] for b in blocks if b})
+    missing = [k for k in own if k not in state]
+    blocks = [re.match(block, k) for k in missing]
     if unexpected or reshaped or not all(blocks):
         if unexpected:
             odd = f"it has weights this architecture lacks: {', '.join(unexpected[:2])}"
@@ -347,7 +342,19 @@ def _grow_into(unet, state: dict) -> list[str]:
             odd = f"its weights have other shapes: {', '.join(reshaped[:2])}"
         else:
             odd = f"this architecture needs weights it lacks: {', '.join(missing[:2])}"
-        raise ModelError(f"--init does not fit the architecture ({odd}, ...)")
+        raise ModelError(f"{what} does not fit the architecture ({odd}, ...)")
+    return sorted({b[1] for b in blocks})
+
+
+def _grow_into(unet, state: dict) -> list[str]:
+    """Load a trained UNet's weights into `unet`, of the same architecture or a grown one: with
+    cross-attention at more levels, or more layers per block. Each new block starts as the identity:
+    an attention's output projection at zero (its residual passes the features through), a resnet's
+    last convolution at zero with its shortcut passing the features and dropping the skip it is
+    given, so `unet` computes what the trained one did. Returns the new blocks' names."""
+    state = _deepen(state, unet.config.layers_per_block)
+    # the blocks the weights lack, e.g. up_blocks.2.attentions.1 or down_blocks.0.resnets.1
+    new = _new_blocks(unet.state_dict(), state, r"(.*\.(?:attentions|resnets)\.\d+)\.", "--init")
     unet.load_state_dict(state, strict=False)
     with torch.no_grad():
         for name in new:
@@ -375,15 +382,9 @@ def _grow_text_into(te, state: dict) -> list[str]:
     gains comes after the trained ones and starts as the identity (its attention's output projection
     and its MLP's last layer at zero: both residual branches add nothing), so `te` encodes as the
     trained one did. Returns the new layers' names."""
-    own = te.state_dict()
-    missing = [k for k in own if k not in state]
-    layers = [re.match(r"(.*\bencoder\.layers\.\d+)\.", k) for k in missing]  # e.g. encoder.layers.2
-    unexpected = [k for k in state if k not in own]
-    if unexpected or not all(layers):
-        odd = unexpected or missing
-        raise ModelError(f"--init's text encoder does not fit the architecture ({', '.join(odd[:2])}, ...)")
+    # the layers the weights lack, e.g. text_model.encoder.layers.2
+    new = _new_blocks(te.state_dict(), state, r"(.*\bencoder\.layers\.\d+)\.", "--init's text encoder")
     te.load_state_dict(state, strict=False)
-    new = sorted({m[1] for m in layers})
     with torch.no_grad():
         for name in new:
             layer = te.get_submodule(name)

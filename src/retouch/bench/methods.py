@@ -8,7 +8,8 @@ a first and of a second edit. Methods with the same `prep_key` share one prepara
 
 retouch: diffedit (and the paper's ablations diffedit_no_mask, diffedit_no_encoding, sdedit);
 diffedit_presets (DiffEdit with the preset a user picks for the edit's kind, KIND_PRESETS);
-ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer").
+ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer");
+ledits_presets (concepts, with the preset a user picks for the edit's kind).
 diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
 (LEditsPPPipelineStableDiffusion, concepts only: LEDITS++ has no target prompt).
 autoencoder: the VAE round trip alone, the ceiling of preservation.
@@ -117,16 +118,20 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
     return ddim_encoding(ctx.model, case.input_image, config=s.diffedit)
 
 
-# The DiffEdit preset (retouch.methods.diffedit.PRESETS) a user picks for each kind of edit; the
-# other kinds keep the settings run.
-KIND_PRESETS = {"recolor": "tight-mask", "remove": "remove"}
+# The preset (the method's PRESETS) a user picks for each kind of edit, by method; the other
+# kinds keep the settings run.
+KIND_PRESETS = {
+    "diffedit": {"recolor": "tight-mask", "remove": "remove"},
+    "ledits": {"recolor": "object", "reshape": "object", "remove": "object"},  # the demo's own
+}
 
 
 def _preset_for(case: Case, s: Settings) -> Settings:
     from retouch.methods.diffedit import PRESETS
     from retouch.settings import with_preset
 
-    return replace(s, diffedit=with_preset(s.diffedit, PRESETS, KIND_PRESETS.get(case.kind)))
+    name = KIND_PRESETS["diffedit"].get(case.kind)
+    return replace(s, diffedit=with_preset(s.diffedit, PRESETS, name))
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
@@ -165,10 +170,11 @@ def _ddpm_inversion(ctx: Context, case: Case, s: Settings):
     return invert(ctx.model, case.input_image, s.source_text(case), config=s.ledits, seed=case.seed)
 
 
-def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
+def _ledits(prompt: bool, concepts: bool, masked: bool = False, presets: bool = False) -> Callable:
     def edit(ctx: Context, case: Case, s: Settings, inv) -> Output:
         from retouch.methods.ledits import ledits
 
+        preset = KIND_PRESETS["ledits"].get(case.kind) if presets else None
         r = ledits(
             ctx.model,
             inv,
@@ -176,6 +182,7 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False) -> Callable:
             remove=list(case.remove) if concepts else [],
             prompt=case.target_caption if prompt else "",
             config=s.ledits,
+            preset=preset,
             seed=case.seed,
             mask="infer" if masked else None,
             image=case.input_image if masked else None,
@@ -282,6 +289,7 @@ METHODS: dict[str, Method] = {
         Method("ledits_prompt", "ledits", _ledits(True, False), _ddpm_inversion, _ddpm_key),
         Method("ledits_concepts", "ledits", _ledits(False, True), _ddpm_inversion, _ddpm_key),
         Method("ledits_both", "ledits", _ledits(True, True), _ddpm_inversion, _ddpm_key),
+        Method("ledits_presets", "ledits", _ledits(False, True, presets=True), _ddpm_inversion, _ddpm_key),
         Method(
             "ledits_masked",
             "ledits",
