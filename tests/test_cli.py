@@ -765,6 +765,7 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, 
     assert "holds a model of architecture mini-attn: resume it with --architecture mini-attn" in line
     line = one_error_line(run("train", "unet", tmp_path / "back", "--init", tmp_path / "model", *mini, *args))
     assert "does not fit the architecture (it has weights this architecture lacks" in line
+    assert not (tmp_path / "back").exists()  # the folder it made, removed again
     assert run("train", "unet", tmp_path / "unet", "--init", mini_model, *args).exit_code == 0  # resumed
     assert run("train", "unet", tmp_path / "again", "--init", tmp_path / "model", *args).exit_code == 0
     log = (tmp_path / "again" / "train.log").read_text()

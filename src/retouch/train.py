@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from retouch.errors import ModelError, SettingError
+from retouch.errors import InputError, ModelError, SettingError
 from retouch.settings import check_number, setting
 from retouch.shapes import world
 from retouch.shapes.world import HELD_OUT_SEED
@@ -182,23 +183,30 @@ def _loop(work: Path, cfg: TrainConfig, modules, groups, step_fn: Callable, afte
 
 
 def _logged(stage: Callable) -> Callable:
-    """A training stage whose log lines also go to WORK/train.log while it runs."""
+    """A training stage whose log lines also go to WORK/train.log while it runs. A WORK folder it
+    made is removed again when the stage refuses its input before any checkpoint."""
 
     @functools.wraps(stage)
     def run(work: Path, *args, **kwargs):
-        work = Path(work)
+        work, fresh = Path(work), not Path(work).exists()
         work.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(work / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         level = log.level
         log.setLevel(logging.INFO)  # the file gets every line, whatever the app logs
+        refused = False
         try:
             return stage(work, *args, **kwargs)
+        except InputError:  # bad settings, an --init that does not fit
+            refused = fresh and not (work / "ckpt").exists()
+            raise
         finally:
             log.removeHandler(handler)
             log.setLevel(level)
             handler.close()
+            if refused:
+                shutil.rmtree(work, ignore_errors=True)
 
     return run
 
