@@ -108,7 +108,10 @@ def test_a_row_names_a_preset_of_its_method_under_its_own_settings(tmp_path):
     settings = [read_params(res[i]["output"])["settings"] for i in (0, 1)]
     assert [(s["preset"], s["encode_ratio"]) for s in settings] == [("remove", 1.0), ("remove", 0.5)]
     assert res[0]["unet_evals"] == 4 + 10 + 20
-    assert res[2]["status"] == "failed" and "preset must be one of tight-mask, remove" in res[2]["error"]
+    assert (
+        res[2]["status"] == "failed"
+        and "preset must be one of tight-mask, remove, recolor" in res[2]["error"]
+    )
 
 
 def test_rows_of_one_image_share_its_encoding_and_inversion(tmp_path):

@@ -217,7 +217,7 @@ def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_pat
     s = json.loads(result.stdout)["settings"]
     assert s["mask_threshold"] == 0.8 and s["preset"] == "tight-mask"
     line = one_error_line(edit(image, tmp_path / "c.png", model_args, "diffedit", "--preset", "object"))
-    assert "--preset object is not a diffedit preset; diffedit has tight-mask, remove" in line
+    assert "--preset object is not a diffedit preset; diffedit has tight-mask, remove, recolor" in line
     line = one_error_line(
         edit(image, tmp_path / "d.png", model_args, "ledits", "--add", "x", "--preset", "remove")
     )

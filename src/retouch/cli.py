@@ -135,10 +135,10 @@ def _read_mask(mask: str | None, image, label: str = "image"):
 @click.option("--remove", multiple=True, metavar="CONCEPT", help="ledits: a concept to remove (repeatable).")
 @click.option(
     "--preset",
-    type=click.Choice(["style", "face", "object", "tight-mask", "remove"]),
+    type=click.Choice(["style", "face", "object", "tight-mask", "remove", "recolor"]),
     help="Named settings; explicit flags override them. ledits: the reference demo's concept "
     "settings (style, face, object); diffedit: tight-mask (mask threshold 0.8), remove (encode "
-    "ratio 1.0), measured in BENCHMARKS.md.",
+    "ratio 1.0), recolor (both), measured in BENCHMARKS.md.",
 )
 @click.option(
     "--mask",

@@ -121,7 +121,7 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
 # The preset (the method's PRESETS) a user picks for each kind of edit, by method; the other
 # kinds keep the settings run.
 KIND_PRESETS = {
-    "diffedit": {"recolor": "tight-mask", "remove": "remove"},
+    "diffedit": {"recolor": "recolor", "remove": "remove"},
     "ledits": {"recolor": "object", "reshape": "object", "remove": "object"},  # the demo's own
 }
 

@@ -40,6 +40,9 @@ PRESETS = {
     "tight-mask": dict(mask_threshold=0.8),
     # encode to pure noise, so the removed object's blur is not drawn again: removals 71 against 50 %
     "remove": dict(encode_ratio=1.0),
+    # both: the new colour drawn from pure noise inside the tighter mask (session 12: 100 fresh
+    # recolours, 78 against 71 % at mask IoU 0.521 against 0.427)
+    "recolor": dict(mask_threshold=0.8, encode_ratio=1.0),
 }
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
@@ -417,7 +420,7 @@ def diffedit(
     model: a loaded ModelBundle; image: path, PIL image or array; mask: a Mask from
     diffedit_mask, or a user mask (image/array of the image's size, nonzero = edit), or None to
     infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields;
-    preset: one of PRESETS ("tight-mask", "remove"), under the explicit settings.
+    preset: one of PRESETS ("tight-mask", "remove", "recolor"), under the explicit settings.
     progress(stage, done, total): called after each step. unet_evals counts what this call spent.
     """
     edit = dict(query=query, reference=reference, seed=seed, mask=mask, encoding=encoding)

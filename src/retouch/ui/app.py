@@ -274,7 +274,8 @@ def build_app(
                         ["none", *PRESETS["diffedit"]],
                         value="none",
                         label="Preset",
-                        info="tight-mask: a closer mask; remove: for taking an object out",
+                        info="tight-mask: a closer mask; remove: for taking an object out; "
+                        "recolor: both, for a new colour",
                         elem_id="diffedit-preset",
                     )
                 with gr.Group(visible=False) as ledits_box:
