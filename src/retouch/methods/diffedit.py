@@ -121,7 +121,7 @@ def diffedit_mask(
 ) -> Mask:
     """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
     x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here.
-    preset: one of PRESETS ("tight-mask"), under the explicit settings."""
+    preset: one of PRESETS (e.g. "tight-mask"), under the explicit settings."""
     cfg = _config(config, preset, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
     return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
