@@ -284,14 +284,15 @@ def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
     if not isinstance(edit, dict) or "query" not in edit:
         raise SettingError("each edit is a dict with at least a query, e.g. dict(query='a green circle')")
     own = {k: v for k, v in edit.items() if k not in EDIT_KEYS}
+    preset = edit.get("preset", preset)
     return _Job(
         check_prompt(model, edit["query"], "query"),
         check_prompt(model, edit.get("reference", ""), "reference", allow_empty=True),
         check_seed(edit.get("seed", 0)),
         edit.get("mask"),
         edit.get("encoding"),
-        edit.get("preset", preset),
-        _config(config, edit.get("preset", preset), {**settings, **own}),
+        preset,
+        _config(config, preset, {**settings, **own}),
     )
 
 
