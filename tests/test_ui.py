@@ -23,7 +23,15 @@ from fuzz import CAPTION, QUERY, build_corpus, scene
 gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
 
 from retouch.files import PNG_KEY  # noqa: E402
-from retouch.ui.app import _preset_values, build_app, form_defaults, launch, run_edit  # noqa: E402
+from retouch.ui.app import (  # noqa: E402
+    PRESET_FIELDS,
+    PRESETS,
+    _preset_values,
+    build_app,
+    form_defaults,
+    launch,
+    run_edit,
+)
 from retouch.ui.session import Cache  # noqa: E402
 
 torch.set_num_threads(1)
@@ -229,6 +237,22 @@ def test_presets_fill_the_form():
     assert _preset_values("diffedit", "tight-mask") == [0.8, paper["encode_ratio"]]
     assert _preset_values("diffedit", "remove") == [paper["mask_threshold"], 1.0]
     assert _preset_values("diffedit", "none") == [paper["mask_threshold"], paper["encode_ratio"]]
+
+
+@pytest.mark.parametrize("method, preset", [("diffedit", "recolor"), ("ledits", "object")])
+def test_the_chosen_preset_is_in_the_edit_record(ui_model, image, method, preset):
+    shown = dict(zip(PRESET_FIELDS[method], _preset_values(method, preset)))  # what choosing it fills
+    out = edit(ui_model, None, image, method, preset=preset, **shown)
+    with Image.open(out["file"]) as png:
+        settings = json.loads(png.text[PNG_KEY])["settings"]
+    assert settings["preset"] == preset
+    assert all(settings[k] == v for k, v in PRESETS[method][preset].items())
+    plain = edit(ui_model, out["cache"], image, method)
+    with Image.open(plain["file"]) as png:
+        assert json.loads(png.text[PNG_KEY])["settings"]["preset"] is None
+    with pytest.warns(UserWarning):  # gr.Warning outside a request
+        wrong = edit(ui_model, None, image, method, preset="no-such-preset")
+    assert wrong["result"] is None and "preset must be one of" in wrong["status"]
 
 
 def test_the_form_is_derived_and_edits_run_two_at_a_time_the_rest_queued(ui_model):

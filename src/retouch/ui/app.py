@@ -170,6 +170,7 @@ def run_edit(
     stopped: Callable[[], bool] = lambda: False,
 ):
     """The Edit button: returns (mask over the image, result, download file, status, cache).
+    Each method's values: its settings' form fields and its "preset" (the edit's record names it).
     Bad input, the time limit or stopped() give a warning and the reason in the status box; the
     server keeps serving."""
     cache = cache if cache is not None else Cache()
@@ -189,6 +190,7 @@ def run_edit(
             add=_concepts(_text(texts.get("add"), "Add")),
             remove=_concepts(_text(texts.get("remove"), "Remove")),
             mask=_text(texts.get("mask"), "Mask") or "none",
+            preset=None if values.get("preset") in (None, "", "none") else str(values["preset"]),
         )
         outcome = run(model, cache, req, steps)
     except InputError as e:
@@ -365,8 +367,8 @@ def build_app(
                 data[method],
                 {k: data[c] for k, c in texts.items()},
                 data[seed],
-                {k: data[c] for k, c in form["diffedit"].items()},
-                {k: data[c] for k, c in form["ledits"].items()},
+                {k: data[c] for k, c in form["diffedit"].items()} | {"preset": data[diffedit_preset]},
+                {k: data[c] for k, c in form["ledits"].items()} | {"preset": data[preset]},
                 progress,
                 time_limit,
                 lambda: visitor in _STOPS,
@@ -380,6 +382,8 @@ def build_app(
             image,
             method,
             seed,
+            diffedit_preset,
+            preset,
             *texts.values(),
             *form["diffedit"].values(),
             *form["ledits"].values(),

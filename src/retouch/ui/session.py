@@ -17,9 +17,11 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.latents import fitted, image_hash
+from retouch.methods import diffedit as diffedit_module
+from retouch.methods import ledits as ledits_module
 from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
-from retouch.settings import check_seed, with_settings
+from retouch.settings import check_seed, with_preset, with_settings
 from retouch.types import EditResult, ModelBundle
 
 Progress = Callable[[str, int, int], None]  # progress(stage, done, total), as the library calls it
@@ -46,7 +48,8 @@ class Cache:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One edit as the form describes it. settings: the method's config fields."""
+    """One edit as the form describes it. settings: the method's config fields, over the preset's
+    (one of the method's PRESETS, or None), which the edit's record names."""
 
     image: Image.Image
     method: str  # "diffedit" or "ledits"
@@ -59,6 +62,7 @@ class EditRequest:
     add: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
     mask: str = "none"  # ledits: "none" or "infer"
+    preset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
         "model": model.model_id,
         "fingerprint": model.fingerprint,
         "method": req.method,
-        "settings": result.settings,
+        "settings": {**result.settings, "preset": req.preset},
         "seed": result.seed,
     }
     evals = result.unet_evals + sum(v.unet_evals for v in made)
@@ -152,8 +156,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
-    cfg = with_settings(DiffEditConfig(), req.settings)
-    cfg.check()
+    cfg = _config(DiffEditConfig(), diffedit_module.PRESETS, req)
     steps, made, mask, encoding = [], [], None, None
     if cfg.mode in ("diffedit", "no_encoding"):
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
@@ -180,8 +183,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
 
 
 def _ledits(model, cache, req, image, seed, key, progress):
-    cfg = with_settings(LEditsConfig(), req.settings)
-    cfg.check()
+    cfg = _config(LEditsConfig(), ledits_module.PRESETS, req)
     inv_key = (
         "inversion",
         *key,
@@ -208,3 +210,10 @@ def _ledits(model, cache, req, image, seed, key, progress):
         )
     )
     return result, [("inversion", t), ("edit", t_edit)], [inv] if t is not None else []
+
+
+def _config(config, presets: dict, req: EditRequest):
+    """The method's config: its defaults, the request's preset, then its settings; checked."""
+    cfg = with_settings(with_preset(config, presets, req.preset), req.settings)
+    cfg.check()
+    return cfg
