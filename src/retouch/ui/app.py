@@ -254,16 +254,33 @@ def build_app(
             f"An edit stops after {time_limit:g} s."
         )
         cache = gr.State(None, time_to_live=3600)
+        with gr.Row():  # the three images side by side, one width: the same image shown alike
+            image = gr.Image(
+                label="Image",
+                type="filepath",
+                image_mode=None,
+                height=360,  # its upload bar below it: the image itself as large as the other two
+                sources=["upload", "clipboard"],
+                elem_id="image",
+            )
+            overlay = gr.Image(
+                label="Mask over the image",
+                type="pil",
+                format="png",
+                height=320,
+                interactive=False,
+                elem_id="overlay",
+            )
+            result = gr.Image(
+                label="Result",
+                type="pil",
+                format="png",
+                height=320,
+                interactive=False,
+                elem_id="result",
+            )
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Image",
-                    type="filepath",
-                    image_mode=None,
-                    height=320,
-                    sources=["upload", "clipboard"],
-                    elem_id="image",
-                )
                 method = gr.Radio(list(CONFIGS), value="diffedit", label="Method", elem_id="method")
                 with gr.Group(visible=True) as diffedit_box:
                     query = gr.Textbox(
@@ -314,23 +331,6 @@ def build_app(
                         fields[name] = {s.name: _field(name, s) for s in settings_fields(cls)}
                     fields[name]["_box"] = box
             with gr.Column(scale=1):
-                with gr.Row():
-                    overlay = gr.Image(
-                        label="Mask over the image",
-                        type="pil",
-                        format="png",
-                        height=320,
-                        interactive=False,
-                        elem_id="overlay",
-                    )
-                    result = gr.Image(
-                        label="Result",
-                        type="pil",
-                        format="png",
-                        height=320,
-                        interactive=False,
-                        elem_id="result",
-                    )
                 download = gr.File(label="Download (PNG with its parameters)", elem_id="download")
                 status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="status")
         gr.Examples(
