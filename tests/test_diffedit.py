@@ -305,6 +305,50 @@ def test_a_preset_sets_its_settings_under_explicit_ones_and_is_recorded(tiny_eps
     assert seen == []
 
 
+def test_guidance_from_the_reference_steers_decoding_from_its_text(tiny_eps, monkeypatch):
+    """guide_from_reference: decoding's unconditional branch reads the reference's embedding, not
+    ∅'s (the mask and the encoding are unchanged); with no reference it is the paper's decoding;
+    in a batch each edit keeps its own."""
+    from retouch.text import encode_text
+
+    img = small_image()
+    mask, enc = (
+        retouch.diffedit_mask(tiny_eps, img, QUERY, REFERENCE, **FAST),
+        retouch.ddim_encoding(tiny_eps, img, **FAST),
+    )
+    texts, forward = [], tiny_eps.unet.forward
+
+    def recording(sample, t, encoder_hidden_states=None, **kw):
+        texts.append(encoder_hidden_states.detach().clone())
+        return forward(sample, t, encoder_hidden_states=encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(tiny_eps.unet, "forward", recording)
+    kw = dict(mask=mask, encoding=enc, **FAST)
+    steered = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, guide_from_reference=True, **kw)
+    ref, empty, query = encode_text(tiny_eps, [REFERENCE, "", QUERY])
+    assert len(texts) == 3  # one call a step, [uncond, cond] as one batch
+    for batch in texts:
+        assert torch.equal(batch[0], ref) and torch.equal(batch[1], query)
+    texts.clear()
+    paper = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, **kw)
+    assert all(torch.equal(b[0], empty) for b in texts)
+    assert not torch.allclose(steered.latents, paper.latents)
+    assert steered.settings["guide_from_reference"] and not paper.settings["guide_from_reference"]
+    no_reference = retouch.diffedit(tiny_eps, img, QUERY, "", guide_from_reference=True, **kw)
+    assert torch.equal(no_reference.latents, retouch.diffedit(tiny_eps, img, QUERY, "", **kw).latents)
+    both = retouch.diffedit_many(
+        tiny_eps,
+        img,
+        [
+            dict(query=QUERY, reference=REFERENCE, guide_from_reference=True, mask=mask, encoding=enc),
+            dict(query=QUERY, reference=REFERENCE, mask=mask, encoding=enc),
+        ],
+        **FAST,
+    )
+    torch.testing.assert_close(both[0].latents, steered.latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both[1].latents, paper.latents, rtol=1e-4, atol=1e-5)
+
+
 def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tiny_v, unet_inputs):
     img = small_image()
     enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5)

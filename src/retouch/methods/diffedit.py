@@ -60,6 +60,9 @@ class DiffEditConfig:
     mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
     mask_guidance_scale: float | None = setting(None, "diffusers' CFG on both mask sides; None: paper")
     mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
+    guide_from_reference: bool = setting(
+        False, "ours: decoding's guidance steers from the reference text instead of from ∅"
+    )
     paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
     feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
     solver: str = setting(
@@ -247,14 +250,19 @@ def _resolve_start(model, prep: Prepared, encoding, cfg: DiffEditConfig, seed: i
 # --- Step 3: masked decoding (§3.3) ------------------------------------------------------------
 
 
-def _decode(model, start, background, masks, queries: list[str], scales: list[float], cfg, size, progress):
+def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progress):
     """DDIM decoding under CFG on each edit's query from level t_r, the background following its
     own trajectory outside the mask, all edits as ONE batch per step: start [B, C, h, w],
-    background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations)."""
+    background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations).
+    Guidance steers from ∅ (the paper), or from an edit's reference when it asks so."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]  # descending
-    embs = encode_text(model, ["", *queries])
-    uncond, cond = embs[:1], embs[1:]  # [1, L, D], [B, L, D]
+    scales = [j.cfg.guidance_scale for j in jobs]
+    negatives = [j.reference if j.cfg.guide_from_reference else "" for j in jobs]
+    if len(set(negatives)) == 1:
+        negatives = negatives[:1]
+    embs = encode_text(model, [*negatives, *(j.query for j in jobs)])
+    uncond, cond = embs[: len(negatives)], embs[len(negatives) :]  # [1 or B, L, D], [B, L, D]
     scale = (
         scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=start.device).view(-1, 1, 1, 1)
     )
@@ -346,8 +354,7 @@ def diffedit_many(
             torch.cat(starts),
             background,
             m,
-            [j.query for j in jobs],
-            [j.cfg.guidance_scale for j in jobs],
+            jobs,
             cfg,
             _size(preps[0]),
             progress,
