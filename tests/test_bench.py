@@ -290,6 +290,30 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     assert np.array_equal(same[0].image, same[1].image) and np.array_equal(same[0].mask, same[1].mask)
 
 
+def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):
+    """diffedit_concepts: a recolour is DiffEdit given "green circle" against "red circle" (the
+    library's own edit with those texts, not the captions'); a removal has no phrase to add, so it
+    is diffedit's edit exactly."""
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.diffedit import DiffEditConfig, diffedit
+
+    cfg = DiffEditConfig(num_inference_steps=3, mask_samples=1)
+    s, ctx, calls, runs = Settings(diffedit=cfg), Context(tiny_eps), UNetCalls(tiny_eps.unet), {}
+    try:
+        for kind in ("recolor", "remove"):
+            case = make_case(HELD_OUT_SEED, kind)
+            for m in ("diffedit", "diffedit_concepts"):
+                runs[kind, m] = run_method(ctx, calls, METHODS[m], case, s, {})[0]
+    finally:
+        calls.unwrap()
+    recolor = make_case(HELD_OUT_SEED, "recolor")
+    own = diffedit(tiny_eps, recolor.input_image, recolor.add[0], recolor.remove[0], cfg, seed=recolor.seed)
+    assert np.array_equal(runs["recolor", "diffedit_concepts"].image, np.asarray(own.image))
+    assert not np.array_equal(runs["recolor", "diffedit_concepts"].image, runs["recolor", "diffedit"].image)
+    assert np.array_equal(runs["remove", "diffedit_concepts"].image, runs["remove", "diffedit"].image)
+
+
 def test_ledits_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
     """ledits_presets: a recolour is LEDITS with concepts under its kind's preset (the image
     ledits_concepts makes given the preset's settings, not the one it makes at the paper's); an

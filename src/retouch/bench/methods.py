@@ -8,6 +8,7 @@ a first and of a second edit. Methods with the same `prep_key` share one prepara
 
 retouch: diffedit (and the paper's ablations diffedit_no_mask, diffedit_no_encoding, sdedit);
 diffedit_presets (DiffEdit with the preset a user picks for the edit's kind, KIND_PRESETS);
+diffedit_concepts (DiffEdit given the edit's phrases, "green circle" against "red circle");
 ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer");
 ledits_presets (concepts, with the preset a user picks for the edit's kind).
 diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
@@ -138,15 +139,19 @@ def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
     return _diffedit("diffedit")(ctx, case, _preset_for(case, s), encoding)
 
 
-def _diffedit(mode: str) -> Callable:
+def _diffedit(mode: str, concepts: bool = False) -> Callable:
+    """DiffEdit given the captions, or (concepts) the edit's own phrases where it has one of each
+    ("green circle" against "red circle": recolours, reshapes, backgrounds; the captions otherwise)."""
+
     def edit(ctx: Context, case: Case, s: Settings, encoding) -> Output:
         from retouch.methods.diffedit import diffedit
 
+        phrases = concepts and len(case.add) == len(case.remove) == 1
         r = diffedit(
             ctx.model,
             case.input_image,
-            case.target_caption,
-            case.source_caption,
+            case.add[0] if phrases else case.target_caption,
+            case.remove[0] if phrases else case.source_caption,
             config=replace(s.diffedit, mode=mode),
             seed=case.seed,
             encoding=encoding,
@@ -281,6 +286,14 @@ METHODS: dict[str, Method] = {
             _diffedit_preset,
             lambda ctx, case, s: _ddim_encoding(ctx, case, _preset_for(case, s)),
             lambda s: ("presets", *_ddim_key(s)),  # the encoding of one case under its preset
+            has_mask=True,
+        ),
+        Method(
+            "diffedit_concepts",
+            "diffedit",
+            _diffedit("diffedit", True),
+            _ddim_encoding,
+            _ddim_key,
             has_mask=True,
         ),
         Method("diffedit_no_mask", "diffedit", _diffedit("no_mask"), _ddim_encoding, _ddim_key),
