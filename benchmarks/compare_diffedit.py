@@ -153,7 +153,7 @@ def run_theirs(pipe, img: np.ndarray, pixels, query: str, reference: str, seed: 
     source = Image.fromarray(img) if args.vae_sample else x0
     mask = dp.diffedit_mask(pipe, source, query, reference, cfg, seed)  # [1, h, w]
     encoded = dp.diffedit_encode(pipe, source, cfg, seed)  # [1, r·N, C, h, w], noisiest first
-    z = dp.diffedit_decode(pipe, query, mask, encoded, cfg)  # [1, C, h, w]
+    z = dp.diffedit_decode(pipe, query, reference, mask, encoded, cfg)  # [1, C, h, w]
     image = dp.decode_latents(pipe, z)
     sync(device)
     seconds = time.perf_counter() - t0

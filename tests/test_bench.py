@@ -261,6 +261,33 @@ def test_diffusers_diffedit_matches_retouch_cost(tiny_eps):
         assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32)
 
 
+def test_diffusers_diffedit_steers_from_the_reference_when_retouch_does(tiny_eps):
+    """guide_from_reference gives diffusers' decoding the reference as its negative prompt: its
+    image moves, and lands nearer retouch's image under the same setting than its own without it."""
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.diffedit import DiffEditConfig
+
+    case, ctx, calls, out = (
+        make_case(HELD_OUT_SEED, "recolor"),
+        Context(tiny_eps),
+        UNetCalls(tiny_eps.unet),
+        {},
+    )
+    try:
+        for steer in (False, True):
+            s = Settings(
+                diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1, guide_from_reference=steer)
+            )
+            for m in ("diffedit", "diffusers_diffedit"):
+                out[m, steer] = run_method(ctx, calls, METHODS[m], case, s, {})[0].image.astype(float)
+    finally:
+        calls.unwrap()
+    moved = np.abs(out["diffusers_diffedit", True] - out["diffusers_diffedit", False]).mean()
+    apart = np.abs(out["diffusers_diffedit", True] - out["diffedit", True]).mean()
+    assert moved > 1.0 and apart < moved / 4, (moved, apart)
+
+
 def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
     """diffedit_presets: a removal encodes to pure noise (N=3: encode 3, decode 2·3 = 6, mask 2),
     a recolour too, within a tighter mask (threshold 0.8: inside diffedit's),

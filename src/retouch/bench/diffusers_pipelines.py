@@ -154,10 +154,14 @@ def diffedit_mask(pipe, image, query: str, reference: str, cfg, seed: int) -> np
 
 
 @torch.no_grad()
-def diffedit_decode(pipe, query: str, mask: np.ndarray, encoded: torch.Tensor, cfg) -> torch.Tensor:
-    """diffusers' masked decoding from the encoded latents: the final latents [1, C, h, w]."""
+def diffedit_decode(
+    pipe, query: str, reference: str, mask: np.ndarray, encoded: torch.Tensor, cfg
+) -> torch.Tensor:
+    """diffusers' masked decoding from the encoded latents: the final latents [1, C, h, w]. Its
+    negative prompt is the reference when retouch's decoding would steer from it (guide_from_reference)."""
     return pipe(
         prompt=query,
+        negative_prompt=reference if cfg.guide_from_reference and reference else None,
         mask_image=mask,
         image_latents=encoded,
         inpaint_strength=cfg.encode_ratio,

@@ -214,7 +214,7 @@ def _their_diffedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
     x0, encoded = prep
     pipe = ctx.pipe("diffedit")
     mask = dp.diffedit_mask(pipe, x0, case.target_caption, case.source_caption, s.diffedit, case.seed)
-    z = dp.diffedit_decode(pipe, case.target_caption, mask, encoded, s.diffedit)
+    z = dp.diffedit_decode(pipe, case.target_caption, case.source_caption, mask, encoded, s.diffedit)
     h, w = case.input_image.shape[:2]
     return Output(_image(to_image(dp.decode_latents(pipe, z), h, w)), mask[0] > 0.5)
 
