@@ -91,7 +91,7 @@ def _report(summary: dict, as_json: bool, quiet: bool, line: str) -> None:
 def _check_config(config_cls, method: str, given: dict, preset: str | None = None, presets=None):
     """The settings given (over the preset named, one of the method's `presets`), checked before
     the model loads: one line naming what is wrong."""
-    from retouch.settings import with_preset, with_settings
+    from retouch.settings import configured
 
     names = {f.name for f in dataclasses.fields(config_cls)}
     for name in given:
@@ -99,9 +99,7 @@ def _check_config(config_cls, method: str, given: dict, preset: str | None = Non
             raise InputError(f"--{name.replace('_', '-')} is not a {method} setting")
     if preset is not None and preset not in presets:
         raise InputError(f"--preset {preset} is not a {method} preset; {method} has {', '.join(presets)}")
-    cfg = with_settings(with_preset(config_cls(), presets or {}, preset), given)
-    cfg.check()
-    return cfg
+    return configured(config_cls(), presets or {}, preset, given)
 
 
 def _texts(values: Sequence[str], name: str) -> list[str]:

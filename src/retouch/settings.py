@@ -56,6 +56,13 @@ def with_preset(config, presets: dict, preset: str | None):
     return with_settings(config, presets[preset])
 
 
+def configured(config, presets: dict, preset: str | None, settings: dict):
+    """config, then a named preset's settings (one of `presets`), then the explicit settings: checked."""
+    cfg = with_settings(with_preset(config, presets, preset), settings)
+    cfg.check()
+    return cfg
+
+
 def check_seed(seed) -> int:
     """The seed, if it is a whole number in [0, 2^64); else a SettingError."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:

@@ -23,7 +23,7 @@ from retouch.masks import binarize, difference_map, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
-from retouch.settings import check_number, check_seed, setting, with_preset, with_settings
+from retouch.settings import check_number, check_seed, configured, setting
 from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Encoding, Mask, ModelBundle
@@ -102,8 +102,7 @@ class DiffEditConfig:
 
 def _config(config: DiffEditConfig | None, preset: str | None, settings: dict) -> DiffEditConfig:
     """The config, then a preset's settings (PRESETS), then the explicit settings, checked."""
-    cfg = with_settings(with_preset(config or DiffEditConfig(), PRESETS, preset), settings)
-    cfg.check()
+    cfg = configured(config or DiffEditConfig(), PRESETS, preset, settings)
     # the check accepts whole-number floats (10.0); store them as ints, which size and index tensors
     return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
 

@@ -28,7 +28,7 @@ from retouch.methods.common import Progress, check_finite, generator, prepare, s
 from retouch.methods.diffedit import diffedit_mask
 from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule
-from retouch.settings import check_number, check_seed, setting, with_preset, with_settings
+from retouch.settings import check_number, check_seed, configured, setting
 from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
@@ -100,9 +100,7 @@ class LEditsConfig:
 
 
 def _config(config, preset, settings) -> LEditsConfig:
-    cfg = with_settings(with_preset(config or LEditsConfig(), PRESETS, preset), settings)
-    cfg.check()
-    return cfg
+    return configured(config or LEditsConfig(), PRESETS, preset, settings)
 
 
 def _per_concept(name: str, value, k: int, **limits) -> list:

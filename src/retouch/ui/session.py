@@ -21,7 +21,7 @@ from retouch.methods import diffedit as diffedit_module
 from retouch.methods import ledits as ledits_module
 from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
-from retouch.settings import check_seed, with_preset, with_settings
+from retouch.settings import check_seed, configured
 from retouch.types import EditResult, ModelBundle
 
 Progress = Callable[[str, int, int], None]  # progress(stage, done, total), as the library calls it
@@ -156,7 +156,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
-    cfg = _config(DiffEditConfig(), diffedit_module.PRESETS, req)
+    cfg = configured(DiffEditConfig(), diffedit_module.PRESETS, req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
     if cfg.mode in ("diffedit", "no_encoding"):
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
@@ -183,7 +183,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
 
 
 def _ledits(model, cache, req, image, seed, key, progress):
-    cfg = _config(LEditsConfig(), ledits_module.PRESETS, req)
+    cfg = configured(LEditsConfig(), ledits_module.PRESETS, req.preset, req.settings)
     inv_key = (
         "inversion",
         *key,
@@ -210,10 +210,3 @@ def _ledits(model, cache, req, image, seed, key, progress):
         )
     )
     return result, [("inversion", t), ("edit", t_edit)], [inv] if t is not None else []
-
-
-def _config(config, presets: dict, req: EditRequest):
-    """The method's config: its defaults, the request's preset, then its settings; checked."""
-    cfg = with_settings(with_preset(config, presets, req.preset), req.settings)
-    cfg.check()
-    return cfg
