@@ -148,7 +148,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
         "model": model.model_id,
         "fingerprint": model.fingerprint,
         "method": req.method,
-        "settings": {**result.settings, "preset": req.preset},
+        "settings": result.settings,
         "seed": result.seed,
     }
     evals = result.unet_evals + sum(v.unet_evals for v in made)
@@ -176,7 +176,19 @@ def _diffedit(model, cache, req, image, seed, key, progress):
         steps.append(("encoding", t))
         made += [encoding] if t is not None else []
     result, t = _timed(
-        lambda: diffedit(model, image, req.query, req.reference, cfg, seed, mask, encoding, progress)
+        lambda: diffedit(
+            model,
+            image,
+            req.query,
+            req.reference,
+            None,
+            seed,
+            mask,
+            encoding,
+            progress,
+            req.preset,
+            **req.settings,
+        )
     )
     steps.append(("edit", t))
     return result, steps, made
@@ -202,11 +214,12 @@ def _ledits(model, cache, req, image, seed, key, progress):
             add=req.add,
             remove=req.remove,
             prompt=req.prompt,
-            config=cfg,
+            preset=req.preset,
             seed=seed,
             mask="infer" if req.mask == "infer" else None,
             image=image,
             progress=progress,
+            **req.settings,
         )
     )
     return result, [("inversion", t), ("edit", t_edit)], [inv] if t is not None else []
