@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from retouch import __version__
+from retouch import __version__, presets
 from retouch.errors import InputError
 from retouch.files import check_output, image_saver, save_image, write_all_atomic
 from retouch.shell import (
@@ -133,10 +133,10 @@ def _read_mask(mask: str | None, image, label: str = "image"):
 @click.option("--remove", multiple=True, metavar="CONCEPT", help="ledits: a concept to remove (repeatable).")
 @click.option(
     "--preset",
-    type=click.Choice(["style", "face", "object", "tight-mask", "remove", "recolor"]),
+    type=click.Choice([*presets.LEDITS, *presets.DIFFEDIT]),
     help="Named settings; explicit flags override them. ledits: the reference demo's concept "
-    "settings (style, face, object); diffedit: tight-mask (mask threshold 0.8), remove (encode "
-    "ratio 1.0), recolor (both), measured in BENCHMARKS.md.",
+    f"settings, {presets.described('ledits')}; diffedit: {presets.described('diffedit')}; "
+    "measured in BENCHMARKS.md.",
 )
 @click.option(
     "--mask",
@@ -351,7 +351,7 @@ def _read_inversion(path: Path, img, source, given: dict):
 @click.option("--reference", default="", help="The text of what to change [default: empty].")
 @click.option(
     "--preset",
-    type=click.Choice(["tight-mask"]),
+    type=click.Choice(presets.mask_presets()),
     help="DiffEdit's named mask settings (BENCHMARKS.md); explicit flags override them.",
 )
 @model_options

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from retouch import presets
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
@@ -33,17 +34,7 @@ SOLVERS = ("ddim", "dpmsolver++")
 # The named fast setting: half the evaluations of the defaults at their quality on ShapesBench (the
 # paper's DDIM at N=20: 68 evaluations; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20)
-# Named settings for an edit's aim, each measured against the paper's defaults on ShapesBench
-# (BENCHMARKS.md, session 10); the defaults stay the paper's. Explicit settings override them.
-PRESETS = {
-    # a mask closer to what changes: recolour mask IoU 0.559 against 0.448, success level
-    "tight-mask": dict(mask_threshold=0.8),
-    # encode to pure noise, so the removed object's blur is not drawn again: removals 71 against 50 %
-    "remove": dict(encode_ratio=1.0),
-    # both: the new colour drawn from pure noise inside the tighter mask (session 12: 100 fresh
-    # recolours, 78 against 71 % at mask IoU 0.521 against 0.427)
-    "recolor": dict(mask_threshold=0.8, encode_ratio=1.0),
-}
+PRESETS = presets.DIFFEDIT  # named settings for an edit's aim (retouch.presets)
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from retouch import presets
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
@@ -33,12 +34,7 @@ from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
 
-# The reference demo's presets (METHODS §4): named settings, as DiffEdit's are
-PRESETS = {
-    "style": dict(edit_scale=8.0, edit_warmup=2, edit_threshold=0.92),
-    "face": dict(edit_scale=5.0, edit_warmup=2, edit_threshold=0.95),
-    "object": dict(edit_scale=15.0, edit_warmup=5, edit_threshold=0.95),
-}
+PRESETS = presets.LEDITS  # the reference demo's concept settings (retouch.presets)
 
 Number = float | Sequence[float]
 INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale", "solver")  # what invert() reads
