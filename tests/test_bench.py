@@ -448,3 +448,47 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
     assert 0 <= report["t2i_faithful"] <= 1 and 0 <= report["concept_contains"] <= 1
     assert 0 <= report["background_concept_holds"] <= 1
     assert set(report["t2i_faithful_by_objects"]) <= {"1", "2", "3"}
+
+
+@pytest.mark.parametrize("kind", ["recolor", "remove", "add"])
+def test_the_judge_says_why_an_edit_failed(kind):
+    """Rendered results of known kinds: the ground truth succeeds (no failure), the input unchanged
+    is 'unchanged', and the edited object drawn as another object of the scene is a 'copy'; the
+    summary counts them by method and kind."""
+    from dataclasses import replace
+
+    from retouch.bench.cases import make_case
+    from retouch.bench.metrics import judge_case, why_failed
+    from retouch.bench.report import summary_markdown
+    from retouch.shapes import world
+    from retouch.shapes.judge import load_judge
+
+    judge = load_judge()
+    case = next(c for s in range(10_000_000, 10_000_200) if len((c := make_case(s, kind)).untouched()) >= 1)
+    region, _, _ = case.judged_region()
+    assert judge_case(judge, case.target_image, case)["failure"] is None
+    got = judge_case(judge, case.source_image, case)
+    assert not got["success"] and got["failure"] == "unchanged"
+    # the edited object (the new one for an addition) drawn as a copy of an untouched one
+    other = case.untouched()[0][0]
+    target = case.edit.target
+    i = (
+        case.edit.index
+        if kind != "add"
+        else next(j for j, o in enumerate(target.objects) if o not in case.edit.source.objects)
+    )
+    if kind == "remove":  # the removed object is only in the source
+        target, i = case.edit.source, case.edit.index
+    objects = list(target.objects)
+    objects[i] = replace(objects[i], shape=other.shape, color=other.color)
+    copy = world.render(replace(target, objects=tuple(objects)))
+    row = judge_case(judge, copy, case)
+    assert row["failure"] == "copy" and tuple(row["read"]) == (other.shape, other.color)
+    assert why_failed(("circle", None), ("square", "red"), {("circle", "red")}) == "other"
+    assert why_failed((None, None), ("square", "red"), set()) == "nothing"
+    rows = [
+        dict(case="a", kind=kind, method="m", sweep=None, **judge_case(judge, im, case))
+        for im in (case.target_image, case.source_image, copy, copy)
+    ]
+    line = next(x for x in summary_markdown(rows, {}).splitlines() if x.startswith(f"| m | {kind} |"))
+    assert [c.strip() for c in line.strip("|").split("|")][2:] == ["4", "75%", "25%", "50%", "0%", "0%"]

@@ -100,7 +100,9 @@ def evaluate(
     verdicts = (
         judge_case(judge, image, case)
         if judge is not None
-        else dict(success=None, source_gone=None, read=None, preserved=None, preserved_fraction=None)
+        else dict(
+            success=None, failure=None, source_gone=None, read=None, preserved=None, preserved_fraction=None
+        )
     )
     first_evals = (prep.evals if prep else 0) + edit.evals
     row = dict(

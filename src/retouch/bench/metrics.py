@@ -30,7 +30,8 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     success: the judge reads the target in the changed region (the new object; nothing for a
     removal; the new background for a background edit) and no longer the source there;
     read: what it read; preserved: every untouched object is read as itself inside its
-    ground-truth mask (None when the edit leaves no object untouched); preserved_fraction: how many.
+    ground-truth mask (None when the edit leaves no object untouched); preserved_fraction: how many;
+    failure: why it failed (FAILURES; None when it succeeded).
     """
     from retouch.shapes.judge import read_background, read_regions
 
@@ -46,13 +47,38 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     if case.kind != "background":
         read, reads = reads[0], reads[1:]
     kept = [r == (o.shape, o.color) for r, (o, _) in zip(reads, untouched)]
+    success = bool(read == expected and read != source)
+    others = {(o.shape, o.color) for o, _ in untouched}
     return dict(
-        success=bool(read == expected and read != source),
+        success=success,
+        failure=None if success else why_failed(read, source, others),
         source_gone=bool(read != source),
         read=list(read) if isinstance(read, tuple) else read,
         preserved=bool(all(kept)) if kept else None,
         preserved_fraction=float(np.mean(kept)) if kept else None,
     )
+
+
+# Why an edit failed, from what the judge read where the edit should be (the first that applies)
+FAILURES = {
+    "unchanged": "the source is still read there (for an addition: nothing was drawn)",
+    "copy": "one of the scene's other objects is read there: drawn again",
+    "nothing": "no object is read where the edit should have drawn one",
+    "other": "another object, colour or background is read there",
+}
+
+
+def why_failed(read, source, others: set) -> str:
+    """The FAILURES key of a failed edit: `read` what the judge read in the judged region (a (shape,
+    colour) pair, or a background's name), `source` what was there before, `others` the (shape,
+    colour) pairs of the scene's untouched objects."""
+    if read == source:
+        return "unchanged"
+    if read in others:
+        return "copy"
+    if read == (None, None):
+        return "nothing"
+    return "other"
 
 
 def image_metrics(image: np.ndarray, case: Case) -> dict:

@@ -105,6 +105,7 @@ def summary_markdown(
             cells = [_fmt(_mean([r for r in mine if r["kind"] == k], key), fmt) for k in kinds]
             lines.append(f"| {m} | " + " | ".join([*cells, _fmt(_mean(mine, key), fmt)]) + " |")
     lines += _intervals(rows, methods)
+    lines += _failures(rows, methods, kinds)
     lines += _paired(rows, pairs or {})
     return "\n".join(lines) + "\n"
 
@@ -151,6 +152,35 @@ def _intervals(rows: list[dict], methods: Sequence[str]) -> list[str]:
             vals = _values(mine, key)
             cells.append(fmt.format(*mean_ci(vals)) if len(vals) > 1 else "–")
         lines.append(f"| {m} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _failures(rows: list[dict], methods: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Per method and kind, the share of edits that failed each way (metrics.FAILURES), of the rows
+    that record why (a judged run; rows written before the field existed are left out)."""
+    from retouch.bench.metrics import FAILURES
+
+    judged = [r for r in rows if "failure" in r and r.get("success") is not None]
+    if not judged:
+        return []
+    lines = [
+        "",
+        "## Why edits failed (share of the edits of each kind)",
+        "",
+        "; ".join(f"{k}: {v}" for k, v in FAILURES.items()) + ".",
+        "",
+        "| method | kind | n | failed | " + " | ".join(FAILURES) + " |",
+        "|" + "---|" * (4 + len(FAILURES)),
+    ]
+    for m in methods:
+        for kind in kinds:
+            sel = [r for r in judged if r["method"] == m and r["kind"] == kind]
+            if not sel:
+                continue
+            shares = [sum(r["failure"] == f for r in sel) / len(sel) for f in FAILURES]
+            failed = sum(not r["success"] for r in sel) / len(sel)
+            cells = [f"{x:.0%}" for x in (failed, *shares)]
+            lines.append(f"| {m} | {kind} | {len(sel)} | " + " | ".join(cells) + " |")
     return lines
 
 
