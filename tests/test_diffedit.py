@@ -349,6 +349,59 @@ def test_guidance_from_the_reference_steers_decoding_from_its_text(tiny_eps, mon
     torch.testing.assert_close(both[1].latents, paper.latents, rtol=1e-4, atol=1e-5)
 
 
+def test_steering_away_from_the_reference_adds_its_branch_and_term(tiny_eps, monkeypatch):
+    """reference_guidance_scale w_R: each decoding call holds [∅, query, reference] as one batch and
+    the step's ε is ε(∅) + w·(ε(Q) − ε(∅)) + w_R·(ε(Q) − ε(R)); w_R = 0, or no reference, is the
+    paper's decoding bitwise; in a batch each edit keeps its own w_R."""
+    from retouch.text import encode_text
+
+    img = small_image()
+    mask, enc = (
+        retouch.diffedit_mask(tiny_eps, img, QUERY, REFERENCE, **FAST),
+        retouch.ddim_encoding(tiny_eps, img, **FAST),
+    )
+    calls, forward = [], tiny_eps.unet.forward
+
+    def recording(sample, t, encoder_hidden_states=None, **kw):
+        out = forward(sample, t, encoder_hidden_states=encoder_hidden_states, **kw)
+        calls.append((encoder_hidden_states.detach().clone(), sample.detach().clone(), out.sample.clone()))
+        return out
+
+    monkeypatch.setattr(tiny_eps.unet, "forward", recording)
+    kw = dict(mask=mask, encoding=enc, **FAST)
+    away = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, reference_guidance_scale=2.0, **kw)
+    empty, query, ref = encode_text(tiny_eps, ["", QUERY, REFERENCE])
+    assert len(calls) == 3 and away.unet_evals == 3 * 3  # one call a step, three branches
+    for texts, _, _ in calls:
+        assert [torch.equal(a, b) for a, b in zip(texts, (empty, query, ref))] == [True] * 3
+    # the first step's ε from its three branches, and the step it took: DDIM, then the blend
+    schedule = Schedule.from_scheduler(tiny_eps.scheduler)
+    e_u, e_c, e_r = calls[0][2].split(1)
+    eps = e_u + 7.5 * (e_c - e_u) + 2.0 * (e_c - e_r)
+    t, s = schedule.timesteps(FAST["num_inference_steps"])[-3:][:2]
+    m = mask.latent.to(eps)
+    expected = m * schedule.ddim_step(enc.latents[-1], eps, t, s) + (1 - m) * enc.latents[-2]
+    torch.testing.assert_close(calls[1][1][:1], expected, rtol=1e-4, atol=1e-5)
+    calls.clear()
+    paper = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, **kw)
+    assert len(calls[0][0]) == 2 and not torch.allclose(away.latents, paper.latents)
+    zero = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, reference_guidance_scale=0.0, **kw)
+    assert torch.equal(zero.latents, paper.latents)
+    no_ref = retouch.diffedit(tiny_eps, img, QUERY, "", reference_guidance_scale=2.0, **kw)
+    assert torch.equal(no_ref.latents, retouch.diffedit(tiny_eps, img, QUERY, "", **kw).latents)
+    both = retouch.diffedit_many(
+        tiny_eps,
+        img,
+        [
+            dict(query=QUERY, reference=REFERENCE, reference_guidance_scale=2.0, mask=mask, encoding=enc),
+            dict(query=QUERY, reference=REFERENCE, mask=mask, encoding=enc),
+        ],
+        **FAST,
+    )
+    torch.testing.assert_close(both[0].latents, away.latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both[1].latents, paper.latents, rtol=1e-4, atol=1e-5)
+
+
 def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tiny_v, unet_inputs):
     img = small_image()
     enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5)

@@ -69,9 +69,26 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def guided_eps(eps_fn: EpsFn, cond: torch.Tensor, uncond: torch.Tensor | None, scale) -> EpsFn:
+def guided_eps(
+    eps_fn: EpsFn,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    scale,
+    away: torch.Tensor | None = None,
+    away_scale=0.0,
+) -> EpsFn:
     """eps_fn with classifier-free guidance folded in; scale 1 or no uncond: a single branch.
-    scale: a number, or one per batch element [B, 1, 1, 1]."""
+    scale: a number, or one per batch element [B, 1, 1, 1]. With `away` [B, L, D] (and uncond):
+    ε̃ + w_a·(ε(c) − ε(away)), a third branch of the same call, steering from `away` towards c
+    (composable diffusion's negation, Liu et al. 2022); away_scale w_a: a number or [B, 1, 1, 1]."""
+    if away is not None and uncond is not None:
+
+        def composed(x, t, _c=None):
+            b = x.shape[0]
+            e_u, e_c, e_a = branches(eps_fn, x, t, [c.expand(b, -1, -1) for c in (uncond, cond, away)])
+            return cfg(e_u, e_c, scale) + away_scale * (e_c - e_a)
+
+        return composed
     if uncond is None or (not isinstance(scale, torch.Tensor) and scale == 1.0):
         return lambda x, t, _c=None: eps_fn(x, t, cond.expand(x.shape[0], -1, -1))
 

@@ -54,6 +54,11 @@ class DiffEditConfig:
     guide_from_reference: bool = setting(
         False, "ours: decoding's guidance steers from the reference text instead of from ∅"
     )
+    reference_guidance_scale: float = setting(
+        0.0,
+        "ours: w_R, decoding also steers away from the reference, + w_R·(ε(Q) − ε(R)) (one more"
+        " UNet branch); 0: the paper",
+    )
     paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
     feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
     solver: str = setting(
@@ -66,6 +71,7 @@ class DiffEditConfig:
         if int(round(self.encode_ratio * self.num_inference_steps)) < 1:
             raise SettingError("encode_ratio × num_inference_steps must be at least 1 step")
         check_number("guidance_scale", self.guidance_scale, 0)
+        check_number("reference_guidance_scale", self.reference_guidance_scale, 0)
         check_number("mask_samples", self.mask_samples, 1, 1000, integer=True)
         check_number("mask_strength", self.mask_strength, 0, 1, low_open=True)
         check_number("mask_clamp", self.mask_clamp, 0, low_open=True)
@@ -244,7 +250,8 @@ def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progre
     """DDIM decoding under CFG on each edit's query from level t_r, the background following its
     own trajectory outside the mask, all edits as ONE batch per step: start [B, C, h, w],
     background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations).
-    Guidance steers from ∅ (the paper), or from an edit's reference when it asks so."""
+    Guidance steers from ∅ (the paper), or from an edit's reference when it asks so; an edit with
+    reference_guidance_scale w_R > 0 (and a reference) also steers away from its reference."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]  # descending
     scales = [j.cfg.guidance_scale for j in jobs]
@@ -256,7 +263,12 @@ def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progre
     scale = (
         scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=start.device).view(-1, 1, 1, 1)
     )
-    eps = guided_eps(unet_eps(model, schedule, counter, size), cond, uncond, scale)
+    away, away_scale = None, 0.0
+    w_r = [j.cfg.reference_guidance_scale if j.reference else 0.0 for j in jobs]
+    if any(w_r):
+        away = encode_text(model, [j.reference for j in jobs])  # [B, L, D]
+        away_scale = torch.tensor(w_r, device=start.device).view(-1, 1, 1, 1)
+    eps = guided_eps(unet_eps(model, schedule, counter, size), cond, uncond, scale, away, away_scale)
     z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
     return check_finite(z, "guidance_scale"), counter.n
 
