@@ -158,7 +158,8 @@ def diffedit_decode(
     pipe, query: str, reference: str, mask: np.ndarray, encoded: torch.Tensor, cfg
 ) -> torch.Tensor:
     """diffusers' masked decoding from the encoded latents: the final latents [1, C, h, w]. Its
-    negative prompt is the reference when retouch's decoding would steer from it (guide_from_reference)."""
+    negative prompt is the reference when retouch's decoding would steer from it (guide_from_reference).
+    reference_guidance_scale (ours) has no counterpart here: with it, the pair is not matched."""
     return pipe(
         prompt=query,
         negative_prompt=reference if cfg.guide_from_reference and reference else None,
