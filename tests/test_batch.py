@@ -89,9 +89,9 @@ def test_a_manifest_with_two_bad_rows_completes_with_one_result_per_row(tmp_path
 
 
 def test_a_row_names_a_preset_of_its_method_under_its_own_settings(tmp_path):
-    """A DiffEdit row's preset "remove" encodes through every step (N=10, n=2: mask 4 + encode 10
-    + decode 20) and is recorded; its own setting beats the preset's; another method's preset fails
-    its row alone, in one line."""
+    """A DiffEdit row's preset "remove" encodes through every step, steering away from the reference
+    (N=10, n=2: mask 4 + encode 10 + decode 3·10) and is recorded; its own setting beats the
+    preset's; another method's preset fails its row alone, in one line."""
     manifest = make_manifest(tmp_path, images=1, bad=False)
     row = json.loads(manifest.read_text().splitlines()[0])
     rows = [
@@ -107,7 +107,7 @@ def test_a_row_names_a_preset_of_its_method_under_its_own_settings(tmp_path):
     res = {r["row"]: r for r in results(out)}
     settings = [read_params(res[i]["output"])["settings"] for i in (0, 1)]
     assert [(s["preset"], s["encode_ratio"]) for s in settings] == [("remove", 1.0), ("remove", 0.5)]
-    assert res[0]["unet_evals"] == 4 + 10 + 20
+    assert res[0]["unet_evals"] == 4 + 10 + 30
     assert (
         res[2]["status"] == "failed"
         and "preset must be one of tight-mask, remove, recolor" in res[2]["error"]

@@ -289,8 +289,9 @@ def test_diffusers_diffedit_steers_from_the_reference_when_retouch_does(tiny_eps
 
 
 def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
-    """diffedit_presets: a removal encodes to pure noise (N=3: encode 3, decode 2·3 = 6, mask 2),
-    a recolour too, within a tighter mask (threshold 0.8: inside diffedit's),
+    """diffedit_presets: a removal encodes to pure noise steering away from the reference (N=3:
+    encode 3, decode 3·3 = 9, mask 2), a recolour encodes to pure noise (decode 2·3 = 6) within a
+    tighter mask (threshold 0.8: inside diffedit's),
     a reshape is diffedit's edit exactly."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
     from retouch.denoiser import UNetCalls
@@ -309,7 +310,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     finally:
         calls.unwrap()
     evals = {k: (prep.evals, edit.evals) for k, (_, prep, edit) in runs.items()}
-    assert evals["remove", "diffedit_presets"] == (3, 8) and evals["remove", "diffedit"] == (2, 6)
+    assert evals["remove", "diffedit_presets"] == (3, 11) and evals["remove", "diffedit"] == (2, 6)
     assert evals["recolor", "diffedit_presets"] == (3, 8) and evals["recolor", "diffedit"] == (2, 6)
     tight, paper = runs["recolor", "diffedit_presets"][0].mask, runs["recolor", "diffedit"][0].mask
     assert tight.sum() < paper.sum() and not (tight & ~paper).any()

@@ -275,14 +275,16 @@ def test_reusing_a_mask_and_an_encoding_costs_only_the_decoding(tiny_eps, unet_i
 
 
 def test_a_preset_sets_its_settings_under_explicit_ones_and_is_recorded(tiny_eps, unet_inputs):
-    """preset="remove" encodes through every step (N=4: mask 4 + encode 4 + decode 8) and is
+    """preset="remove" encodes through every step and steers away from the reference (N=4: mask 4 +
+    encode 4 + decode 3·4) and is
     recorded by name; an explicit setting beats it; a batch's preset serves the edits that name
     none; tight-mask's mask lies inside the paper's; an unknown name fails before any UNet call."""
     img = small_image()
     seen = unet_inputs(tiny_eps)
     out = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, preset="remove", **FAST)
-    assert out.unet_evals == evals(seen) == 4 + 4 + 8
+    assert out.unet_evals == evals(seen) == 4 + 4 + 12
     assert out.settings["preset"] == "remove" and out.settings["encode_ratio"] == 1.0
+    assert out.settings["reference_guidance_scale"] == 5.0
     assert retouch.ddim_encoding(tiny_eps, img, preset="remove", **FAST).encode_ratio == 1.0
     explicit = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, preset="remove", encode_ratio=0.5, **FAST)
     assert explicit.settings["encode_ratio"] == 0.5

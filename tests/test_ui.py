@@ -234,9 +234,10 @@ def test_presets_fill_the_form():
         form_defaults("ledits")[n] for n in ("edit_scale", "edit_warmup", "edit_threshold")
     ]
     paper = form_defaults("diffedit")
-    assert _preset_values("diffedit", "tight-mask") == [0.8, paper["encode_ratio"]]
-    assert _preset_values("diffedit", "remove") == [paper["mask_threshold"], 1.0]
-    assert _preset_values("diffedit", "none") == [paper["mask_threshold"], paper["encode_ratio"]]
+    w_r = paper["reference_guidance_scale"]
+    assert _preset_values("diffedit", "tight-mask") == [0.8, paper["encode_ratio"], w_r]
+    assert _preset_values("diffedit", "remove") == [paper["mask_threshold"], 1.0, 5.0]
+    assert _preset_values("diffedit", "none") == [paper["mask_threshold"], paper["encode_ratio"], w_r]
 
 
 @pytest.mark.parametrize("method, preset", [("diffedit", "recolor"), ("ledits", "object")])
