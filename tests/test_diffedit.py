@@ -503,6 +503,8 @@ BAD = [
     ("n 2.5", {"mask_samples": 2.5}, SettingError, "mask_samples"),
     ("nan w", {"guidance_scale": float("nan")}, SettingError, "guidance_scale"),
     ("nan mask w", {"mask_guidance_scale": float("nan")}, SettingError, "mask_guidance_scale"),
+    ("negative w_R", {"reference_guidance_scale": -1.0}, SettingError, "reference_guidance_scale"),
+    ("nan w_R", {"reference_guidance_scale": float("nan")}, SettingError, "reference_guidance_scale"),
     ("unknown", {"guidance": 3.0}, SettingError, "unknown setting 'guidance'"),
     ("mode", {"mode": "inpaint"}, SettingError, "mode"),
     ("seed", {"seed": -1}, SettingError, "seed"),
