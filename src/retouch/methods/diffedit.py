@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from retouch import presets
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
+from retouch.presets import DIFFEDIT
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
 from retouch.settings import check_number, check_seed, configured, setting
@@ -34,7 +34,7 @@ SOLVERS = ("ddim", "dpmsolver++")
 # The named fast setting: half the evaluations of the defaults at their quality on ShapesBench (the
 # paper's DDIM at N=20: 68 evaluations; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20)
-PRESETS = presets.DIFFEDIT  # named settings for an edit's aim (retouch.presets)
+PRESETS = DIFFEDIT  # named settings for an edit's aim (retouch.presets)
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from retouch import presets
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
@@ -27,6 +26,7 @@ from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to
 from retouch.masks import user_mask
 from retouch.methods.common import Progress, check_finite, generator, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
+from retouch.presets import LEDITS
 from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule
 from retouch.settings import check_number, check_seed, configured, setting
@@ -34,7 +34,7 @@ from retouch.text import check_prompt, encode_text
 from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
 
-PRESETS = presets.LEDITS  # the reference demo's concept settings (retouch.presets)
+PRESETS = LEDITS  # the reference demo's concept settings (retouch.presets)
 
 Number = float | Sequence[float]
 INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale", "solver")  # what invert() reads
