@@ -93,3 +93,17 @@ def test_text_embeddings_are_kept_bounded_and_do_not_depend_on_their_batch(tiny_
     finally:
         del tiny_eps.text_encoder.forward
     assert torch.equal(encode_text(tiny_eps, ["a red circle"]), alone)  # evicted, encoded again, the same
+
+
+def test_a_saved_config_names_the_size_it_was_built_as():
+    """size_of reads back which of SIZES a UNet and text encoder config were built as (what training
+    checks a model it starts from against); a config of no size is None."""
+    from retouch.architecture import SIZES, size_of
+
+    for name in SIZES:
+        parts = build_components(name, seed=0)
+        unet, text = dict(parts["unet"].config), parts["text_encoder"].config.to_dict()
+        assert size_of(unet, text) == name
+        assert size_of({**unet, "layers_per_block": 3}, text) is None
+        assert size_of(unet, {**text, "num_hidden_layers": 7}) is None
+    assert size_of(unet, text, ["mini"]) is None  # mini-deep-text's, not among the names asked

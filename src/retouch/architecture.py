@@ -135,24 +135,44 @@ def build_components(
             projection_dim=s["text"],
         )
     )
-    n_unet = len(s["unet"])
-    top = s.get("top", False)
     unet = UNet2DConditionModel(
         sample_size=image_size // 2 ** (n_vae - 1),
         in_channels=4,
         out_channels=4,
+        cross_attention_dim=s["text"],
+        attention_head_dim=s["head_dim"],
+        norm_num_groups=8,
+        **_unet_shape(s),
+    )
+    scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def _unet_shape(s: dict) -> dict:
+    """The UNet config keys that tell the SIZES apart: its blocks, their widths and depth."""
+    n_unet, top = len(s["unet"]), s.get("top", False)
+    return dict(
         down_block_types=("CrossAttnDownBlock2D" if top else "DownBlock2D",)
         + ("CrossAttnDownBlock2D",) * (n_unet - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1)
         + ("CrossAttnUpBlock2D" if top else "UpBlock2D",),
         block_out_channels=s["unet"],
         layers_per_block=s["layers"],
-        cross_attention_dim=s["text"],
-        attention_head_dim=s["head_dim"],
-        norm_num_groups=8,
     )
-    scheduler = DDIMScheduler(**{**SD1_SCHEDULER, "prediction_type": prediction_type})
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def size_of(unet_config: dict, text_config: dict, names=None) -> str | None:
+    """Which of SIZES (of `names`, default all) a saved UNet and text encoder config (config.json
+    dicts) were built as, None if none."""
+    for name in names or SIZES:
+        s = SIZES[name]
+        shape = _unet_shape(s)
+        if text_config.get("num_hidden_layers") == s["text_layers"] and all(
+            list(unet_config.get(k, ())) == list(v) if isinstance(v, tuple) else unet_config.get(k) == v
+            for k, v in shape.items()
+        ):
+            return name
+    return None
 
 
 def save_pipeline(folder: Path, components: dict) -> Path:

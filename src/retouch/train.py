@@ -406,23 +406,14 @@ def _grow_text_into(te, state: dict) -> list[str]:
 
 def _model_architecture(folder: Path) -> str | None:
     """Which of ARCHITECTURES a model folder's UNet and text encoder are, None if none."""
-    from retouch.architecture import SIZES
+    from retouch.architecture import size_of
 
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         text = json.loads((folder / "text_encoder" / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    for name in ARCHITECTURES:
-        s = SIZES[name]
-        if (
-            list(unet.get("block_out_channels", ())) == list(s["unet"])
-            and unet.get("layers_per_block") == s["layers"]
-            and (unet.get("down_block_types", [""])[0] == "CrossAttnDownBlock2D") == s.get("top", False)
-            and text.get("num_hidden_layers") == s["text_layers"]
-        ):
-            return name
-    return None
+    return size_of(unet, text, ARCHITECTURES)
 
 
 def _init_from(parts: dict, folder: Path) -> list:
