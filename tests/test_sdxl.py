@@ -103,6 +103,12 @@ def test_diffedit_zero_mask_is_the_encode_decode_and_the_background_is_kept(xl):
     out = retouch.diffedit(xl, img, "a green circle", SOURCE, mask=half, num_inference_steps=6)
     keep = out.mask.latent == 0
     assert keep.any() and torch.equal(out.latents[..., keep], prep.x0[..., keep])
+    # steering away from the reference: SDXL's two encoders and pooled row take the third branch too
+    away = retouch.diffedit(
+        xl, img, "a green circle", SOURCE, mask=half, num_inference_steps=6, reference_guidance_scale=3.0
+    )
+    assert torch.equal(away.latents[..., keep], prep.x0[..., keep])
+    assert not torch.allclose(away.latents[..., ~keep], out.latents[..., ~keep])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
