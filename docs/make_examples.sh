@@ -18,6 +18,13 @@ $r mask examples/two_shapes.png -o $out/diffedit_two_mask.png \
   --query "a blue square and a red triangle on a gray background" \
   --reference "a blue square and a yellow triangle on a gray background"
 
+# DiffEdit: taking an object out, at the paper's settings, at r = 1.0 alone, and under --preset remove
+for v in "paper:" "r1:--encode-ratio 1.0" "preset:--preset remove"; do
+  # shellcheck disable=SC2086 # the flags split into words
+  $r edit examples/red_circle.png -o "$out/diffedit_remove_${v%%:*}.png" --method diffedit ${v#*:} \
+    --query "a white background" --reference "a red circle on a white background"
+done
+
 # LEDITS: one inversion, three edits from it
 $r invert examples/two_shapes.png -o $out/two_shapes.inversion.safetensors \
   --source "a blue square and a yellow triangle on a gray background"
@@ -34,5 +41,8 @@ py=.venv/bin/python
 $py docs/strip.py $out/diffedit.png "input=examples/red_circle.png" "mask=$out/diffedit_mask.png" \
   "green circle=$out/diffedit_green.png" "input=examples/two_shapes.png" \
   "mask=$out/diffedit_two_mask.png" "red triangle=$out/diffedit_two.png"
+$py docs/strip.py $out/diffedit_remove.png "input=examples/red_circle.png" \
+  "paper, r 0.8=$out/diffedit_remove_paper.png" "r 1.0 alone=$out/diffedit_remove_r1.png" \
+  "preset remove=$out/diffedit_remove_preset.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
