@@ -9,7 +9,7 @@ DIFFEDIT = {
     "tight-mask": dict(mask_threshold=0.8),
     # encode to pure noise, so the removed object's blur is not drawn again (removals 71 against 50 %,
     # session 10), and steer decoding away from the reference, so no other object of the scene is
-    # drawn in its place (session 14, 200 fresh removals: 84 against 74 %, others kept 77 against 74 %)
+    # drawn in its place (session 14, 100 fresh removals: 84 against 74 %, others kept 77 against 74 %)
     "remove": dict(encode_ratio=1.0, reference_guidance_scale=5.0),
     # both: the new colour drawn from pure noise inside the tighter mask (session 12: 100 fresh
     # recolours, 78 against 71 % at mask IoU 0.521 against 0.427)
