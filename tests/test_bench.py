@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -488,8 +489,16 @@ def test_the_judge_says_why_an_edit_failed(kind):
     assert why_failed(("circle", None), ("square", "red"), {("circle", "red")}) == "other"
     assert why_failed((None, None), ("square", "red"), set()) == "nothing"
     rows = [
-        dict(case="a", kind=kind, method="m", sweep=None, **judge_case(judge, im, case))
+        dict(case=case.id, seed=case.seed, kind=kind, method="m", sweep=None, **judge_case(judge, im, case))
         for im in (case.target_image, case.source_image, copy, copy)
     ]
+    # benchmarks/why_failed.py gives rows written before the field the same failure, from what was read
+    spec = importlib.util.spec_from_file_location(
+        "why", Path(__file__).parents[1] / "benchmarks/why_failed.py"
+    )
+    why = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(why)
+    old = [{k: v for k, v in r.items() if k != "failure"} for r in rows]
+    assert [r["failure"] for r in why.with_failures(old)] == [r["failure"] for r in rows]
     line = next(x for x in summary_markdown(rows, {}).splitlines() if x.startswith(f"| m | {kind} |"))
     assert [c.strip() for c in line.strip("|").split("|")][2:] == ["4", "75%", "25%", "50%", "0%", "0%"]
