@@ -26,10 +26,10 @@ from PIL import Image
 from retouch.errors import InputError, SettingError
 from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
-from retouch.methods import diffedit, ledits
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import LEditsConfig
 from retouch.models import check_budget
+from retouch.presets import BY_METHOD
 from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
 from retouch.ui.session import Cache, EditRequest, guarded, run
@@ -39,7 +39,7 @@ TIME_LIMIT_S = 120.0  # per edit; the edit stops at its next step past it
 CONCURRENCY = 2  # edits at once (a long one does not hold everyone); the rest are queued
 _STOPS: set[str] = set()  # sessions whose visitor pressed Stop during their edit
 CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
-PRESETS = {"diffedit": diffedit.PRESETS, "ledits": ledits.PRESETS}  # each method's named settings
+PRESETS = BY_METHOD  # each method's named settings (retouch.presets)
 # the fields a method's presets set: a preset fills them (its values, the defaults for those it leaves)
 PRESET_FIELDS = {
     m: tuple(dict.fromkeys(k for p in presets.values() for k in p)) for m, presets in PRESETS.items()

@@ -17,10 +17,9 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.latents import fitted, image_hash
-from retouch.methods import diffedit as diffedit_module
-from retouch.methods import ledits as ledits_module
 from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
+from retouch.presets import DIFFEDIT, LEDITS
 from retouch.settings import check_seed, configured
 from retouch.types import EditResult, ModelBundle
 
@@ -156,7 +155,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
-    cfg = configured(DiffEditConfig(), diffedit_module.PRESETS, req.preset, req.settings)
+    cfg = configured(DiffEditConfig(), DIFFEDIT, req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
     if cfg.mode in ("diffedit", "no_encoding"):
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
@@ -195,7 +194,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
 
 
 def _ledits(model, cache, req, image, seed, key, progress):
-    cfg = configured(LEditsConfig(), ledits_module.PRESETS, req.preset, req.settings)
+    cfg = configured(LEditsConfig(), LEDITS, req.preset, req.settings)
     inv_key = (
         "inversion",
         *key,
