@@ -505,6 +505,8 @@ BAD = [
     ("nan mask w", {"mask_guidance_scale": float("nan")}, SettingError, "mask_guidance_scale"),
     ("negative w_R", {"reference_guidance_scale": -1.0}, SettingError, "reference_guidance_scale"),
     ("nan w_R", {"reference_guidance_scale": float("nan")}, SettingError, "reference_guidance_scale"),
+    ("negative word scale", {"changed_word_scale": -0.5}, SettingError, "changed_word_scale"),
+    ("nan word scale", {"shared_word_scale": float("nan")}, SettingError, "shared_word_scale"),
     ("unknown", {"guidance": 3.0}, SettingError, "unknown setting 'guidance'"),
     ("mode", {"mode": "inpaint"}, SettingError, "mode"),
     ("seed", {"seed": -1}, SettingError, "seed"),

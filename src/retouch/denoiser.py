@@ -69,6 +69,15 @@ def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def branch_order(uncond, scale, away) -> tuple[str, ...]:
+    """The conditions of `guided_eps`'s one network call, in batch order (each B rows)."""
+    if away is not None and uncond is not None:
+        return ("uncond", "cond", "away")
+    if uncond is None or (not isinstance(scale, torch.Tensor) and scale == 1.0):
+        return ("cond",)
+    return ("uncond", "cond")
+
+
 def guided_eps(
     eps_fn: EpsFn,
     cond: torch.Tensor,
@@ -81,7 +90,8 @@ def guided_eps(
     scale: a number, or one per batch element [B, 1, 1, 1]. With `away` [B, L, D] (and uncond):
     ε̃ + w_a·(ε(c) − ε(away)), a third branch of the same call, steering from `away` towards c
     (composable diffusion's negation, Liu et al. 2022); away_scale w_a: a number or [B, 1, 1, 1]."""
-    if away is not None and uncond is not None:
+    order = branch_order(uncond, scale, away)
+    if order == ("uncond", "cond", "away"):
 
         def composed(x, t, _c=None):
             b = x.shape[0]
@@ -89,7 +99,7 @@ def guided_eps(
             return cfg(e_u, e_c, scale) + away_scale * (e_c - e_a)
 
         return composed
-    if uncond is None or (not isinstance(scale, torch.Tensor) and scale == 1.0):
+    if order == ("cond",):
         return lambda x, t, _c=None: eps_fn(x, t, cond.expand(x.shape[0], -1, -1))
 
     def fn(x, t, _c=None):

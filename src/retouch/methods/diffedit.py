@@ -10,12 +10,14 @@ and reuses for other queries on the same image.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.attention import masked_word_scales, word_scales
+from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
@@ -59,6 +61,14 @@ class DiffEditConfig:
         "ours: w_R, decoding also steers away from the reference, + w_R·(ε(Q) − ε(R)) (one more"
         " UNet branch); 0: the paper",
     )
+    changed_word_scale: float = setting(
+        1.0,
+        "ours: inside the mask, the cross-attention to the query's words the reference lacks is"
+        " weighed by this (renormalised over the words); 1: the paper",
+    )
+    shared_word_scale: float = setting(
+        1.0, "ours: the same for the query's words the reference also has (the scene kept); 1: the paper"
+    )
     paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
     feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
     solver: str = setting(
@@ -72,6 +82,8 @@ class DiffEditConfig:
             raise SettingError("encode_ratio × num_inference_steps must be at least 1 step")
         check_number("guidance_scale", self.guidance_scale, 0)
         check_number("reference_guidance_scale", self.reference_guidance_scale, 0)
+        check_number("changed_word_scale", self.changed_word_scale, 0, 100)
+        check_number("shared_word_scale", self.shared_word_scale, 0, 100)
         check_number("mask_samples", self.mask_samples, 1, 1000, integer=True)
         check_number("mask_strength", self.mask_strength, 0, 1, low_open=True)
         check_number("mask_clamp", self.mask_clamp, 0, low_open=True)
@@ -87,6 +99,10 @@ class DiffEditConfig:
     @property
     def encode_steps(self) -> int:
         return int(round(self.encode_ratio * self.num_inference_steps))
+
+    @property
+    def weighs_words(self) -> bool:
+        return (self.changed_word_scale, self.shared_word_scale) != (1.0, 1.0)
 
     @property
     def uses_mask(self) -> bool:
@@ -251,7 +267,9 @@ def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progre
     own trajectory outside the mask, all edits as ONE batch per step: start [B, C, h, w],
     background {level: [B, C, h, w]}, masks [B, 1, h, w] or None. (final latents, evaluations).
     Guidance steers from ∅ (the paper), or from an edit's reference when it asks so; an edit with
-    reference_guidance_scale w_R > 0 (and a reference) also steers away from its reference."""
+    reference_guidance_scale w_R > 0 (and a reference) also steers away from its reference; an edit
+    with word scales has the query branch's cross-attention weighed inside its mask (the whole
+    image without one: retouch.attention)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]  # descending
     scales = [j.cfg.guidance_scale for j in jobs]
@@ -269,8 +287,25 @@ def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progre
         away = encode_text(model, [j.reference for j in jobs])  # [B, L, D]
         away_scale = torch.tensor(w_r, device=start.device).view(-1, 1, 1, 1)
     eps = guided_eps(unet_eps(model, schedule, counter, size), cond, uncond, scale, away, away_scale)
-    z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
+    with _word_scales(model, jobs, masks, branch_order(uncond, scale, away), start):
+        z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
     return check_finite(z, "guidance_scale"), counter.n
+
+
+def _word_scales(model, jobs: list[_Job], masks, order: tuple[str, ...], start: torch.Tensor):
+    """The decoding's word weights (retouch.attention) when an edit asks for them, else nothing:
+    on the query rows each edit's scales, 1 on the others; masks [B, 1, h, w] (None: everywhere)."""
+    if not any(j.cfg.weighs_words for j in jobs):
+        return contextlib.nullcontext()
+    query_rows = torch.stack(
+        [
+            word_scales(model, j.query, j.reference, j.cfg.changed_word_scale, j.cfg.shared_word_scale)
+            for j in jobs
+        ]
+    )  # [B, L]
+    rows = torch.cat([query_rows if o == "cond" else torch.ones_like(query_rows) for o in order])  # [R, L]
+    m = masks if masks is not None else torch.ones_like(start[:, :1])  # [B, 1, h, w]
+    return masked_word_scales(model.unet, rows, m.repeat(len(order), 1, 1, 1))
 
 
 EDIT_KEYS = ("query", "reference", "seed", "mask", "encoding", "preset")  # an edit's own; the rest: settings

@@ -1,0 +1,97 @@
+"""Word weights inside a mask: the UNet's cross-attention to chosen words, scaled where an edit is.
+
+Ours (no paper's default uses it): while DiffEdit decodes, a pixel inside the edit mask attends to
+the query's words with its attention logits shifted by m·log(s_j), m the mask's cover of that pixel
+at the layer's resolution (0 outside: the model untouched there), s_j the word's scale; softmax
+renormalises over the words, so a scale below 1 moves attention from that word to the others
+(attention re-weighting as Prompt-to-Prompt does it, Hertz et al. 2022, but confined to the mask).
+
+    weights = word_scales(model, query, reference, changed=2.0, shared=0.5)   # [L]
+    with masked_word_scales(model.unet, row_weights, mask):                    # [R, L], [R, 1, h, w]
+        ...UNet calls...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from retouch.types import ModelBundle
+
+
+def _word_ids(tokenizer, text: str) -> list[int]:
+    """The text's token ids without the start and end tokens."""
+    return tokenizer(text).input_ids[1:-1]
+
+
+def word_scales(
+    bundle: ModelBundle, query: str, reference: str, changed: float, shared: float
+) -> torch.Tensor:
+    """Per token of the query's condition [L]: `changed` for a word the reference lacks, `shared`
+    for a word it also has, 1 for the start, end and padding tokens. Tokens, not words: a word the
+    tokenizer splits is weighed piece by piece."""
+    tok = bundle.tokenizer
+    ref = set(_word_ids(tok, reference))
+    w = torch.ones(tok.model_max_length)
+    for i, t in enumerate(_word_ids(tok, query)):
+        w[1 + i] = shared if t in ref else changed
+    return w
+
+
+class MaskedWordScales(AttnProcessor2_0):
+    """Scaled-dot-product attention whose cross-attention logits are shifted by m·log(s) (the
+    module's docstring). log_scales [R, L] for the R rows of every UNet call made while it is set;
+    mask [R, 1, h, w] at the latent's resolution, fractions in [0, 1]."""
+
+    def __init__(self, log_scales: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        self.log_scales, self.mask = log_scales, mask
+        self._bias: dict[tuple, torch.Tensor] = {}
+
+    def bias(self, tokens: int, length: int, dtype, device) -> torch.Tensor:
+        """[R, tokens, length]: the additive logit bias at the layer whose latent has `tokens` pixels."""
+        key = (tokens, length, dtype, device)
+        if key not in self._bias:
+            h, w = self.mask.shape[-2:]
+            for k in range(8):  # each down block halves the latent (rounding up)
+                hk, wk = math.ceil(h / 2**k), math.ceil(w / 2**k)
+                if hk * wk == tokens:
+                    break
+            else:
+                raise ValueError(f"no resolution of a {h}×{w} latent has {tokens} pixels")
+            m = F.adaptive_avg_pool2d(self.mask.float(), (hk, wk)).flatten(1)  # [R, hk·wk]
+            b = m[:, :, None] * self.log_scales[:, None, :length].to(m)  # [R, hk·wk, L]
+            self._bias[key] = b.to(device=device, dtype=dtype)
+        return self._bias[key]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        if encoder_hidden_states is not None and attention_mask is None and hidden_states.ndim == 3:
+            rows = hidden_states.shape[0]
+            if rows != self.log_scales.shape[0]:
+                raise ValueError(
+                    f"word scales are set for {self.log_scales.shape[0]} rows, the call has {rows}"
+                )
+            attention_mask = self.bias(
+                hidden_states.shape[1],
+                encoder_hidden_states.shape[1],
+                hidden_states.dtype,
+                hidden_states.device,
+            )
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+
+
+@contextlib.contextmanager
+def masked_word_scales(unet, scales: torch.Tensor, mask: torch.Tensor):
+    """Inside the block, every cross-attention layer of `unet` weighs word j of row r by
+    scales[r, j] where mask[r] covers (scales [R, L] ≥ 0, mask [R, 1, h, w]); self-attention is
+    computed as before. The UNet's own processors are restored after."""
+    own = dict(unet.attn_processors)
+    unet.set_attn_processor(MaskedWordScales(scales.float().clamp_min(1e-6).log(), mask))
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(own)
