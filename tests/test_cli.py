@@ -111,8 +111,9 @@ def test_importing_the_cli_and_help_stay_light():
 
 def test_every_config_field_is_a_flag():
     from retouch.methods import diffedit
-    from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig
+    from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import PRESETS, LEditsConfig
+    from retouch.presets import MASK_FIELDS
     from retouch.train import TrainConfig
 
     help_text = run("edit", "--help").output

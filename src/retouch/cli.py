@@ -48,9 +48,9 @@ def _edit_settings():
 
 
 def _mask_settings():
-    from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig
+    from retouch.methods.diffedit import DiffEditConfig
 
-    return setting_options({"diffedit": DiffEditConfig}, keep=lambda n: n in MASK_FIELDS or "mask_" in n)
+    return setting_options({"diffedit": DiffEditConfig}, keep=presets.reads_mask)
 
 
 def _invert_settings():

@@ -26,9 +26,17 @@ LEDITS = {
 BY_METHOD = {"diffedit": DIFFEDIT, "ledits": LEDITS}
 
 
+MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what DiffEdit's mask reads
+
+
+def reads_mask(field: str) -> bool:
+    """Whether DiffEdit's mask depends on this setting (the mask command's options, a mask's cache)."""
+    return field in MASK_FIELDS or field.startswith("mask_")
+
+
 def mask_presets() -> list[str]:
-    """DiffEdit's presets that set only the mask (what the mask command takes)."""
-    return [name for name, s in DIFFEDIT.items() if all(k.startswith("mask_") for k in s)]
+    """DiffEdit's presets that set only what the mask reads (what the mask command takes)."""
+    return [name for name, s in DIFFEDIT.items() if all(reads_mask(k) for k in s)]
 
 
 def described(method: str) -> str:

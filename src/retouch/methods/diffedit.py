@@ -37,7 +37,6 @@ SOLVERS = ("ddim", "dpmsolver++")
 # paper's DDIM at N=20: 68 evaluations; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20)
 PRESETS = DIFFEDIT  # named settings for an edit's aim (retouch.presets)
-MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what the mask reads
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.latents import fitted, image_hash
-from retouch.methods.diffedit import MASK_FIELDS, DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
+from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.ledits import LEditsConfig, invert, ledits
-from retouch.presets import DIFFEDIT, LEDITS
+from retouch.presets import DIFFEDIT, LEDITS, reads_mask
 from retouch.settings import check_seed, configured
 from retouch.types import EditResult, ModelBundle
 
@@ -158,7 +158,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
     cfg = configured(DiffEditConfig(), DIFFEDIT, req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
     if cfg.mode in ("diffedit", "no_encoding"):
-        mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if k in MASK_FIELDS or "mask_" in k)
+        mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if reads_mask(k))
         mask, t = _reused(
             cache,
             ("mask", *key, req.query, req.reference, seed, mask_settings),
