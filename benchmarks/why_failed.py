@@ -4,8 +4,8 @@
     python benchmarks/why_failed.py runs/bench500-v11 --methods diffedit,sdedit
 
 Reads the run's cases.jsonl, gives each judged row that has no `failure` the one ShapesBench now
-records (retouch.bench.metrics.why_failed, from what the judge read there, the case's source and
-its untouched objects; no model and no judge run), and prints the summary's "Why edits failed"
+records (retouch.bench.metrics.why_failed, from what the judge read there, the case's
+`read_before` and `others`; no model and no judge run), and prints the summary's "Why edits failed"
 section: per method and kind, the share of edits left unchanged, drawn as a copy of another object
 of the scene, with nothing drawn, or otherwise wrong.
 """
@@ -28,12 +28,8 @@ def with_failures(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r.get("success") is not None and "failure" not in r:
             case = cases.get(r["case"]) or cases.setdefault(r["case"], make_case(r["seed"], r["kind"]))
-            if r["kind"] == "background":
-                source, read = case.edit.source.background, r["read"]
-            else:
-                source, read = case.judged_region()[2], tuple(r["read"])
-            others = {(o.shape, o.color) for o, _ in case.untouched()}
-            r = {**r, "failure": None if r["success"] else why_failed(read, source, others)}
+            read = r["read"] if r["kind"] == "background" else tuple(r["read"])
+            r = {**r, "failure": None if r["success"] else why_failed(read, case.read_before, case.others)}
         out.append(r)
     return out
 

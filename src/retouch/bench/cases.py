@@ -97,6 +97,19 @@ class Case:
             return world.masks(e.target)[i], (new.shape, new.color), (None, None)
         raise ValueError(f"{self.kind} edits are judged on the background, not a region")
 
+    @cached_property
+    def read_before(self) -> tuple[str | None, str | None] | str:
+        """What the judge reads where the edit should be, before it: the source's (shape, colour)
+        in the judged region (nothing for an addition), or the source background's name."""
+        if self.kind == "background":
+            return self.edit.source.background
+        return self.judged_region()[2]
+
+    @cached_property
+    def others(self) -> frozenset[tuple[str, str]]:
+        """The (shape, colour) of every object the edit must leave alone."""
+        return frozenset((o.shape, o.color) for o, _ in self.untouched())
+
     def untouched(self) -> list[tuple[world.Obj, np.ndarray]]:
         """Every object the edit must leave alone, with its ground-truth mask bool (64, 64)."""
         e = self.edit

@@ -39,20 +39,19 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     images, regions = [image] * len(untouched), [m for _, m in untouched]
     if case.kind == "background":
         read = read_background(judge, image)
-        expected, source = case.edit.target.background, case.edit.source.background
+        expected = case.edit.target.background
     else:
-        region, expected, source = case.judged_region()
+        region, expected, _ = case.judged_region()
         images, regions = [image, *images], [region, *regions]
     reads = read_regions(judge, images, regions)  # one batched judge call
     if case.kind != "background":
         read, reads = reads[0], reads[1:]
     kept = [r == (o.shape, o.color) for r, (o, _) in zip(reads, untouched)]
-    success = bool(read == expected and read != source)
-    others = {(o.shape, o.color) for o, _ in untouched}
+    success = bool(read == expected and read != case.read_before)
     return dict(
         success=success,
-        failure=None if success else why_failed(read, source, others),
-        source_gone=bool(read != source),
+        failure=None if success else why_failed(read, case.read_before, case.others),
+        source_gone=bool(read != case.read_before),
         read=list(read) if isinstance(read, tuple) else read,
         preserved=bool(all(kept)) if kept else None,
         preserved_fraction=float(np.mean(kept)) if kept else None,
