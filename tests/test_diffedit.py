@@ -391,6 +391,8 @@ def test_steering_away_from_the_reference_adds_its_branch_and_term(tiny_eps, mon
     assert torch.equal(zero.latents, paper.latents)
     no_ref = retouch.diffedit(tiny_eps, img, QUERY, "", reference_guidance_scale=2.0, **kw)
     assert torch.equal(no_ref.latents, retouch.diffedit(tiny_eps, img, QUERY, "", **kw).latents)
+    assert no_ref.message == "reference_guidance_scale needs a reference text: not applied"
+    assert away.message == "" and zero.message == ""
     both = retouch.diffedit_many(
         tiny_eps,
         img,

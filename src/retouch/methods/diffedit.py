@@ -405,10 +405,24 @@ def diffedit_many(
         record.update(preset=job.preset, model=model.model_id)
         image = to_image(pixels, prep.pixels.height, prep.pixels.width)
         evals_i = evals[i] + spent // len(jobs)
+        message = "; ".join(filter(None, [prep.note, *_unused(job)]))
         results.append(
-            EditResult(image, mask, evals_i, record, job.seed, dict(timer.times), z[i : i + 1], prep.note)
+            EditResult(image, mask, evals_i, record, job.seed, dict(timer.times), z[i : i + 1], message)
         )
     return results
+
+
+def _unused(job: _Job) -> list[str]:
+    """What an edit asked for that its texts give nothing to (said in its result's message)."""
+    if job.reference:
+        return []
+    c = job.cfg
+    asked = [
+        ("reference_guidance_scale", c.reference_guidance_scale != 0),
+        ("guide_from_reference", c.guide_from_reference),
+        ("shared_word_scale", c.shared_word_scale != 1),
+    ]
+    return [f"{name} needs a reference text: not applied" for name, on in asked if on]
 
 
 def _encode_all(model, jobs: list[_Job], preps: list[Prepared], progress):
