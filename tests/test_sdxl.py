@@ -109,6 +109,19 @@ def test_diffedit_zero_mask_is_the_encode_decode_and_the_background_is_kept(xl):
     )
     assert torch.equal(away.latents[..., keep], prep.x0[..., keep])
     assert not torch.allclose(away.latents[..., ~keep], out.latents[..., ~keep])
+    # word weights inside the mask: SDXL's cross-attention, at each of its (odd-sized) resolutions
+    words = retouch.diffedit(
+        xl,
+        img,
+        "a green circle",
+        SOURCE,
+        mask=half,
+        num_inference_steps=6,
+        changed_word_scale=3.0,
+        shared_word_scale=0.5,
+    )
+    assert torch.equal(words.latents[..., keep], prep.x0[..., keep])
+    assert not torch.allclose(words.latents[..., ~keep], out.latents[..., ~keep])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
