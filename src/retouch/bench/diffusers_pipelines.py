@@ -159,7 +159,8 @@ def diffedit_decode(
 ) -> torch.Tensor:
     """diffusers' masked decoding from the encoded latents: the final latents [1, C, h, w]. Its
     negative prompt is the reference when retouch's decoding would steer from it (guide_from_reference).
-    reference_guidance_scale (ours) has no counterpart here: with it, the pair is not matched."""
+    reference_guidance_scale and the word scales (ours) have no counterpart here: with them, the pair
+    is not matched."""
     return pipe(
         prompt=query,
         negative_prompt=reference if cfg.guide_from_reference and reference else None,
