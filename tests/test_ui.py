@@ -234,10 +234,23 @@ def test_presets_fill_the_form():
         form_defaults("ledits")[n] for n in ("edit_scale", "edit_warmup", "edit_threshold")
     ]
     paper = form_defaults("diffedit")
-    w_r = paper["reference_guidance_scale"]
-    assert _preset_values("diffedit", "tight-mask") == [0.8, paper["encode_ratio"], w_r]
-    assert _preset_values("diffedit", "remove") == [paper["mask_threshold"], 1.0, 5.0]
-    assert _preset_values("diffedit", "none") == [paper["mask_threshold"], paper["encode_ratio"], w_r]
+    fields = (
+        "mask_threshold",
+        "encode_ratio",
+        "reference_guidance_scale",
+        "shared_word_scale",
+        "changed_word_scale",
+    )
+    assert PRESET_FIELDS["diffedit"] == fields
+
+    def filled(**values):
+        return [values.get(f, paper[f]) for f in fields]
+
+    assert _preset_values("diffedit", "tight-mask") == filled(mask_threshold=0.8)
+    assert _preset_values("diffedit", "remove") == filled(
+        encode_ratio=1.0, reference_guidance_scale=5.0, shared_word_scale=0.5
+    )
+    assert _preset_values("diffedit", "none") == filled()
 
 
 @pytest.mark.parametrize("method, preset", [("diffedit", "recolor"), ("ledits", "object")])
