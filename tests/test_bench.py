@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from retouch.bench.cases import make_case, make_cases
+from retouch.bench.edits import make_settings
 from retouch.bench.metrics import pixel_mask
 from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED
 
@@ -317,6 +318,17 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     assert tight.sum() < paper.sum() and not (tight & ~paper).any()
     same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]
     assert np.array_equal(same[0].image, same[1].image) and np.array_equal(same[0].mask, same[1].mask)
+    # a setting the run was given overrides the preset (as a flag does over --preset): no w_R branch
+    given = make_settings({"reference_guidance_scale": 0.0, "mask_samples": 1}, 3, "caption")
+    assert given.given == ("mask_samples", "num_inference_steps", "reference_guidance_scale")
+    try:
+        calls = UNetCalls(tiny_eps.unet)
+        _, prep, edit = run_method(
+            ctx, calls, METHODS["diffedit_presets"], make_case(HELD_OUT_SEED, "remove"), given, {}
+        )
+    finally:
+        calls.unwrap()
+    assert (prep.evals, edit.evals) == (3, 8)
 
 
 def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):

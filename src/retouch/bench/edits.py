@@ -360,7 +360,7 @@ def make_settings(given: dict, steps: int | None, source: str) -> Settings:
         names = {f.name for f in fields(cfg)}
         configs[name] = with_settings(cfg, {k: v for k, v in given.items() if k in names})
         configs[name].check()
-    return replace(base, **configs)
+    return replace(base, **configs, given=tuple(sorted(given)))
 
 
 def _run_record(model, settings: Settings, judge_path) -> dict:

@@ -41,6 +41,7 @@ class Settings:
     diffedit: DiffEditConfig = field(default_factory=DiffEditConfig)
     ledits: LEditsConfig = field(default_factory=lambda: LEditsConfig(skip=0.36))
     source: str = "caption"  # LEDITS inversions (both libraries): "caption" or "empty"
+    given: tuple[str, ...] = ()  # the settings the run was given: they override a preset, as elsewhere
 
     def source_text(self, case: Case) -> str:
         return case.source_caption if self.source == "caption" else ""
@@ -129,10 +130,11 @@ KIND_PRESETS = {
 
 def _preset_for(case: Case, s: Settings) -> Settings:
     from retouch.methods.diffedit import PRESETS
-    from retouch.settings import with_preset
+    from retouch.settings import with_preset, with_settings
 
     name = KIND_PRESETS["diffedit"].get(case.kind)
-    return replace(s, diffedit=with_preset(s.diffedit, PRESETS, name))
+    given = {k: getattr(s.diffedit, k) for k in s.given if hasattr(s.diffedit, k)}
+    return replace(s, diffedit=with_settings(with_preset(s.diffedit, PRESETS, name), given))
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
@@ -180,6 +182,7 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False, presets: bool = 
         from retouch.methods.ledits import ledits
 
         preset = KIND_PRESETS["ledits"].get(case.kind) if presets else None
+        given = {k: getattr(s.ledits, k) for k in s.given if preset and hasattr(s.ledits, k)}
         r = ledits(
             ctx.model,
             inv,
@@ -191,6 +194,7 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False, presets: bool = 
             seed=case.seed,
             mask="infer" if masked else None,
             image=case.input_image if masked else None,
+            **given,
         )
         return Output(_image(r.image), _mask(r), r.unet_evals)
 
