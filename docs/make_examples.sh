@@ -25,6 +25,23 @@ for v in "paper:" "r1:--encode-ratio 1.0" "preset:--preset remove"; do
     --query "a white background" --reference "a red circle on a white background"
 done
 
+# DiffEdit's recolor preset without and with the word weights inside the mask (two held-out
+# ShapesBench cases, recolor-10000130 and recolor-10000020, at their seeds): without, another object
+# of the scene is drawn where the recoloured one was
+recolor_pair() { # input name, seed, query, reference
+  for v in "unweighed:--changed-word-scale 1 --shared-word-scale 1" "weighed:"; do
+    # shellcheck disable=SC2086 # the flags split into words
+    $r edit "examples/$1.png" -o "$out/diffedit_recolor_$1_${v%%:*}.png" --method diffedit --preset recolor \
+      ${v#*:} --seed "$2" --query "$3" --reference "$4"
+  done
+}
+recolor_pair purple_square 10000130 \
+  "a green square, a purple triangle and a yellow square on a white background" \
+  "a green square, a purple triangle and a purple square on a white background"
+recolor_pair blue_triangle 10000020 \
+  "a yellow triangle, a red circle and an orange triangle on a black background" \
+  "a yellow triangle, a red circle and a blue triangle on a black background"
+
 # LEDITS: one inversion, three edits from it
 $r invert examples/two_shapes.png -o $out/two_shapes.inversion.safetensors \
   --source "a blue square and a yellow triangle on a gray background"
@@ -44,5 +61,10 @@ $py docs/strip.py $out/diffedit.png "input=examples/red_circle.png" "mask=$out/d
 $py docs/strip.py $out/diffedit_remove.png "input=examples/red_circle.png" \
   "paper, r 0.8=$out/diffedit_remove_paper.png" "r 1.0 alone=$out/diffedit_remove_r1.png" \
   "preset remove=$out/diffedit_remove_preset.png"
+$py docs/strip.py $out/diffedit_words.png "input=examples/purple_square.png" \
+  "words as given=$out/diffedit_recolor_purple_square_unweighed.png" \
+  "words weighed=$out/diffedit_recolor_purple_square_weighed.png" "input=examples/blue_triangle.png" \
+  "words as given=$out/diffedit_recolor_blue_triangle_unweighed.png" \
+  "words weighed=$out/diffedit_recolor_blue_triangle_weighed.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
