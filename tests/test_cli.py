@@ -127,7 +127,10 @@ def test_every_config_field_is_a_flag():
     mask_options = {p.name: p for p in main.get_command(None, "mask").params}
     assert set(mask_options["preset"].type.choices) == mask_presets == {"tight-mask"}
     shown = " ".join(options["preset"].help.split())  # each preset's values, from the presets themselves
-    assert "recolor (mask_threshold=0.8, encode_ratio=1)" in shown and "object (edit_scale=15," in shown
+    assert "tight-mask (mask_threshold=0.8)" in shown and "object (edit_scale=15," in shown
+    assert (
+        "recolor (mask_threshold=0.8, encode_ratio=1, changed_word_scale=3, shared_word_scale=0.5)" in shown
+    )
     assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
     assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")
     train_help = run("train", "vae", "--help").output
