@@ -171,3 +171,23 @@ def test_the_word_weight_benchmarks_run_and_print_their_figures(capsys):
 
     tokens = retouch.load().tokenizer(make_case(seed, "recolor").target_caption).input_ids
     assert len(shares) == len(tokens) and all(0 <= s <= 1 for s in shares)
+
+
+def test_without_a_mask_the_words_are_weighed_everywhere(tiny_eps, monkeypatch):
+    """mode="no_mask" (the paper's ablation) has no mask to confine the weights: every pixel of the
+    query rows gets log s."""
+    img = render(sample_scene(HELD_OUT_SEED + 7, n_objects=1))
+    biases, bias = [], MaskedWordScales.bias
+
+    def recording(self, tokens, length, dtype, device):
+        out = bias(self, tokens, length, dtype, device)
+        biases.append(out.clone())
+        return out
+
+    monkeypatch.setattr(MaskedWordScales, "bias", recording)
+    retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mode="no_mask", changed_word_scale=3.0, **FAST)
+    changed = word_scales(tiny_eps, QUERY, REFERENCE, 3.0, 1.0).log()
+    assert biases and all(b.shape[0] == 2 for b in biases)  # ∅ and the query
+    for b in biases:
+        assert b[0].eq(0).all()
+        torch.testing.assert_close(b[1], changed[None].expand(b.shape[1], -1))
