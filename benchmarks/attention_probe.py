@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 import retouch
+from retouch.attention import attention_processor, pooled_mask
 from retouch.bench.cases import make_case
 from retouch.denoiser import EvalCounter, unet_eps
 from retouch.schedule import Schedule
@@ -38,13 +38,7 @@ class Recording(AttnProcessor2_0):
             q = attn.head_to_batch_dim(attn.to_q(hidden_states))
             k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
             p = attn.get_attention_scores(q, k, None)  # [B·heads, pixels, L]
-            h, w = self.mask.shape
-            side = next(
-                (-(-h // 2**i), -(-w // 2**i))
-                for i in range(8)
-                if -(-h // 2**i) * -(-w // 2**i) == p.shape[1]
-            )
-            m = F.adaptive_avg_pool2d(self.mask[None, None].float(), side).flatten()  # [pixels]
+            m = pooled_mask(self.mask[None, None], p.shape[1])[0]  # [pixels]
             self.inside = self.inside + (p * m[None, :, None]).sum((0, 1))
             self.total = self.total + p.sum((0, 1))
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
@@ -73,14 +67,10 @@ def main(argv=None) -> None:
         enc = retouch.ddim_encoding(model, case.input_image, num_inference_steps=args.steps, encode_ratio=1.0)
         tokens = model.tokenizer(query).input_ids
         for level in (len(enc.latents) // 4, len(enc.latents) // 2):
-            rec, own = Recording(mask), dict(model.unet.attn_processors)
-            model.unet.set_attn_processor(rec)
-            try:
+            with attention_processor(model.unet, Recording(mask)) as rec:
                 unet_eps(model, schedule, EvalCounter())(
                     enc.latents[level], enc.timesteps[level], encode_text(model, [query])
                 )
-            finally:
-                model.unet.set_attn_processor(own)
             share = (rec.inside / rec.total)[: len(tokens)]
             words = " ".join(
                 f"{model.tokenizer.decode([t]).strip()}:{float(s):.2f}" for t, s in zip(tokens, share)

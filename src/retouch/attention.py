@@ -42,6 +42,29 @@ def word_scales(
     return w
 
 
+def pooled_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """mask [R, 1, h, w] at the latent's resolution, averaged down to the UNet level whose latent
+    has `pixels` pixels (each down block halves it, rounding up): [R, pixels], fractions in [0, 1]."""
+    h, w = mask.shape[-2:]
+    for k in range(8):
+        hk, wk = math.ceil(h / 2**k), math.ceil(w / 2**k)
+        if hk * wk == pixels:
+            return F.adaptive_avg_pool2d(mask.float(), (hk, wk)).flatten(1)
+    raise ValueError(f"no resolution of a {h}×{w} latent has {pixels} pixels")
+
+
+@contextlib.contextmanager
+def attention_processor(unet, processor):
+    """Inside the block, every attention layer of `unet` runs `processor`; the UNet's own
+    processors are restored after."""
+    own = dict(unet.attn_processors)
+    unet.set_attn_processor(processor)
+    try:
+        yield processor
+    finally:
+        unet.set_attn_processor(own)
+
+
 class MaskedWordScales(AttnProcessor2_0):
     """Scaled-dot-product attention whose cross-attention logits are shifted by m·log(s) (the
     module's docstring). log_scales [R, L] for the R rows of every UNet call made while it is set;
@@ -56,15 +79,8 @@ class MaskedWordScales(AttnProcessor2_0):
         """[R, tokens, length]: the additive logit bias at the layer whose latent has `tokens` pixels."""
         key = (tokens, length, dtype, device)
         if key not in self._bias:
-            h, w = self.mask.shape[-2:]
-            for k in range(8):  # each down block halves the latent (rounding up)
-                hk, wk = math.ceil(h / 2**k), math.ceil(w / 2**k)
-                if hk * wk == tokens:
-                    break
-            else:
-                raise ValueError(f"no resolution of a {h}×{w} latent has {tokens} pixels")
-            m = F.adaptive_avg_pool2d(self.mask.float(), (hk, wk)).flatten(1)  # [R, hk·wk]
-            b = m[:, :, None] * self.log_scales[:, None, :length].to(m)  # [R, hk·wk, L]
+            m = pooled_mask(self.mask, tokens)  # [R, tokens]
+            b = m[:, :, None] * self.log_scales[:, None, :length].to(m)  # [R, tokens, L]
             self._bias[key] = b.to(device=device, dtype=dtype)
         return self._bias[key]
 
@@ -84,14 +100,8 @@ class MaskedWordScales(AttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
 
 
-@contextlib.contextmanager
 def masked_word_scales(unet, scales: torch.Tensor, mask: torch.Tensor):
-    """Inside the block, every cross-attention layer of `unet` weighs word j of row r by
+    """A block inside which every cross-attention layer of `unet` weighs word j of row r by
     scales[r, j] where mask[r] covers (scales [R, L] ≥ 0, mask [R, 1, h, w]); self-attention is
     computed as before. The UNet's own processors are restored after."""
-    own = dict(unet.attn_processors)
-    unet.set_attn_processor(MaskedWordScales(scales.float().clamp_min(1e-6).log(), mask))
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(own)
+    return attention_processor(unet, MaskedWordScales(scales.float().clamp_min(1e-6).log(), mask))
