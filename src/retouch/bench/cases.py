@@ -85,37 +85,45 @@ class Case:
         """
         e = self.edit
         if self.kind in ("recolor", "reshape"):
-            old, new = e.source.objects[e.index], e.target.objects[e.index]
+            new = e.target.objects[e.index]
             region = world.masks(e.source)[e.index] | world.masks(e.target)[e.index]
-            return region, (new.shape, new.color), (old.shape, old.color)
+            return region, (new.shape, new.color), self.read_before
         if self.kind == "remove":
-            old = e.source.objects[e.index]
-            return world.masks(e.source)[e.index], (None, None), (old.shape, old.color)
+            return world.masks(e.source)[e.index], (None, None), self.read_before
         if self.kind == "add":
             i = next(i for i, o in enumerate(e.target.objects) if o not in e.source.objects)
             new = e.target.objects[i]
-            return world.masks(e.target)[i], (new.shape, new.color), (None, None)
+            return world.masks(e.target)[i], (new.shape, new.color), self.read_before
         raise ValueError(f"{self.kind} edits are judged on the background, not a region")
 
     @cached_property
     def read_before(self) -> tuple[str | None, str | None] | str:
         """What the judge reads where the edit should be, before it: the source's (shape, colour)
         in the judged region (nothing for an addition), or the source background's name."""
+        e = self.edit
         if self.kind == "background":
-            return self.edit.source.background
-        return self.judged_region()[2]
+            return e.source.background
+        if e.index is None:  # an addition: nothing was there
+            return (None, None)
+        old = e.source.objects[e.index]
+        return (old.shape, old.color)
+
+    @cached_property
+    def kept(self) -> tuple[world.Obj, ...]:
+        """Every object of the source the edit must leave alone."""
+        e = self.edit
+        edited = e.source.objects[e.index] if e.index is not None else None
+        return tuple(o for o in e.source.objects if o != edited)
 
     @cached_property
     def others(self) -> frozenset[tuple[str, str]]:
         """The (shape, colour) of every object the edit must leave alone."""
-        return frozenset((o.shape, o.color) for o, _ in self.untouched())
+        return frozenset((o.shape, o.color) for o in self.kept)
 
     def untouched(self) -> list[tuple[world.Obj, np.ndarray]]:
         """Every object the edit must leave alone, with its ground-truth mask bool (64, 64)."""
-        e = self.edit
-        edited = e.source.objects[e.index] if e.index is not None else None
-        ms = world.masks(e.source)
-        return [(o, m) for o, m in zip(e.source.objects, ms) if o != edited]
+        ms = world.masks(self.edit.source)
+        return [(o, m) for o, m in zip(self.edit.source.objects, ms) if o in self.kept]
 
 
 def make_case(seed: int, kind: str, size: int = world.SIZE) -> Case:
