@@ -43,6 +43,10 @@ class Settings:
     source: str = "caption"  # LEDITS inversions (both libraries): "caption" or "empty"
     given: tuple[str, ...] = ()  # the settings the run was given: they override a preset, as elsewhere
 
+    def given_in(self, config) -> dict:
+        """The settings the run was given that `config` has, at its values (to lay over a preset)."""
+        return {k: getattr(config, k) for k in self.given if hasattr(config, k)}
+
     def source_text(self, case: Case) -> str:
         return case.source_caption if self.source == "caption" else ""
 
@@ -133,8 +137,7 @@ def _preset_for(case: Case, s: Settings) -> Settings:
     from retouch.settings import with_preset, with_settings
 
     name = KIND_PRESETS["diffedit"].get(case.kind)
-    given = {k: getattr(s.diffedit, k) for k in s.given if hasattr(s.diffedit, k)}
-    return replace(s, diffedit=with_settings(with_preset(s.diffedit, PRESETS, name), given))
+    return replace(s, diffedit=with_settings(with_preset(s.diffedit, PRESETS, name), s.given_in(s.diffedit)))
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
@@ -182,7 +185,7 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False, presets: bool = 
         from retouch.methods.ledits import ledits
 
         preset = KIND_PRESETS["ledits"].get(case.kind) if presets else None
-        given = {k: getattr(s.ledits, k) for k in s.given if preset and hasattr(s.ledits, k)}
+        given = s.given_in(s.ledits) if preset else {}
         r = ledits(
             ctx.model,
             inv,
