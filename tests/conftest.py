@@ -57,6 +57,22 @@ def shipped():
     return retouch.load(device="cpu")
 
 
+@pytest.fixture(scope="session")
+def bench_script():
+    """A loader of the scripts in benchmarks/ (not a package): bench_script("binding") is the module."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture()
 def scene_image():
     """A held-out ShapesWorld render (uint8 (64, 64, 3)) and its scene."""

@@ -138,27 +138,17 @@ def test_decoding_weighs_the_query_rows_inside_the_mask_only(tiny_eps, monkeypat
     assert np.asarray(both[0].image).shape == np.asarray(img).shape
 
 
-def _script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"benchmarks/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_word_weight_benchmarks_run_and_print_their_figures(capsys):
+def test_the_word_weight_benchmarks_run_and_print_their_figures(capsys, bench_script):
     """benchmarks/word_weights.py times both decodings at the same UNet evaluations;
     benchmarks/attention_probe.py prints a share in [0, 1] for every token of the query."""
     from retouch.bench.cases import make_case
 
     threads = torch.get_num_threads()  # the scripts set their own
     try:
-        _script("word_weights").main(["--edits", "1", "--steps", "4"])
+        bench_script("word_weights").main(["--edits", "1", "--steps", "4"])
         out = capsys.readouterr().out.splitlines()
         seed = HELD_OUT_SEED + 3
-        _script("attention_probe").main([str(seed), "--steps", "4"])
+        bench_script("attention_probe").main([str(seed), "--steps", "4"])
         lines = capsys.readouterr().out.splitlines()
     finally:
         torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -465,7 +464,7 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
 
 
 @pytest.mark.parametrize("kind", ["recolor", "remove", "add"])
-def test_the_judge_says_why_an_edit_failed(kind):
+def test_the_judge_says_why_an_edit_failed(kind, bench_script):
     """Rendered results of known kinds: the ground truth succeeds (no failure), the input unchanged
     is 'unchanged', and the edited object drawn as another object of the scene is a 'copy'; the
     summary counts them by method and kind."""
@@ -505,11 +504,7 @@ def test_the_judge_says_why_an_edit_failed(kind):
         for im in (case.target_image, case.source_image, copy, copy)
     ]
     # benchmarks/why_failed.py gives rows written before the field the same failure, from what was read
-    spec = importlib.util.spec_from_file_location(
-        "why", Path(__file__).parents[1] / "benchmarks/why_failed.py"
-    )
-    why = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(why)
+    why = bench_script("why_failed")
     old = [{k: v for k, v in r.items() if k != "failure"} for r in rows]
     assert [r["failure"] for r in why.with_failures(old)] == [r["failure"] for r in rows]
     line = next(x for x in summary_markdown(rows, {}).splitlines() if x.startswith(f"| m | {kind} |"))

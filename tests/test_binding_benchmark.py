@@ -1,24 +1,24 @@
 """benchmarks/binding.py: how one image's reading is counted against its caption."""
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "binding", Path(__file__).parents[1] / "benchmarks" / "binding.py"
-)
-binding = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(binding)
+import pytest
+
+
+@pytest.fixture(scope="module")
+def binding(bench_script):
+    return bench_script("binding")
+
 
 WANTED = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
 
 
-def test_a_faithful_image_counts_only_as_faithful():
+def test_a_faithful_image_counts_only_as_faithful(binding):
     count = binding.classify(WANTED, "white", tuple(reversed(WANTED)), "white")
     assert count == Counter({"faithful": 1, "images with 3 objects": 1})
 
 
-def test_each_kind_of_failure_is_named():
+def test_each_kind_of_failure_is_named(binding):
     read = (("blue", "circle"), ("blue", "square"), ("green", "triangle"), ("red", "diamond"))
     count = binding.classify(WANTED, "white", read, "black")
     assert count["faithful"] == 0 and count["background wrong"] == 1
@@ -30,7 +30,7 @@ def test_each_kind_of_failure_is_named():
     assert count["images with 2 objects"] == 1 and count["faithful"] == 0
 
 
-def test_a_repeated_object_read_once_counts_the_other_as_not_there():
+def test_a_repeated_object_read_once_counts_the_other_as_not_there(binding):
     wanted = [("red", "circle"), ("red", "circle"), ("blue", "square")]
     count = binding.classify(wanted, "white", (("red", "circle"), ("blue", "square")), "white")
     assert count["faithful"] == 0
