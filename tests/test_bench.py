@@ -292,8 +292,8 @@ def test_diffusers_diffedit_steers_from_the_reference_when_retouch_does(tiny_eps
 def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
     """diffedit_presets: a removal encodes to pure noise steering away from the reference (N=3:
     encode 3, decode 3·3 = 9, mask 2), a recolour encodes to pure noise (decode 2·3 = 6) within a
-    tighter mask (threshold 0.8: inside diffedit's),
-    a reshape is diffedit's edit exactly."""
+    tighter mask (threshold 0.8: inside diffedit's), a background from r = 0.9 (encode 3) with no
+    mask (decode 2·3 = 6, no mask's 2), a reshape is diffedit's edit exactly."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
     from retouch.denoiser import UNetCalls
     from retouch.methods.diffedit import PRESETS, DiffEditConfig
@@ -304,7 +304,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     calls = UNetCalls(tiny_eps.unet)
     runs = {}
     try:
-        for kind in ("remove", "recolor", "reshape"):
+        for kind in ("remove", "recolor", "reshape", "background"):
             case = make_case(HELD_OUT_SEED, kind)
             for m in ("diffedit", "diffedit_presets"):
                 runs[kind, m] = run_method(ctx, calls, METHODS[m], case, s, {})
@@ -313,6 +313,9 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     evals = {k: (prep.evals, edit.evals) for k, (_, prep, edit) in runs.items()}
     assert evals["remove", "diffedit_presets"] == (3, 11) and evals["remove", "diffedit"] == (2, 6)
     assert evals["recolor", "diffedit_presets"] == (3, 8) and evals["recolor", "diffedit"] == (2, 6)
+    assert evals["background", "diffedit_presets"] == (3, 6) and evals["background", "diffedit"] == (2, 6)
+    assert runs["background", "diffedit_presets"][0].mask is None
+    assert runs["background", "diffedit"][0].mask is not None
     tight, paper = runs["recolor", "diffedit_presets"][0].mask, runs["recolor", "diffedit"][0].mask
     assert tight.sum() < paper.sum() and not (tight & ~paper).any()
     same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]

@@ -240,6 +240,7 @@ def test_presets_fill_the_form():
         "reference_guidance_scale",
         "shared_word_scale",
         "changed_word_scale",
+        "mode",
     )
     assert PRESET_FIELDS["diffedit"] == fields
 
@@ -250,6 +251,7 @@ def test_presets_fill_the_form():
     assert _preset_values("diffedit", "remove") == filled(
         encode_ratio=1.0, reference_guidance_scale=5.0, shared_word_scale=0.5
     )
+    assert _preset_values("diffedit", "background") == filled(mode="no_mask", encode_ratio=0.9)
     assert _preset_values("diffedit", "none") == filled()
 
 

@@ -127,7 +127,7 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
 # The preset (the method's PRESETS) a user picks for each kind of edit, by method; the other
 # kinds keep the settings run.
 KIND_PRESETS = {
-    "diffedit": {"recolor": "recolor", "remove": "remove"},
+    "diffedit": {"recolor": "recolor", "remove": "remove", "background": "background"},
     "ledits": {"recolor": "object", "reshape": "object", "remove": "object"},  # the demo's own
 }
 
@@ -141,12 +141,13 @@ def _preset_for(case: Case, s: Settings) -> Settings:
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
-    return _diffedit("diffedit")(ctx, case, _preset_for(case, s), encoding)
+    return _diffedit(None)(ctx, case, _preset_for(case, s), encoding)
 
 
-def _diffedit(mode: str, concepts: bool = False) -> Callable:
-    """DiffEdit given the captions, or (concepts) the edit's own phrases where it has one of each
-    ("green circle" against "red circle": recolours, reshapes, backgrounds; the captions otherwise)."""
+def _diffedit(mode: str | None, concepts: bool = False) -> Callable:
+    """DiffEdit in `mode` (None: the settings' own, a preset's) given the captions, or (concepts)
+    the edit's own phrases where it has one of each ("green circle" against "red circle":
+    recolours, reshapes, backgrounds; the captions otherwise)."""
 
     def edit(ctx: Context, case: Case, s: Settings, encoding) -> Output:
         from retouch.methods.diffedit import diffedit
@@ -157,7 +158,7 @@ def _diffedit(mode: str, concepts: bool = False) -> Callable:
             case.input_image,
             case.add[0] if phrases else case.target_caption,
             case.remove[0] if phrases else case.source_caption,
-            config=replace(s.diffedit, mode=mode),
+            config=s.diffedit if mode is None else replace(s.diffedit, mode=mode),
             seed=case.seed,
             encoding=encoding,
         )
