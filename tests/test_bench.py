@@ -358,7 +358,7 @@ def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(ti
 
 
 def test_ledits_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
-    """ledits_presets: a recolour is LEDITS with concepts under its kind's preset (the image
+    """ledits_presets: a recolour (a background) is LEDITS with concepts under its kind's preset (the image
     ledits_concepts makes given the preset's settings, not the one it makes at the paper's); an
     addition, which has no preset, is ledits_concepts' edit exactly; all share one inversion."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
@@ -370,7 +370,7 @@ def test_ledits_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tin
     ctx = Context(tiny_eps)
     calls = UNetCalls(tiny_eps.unet)
     try:
-        for kind in ("recolor", "add"):
+        for kind in ("recolor", "add", "background"):
             case, preps = make_case(HELD_OUT_SEED, kind), {}
             name = KIND_PRESETS["ledits"].get(kind)
             given = replace(s, ledits=replace(s.ledits, **PRESETS[name])) if name else s

@@ -128,7 +128,7 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
 # kinds keep the settings run.
 KIND_PRESETS = {
     "diffedit": {"recolor": "recolor", "remove": "remove", "background": "background"},
-    "ledits": {"recolor": "object", "reshape": "object", "remove": "object"},  # the demo's own
+    "ledits": {"recolor": "object", "reshape": "object", "remove": "object", "background": "background"},
 }
 
 
