@@ -120,7 +120,8 @@ def test_every_config_field_is_a_flag():
     for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
         assert s.flag in help_text
     options = {p.name: p for p in main.get_command(None, "edit").params}
-    assert set(options["preset"].type.choices) == set(PRESETS) | set(diffedit.PRESETS)
+    choices = options["preset"].type.choices
+    assert set(choices) == set(PRESETS) | set(diffedit.PRESETS) and len(set(choices)) == len(choices)
     mask_presets = {
         n for n, p in diffedit.PRESETS.items() if all(k in MASK_FIELDS or "mask_" in k for k in p)
     }
@@ -128,6 +129,7 @@ def test_every_config_field_is_a_flag():
     assert set(mask_options["preset"].type.choices) == mask_presets == {"tight-mask"}
     shown = " ".join(options["preset"].help.split())  # each preset's values, from the presets themselves
     assert "tight-mask (mask_threshold=0.8)" in shown and "object (edit_scale=15," in shown
+    assert "background (mode=no_mask, encode_ratio=0.9)" in shown  # a text setting as it is
     assert (
         "recolor (mask_threshold=0.8, encode_ratio=1, changed_word_scale=3, shared_word_scale=0.5)" in shown
     )

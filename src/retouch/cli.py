@@ -133,9 +133,10 @@ def _read_mask(mask: str | None, image, label: str = "image"):
 @click.option("--remove", multiple=True, metavar="CONCEPT", help="ledits: a concept to remove (repeatable).")
 @click.option(
     "--preset",
-    type=click.Choice([*presets.LEDITS, *presets.DIFFEDIT]),
-    help="Named settings; explicit flags override them. ledits: the reference demo's concept "
-    f"settings, {presets.described('ledits')}; diffedit: {presets.described('diffedit')}; "
+    type=click.Choice(list(dict.fromkeys([*presets.LEDITS, *presets.DIFFEDIT]))),
+    help="Named settings of the method (background: both have one); explicit flags override them."
+    f" ledits: the reference demo's concept settings and ours, {presets.described('ledits')};"
+    f" diffedit: {presets.described('diffedit')}; "
     "measured in BENCHMARKS.md.",
 )
 @click.option(
