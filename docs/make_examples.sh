@@ -42,6 +42,20 @@ recolor_pair blue_triangle 10000020 \
   "a yellow triangle, a red circle and an orange triangle on a black background" \
   "a yellow triangle, a red circle and a blue triangle on a black background"
 
+# A new background: DiffEdit at the paper's settings, then each method under its background preset
+bg_r="a blue square and a yellow triangle on a gray background"
+$r edit examples/two_shapes.png -o $out/background_diffedit_paper_black.png --method diffedit \
+  --query "${bg_r/gray/black}" --reference "$bg_r"
+$r invert examples/two_shapes.png -o $out/two_shapes_bg.inversion.safetensors --source "$bg_r"
+for bg in black white; do
+  $r edit examples/two_shapes.png -o "$out/background_diffedit_preset_$bg.png" --method diffedit \
+    --preset background --query "${bg_r/gray/$bg}" --reference "$bg_r"
+  $r edit examples/two_shapes.png -o "$out/background_ledits_preset_$bg.png" --method ledits \
+    --preset background --inversion $out/two_shapes_bg.inversion.safetensors \
+    --add "$bg background" --remove "gray background"
+done
+rm $out/two_shapes_bg.inversion.safetensors
+
 # LEDITS: one inversion, three edits from it
 $r invert examples/two_shapes.png -o $out/two_shapes.inversion.safetensors \
   --source "a blue square and a yellow triangle on a gray background"
@@ -68,3 +82,9 @@ $py docs/strip.py $out/diffedit_words.png "input=examples/purple_square.png" \
   "words weighed=$out/diffedit_recolor_blue_triangle_weighed.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
+$py docs/strip.py $out/backgrounds.png "input=examples/two_shapes.png" \
+  "DiffEdit paper: black=$out/background_diffedit_paper_black.png" \
+  "DiffEdit preset: black=$out/background_diffedit_preset_black.png" \
+  "DiffEdit preset: white=$out/background_diffedit_preset_white.png" \
+  "LEDITS preset: black=$out/background_ledits_preset_black.png" \
+  "LEDITS preset: white=$out/background_ledits_preset_white.png"
