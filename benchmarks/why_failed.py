@@ -2,12 +2,15 @@
 
     python benchmarks/why_failed.py runs/bench500-v11                     # every method
     python benchmarks/why_failed.py runs/bench500-v11 --methods diffedit,sdedit
+    python benchmarks/why_failed.py runs/bench500-v11 --additions        # and where additions were drawn
 
 Reads the run's cases.jsonl, gives each judged row that has no `failure` the one ShapesBench now
 records (retouch.bench.metrics.why_failed, from what the judge read there, the case's
 `read_before` and `others`; no model and no judge run), and prints the summary's "Why edits failed"
 section: per method and kind, the share of edits left unchanged, drawn as a copy of another object
-of the scene, with nothing drawn, or otherwise wrong.
+of the scene, with nothing drawn, or otherwise wrong. With --additions, each addition's row that
+has no `added_anywhere` gets it from its saved image (the run's images/, read by the shipped judge:
+retouch.bench.metrics.judge_case), and the summary's additions section is printed too.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from retouch.bench.cases import make_case
-from retouch.bench.metrics import why_failed
+from retouch.bench.metrics import judge_case, why_failed
 from retouch.bench.report import summary_markdown
 from retouch.shapes.world import EDIT_KINDS
 
@@ -34,16 +40,48 @@ def with_failures(rows: list[dict]) -> list[dict]:
     return out
 
 
+def with_added_anywhere(rows: list[dict], run: Path, judge) -> list[dict]:
+    """The rows, each judged addition with its `added_anywhere` (judged again from its saved
+    image where it is missing; rows without a saved image are left as they are)."""
+    from retouch.shapes.judge import at_judge_size
+
+    out = []
+    for r in rows:
+        path = run / "images" / r["case"] / f"{r['method']}.png"
+        if (
+            r["kind"] == "add"
+            and r.get("success") is not None
+            and "added_anywhere" not in r
+            and path.exists()
+        ):
+            with Image.open(path) as im:
+                image = at_judge_size(np.asarray(im.convert("RGB")))
+            r = {
+                **r,
+                "added_anywhere": judge_case(judge, image, make_case(r["seed"], "add"))["added_anywhere"],
+            }
+        out.append(r)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a `retouch bench edits --out` folder")
     parser.add_argument("--methods", help="comma list [default: every method of the run]")
+    parser.add_argument("--additions", action="store_true", help="judge where additions were drawn too")
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run / "cases.jsonl").read_text().splitlines() if line]
     methods = args.methods.split(",") if args.methods else ()
     rows = [r for r in with_failures(rows) if not methods or r["method"] in methods]
+    sections = ["## Why edits failed"]
+    if args.additions:
+        from retouch.shapes.judge import load_judge
+
+        rows = with_added_anywhere(rows, args.run, load_judge())
+        sections.append("## Additions")
     text = summary_markdown(rows, {}, methods, EDIT_KINDS)
-    print(text[text.index("## Why edits failed") :].split("\n## ")[0].rstrip())
+    for title in sections:
+        print(text[text.index(title) :].split("\n## ")[0].rstrip() + "\n")
 
 
 if __name__ == "__main__":

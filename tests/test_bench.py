@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from retouch.bench.cases import make_case, make_cases
 from retouch.bench.edits import make_settings
@@ -512,3 +513,68 @@ def test_the_judge_says_why_an_edit_failed(kind, bench_script):
     assert [r["failure"] for r in why.with_failures(old)] == [r["failure"] for r in rows]
     line = next(x for x in summary_markdown(rows, {}).splitlines() if x.startswith(f"| m | {kind} |"))
     assert [c.strip() for c in line.strip("|").split("|")][2:] == ["4", "75%", "25%", "50%", "0%", "0%"]
+
+
+def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_script, tmp_path):
+    """The new object drawn where no object was, away from where the ground truth drew it:
+    `success` (read at the ground truth's place) fails, `added_anywhere` holds; the input holds
+    neither, the ground truth both; an object drawn over an untouched one does not count; the
+    summary's additions table counts them; benchmarks/why_failed.py gives rows written before the
+    field the same, from their saved images."""
+    from dataclasses import replace
+
+    from retouch.bench.cases import make_case
+    from retouch.bench.metrics import judge_case
+    from retouch.bench.report import summary_markdown
+    from retouch.shapes import world
+    from retouch.shapes.judge import load_judge
+
+    judge = load_judge()
+    rng = np.random.default_rng(0)
+    for seed in range(10_000_000, 10_000_200):
+        case = make_case(seed, "add")
+        new = next(o for o in case.edit.target.objects if o not in case.edit.source.objects)
+        fixed = dict(shape=new.shape, color=new.color, r=new.r)
+        moved = world.sample_object(rng, case.edit.target.objects, **fixed)
+        if moved is not None and case.untouched():
+            break
+    elsewhere = world.render(world.add(case.edit.source, moved))
+    kept_obj = case.untouched()[0][0]
+    over = world.render(
+        replace(
+            case.edit.source, objects=(*case.edit.source.objects, replace(moved, x=kept_obj.x, y=kept_obj.y))
+        )
+    )
+    rows = {}
+    for name, image in [
+        ("truth", case.target_image),
+        ("input", case.source_image),
+        ("elsewhere", elsewhere),
+        ("over", over),
+    ]:
+        rows[name] = dict(
+            case=case.id, seed=seed, kind="add", method=name, sweep=None, **judge_case(judge, image, case)
+        )
+    assert (rows["truth"]["success"], rows["truth"]["added_anywhere"]) == (True, True)
+    assert (rows["input"]["success"], rows["input"]["added_anywhere"]) == (False, False)
+    assert (rows["elsewhere"]["success"], rows["elsewhere"]["added_anywhere"]) == (False, True)
+    assert rows["over"]["added_anywhere"] is False
+    recolour = make_case(seed, "recolor")
+    assert judge_case(judge, recolour.target_image, recolour)["added_anywhere"] is None
+    lines = summary_markdown(list(rows.values()), {}).splitlines()
+    start = lines.index("## Additions, the new object where the ground truth drew it and anywhere")
+    table = {x.split("|")[1].strip(): [c.strip() for c in x.split("|")[2:-1]] for x in lines[start + 6 :]}
+    assert table["elsewhere"] == ["1", "0%", "100%", "100%"] and table["truth"] == [
+        "1",
+        "100%",
+        "100%",
+        "100%",
+    ]
+    assert table["input"] == ["1", "0%", "0%", "0%"]
+    images = dict(truth=case.target_image, input=case.source_image, elsewhere=elsewhere, over=over)
+    for name, image in images.items():
+        (tmp_path / "images" / case.id).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "images" / case.id / f"{name}.png")
+    old = [{k: v for k, v in r.items() if k != "added_anywhere"} for r in rows.values()]
+    again = bench_script("why_failed").with_added_anywhere(old, tmp_path, judge)
+    assert [r["added_anywhere"] for r in again] == [r["added_anywhere"] for r in rows.values()]

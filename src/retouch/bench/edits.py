@@ -100,8 +100,8 @@ def evaluate(
     verdicts = (
         judge_case(judge, image, case)
         if judge is not None
-        else dict(
-            success=None, failure=None, source_gone=None, read=None, preserved=None, preserved_fraction=None
+        else dict.fromkeys(
+            ("success", "failure", "source_gone", "read", "preserved", "preserved_fraction", "added_anywhere")
         )
     )
     first_evals = (prep.evals if prep else 0) + edit.evals

@@ -31,7 +31,10 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     removal; the new background for a background edit) and no longer the source there;
     read: what it read; preserved: every untouched object is read as itself inside its
     ground-truth mask (None when the edit leaves no object untouched); preserved_fraction: how many;
-    failure: why it failed (FAILURES; None when it succeeded).
+    failure: why it failed (FAILURES; None when it succeeded); added_anywhere (additions only, else
+    None): the new object is read in some object found outside the untouched ones (new_places),
+    wherever it was drawn: the caption names no place, so `success`, read where the ground truth
+    drew it, undercounts additions.
     """
     from retouch.shapes.judge import read_background, read_regions
 
@@ -43,7 +46,9 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     else:
         region, expected, _ = case.judged_region()
         images, regions = [image, *images], [region, *regions]
-    reads = read_regions(judge, images, regions)  # one batched judge call
+    places = new_places(image, case) if case.kind == "add" else []
+    reads = read_regions(judge, images + [image] * len(places), regions + places)  # one batched call
+    reads, found = reads[: len(regions)], reads[len(regions) :]
     if case.kind != "background":
         read, reads = reads[0], reads[1:]
     kept = [r == (o.shape, o.color) for r, (o, _) in zip(reads, untouched)]
@@ -55,7 +60,20 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
         read=list(read) if isinstance(read, tuple) else read,
         preserved=bool(all(kept)) if kept else None,
         preserved_fraction=float(np.mean(kept)) if kept else None,
+        added_anywhere=bool(success or expected in found) if case.kind == "add" else None,
     )
+
+
+def new_places(image: np.ndarray, case: Case) -> list[np.ndarray]:
+    """The objects found in `image` (retouch.shapes.judge.find_objects) that are not where an
+    untouched object of the case is: bool (64, 64) masks, each less than half inside their
+    ground-truth masks."""
+    from retouch.shapes.judge import find_objects
+
+    kept = np.zeros(image.shape[:2], bool)
+    for _, m in case.untouched():
+        kept |= m
+    return [c for c in find_objects(image) if 2 * (c & kept).sum() < c.sum()]
 
 
 # Why an edit failed, from what the judge read where the edit should be (the first that applies)

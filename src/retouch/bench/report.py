@@ -106,6 +106,7 @@ def summary_markdown(
             lines.append(f"| {m} | " + " | ".join([*cells, _fmt(_mean(mine, key), fmt)]) + " |")
     lines += _intervals(rows, methods)
     lines += _failures(rows, methods, kinds)
+    lines += _additions(rows, methods)
     lines += _paired(rows, pairs or {})
     return "\n".join(lines) + "\n"
 
@@ -181,6 +182,31 @@ def _failures(rows: list[dict], methods: Sequence[str], kinds: Sequence[str]) ->
             failed = sum(not r["success"] for r in sel) / len(sel)
             cells = [f"{x:.0%}" for x in (failed, *shares)]
             lines.append(f"| {m} | {kind} | {len(sel)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _additions(rows: list[dict], methods: Sequence[str]) -> list[str]:
+    """Per method, the additions that drew the new object where the ground truth did (success)
+    and anywhere (added_anywhere), each also with every untouched object kept; of the rows that
+    record it (a judged run; rows written before the field existed are left out)."""
+    judged = [r for r in rows if r["kind"] == "add" and r.get("added_anywhere") is not None]
+    if not judged:
+        return []
+    lines = [
+        "",
+        "## Additions, the new object where the ground truth drew it and anywhere",
+        "",
+        "The caption names no place: an addition drawn elsewhere does what it says.",
+        "",
+        "| method | n | at its place | anywhere | anywhere, the rest kept |",
+        "|---|---|---|---|---|",
+    ]
+    for m in methods:
+        sel = [r for r in judged if r["method"] == m]
+        if sel:
+            kept = [r["added_anywhere"] and r["preserved"] is not False for r in sel]
+            shares = [_fmt(_mean(sel, "success"), "{:.0%}"), _fmt(_mean(sel, "added_anywhere"), "{:.0%}")]
+            lines.append(f"| {m} | {len(sel)} | " + " | ".join([*shares, f"{np.mean(kept):.0%}"]) + " |")
     return lines
 
 
