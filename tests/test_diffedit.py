@@ -395,6 +395,12 @@ def test_steering_away_from_the_reference_adds_its_branch_and_term(tiny_eps, mon
     assert torch.equal(no_ref.latents, retouch.diffedit(tiny_eps, img, QUERY, "", **kw).latents)
     assert no_ref.message == "reference_guidance_scale needs a reference text: not applied"
     assert away.message == "" and zero.message == ""
+    # what the mode does not use is said (the background preset's no_mask takes no mask)
+    unmasked = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mode="no_mask", **kw)
+    assert unmasked.mask is None
+    assert unmasked.message == "mask given, but mode=no_mask uses none: not applied"
+    noised = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, mode="no_encoding", **kw)
+    assert noised.message == "encoding given, but mode=no_encoding uses none: not applied"
     both = retouch.diffedit_many(
         tiny_eps,
         img,

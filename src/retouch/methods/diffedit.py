@@ -413,16 +413,24 @@ def diffedit_many(
 
 
 def _unused(job: _Job) -> list[str]:
-    """What an edit asked for that its texts give nothing to (said in its result's message)."""
-    if job.reference:
-        return []
+    """What an edit asked for that its texts or its mode give nothing to (said in its result's
+    message): a reference setting without a reference; a mask or an encoding the mode does not use
+    (e.g. the background preset's no_mask)."""
     c = job.cfg
-    asked = [
-        ("reference_guidance_scale", c.reference_guidance_scale != 0),
-        ("guide_from_reference", c.guide_from_reference),
-        ("shared_word_scale", c.shared_word_scale != 1),
-    ]
-    return [f"{name} needs a reference text: not applied" for name, on in asked if on]
+    asked = (
+        []
+        if job.reference
+        else [
+            ("reference_guidance_scale", c.reference_guidance_scale != 0),
+            ("guide_from_reference", c.guide_from_reference),
+            ("shared_word_scale", c.shared_word_scale != 1),
+        ]
+    )
+    out = [f"{name} needs a reference text: not applied" for name, on in asked if on]
+    for given, used in (("mask", c.uses_mask), ("encoding", c.uses_encoding)):
+        if getattr(job, given) is not None and not used:
+            out.append(f"{given} given, but mode={c.mode} uses none: not applied")
+    return out
 
 
 def _encode_all(model, jobs: list[_Job], preps: list[Prepared], progress):
