@@ -294,7 +294,8 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     """diffedit_presets: a removal encodes to pure noise steering away from the reference (N=3:
     encode 3, decode 3·3 = 9, mask 2), a recolour encodes to pure noise (decode 2·3 = 6) within a
     tighter mask (threshold 0.8: inside diffedit's), a background from r = 0.9 (encode 3) with no
-    mask (decode 2·3 = 6, no mask's 2), a reshape is diffedit's edit exactly."""
+    mask (decode 2·3 = 6, no mask's 2), an addition as a removal (steered away: 3 + 9 + 2), a
+    reshape is diffedit's edit exactly."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
     from retouch.denoiser import UNetCalls
     from retouch.methods.diffedit import PRESETS, DiffEditConfig
@@ -305,7 +306,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     calls = UNetCalls(tiny_eps.unet)
     runs = {}
     try:
-        for kind in ("remove", "recolor", "reshape", "background"):
+        for kind in ("remove", "recolor", "reshape", "background", "add"):
             case = make_case(HELD_OUT_SEED, kind)
             for m in ("diffedit", "diffedit_presets"):
                 runs[kind, m] = run_method(ctx, calls, METHODS[m], case, s, {})
@@ -313,6 +314,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
         calls.unwrap()
     evals = {k: (prep.evals, edit.evals) for k, (_, prep, edit) in runs.items()}
     assert evals["remove", "diffedit_presets"] == (3, 11) and evals["remove", "diffedit"] == (2, 6)
+    assert evals["add", "diffedit_presets"] == (3, 11) and evals["add", "diffedit"] == (2, 6)
     assert evals["recolor", "diffedit_presets"] == (3, 8) and evals["recolor", "diffedit"] == (2, 6)
     assert evals["background", "diffedit_presets"] == (3, 6) and evals["background", "diffedit"] == (2, 6)
     assert runs["background", "diffedit_presets"][0].mask is None

@@ -303,7 +303,7 @@ def test_a_preset_sets_its_settings_under_explicit_ones_and_is_recorded(tiny_eps
     seen.clear()
     for call in (retouch.diffedit, retouch.diffedit_mask):
         with pytest.raises(
-            SettingError, match="preset must be one of tight-mask, remove, recolor, background, got 'obj"
+            SettingError, match="preset must be one of tight-mask, remove, recolor, background, add, got 'obj"
         ):
             call(tiny_eps, img, QUERY, REFERENCE, preset="object")
     assert seen == []

@@ -127,7 +127,7 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
 # The preset (the method's PRESETS) a user picks for each kind of edit, by method; the other
 # kinds keep the settings run.
 KIND_PRESETS = {
-    "diffedit": {"recolor": "recolor", "remove": "remove", "background": "background"},
+    "diffedit": {"recolor": "recolor", "remove": "remove", "background": "background", "add": "add"},
     "ledits": {"recolor": "object", "reshape": "object", "remove": "object", "background": "background"},
 }
 
