@@ -284,6 +284,15 @@ def test_the_form_is_derived_and_edits_run_two_at_a_time_the_rest_queued(ui_mode
     assert len(edits) == 1 and edits[0].concurrency_limit == 2
     assert [fn.name for fn in demo.fns.values()].count("on_stop") == 1  # Stop: ends the running edit
     assert any(fn.cancels == [edits[0]._id] for fn in demo.fns.values())  # and a queued one
+    # each preset menu says what every one of its presets is for
+    menus = {
+        b.elem_id: b
+        for b in demo.blocks.values()
+        if getattr(b, "elem_id", None) in ("diffedit-preset", "preset")
+    }
+    for method, elem in (("diffedit", "diffedit-preset"), ("ledits", "preset")):
+        names = [c[0] if isinstance(c, tuple) else c for c in menus[elem].choices][1:]
+        assert names == list(PRESETS[method]) and all(f"{n}: " in menus[elem].info for n in names)
 
 
 def test_an_upload_over_the_app_budget_is_edited_resized_and_the_page_says_so(ui_model):

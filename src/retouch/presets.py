@@ -43,6 +43,28 @@ LEDITS = {
 
 BY_METHOD = {"diffedit": DIFFEDIT, "ledits": LEDITS}
 
+# What each preset is for, in a few words (the app's preset menus)
+AIMS = {
+    "diffedit": {
+        "tight-mask": "a closer mask",
+        "remove": "taking an object out",
+        "recolor": "a new colour",
+        "background": "a new background (no mask)",
+        "add": "a new object",
+    },
+    "ledits": {
+        "style": "a style",
+        "face": "a face",
+        "object": "an object's colour, shape or removal",
+        "background": "a new background",
+    },
+}
+
+
+def aims(method: str) -> str:
+    """'name: what it is for; ...' of a method's presets."""
+    return "; ".join(f"{name}: {AIMS[method][name]}" for name in BY_METHOD[method])
+
 
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what DiffEdit's mask reads
 

@@ -29,7 +29,7 @@ from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.ledits import LEditsConfig
 from retouch.models import check_budget
-from retouch.presets import BY_METHOD
+from retouch.presets import BY_METHOD, aims
 from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
 from retouch.ui.session import Cache, EditRequest, guarded, run
@@ -293,8 +293,7 @@ def build_app(
                         ["none", *PRESETS["diffedit"]],
                         value="none",
                         label="Preset",
-                        info="tight-mask: a closer mask; remove: for taking an object out; "
-                        "recolor: both, for a new colour",
+                        info=aims("diffedit"),
                         elem_id="diffedit-preset",
                     )
                 with gr.Group(visible=False) as ledits_box:
@@ -308,7 +307,11 @@ def build_app(
                     prompt = gr.Textbox(label="Target prompt", info="Optional", elem_id="prompt")
                     with gr.Row():
                         preset = gr.Dropdown(
-                            ["none", *PRESETS["ledits"]], value="none", label="Preset", elem_id="preset"
+                            ["none", *PRESETS["ledits"]],
+                            value="none",
+                            label="Preset",
+                            info=aims("ledits"),
+                            elem_id="preset",
                         )
                         mask = gr.Radio(
                             ["none", "infer"],
