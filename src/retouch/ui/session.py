@@ -157,7 +157,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 def _diffedit(model, cache, req, image, seed, key, progress):
     cfg = configured(DiffEditConfig(), DIFFEDIT, req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
-    if cfg.mode in ("diffedit", "no_encoding"):
+    if cfg.uses_mask:
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if reads_mask(k))
         mask, t = _reused(
             cache,
@@ -166,7 +166,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
         )
         steps.append(("mask", t))
         made += [mask] if t is not None else []
-    if cfg.mode in ("diffedit", "no_mask"):
+    if cfg.uses_encoding:
         encoding, t = _reused(
             cache,
             ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio, cfg.solver),
