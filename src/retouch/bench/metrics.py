@@ -39,14 +39,15 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     from retouch.shapes.judge import read_background, read_regions
 
     untouched = case.untouched()
-    images, regions = [image] * len(untouched), [m for _, m in untouched]
+    kept_masks = [m for _, m in untouched]
+    images, regions = [image] * len(untouched), kept_masks
     if case.kind == "background":
         read = read_background(judge, image)
         expected = case.edit.target.background
     else:
         region, expected, _ = case.judged_region()
         images, regions = [image, *images], [region, *regions]
-    places = new_places(image, case) if case.kind == "add" else []
+    places = new_places(image, kept_masks) if case.kind == "add" else []
     reads = read_regions(judge, images + [image] * len(places), regions + places)  # one batched call
     reads, found = reads[: len(regions)], reads[len(regions) :]
     if case.kind != "background":
@@ -64,14 +65,14 @@ def judge_case(judge, image: np.ndarray, case: Case) -> dict:
     )
 
 
-def new_places(image: np.ndarray, case: Case) -> list[np.ndarray]:
+def new_places(image: np.ndarray, kept_masks: list[np.ndarray]) -> list[np.ndarray]:
     """The objects found in `image` (retouch.shapes.judge.find_objects) that are not where an
-    untouched object of the case is: bool (64, 64) masks, each less than half inside their
-    ground-truth masks."""
+    untouched object is: bool (64, 64) masks, each less than half inside `kept_masks` (the
+    untouched objects' ground-truth masks, bool (64, 64))."""
     from retouch.shapes.judge import find_objects
 
     kept = np.zeros(image.shape[:2], bool)
-    for _, m in case.untouched():
+    for m in kept_masks:
         kept |= m
     return [c for c in find_objects(image) if 2 * (c & kept).sum() < c.sum()]
 
