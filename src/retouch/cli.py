@@ -134,7 +134,8 @@ def _read_mask(mask: str | None, image, label: str = "image"):
 @click.option(
     "--preset",
     type=click.Choice(list(dict.fromkeys([*presets.LEDITS, *presets.DIFFEDIT]))),
-    help="Named settings of the method (background: both have one); explicit flags override them."
+    help=f"Named settings of the method ({', '.join(n for n in presets.LEDITS if n in presets.DIFFEDIT)}:"
+    " both have one); explicit flags override them."
     f" ledits: the reference demo's concept settings and ours, {presets.described('ledits')};"
     f" diffedit: {presets.described('diffedit')}; "
     "measured in BENCHMARKS.md.",
