@@ -523,9 +523,6 @@ def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_sc
     neither, the ground truth both; an object drawn over an untouched one does not count; the
     summary's additions table counts them; benchmarks/why_failed.py gives rows written before the
     field the same, from their saved images."""
-    from dataclasses import replace
-
-    from retouch.bench.cases import make_case
     from retouch.bench.metrics import judge_case
     from retouch.bench.report import summary_markdown
     from retouch.shapes import world
