@@ -19,6 +19,7 @@ from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.latents import ImageError, decode, to_image
+from retouch.masks import refined_scores
 from retouch.methods import diffedit as de
 from retouch.methods.common import prepare
 from retouch.sampling import ddim_sample
@@ -205,6 +206,22 @@ def test_mask_is_deterministic_per_seed_and_samples_draw_their_own_noise(tiny, u
     one = retouch.diffedit_mask(tiny, img, QUERY, REFERENCE, seed=1, mask_samples=1)
     eight = retouch.diffedit_mask(tiny, img, QUERY, REFERENCE, seed=1, mask_samples=8)
     assert not torch.allclose(one.scores, eight.scores)
+
+
+def test_a_refined_mask_is_the_scores_fitted_to_the_image_then_thresholded(tiny, unet_inputs):
+    """mask_refine_radius (ours): the paper's scores, guided-filtered on the image's pixels, are the
+    mask's scores; the mask is them over the threshold; the UNet is called as for the paper's."""
+    img = np.asarray(Image.fromarray(scene_render()).resize((70, 45)))
+    seen = unet_inputs(tiny)
+    paper = retouch.diffedit_mask(tiny, img, QUERY, REFERENCE, mask_samples=4)
+    calls = len(seen)
+    refined = retouch.diffedit_mask(tiny, img, QUERY, REFERENCE, mask_samples=4, mask_refine_radius=1.5)
+    assert len(seen) == 2 * calls and refined.unet_evals == paper.unet_evals
+    expected = refined_scores(paper.scores, prepare(tiny, img).pixels.tensor, tiny.vae_scale_factor, 1.5)
+    assert not torch.allclose(expected, paper.scores)
+    torch.testing.assert_close(refined.scores, expected)
+    assert torch.equal(refined.latent, (expected > 0.5).float())
+    assert refined.soft.shape == (45, 70)
 
 
 def test_identical_query_and_reference_give_an_empty_mask(tiny):
@@ -517,6 +534,8 @@ BAD = [
     ("nan w_R", {"reference_guidance_scale": float("nan")}, SettingError, "reference_guidance_scale"),
     ("negative word scale", {"changed_word_scale": -0.5}, SettingError, "changed_word_scale"),
     ("nan word scale", {"shared_word_scale": float("nan")}, SettingError, "shared_word_scale"),
+    ("negative refine radius", {"mask_refine_radius": -1.0}, SettingError, "mask_refine_radius"),
+    ("nan refine radius", {"mask_refine_radius": float("nan")}, SettingError, "mask_refine_radius"),
     ("unknown", {"guidance": 3.0}, SettingError, "unknown setting 'guidance'"),
     ("mode", {"mode": "inpaint"}, SettingError, "mode"),
     ("seed", {"seed": -1}, SettingError, "seed"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from retouch.architecture import SD1_SCHEDULER
-from retouch.masks import binarize, difference_map, user_mask
+from retouch.filters import box_mean, guided_filter
+from retouch.masks import binarize, difference_map, refined_scores, user_mask
 from retouch.schedule import Schedule
 
 torch.set_num_threads(1)
@@ -116,3 +118,59 @@ def test_user_mask_wrong_size_or_nan_is_refused():
         user_mask(bad, 10, 13, (2, 2), 8)
     with pytest.raises(ValueError, match="cannot read mask"):
         user_mask("/nonexistent/mask.png", 10, 13, (2, 2), 8)
+
+
+@pytest.mark.parametrize("r", [1, 3, 12])
+def test_box_mean_is_the_mean_over_the_window_clipped_at_the_borders(r):
+    x = torch.rand(2, 7, 9, generator=torch.Generator().manual_seed(0))
+    k = min(2 * r + 1, 2 * 4 + 1)  # avg_pool2d's window may be at most twice its padding + 1
+    if k == 2 * r + 1:
+        expected = F.avg_pool2d(x[None], k, 1, r, count_include_pad=False)[0]
+    else:  # a window wider than the image: every pixel sees the rows and columns within r of it
+        expected = torch.stack(
+            [
+                torch.stack(
+                    [
+                        x[:, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].mean((1, 2))
+                        for j in range(9)
+                    ],
+                    -1,
+                )
+                for i in range(7)
+            ],
+            -2,
+        )
+    torch.testing.assert_close(box_mean(x, r), expected)
+
+
+def test_guided_filter_smooths_p_where_the_guide_is_flat_and_keeps_its_edges():
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(12, 12, generator=g)
+    flat = torch.full((3, 12, 12), 0.4)
+    # a = 0, b = the window's mean of p; q averages b over the windows covering each pixel
+    torch.testing.assert_close(guided_filter(flat, p, 2, 1e-3), box_mean(box_mean(p, 2), 2))
+    edge = torch.zeros(3, 12, 12)
+    edge[:, :, 6:] = 1.0  # black left half, white right half
+    step = (edge[0] > 0).float() + 0.05 * torch.randn(12, 12, generator=g)  # p follows the edge
+    q = guided_filter(edge, step, 3, 1e-3)
+    assert q[:, :6].max() < 0.1 and q[:, 6:].min() > 0.9  # the edge kept
+    blurred = guided_filter(torch.zeros(3, 12, 12), step, 3, 1e-3)  # the same p, a flat guide
+    assert blurred[:, 5].min() > 0.3 and blurred[:, 6].max() < 0.7  # what a plain mean would do
+
+
+def test_refined_scores_fill_a_ringed_object_and_do_not_spill_past_it():
+    """Scores ringing a red square (its border cells 1, its middle 0.2) and spilling one cell past
+    it (0.7): at threshold 0.5 the raw mask is the ring and the spill; refined on the image, the
+    square exactly."""
+    img = torch.ones(3, 32, 32)  # white; 4-pixel cells: 8 × 8 latent cells
+    img[:, 8:24, 8:24] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # red square: cells 2..5
+    scores = torch.zeros(8, 8)
+    scores[1:7, 1:7] = 0.7
+    scores[2:6, 2:6] = 1.0
+    scores[3:5, 3:5] = 0.2
+    square = torch.zeros(8, 8)
+    square[2:6, 2:6] = 1
+    assert not torch.equal((scores > 0.5).float(), square)
+    refined = refined_scores(scores, (img * 2 - 1)[None], 4, 2)
+    assert refined.shape == (8, 8) and 0 <= refined.min() and refined.max() <= 1
+    assert torch.equal((refined > 0.5).float(), square)

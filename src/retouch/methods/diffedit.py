@@ -21,7 +21,7 @@ from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
-from retouch.masks import binarize, difference_map, user_mask
+from retouch.masks import binarize, difference_map, refined_scores, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
 from retouch.presets import DIFFEDIT
 from retouch.sampling import ddim_sample
@@ -51,6 +51,12 @@ class DiffEditConfig:
     mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling")
     mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
     mask_guidance_scale: float | None = setting(None, "diffusers' CFG on both mask sides; None: paper")
+    mask_refine_radius: float = setting(
+        0.0,
+        "ours: fit D to the image's edges before thresholding, a guided filter with the image as"
+        " guide, its window this many latent cells each side (an object's mask fills, not spills);"
+        " 0: the paper",
+    )
     mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
     guide_from_reference: bool = setting(
         False, "ours: decoding's guidance steers from the reference text instead of from ∅"
@@ -87,6 +93,7 @@ class DiffEditConfig:
         check_number("mask_strength", self.mask_strength, 0, 1, low_open=True)
         check_number("mask_clamp", self.mask_clamp, 0, low_open=True)
         check_number("mask_threshold", self.mask_threshold, 0, 1)
+        check_number("mask_refine_radius", self.mask_refine_radius, 0, 64)
         if self.mask_guidance_scale is not None:
             check_number("mask_guidance_scale", self.mask_guidance_scale, 0)
         check_number("feather", self.feather, 0, 64)
@@ -165,6 +172,9 @@ def _infer_mask(model, prep: Prepared, query: str, reference: str, cfg: DiffEdit
         guidance_scale=cfg.mask_guidance_scale,
     )
     latent, scores = binarize(d, cfg.mask_clamp, cfg.mask_threshold)
+    if cfg.mask_refine_radius > 0:
+        scores = refined_scores(scores, prep.pixels.tensor, model.vae_scale_factor, cfg.mask_refine_radius)
+        latent = (scores > cfg.mask_threshold).float()
     soft = upsample_mask(latent, model.vae_scale_factor, prep.pixels.height, prep.pixels.width, cfg.feather)
     return Mask(latent, soft, scores, counter.n)
 
