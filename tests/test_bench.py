@@ -293,12 +293,12 @@ def test_diffusers_diffedit_steers_from_the_reference_when_retouch_does(tiny_eps
 def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
     """diffedit_presets: a removal encodes to pure noise steering away from the reference (N=3:
     encode 3, decode 3·3 = 9, mask 2), a recolour encodes to pure noise (decode 2·3 = 6) within a
-    tighter mask (threshold 0.8: inside diffedit's), a background from r = 0.9 (encode 3) with no
-    mask (decode 2·3 = 6, no mask's 2), an addition as a removal (steered away: 3 + 9 + 2), a
+    mask fitted to the image's edges (mask_refine_radius 3), a background from r = 0.9 (encode 3)
+    with no mask (decode 2·3 = 6, no mask's 2), an addition as a removal (steered away: 3 + 9 + 2), a
     reshape is diffedit's edit exactly."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
     from retouch.denoiser import UNetCalls
-    from retouch.methods.diffedit import PRESETS, DiffEditConfig
+    from retouch.methods.diffedit import PRESETS, DiffEditConfig, diffedit_mask
 
     assert set(KIND_PRESETS["diffedit"].values()) <= set(PRESETS)
     s = Settings(diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1))
@@ -319,8 +319,13 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     assert evals["background", "diffedit_presets"] == (3, 6) and evals["background", "diffedit"] == (2, 6)
     assert runs["background", "diffedit_presets"][0].mask is None
     assert runs["background", "diffedit"][0].mask is not None
-    tight, paper = runs["recolor", "diffedit_presets"][0].mask, runs["recolor", "diffedit"][0].mask
-    assert tight.sum() < paper.sum() and not (tight & ~paper).any()
+    fitted, paper = runs["recolor", "diffedit_presets"][0].mask, runs["recolor", "diffedit"][0].mask
+    recolor = make_case(HELD_OUT_SEED, "recolor")
+    own = diffedit_mask(
+        tiny_eps, recolor.input_image, recolor.target_caption, recolor.source_caption, seed=recolor.seed,
+        num_inference_steps=3, mask_samples=1, mask_refine_radius=3.0,
+    )  # fmt: skip
+    assert np.array_equal(fitted, own.latent.numpy() > 0.5) and not np.array_equal(fitted, paper)
     same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]
     assert np.array_equal(same[0].image, same[1].image) and np.array_equal(same[0].mask, same[1].mask)
     # a setting the run was given overrides the preset (as a flag does over --preset): no w_R branch
