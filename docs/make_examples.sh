@@ -42,6 +42,19 @@ recolor_pair blue_triangle 10000020 \
   "a yellow triangle, a red circle and an orange triangle on a black background" \
   "a yellow triangle, a red circle and a blue triangle on a black background"
 
+# DiffEdit's mask of the same two recolours: the paper's, tight-mask's and fitted to the image's
+# edges (mask_refine_radius, as the recolor preset has it)
+for v in "paper:" "tight:--preset tight-mask" "fitted:--mask-refine-radius 3"; do
+  # shellcheck disable=SC2086 # the flags split into words
+  $r mask examples/purple_square.png -o "$out/mask_purple_square_${v%%:*}.png" ${v#*:} --seed 10000130 \
+    --query "a green square, a purple triangle and a yellow square on a white background" \
+    --reference "a green square, a purple triangle and a purple square on a white background"
+  # shellcheck disable=SC2086
+  $r mask examples/blue_triangle.png -o "$out/mask_blue_triangle_${v%%:*}.png" ${v#*:} --seed 10000020 \
+    --query "a yellow triangle, a red circle and an orange triangle on a black background" \
+    --reference "a yellow triangle, a red circle and a blue triangle on a black background"
+done
+
 # A new background: DiffEdit at the paper's settings, then each method under its background preset
 bg_r="a blue square and a yellow triangle on a gray background"
 $r edit examples/two_shapes.png -o $out/background_diffedit_paper_black.png --method diffedit \
@@ -80,6 +93,11 @@ $py docs/strip.py $out/diffedit_words.png "input=examples/purple_square.png" \
   "words weighed=$out/diffedit_recolor_purple_square_weighed.png" "input=examples/blue_triangle.png" \
   "words as given=$out/diffedit_recolor_blue_triangle_unweighed.png" \
   "words weighed=$out/diffedit_recolor_blue_triangle_weighed.png"
+$py docs/strip.py $out/fitted_masks.png "input=examples/purple_square.png" \
+  "paper=$out/mask_purple_square_paper.overlay.png" "tight-mask=$out/mask_purple_square_tight.overlay.png" \
+  "fitted=$out/mask_purple_square_fitted.overlay.png" "input=examples/blue_triangle.png" \
+  "paper=$out/mask_blue_triangle_paper.overlay.png" "tight-mask=$out/mask_blue_triangle_tight.overlay.png" \
+  "fitted=$out/mask_blue_triangle_fitted.overlay.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
 $py docs/strip.py $out/backgrounds.png "input=examples/two_shapes.png" \

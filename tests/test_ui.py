@@ -250,7 +250,7 @@ def test_presets_fill_the_form():
 
     assert _preset_values("diffedit", "tight-mask") == filled(mask_threshold=0.8)
     assert _preset_values("diffedit", "remove") == filled(
-        encode_ratio=1.0, reference_guidance_scale=5.0, shared_word_scale=0.5, mask_refine_radius=3.0
+        encode_ratio=1.0, reference_guidance_scale=5.0, shared_word_scale=0.5
     )
     assert _preset_values("diffedit", "background") == filled(mode="no_mask", encode_ratio=0.9)
     assert _preset_values("diffedit", "none") == filled()
