@@ -26,14 +26,17 @@ for v in "paper:" "r1:--encode-ratio 1.0" "preset:--preset remove"; do
 done
 
 # DiffEdit's recolor preset without and with the word weights inside the mask (two held-out
-# ShapesBench cases, recolor-10000130 and recolor-10000020, at their seeds): without, another object
-# of the scene is drawn where the recoloured one was
+# ShapesBench cases, recolor-10000130 and recolor-10000020, at their seeds), the mask as the preset
+# had it when the weights came (threshold 0.8, not fitted): without, another object of the scene is
+# drawn where the recoloured one was. Then the preset as it is (the mask fitted to the image)
 recolor_pair() { # input name, seed, query, reference
   for v in "unweighed:--changed-word-scale 1 --shared-word-scale 1" "weighed:"; do
     # shellcheck disable=SC2086 # the flags split into words
     $r edit "examples/$1.png" -o "$out/diffedit_recolor_$1_${v%%:*}.png" --method diffedit --preset recolor \
-      ${v#*:} --seed "$2" --query "$3" --reference "$4"
+      --mask-refine-radius 0 --mask-threshold 0.8 ${v#*:} --seed "$2" --query "$3" --reference "$4"
   done
+  $r edit "examples/$1.png" -o "$out/diffedit_recolor_$1_preset.png" --method diffedit --preset recolor \
+    --seed "$2" --query "$3" --reference "$4"
 }
 recolor_pair purple_square 10000130 \
   "a green square, a purple triangle and a yellow square on a white background" \
@@ -95,9 +98,10 @@ $py docs/strip.py $out/diffedit_words.png "input=examples/purple_square.png" \
   "words weighed=$out/diffedit_recolor_blue_triangle_weighed.png"
 $py docs/strip.py $out/fitted_masks.png "input=examples/purple_square.png" \
   "paper=$out/mask_purple_square_paper.overlay.png" "tight-mask=$out/mask_purple_square_tight.overlay.png" \
-  "fitted=$out/mask_purple_square_fitted.overlay.png" "input=examples/blue_triangle.png" \
-  "paper=$out/mask_blue_triangle_paper.overlay.png" "tight-mask=$out/mask_blue_triangle_tight.overlay.png" \
-  "fitted=$out/mask_blue_triangle_fitted.overlay.png"
+  "fitted=$out/mask_purple_square_fitted.overlay.png" "recolor=$out/diffedit_recolor_purple_square_preset.png" \
+  "input=examples/blue_triangle.png" "paper=$out/mask_blue_triangle_paper.overlay.png" \
+  "tight-mask=$out/mask_blue_triangle_tight.overlay.png" "fitted=$out/mask_blue_triangle_fitted.overlay.png" \
+  "recolor=$out/diffedit_recolor_blue_triangle_preset.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
 $py docs/strip.py $out/backgrounds.png "input=examples/two_shapes.png" \
