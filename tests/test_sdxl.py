@@ -10,6 +10,7 @@ import torch
 
 import retouch
 from retouch.errors import InversionError, SettingError
+from retouch.masks import refined_scores
 
 torch.set_num_threads(1)
 
@@ -122,6 +123,14 @@ def test_diffedit_zero_mask_is_the_encode_decode_and_the_background_is_kept(xl):
     )
     assert torch.equal(words.latents[..., keep], prep.x0[..., keep])
     assert not torch.allclose(words.latents[..., ~keep], out.latents[..., ~keep])
+    # the mask fitted to the image's edges, at SDXL's odd latent size
+    paper = retouch.diffedit_mask(xl, img, "a green circle", SOURCE, num_inference_steps=6, mask_samples=2)
+    fitted = retouch.diffedit_mask(
+        xl, img, "a green circle", SOURCE, num_inference_steps=6, mask_samples=2, mask_refine_radius=2.0
+    )
+    expected = refined_scores(paper.scores, prep.pixels.tensor, xl.vae_scale_factor, 2.0)
+    assert fitted.latent.shape == prep.x0.shape[-2:] and fitted.soft.shape == (45, 70)
+    torch.testing.assert_close(fitted.scores, expected)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
