@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,16 +50,19 @@ def difference_map(
 
 
 def binarize(
-    d: torch.Tensor, clamp: float = 3.0, threshold: float = 0.5
+    d: torch.Tensor, clamp: float = 3.0, threshold: float = 0.5, refine: Callable | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove extreme values and binarise (DiffEdit §3.2): clamp D to [0, k·mean D], rescale to
     [0, 1], threshold. D [h, w] → (mask {0,1} [h, w], scores [h, w]). Identical texts give D = 0:
-    an empty mask, not 0/0."""
+    an empty mask, not 0/0. refine(scores) → scores [h, w], if given, comes before the threshold
+    (ours: `refined_scores`)."""
     top = clamp * d.mean()
     if not torch.isfinite(top) or top <= 1e-12:
         scores = torch.zeros_like(d)
     else:
         scores = d.clamp(0, top) / top
+    if refine is not None:
+        scores = refine(scores)
     return (scores > threshold).float(), scores
 
 

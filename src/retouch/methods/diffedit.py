@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import torch
 
@@ -171,10 +172,11 @@ def _infer_mask(model, prep: Prepared, query: str, reference: str, cfg: DiffEdit
         uncond=uncond if cfg.mask_guidance_scale is not None else None,
         guidance_scale=cfg.mask_guidance_scale,
     )
-    latent, scores = binarize(d, cfg.mask_clamp, cfg.mask_threshold)
+    fit = None  # ours, with mask_refine_radius: the scores fitted to the image's edges, then thresholded
     if cfg.mask_refine_radius > 0:
-        scores = refined_scores(scores, prep.pixels.tensor, model.vae_scale_factor, cfg.mask_refine_radius)
-        latent = (scores > cfg.mask_threshold).float()
+        px, factor = prep.pixels.tensor, model.vae_scale_factor
+        fit = partial(refined_scores, pixels=px, factor=factor, radius=cfg.mask_refine_radius)
+    latent, scores = binarize(d, cfg.mask_clamp, cfg.mask_threshold, fit)
     soft = upsample_mask(latent, model.vae_scale_factor, prep.pixels.height, prep.pixels.width, cfg.feather)
     return Mask(latent, soft, scores, counter.n)
 
