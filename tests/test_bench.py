@@ -582,3 +582,29 @@ def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_sc
     old = [{k: v for k, v in r.items() if k != "added_anywhere"} for r in rows.values()]
     again = bench_script("why_failed").with_added_anywhere(old, tmp_path, judge)
     assert [r["added_anywhere"] for r in again] == [r["added_anywhere"] for r in rows.values()]
+
+
+def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_success_by_it():
+    """mask_others: the objects the edit keeps at least half inside a method's mask; the summary's
+    table gives the share of masks holding one and the success with and without."""
+    from retouch.bench.metrics import mask_metrics
+    from retouch.bench.report import summary_markdown
+
+    case = next(c for c in make_cases(10_000_000, 40, ["recolor"]) if len(c.untouched()) >= 2)
+    (_, first), (_, second) = case.untouched()[:2]
+    assert mask_metrics(None, case)["mask_others"] is None
+    assert mask_metrics(case.region & ~first & ~second, case)["mask_others"] == 0
+    half = first.copy()
+    rows_, cols_ = np.nonzero(first)
+    half[rows_[: len(rows_) // 3], cols_[: len(cols_) // 3]] = False  # a third of it out: still held
+    assert mask_metrics(case.region | half, case)["mask_others"] == 1
+    assert mask_metrics(case.region | first | second, case)["mask_others"] == 2
+    assert mask_metrics(np.zeros_like(first), case)["mask_others"] == 0
+    rows = [
+        dict(case=f"c{i}", kind="recolor", method="m", sweep=None, success=ok, failure=None, mask_others=n)
+        for i, (ok, n) in enumerate([(True, 0), (True, 0), (False, 0), (False, 1), (True, 2)])
+    ]
+    lines = summary_markdown(rows, {}).splitlines()
+    start = lines.index("## Masks over the objects the edit keeps")
+    line = next(x for x in lines[start:] if x.startswith("| m | recolor |"))
+    assert [c.strip() for c in line.strip("|").split("|")][2:] == ["5", "40%", "50%", "67%"]

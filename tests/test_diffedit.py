@@ -19,7 +19,7 @@ from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.latents import ImageError, decode, to_image
-from retouch.masks import refined_scores
+from retouch.masks import refined_scores, regions, strongest_regions
 from retouch.methods import diffedit as de
 from retouch.methods.common import prepare
 from retouch.sampling import ddim_sample
@@ -222,6 +222,20 @@ def test_a_refined_mask_is_the_scores_fitted_to_the_image_then_thresholded(tiny,
     torch.testing.assert_close(refined.scores, expected)
     assert torch.equal(refined.latent, (expected > 0.5).float())
     assert refined.soft.shape == (45, 70)
+
+
+def test_a_mask_keeping_its_strongest_regions_is_the_paper_s_less_the_weaker_regions(tiny):
+    """mask_keep_ratio (ours): the paper's mask less the regions whose summed scores fall short of
+    that share of the strongest region's; the scores are the paper's."""
+    img = scene_render()
+    paper = retouch.diffedit_mask(tiny, img, QUERY, REFERENCE, mask_samples=4, mask_threshold=0.3)
+    kept = retouch.diffedit_mask(
+        tiny, img, QUERY, REFERENCE, mask_samples=4, mask_threshold=0.3, mask_keep_ratio=1.0
+    )
+    assert len(regions(paper.latent).unique()) > 2  # more than one region to choose from
+    torch.testing.assert_close(kept.scores, paper.scores)
+    assert torch.equal(kept.latent, strongest_regions(paper.latent, paper.scores, 1.0))
+    assert 0 < kept.latent.sum() < paper.latent.sum() and len(regions(kept.latent).unique()) == 2
 
 
 def test_identical_query_and_reference_give_an_empty_mask(tiny):
@@ -536,6 +550,8 @@ BAD = [
     ("nan word scale", {"shared_word_scale": float("nan")}, SettingError, "shared_word_scale"),
     ("negative refine radius", {"mask_refine_radius": -1.0}, SettingError, "mask_refine_radius"),
     ("nan refine radius", {"mask_refine_radius": float("nan")}, SettingError, "mask_refine_radius"),
+    ("keep ratio 2", {"mask_keep_ratio": 2.0}, SettingError, "mask_keep_ratio"),
+    ("negative keep ratio", {"mask_keep_ratio": -0.1}, SettingError, "mask_keep_ratio"),
     ("unknown", {"guidance": 3.0}, SettingError, "unknown setting 'guidance'"),
     ("mode", {"mode": "inpaint"}, SettingError, "mode"),
     ("seed", {"seed": -1}, SettingError, "seed"),

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler
 
 from retouch.architecture import SD1_SCHEDULER
 from retouch.filters import box_mean, guided_filter
-from retouch.masks import binarize, difference_map, refined_scores, user_mask
+from retouch.masks import binarize, difference_map, refined_scores, regions, strongest_regions, user_mask
 from retouch.schedule import Schedule
 
 torch.set_num_threads(1)
@@ -174,3 +174,31 @@ def test_refined_scores_fill_a_ringed_object_and_do_not_spill_past_it():
     refined = refined_scores(scores, (img * 2 - 1)[None], 4, 2)
     assert refined.shape == (8, 8) and 0 <= refined.min() and refined.max() <= 1
     assert torch.equal((refined > 0.5).float(), square)
+
+
+def test_regions_are_the_mask_connected_by_sides_and_corners():
+    mask = torch.zeros(6, 7)
+    mask[0:2, 0:2] = 1  # a square
+    mask[2, 2] = 1  # touching it by a corner: the same region
+    mask[4:6, 3:7] = 1  # another
+    mask[0, 6] = 1  # a lone cell
+    labels = regions(mask)
+    assert torch.equal(labels > 0, mask > 0)
+    assert len(labels[labels > 0].unique()) == 3
+    assert len(labels[0:3, 0:3][mask[0:3, 0:3] > 0].unique()) == 1
+    assert labels[0, 6] not in labels[4:6, 3:7]
+
+
+def test_strongest_regions_keep_those_whose_summed_scores_reach_the_ratio():
+    mask = torch.zeros(6, 6)
+    mask[0:2, 0:2] = 1  # 4 cells at 0.9: 3.6
+    mask[4:6, 4:6] = 1  # 4 cells at 0.7: 2.8, 0.78 of the strongest
+    mask[0, 5] = 1  # 1 cell at 1.0: 1.0
+    scores = torch.zeros(6, 6)
+    scores[0:2, 0:2], scores[4:6, 4:6], scores[0, 5] = 0.9, 0.7, 1.0
+    assert torch.equal(strongest_regions(mask, scores, 0.0), mask)
+    both = strongest_regions(mask, scores, 0.75)
+    assert both[0, 5] == 0 and torch.equal(both[0:2, 0:2], mask[0:2, 0:2]) and both[4:6, 4:6].all()
+    one = strongest_regions(mask, scores, 0.8)
+    assert one.sum() == 4 and one[0:2, 0:2].all()
+    assert torch.equal(strongest_regions(torch.zeros(3, 3), scores[:3, :3], 0.8), torch.zeros(3, 3))

@@ -111,7 +111,16 @@ def image_metrics(image: np.ndarray, case: Case) -> dict:
 
 
 def mask_metrics(mask: np.ndarray | None, case: Case) -> dict:
-    """IoU of a method's pixel mask (bool (H, W), None if it has none) with the changed region."""
+    """A method's pixel mask (bool (H, W), None if it has none): its IoU with the changed region,
+    its area, and mask_others: how many of the objects the edit keeps lie at least half inside it
+    (the decoding may redraw them)."""
     if mask is None:
-        return dict(mask_iou=None, mask_area=None)
-    return dict(mask_iou=iou(mask, case.region), mask_area=float(mask.mean()))
+        return dict(mask_iou=None, mask_area=None, mask_others=None)
+    return dict(
+        mask_iou=iou(mask, case.region), mask_area=float(mask.mean()), mask_others=masked_others(mask, case)
+    )
+
+
+def masked_others(mask: np.ndarray, case: Case) -> int:
+    """How many of the objects the edit keeps lie at least half inside a pixel mask bool (H, W)."""
+    return sum(int(2 * (m & mask).sum() >= m.sum()) for _, m in case.untouched())

@@ -107,6 +107,7 @@ def summary_markdown(
     lines += _intervals(rows, methods)
     lines += _failures(rows, methods, kinds)
     lines += _additions(rows, methods)
+    lines += _masked_others(rows, methods, kinds)
     lines += _paired(rows, pairs or {})
     return "\n".join(lines) + "\n"
 
@@ -207,6 +208,37 @@ def _additions(rows: list[dict], methods: Sequence[str]) -> list[str]:
             kept = [r["added_anywhere"] and r["preserved"] is not False for r in sel]
             shares = [_fmt(_mean(sel, "success"), "{:.0%}"), _fmt(_mean(sel, "added_anywhere"), "{:.0%}")]
             lines.append(f"| {m} | {len(sel)} | " + " | ".join([*shares, f"{np.mean(kept):.0%}"]) + " |")
+    return lines
+
+
+def _masked_others(rows: list[dict], methods: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Per method and kind with a mask, how often the mask holds an object the edit keeps
+    (mask_others > 0), and the success with and without one; of the judged rows that record it."""
+    judged = [r for r in rows if r.get("mask_others") is not None and r.get("success") is not None]
+    if not judged:
+        return []
+    lines = [
+        "",
+        "## Masks over the objects the edit keeps",
+        "",
+        "An object the edit keeps at least half inside the mask may be redrawn with the edit.",
+        "",
+        "| method | kind | n | masks holding one | success, holding one | success, holding none |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        for kind in kinds:
+            sel = [r for r in judged if r["method"] == m and r["kind"] == kind]
+            if not sel:
+                continue
+            held = [r for r in sel if r["mask_others"] > 0]
+            free = [r for r in sel if r["mask_others"] == 0]
+            cells = [
+                f"{len(held) / len(sel):.0%}",
+                _fmt(_mean(held, "success"), "{:.0%}"),
+                _fmt(_mean(free, "success"), "{:.0%}"),
+            ]
+            lines.append(f"| {m} | {kind} | {len(sel)} | " + " | ".join(cells) + " |")
     return lines
 
 

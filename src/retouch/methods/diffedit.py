@@ -22,7 +22,7 @@ from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
-from retouch.masks import binarize, difference_map, refined_scores, user_mask
+from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
 from retouch.presets import DIFFEDIT
 from retouch.sampling import ddim_sample
@@ -57,6 +57,11 @@ class DiffEditConfig:
         "ours: fit D to the image's edges before thresholding, a guided filter with the image as"
         " guide, its window this many latent cells each side (an object's mask fills, not spills);"
         " 0: the paper",
+    )
+    mask_keep_ratio: float = setting(
+        0.0,
+        "ours: keep only the mask's connected regions whose summed scores reach this share of the"
+        " strongest region's (a weaker region is often another object the texts' words touch); 0: all",
     )
     mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
     guide_from_reference: bool = setting(
@@ -95,6 +100,7 @@ class DiffEditConfig:
         check_number("mask_clamp", self.mask_clamp, 0, low_open=True)
         check_number("mask_threshold", self.mask_threshold, 0, 1)
         check_number("mask_refine_radius", self.mask_refine_radius, 0, 64)
+        check_number("mask_keep_ratio", self.mask_keep_ratio, 0, 1)
         if self.mask_guidance_scale is not None:
             check_number("mask_guidance_scale", self.mask_guidance_scale, 0)
         check_number("feather", self.feather, 0, 64)
@@ -177,6 +183,7 @@ def _infer_mask(model, prep: Prepared, query: str, reference: str, cfg: DiffEdit
         px, factor = prep.pixels.tensor, model.vae_scale_factor
         fit = partial(refined_scores, pixels=px, factor=factor, radius=cfg.mask_refine_radius)
     latent, scores = binarize(d, cfg.mask_clamp, cfg.mask_threshold, fit)
+    latent = strongest_regions(latent, scores, cfg.mask_keep_ratio)
     soft = upsample_mask(latent, model.vae_scale_factor, prep.pixels.height, prep.pixels.width, cfg.feather)
     return Mask(latent, soft, scores, counter.n)
 
