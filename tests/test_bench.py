@@ -293,7 +293,7 @@ def test_diffusers_diffedit_steers_from_the_reference_when_retouch_does(tiny_eps
 def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tiny_eps):
     """diffedit_presets: a removal encodes to pure noise steering away from the reference (N=3:
     encode 3, decode 3·3 = 9, mask 2), a recolour encodes to pure noise (decode 2·3 = 6) within a
-    mask fitted to the image's edges (mask_refine_radius 3), a background from r = 0.9 (encode 3)
+    mask fitted to the image's edges (its own mask so set), a background from r = 0.9 (encode 3)
     with no mask (decode 2·3 = 6, no mask's 2), an addition as a removal (steered away: 3 + 9 + 2), a
     reshape is diffedit's edit exactly."""
     from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
@@ -323,7 +323,7 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     recolor = make_case(HELD_OUT_SEED, "recolor")
     own = diffedit_mask(
         tiny_eps, recolor.input_image, recolor.target_caption, recolor.source_caption, seed=recolor.seed,
-        num_inference_steps=3, mask_samples=1, mask_refine_radius=3.0,
+        num_inference_steps=3, mask_samples=1, mask_refine_radius=3.0, mask_keep_ratio=0.8,
     )  # fmt: skip
     assert np.array_equal(fitted, own.latent.numpy() > 0.5) and not np.array_equal(fitted, paper)
     same = [runs["reshape", m][0] for m in ("diffedit", "diffedit_presets")]

@@ -131,7 +131,7 @@ def test_every_config_field_is_a_flag():
     assert "tight-mask (mask_threshold=0.8)" in shown and "object (edit_scale=15," in shown
     assert "background (mode=no_mask, encode_ratio=0.9)" in shown  # a text setting as it is
     assert (
-        "recolor (mask_refine_radius=3, encode_ratio=1, changed_word_scale=3, shared_word_scale=0.5)" in shown
+        "recolor (mask_refine_radius=3, mask_keep_ratio=0.8, encode_ratio=1, changed_word_scale=3," in shown
     )
     assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
     assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")

@@ -240,6 +240,7 @@ def test_presets_fill_the_form():
         "reference_guidance_scale",
         "shared_word_scale",
         "mask_refine_radius",
+        "mask_keep_ratio",
         "changed_word_scale",
         "mode",
     )
@@ -250,7 +251,11 @@ def test_presets_fill_the_form():
 
     assert _preset_values("diffedit", "tight-mask") == filled(mask_threshold=0.8)
     assert _preset_values("diffedit", "remove") == filled(
-        encode_ratio=1.0, reference_guidance_scale=5.0, shared_word_scale=0.5
+        encode_ratio=1.0,
+        reference_guidance_scale=5.0,
+        shared_word_scale=0.5,
+        mask_refine_radius=3.0,
+        mask_keep_ratio=0.8,
     )
     assert _preset_values("diffedit", "background") == filled(mode="no_mask", encode_ratio=0.9)
     assert _preset_values("diffedit", "none") == filled()
