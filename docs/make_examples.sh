@@ -45,9 +45,11 @@ recolor_pair blue_triangle 10000020 \
   "a yellow triangle, a red circle and an orange triangle on a black background" \
   "a yellow triangle, a red circle and a blue triangle on a black background"
 
-# DiffEdit's mask of the same two recolours: the paper's, tight-mask's and fitted to the image's
-# edges (mask_refine_radius, as the recolor preset has it)
-for v in "paper:" "tight:--preset tight-mask" "fitted:--mask-refine-radius 3"; do
+# DiffEdit's mask of the same two recolours: the paper's, tight-mask's, fitted to the image's
+# edges (mask_refine_radius), and then kept to its strongest regions (mask_keep_ratio: the recolor
+# preset's mask)
+for v in "paper:" "tight:--preset tight-mask" "fitted:--mask-refine-radius 3" \
+  "kept:--mask-refine-radius 3 --mask-keep-ratio 0.8"; do
   # shellcheck disable=SC2086 # the flags split into words
   $r mask examples/purple_square.png -o "$out/mask_purple_square_${v%%:*}.png" ${v#*:} --seed 10000130 \
     --query "a green square, a purple triangle and a yellow square on a white background" \
@@ -98,9 +100,10 @@ $py docs/strip.py $out/diffedit_words.png "input=examples/purple_square.png" \
   "words weighed=$out/diffedit_recolor_blue_triangle_weighed.png"
 $py docs/strip.py $out/fitted_masks.png "input=examples/purple_square.png" \
   "paper=$out/mask_purple_square_paper.overlay.png" "tight-mask=$out/mask_purple_square_tight.overlay.png" \
-  "fitted=$out/mask_purple_square_fitted.overlay.png" "recolor=$out/diffedit_recolor_purple_square_preset.png" \
-  "input=examples/blue_triangle.png" "paper=$out/mask_blue_triangle_paper.overlay.png" \
-  "tight-mask=$out/mask_blue_triangle_tight.overlay.png" "fitted=$out/mask_blue_triangle_fitted.overlay.png" \
+  "fitted=$out/mask_purple_square_fitted.overlay.png" "strongest=$out/mask_purple_square_kept.overlay.png" \
+  "recolor=$out/diffedit_recolor_purple_square_preset.png" "input=examples/blue_triangle.png" \
+  "paper=$out/mask_blue_triangle_paper.overlay.png" "tight-mask=$out/mask_blue_triangle_tight.overlay.png" \
+  "fitted=$out/mask_blue_triangle_fitted.overlay.png" "strongest=$out/mask_blue_triangle_kept.overlay.png" \
   "recolor=$out/diffedit_recolor_blue_triangle_preset.png"
 $py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
   "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
