@@ -3,6 +3,7 @@
     python benchmarks/why_failed.py runs/bench500-v11                     # every method
     python benchmarks/why_failed.py runs/bench500-v11 --methods diffedit,sdedit
     python benchmarks/why_failed.py runs/bench500-v11 --additions        # and where additions were drawn
+    python benchmarks/why_failed.py runs/bench500-v11 --masks            # and the masks over kept objects
 
 Reads the run's cases.jsonl, gives each judged row that has no `failure` the one ShapesBench now
 records (retouch.bench.metrics.why_failed, from what the judge read there, the case's
@@ -10,7 +11,10 @@ records (retouch.bench.metrics.why_failed, from what the judge read there, the c
 section: per method and kind, the share of edits left unchanged, drawn as a copy of another object
 of the scene, with nothing drawn, or otherwise wrong. With --additions, each addition's row that
 has no `added_anywhere` gets it from its saved image (the run's images/, read by the shipped judge:
-retouch.bench.metrics.judge_case), and the summary's additions section is printed too.
+retouch.bench.metrics.judge_case), and the summary's additions section is printed too. With
+--masks, each row of a method with a mask that has no `mask_others` gets it from its saved mask
+(retouch.bench.metrics.masked_others), and the summary's section on masks over the objects the
+edit keeps is printed too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from retouch.bench.cases import make_case
-from retouch.bench.metrics import judge_case, why_failed
+from retouch.bench.metrics import judge_case, masked_others, why_failed
 from retouch.bench.report import summary_markdown
 from retouch.shapes.world import EDIT_KINDS
 
@@ -64,11 +68,26 @@ def with_added_anywhere(rows: list[dict], run: Path, judge) -> list[dict]:
     return out
 
 
+def with_masked_others(rows: list[dict], run: Path) -> list[dict]:
+    """The rows, each with a saved mask given its `mask_others` where it is missing (the mask was
+    saved at the judge's size, as the bench reads it; rows without one are left as they are)."""
+    out = []
+    for r in rows:
+        path = run / "images" / r["case"] / f"{r['method']}.mask.png"
+        if "mask_others" not in r and path.exists():
+            with Image.open(path) as im:
+                mask = np.asarray(im.convert("L")) > 127
+            r = {**r, "mask_others": masked_others(mask, make_case(r["seed"], r["kind"]))}
+        out.append(r)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a `retouch bench edits --out` folder")
     parser.add_argument("--methods", help="comma list [default: every method of the run]")
     parser.add_argument("--additions", action="store_true", help="judge where additions were drawn too")
+    parser.add_argument("--masks", action="store_true", help="count the kept objects inside the masks too")
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run / "cases.jsonl").read_text().splitlines() if line]
     methods = args.methods.split(",") if args.methods else ()
@@ -79,6 +98,9 @@ def main() -> None:
 
         rows = with_added_anywhere(rows, args.run, load_judge())
         sections.append("## Additions")
+    if args.masks:
+        rows = with_masked_others(rows, args.run)
+        sections.append("## Masks over")
     text = summary_markdown(rows, {}, methods, EDIT_KINDS)
     for title in sections:
         print(text[text.index(title) :].split("\n## ")[0].rstrip() + "\n")

@@ -584,9 +584,12 @@ def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_sc
     assert [r["added_anywhere"] for r in again] == [r["added_anywhere"] for r in rows.values()]
 
 
-def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_success_by_it():
+def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_success_by_it(
+    bench_script, tmp_path
+):
     """mask_others: the objects the edit keeps at least half inside a method's mask; the summary's
-    table gives the share of masks holding one and the success with and without."""
+    table gives the share of masks holding one and the success with and without;
+    benchmarks/why_failed.py gives rows written before the field the same, from their saved masks."""
     from retouch.bench.metrics import mask_metrics
     from retouch.bench.report import summary_markdown
 
@@ -600,6 +603,16 @@ def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_
     assert mask_metrics(case.region | half, case)["mask_others"] == 1
     assert mask_metrics(case.region | first | second, case)["mask_others"] == 2
     assert mask_metrics(np.zeros_like(first), case)["mask_others"] == 0
+    masks = dict(
+        none=case.region & ~first & ~second, one=case.region | half, two=case.region | first | second
+    )
+    old = []
+    for name, mask in masks.items():
+        (tmp_path / "images" / case.id).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "images" / case.id / f"{name}.mask.png")
+        old.append(dict(case=case.id, seed=case.seed, kind="recolor", method=name))
+    again = bench_script("why_failed").with_masked_others([*old, dict(old[0], method="unsaved")], tmp_path)
+    assert [r.get("mask_others") for r in again] == [0, 1, 2, None]
     rows = [
         dict(case=f"c{i}", kind="recolor", method="m", sweep=None, success=ok, failure=None, mask_others=n)
         for i, (ok, n) in enumerate([(True, 0), (True, 0), (False, 0), (False, 1), (True, 2)])

@@ -137,8 +137,8 @@ def diffedit_encode(pipe, image, cfg, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def diffedit_mask(pipe, image, query: str, reference: str, cfg, seed: int) -> np.ndarray:
     """diffusers' generate_mask with retouch's mask settings: float {0,1} [1, h, w].
-    Its threshold is fixed at 0.5 (cfg.mask_threshold must be 0.5 to match); mask_refine_radius
-    (ours) has no counterpart here."""
+    Its threshold is fixed at 0.5 (cfg.mask_threshold must be 0.5 to match); mask_refine_radius and
+    mask_keep_ratio (ours) have no counterpart here."""
     with mask_prompts_in_order(pipe):
         return pipe.generate_mask(
             image=image,
