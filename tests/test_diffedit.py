@@ -18,8 +18,9 @@ import retouch
 from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
+from retouch.filters import connected_regions
 from retouch.latents import ImageError, decode, to_image
-from retouch.masks import refined_scores, regions, strongest_regions
+from retouch.masks import refined_scores, strongest_regions
 from retouch.methods import diffedit as de
 from retouch.methods.common import prepare
 from retouch.sampling import ddim_sample
@@ -232,10 +233,10 @@ def test_a_mask_keeping_its_strongest_regions_is_the_paper_s_less_the_weaker_reg
     kept = retouch.diffedit_mask(
         tiny, img, QUERY, REFERENCE, mask_samples=4, mask_threshold=0.3, mask_keep_ratio=1.0
     )
-    assert len(regions(paper.latent).unique()) > 2  # more than one region to choose from
+    assert len(connected_regions(paper.latent).unique()) > 2  # more than one region to choose from
     torch.testing.assert_close(kept.scores, paper.scores)
     assert torch.equal(kept.latent, strongest_regions(paper.latent, paper.scores, 1.0))
-    assert 0 < kept.latent.sum() < paper.latent.sum() and len(regions(kept.latent).unique()) == 2
+    assert 0 < kept.latent.sum() < paper.latent.sum() and len(connected_regions(kept.latent).unique()) == 2
 
 
 def test_identical_query_and_reference_give_an_empty_mask(tiny):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from retouch.architecture import SD1_SCHEDULER
-from retouch.filters import box_mean, guided_filter
-from retouch.masks import binarize, difference_map, refined_scores, regions, strongest_regions, user_mask
+from retouch.filters import box_mean, connected_regions, guided_filter
+from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
 from retouch.schedule import Schedule
 
 torch.set_num_threads(1)
@@ -173,7 +173,7 @@ def test_regions_are_the_mask_connected_by_sides_and_corners():
     mask[2, 2] = 1  # touching it by a corner: the same region
     mask[4:6, 3:7] = 1  # another
     mask[0, 6] = 1  # a lone cell
-    labels = regions(mask)
+    labels = connected_regions(mask)
     assert torch.equal(labels > 0, mask > 0)
     assert len(labels[labels > 0].unique()) == 3
     assert len(labels[0:3, 0:3][mask[0:3, 0:3] > 0].unique()) == 1

@@ -1,5 +1,6 @@
 """The one Gaussian blur (the mask's feather, SSIM's local statistics, the judge's augmentation),
-and the guided filter that fits a mask's scores to an image's edges."""
+the guided filter that fits a mask's scores to an image's edges, and connected regions (a mask's,
+the judge's objects)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,17 @@ def guided_filter(guide: torch.Tensor, p: torch.Tensor, radius: int, eps: float)
     a = torch.linalg.solve(sigma, cov_ip.permute(1, 2, 0)[..., None])[..., 0].permute(2, 0, 1)  # [3, H, W]
     b = mean_p - (a * mean_i).sum(0)  # [H, W]
     return (box_mean(a, radius) * guide).sum(0) + box_mean(b, radius)
+
+
+def connected_regions(mask: torch.Tensor) -> torch.Tensor:
+    """The connected regions of a mask [H, W] (nonzero: in it; cells touching by a side or a
+    corner): labels long [H, W], 0 outside the mask, each region one positive label (its largest
+    cell index + 1), spread through the region by repeated 3×3 max-pooling."""
+    on = mask > 0
+    index = torch.arange(1, mask.numel() + 1, device=mask.device).view(mask.shape)
+    labels = torch.where(on, index, 0).float()
+    while True:
+        spread = F.max_pool2d(labels[None, None], 3, 1, 1)[0, 0] * on
+        if torch.equal(spread, labels):
+            return labels.long()
+        labels = spread

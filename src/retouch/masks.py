@@ -11,7 +11,7 @@ from PIL import Image
 
 from retouch.denoiser import EpsFn, cfg
 from retouch.errors import ImageError
-from retouch.filters import guided_filter
+from retouch.filters import connected_regions, guided_filter
 from retouch.latents import fitted_size
 from retouch.schedule import Schedule
 
@@ -86,25 +86,11 @@ def refined_scores(scores: torch.Tensor, pixels: torch.Tensor, factor: int, radi
     return F.avg_pool2d(q[None, None], factor)[0, 0].clamp(0, 1)
 
 
-def regions(mask: torch.Tensor) -> torch.Tensor:
-    """The connected regions of a mask {0,1} [h, w] (cells touching by a side or a corner): labels
-    [h, w], 0 outside the mask, each region one positive label (its largest cell index + 1)."""
-    on = mask > 0
-    labels = torch.where(
-        on, torch.arange(1, mask.numel() + 1, device=mask.device).view(mask.shape), 0
-    ).float()
-    while True:  # each region's largest label spreads through it, one cell a step
-        spread = F.max_pool2d(labels[None, None], 3, 1, 1)[0, 0] * on
-        if torch.equal(spread, labels):
-            return labels.long()
-        labels = spread
-
-
 def strongest_regions(mask: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """The regions of a mask {0,1} [h, w] whose summed scores [h, w] reach `ratio` of the strongest
     region's (ours: an edit is where the difference gathers; a weaker region is another object the
     texts' words also touch). ratio 0 keeps every region. Returns {0,1} [h, w]."""
-    labels = regions(mask)
+    labels = connected_regions(mask)
     ids = labels.unique()
     ids = ids[ids > 0]
     if ratio <= 0 or len(ids) < 2:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from retouch.filters import gaussian_blur
+from retouch.filters import connected_regions, gaussian_blur
 from retouch.shapes import world
 from retouch.shapes.grammar import parse_caption
 from retouch.shapes.world import HELD_OUT_SEED
@@ -163,22 +163,6 @@ def read_background(judge: Judge, image) -> str:
     return read_backgrounds(judge, [image])[0]
 
 
-def _label_components(mask: np.ndarray) -> np.ndarray:
-    """8-connected components of a bool (H, W) mask: int (H, W), 0 off the mask, ids >= 1.
-
-    Each pixel takes the largest pixel id of its component, spread by repeated 3x3 max-pooling.
-    """
-    h, w = mask.shape
-    m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]  # [1, 1, H, W]
-    ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, 1, h, w) * m  # [1, 1, H, W]
-    for _ in range(h * w):
-        spread = F.max_pool2d(ids, 3, 1, 1) * m
-        if torch.equal(spread, ids):
-            break
-        ids = spread
-    return ids[0, 0].long().numpy()
-
-
 def _background_rgb(img: np.ndarray, background) -> np.ndarray:
     """The reference background colour: a name, an RGB triple, or (None) the border's median."""
     if background is None:
@@ -207,7 +191,7 @@ def _split_touching(comp: np.ndarray, erode: int = 2, min_core: int = 4) -> list
     nearest part."""
     m = torch.from_numpy(comp).float()[None, None]  # [1, 1, H, W]
     core = 1 - F.max_pool2d(1 - m, 2 * erode + 1, 1, erode)  # [1, 1, H, W]
-    ids = _label_components(core[0, 0].numpy() > 0.5)
+    ids = connected_regions(core[0, 0] > 0.5).numpy()
     cores = [np.argwhere(ids == i) for i in np.unique(ids[ids > 0])]
     cores = [c for c in cores if len(c) >= min_core]
     if len(cores) <= 1:
@@ -233,7 +217,7 @@ def find_objects(image, background=None, threshold: float = 40.0, min_pixels: in
     img = _as_uint8(image).astype(np.float32)
     bg = _background_rgb(img, background)
     fg = np.abs(img - bg).max(-1) > threshold  # (H, W)
-    ids = _label_components(fg)
+    ids = connected_regions(torch.from_numpy(fg)).numpy()
     parts = [p for i in np.unique(ids[ids > 0]) for p in _split_touching(ids == i)]
     comps = [_half_coverage(img, p, bg) for p in parts]
     comps = [c for c in comps if c.sum() >= min_pixels]
