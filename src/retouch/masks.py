@@ -90,14 +90,13 @@ def strongest_regions(mask: torch.Tensor, scores: torch.Tensor, ratio: float) ->
     """The regions of a mask {0,1} [h, w] whose summed scores [h, w] reach `ratio` of the strongest
     region's (ours: an edit is where the difference gathers; a weaker region is another object the
     texts' words also touch). ratio 0 keeps every region. Returns {0,1} [h, w]."""
-    labels = connected_regions(mask)
-    ids = labels.unique()
-    ids = ids[ids > 0]
-    if ratio <= 0 or len(ids) < 2:
+    if ratio <= 0:
         return mask
-    mass = torch.stack([scores[labels == i].sum() for i in ids])  # [regions]
-    kept = ids[mass >= ratio * mass.max()]
-    return torch.isin(labels, kept).to(mask.dtype)
+    labels = connected_regions(mask).flatten()  # [h·w], 0 off the mask
+    mass = torch.zeros(labels.numel() + 1, device=mask.device).index_add_(0, labels, scores.flatten().float())
+    mass[0] = 0  # off the mask
+    kept = (mass >= ratio * mass.max()) & (mass > 0)  # [h·w + 1], by label
+    return (kept[labels] & (labels > 0)).view(mask.shape).to(mask.dtype)
 
 
 def user_mask(
