@@ -74,7 +74,7 @@ def new_places(image: np.ndarray, kept_masks: list[np.ndarray]) -> list[np.ndarr
     kept = np.zeros(image.shape[:2], bool)
     for m in kept_masks:
         kept |= m
-    return [c for c in find_objects(image) if 2 * (c & kept).sum() < c.sum()]
+    return [c for c in find_objects(image) if not half_inside(c, kept)]
 
 
 # Why an edit failed, from what the judge read where the edit should be (the first that applies)
@@ -123,4 +123,9 @@ def mask_metrics(mask: np.ndarray | None, case: Case) -> dict:
 
 def masked_others(mask: np.ndarray, case: Case) -> int:
     """How many of the objects the edit keeps lie at least half inside a pixel mask bool (H, W)."""
-    return sum(int(2 * (m & mask).sum() >= m.sum()) for _, m in case.untouched())
+    return sum(half_inside(m, mask) for _, m in case.untouched())
+
+
+def half_inside(part: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether at least half of `part` (bool (H, W)) lies inside `mask` (bool (H, W))."""
+    return bool(2 * (part & mask).sum() >= part.sum())
