@@ -464,7 +464,8 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
     from retouch.main import main
 
     result = CliRunner().invoke(
-        main, ["bench", "model", "--recon", "8", "--t2i", "4", "--inversions", "2", "--json"]
+        main,
+        ["bench", "model", "--recon", "8", "--t2i", "4", "--inversions", "2", "--grounding", "6", "--json"],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -472,6 +473,7 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
     assert 0 <= report["t2i_faithful"] <= 1 and 0 <= report["concept_contains"] <= 1
     assert 0 <= report["background_concept_holds"] <= 1
     assert set(report["t2i_faithful_by_objects"]) <= {"1", "2", "3"}
+    assert 0 < report["word_region_area"] < 0.5 and 0 < report["word_attention_inside"] < 1
 
 
 @pytest.mark.parametrize("kind", ["recolor", "remove", "add"])

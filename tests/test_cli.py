@@ -690,10 +690,12 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path, mini_mode
         "1e-12",
     ]
     result = run(
-        "train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "vae", "--init", mini_model, *args
-    )
+        "train", "unet", tmp_path / "unet", "--vae-work", tmp_path / "vae", "--init", mini_model, *args,
+        "--grounding-weight", "0.01",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "initialised from" in (tmp_path / "unet" / "train.log").read_text()
+    log = (tmp_path / "unet" / "train.log").read_text()
+    assert "initialised from" in log and "step 1 grounding loss" in log
     result = run(
         "train",
         "export",

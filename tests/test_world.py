@@ -165,3 +165,35 @@ def test_the_share_of_bare_background_concepts_is_a_setting():
     assert 0.03 < background_share(1 / 6) < 0.08
     assert 0.25 < background_share(0.9) < 0.35
     assert background_share(0.0) == 0.0
+
+
+def test_word_regions_name_each_phrase_and_the_background():
+    """Each object word points at its phrase's region, the background's words at the background,
+    grammar words at none; two objects of one phrase are one region; region_masks matches."""
+    scene = world.Scene(
+        "gray",
+        (
+            world.Obj("circle", "red", 16, 16, 8),
+            world.Obj("square", "blue", 48, 16, 8),
+            world.Obj("circle", "red", 32, 48, 8),
+        ),
+    )
+    text = "a red circle, blue square and a red circle on a gray background"
+    assert world.word_regions(scene, text) == [None, 0, 0, None, 1, 1, None, None, 0, 0, None, None, 2, 2]
+    assert world.word_regions(scene, "blue square") == [1, 1]
+    assert world.word_regions(scene, "gray background") == [2, 2]
+    assert world.word_regions(scene, "green circle") == [None, None]  # not in the scene: names nothing
+    cover = world.region_masks(scene)
+    assert cover.shape == (3, 64, 64)
+    assert np.allclose(cover[0], np.maximum(*(world.object_coverage(o) for o in scene.objects[::2])))
+    assert np.allclose(cover[1], world.object_coverage(scene.objects[1]))
+    assert np.allclose(cover[2], 1 - cover[:2].max(axis=0))
+    rng = np.random.default_rng(0)
+    for seed in range(50):  # every training caption's object and background words are named
+        s = world.sample_scene(seed)
+        text = world.training_caption(s, rng)
+        named = world.word_regions(s, text)
+        words = text.replace(",", " ,").split()
+        assert len(named) == len(words)
+        for w, r in zip(words, named):
+            assert (r is None) == (w in ("a", "an", "and", "on", ","))

@@ -105,3 +105,33 @@ def masked_word_scales(unet, scales: torch.Tensor, mask: torch.Tensor):
     scales[r, j] where mask[r] covers (scales [R, L] ≥ 0, mask [R, 1, h, w]); self-attention is
     computed as before. The UNet's own processors are restored after."""
     return attention_processor(unet, MaskedWordScales(scales.float().clamp_min(1e-6).log(), mask))
+
+
+class CrossAttentionMaps(AttnProcessor2_0):
+    """Attention as diffusers computes it, each cross-attention layer's probabilities averaged over
+    heads and kept (with their graph, for a loss on them): `maps`, one [B, pixels, L] per layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        if encoder_hidden_states is None or attention_mask is not None or hidden_states.ndim != 3:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # [B·heads, pixels, d]
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # [B·heads, L, d]
+        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        p = attn.get_attention_scores(q, k, None)  # [B·heads, pixels, L]
+        self.maps.append(p.unflatten(0, (-1, attn.heads)).mean(1))  # [B, pixels, L]
+        out = attn.batch_to_head_dim(torch.bmm(p, v))  # [B, pixels, heads·d]
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+def region_shares(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """The share of each token's cross-attention (summed over a layer's pixels) that falls inside
+    its region: maps [B, pixels, L] (one layer of `CrossAttentionMaps`), regions [B, L, h, w] at
+    the latent's resolution, fractions in [0, 1] (averaged down to the layer's) → [B, L]."""
+    m = pooled_mask(regions.flatten(0, 1)[:, None], maps.shape[1]).unflatten(
+        0, regions.shape[:2]
+    )  # [B, L, pixels]
+    return (maps.transpose(1, 2) * m).sum(-1) / maps.sum(1).clamp_min(1e-12)

@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from retouch.attention import CrossAttentionMaps, attention_processor, region_shares
 from retouch.errors import InputError, ModelError, SettingError
 from retouch.settings import check_number, setting
 from retouch.shapes import world
@@ -68,6 +70,11 @@ class TrainConfig:
     grown_lr_scale: float = setting(
         1.0, "unet: learning rate of the blocks and text layers a grown model gains, as a multiple of --lr"
     )
+    grounding_weight: float = setting(
+        0.0,
+        "unet: weight of the token grounding loss (TokenCompose, Wang et al. 2024): each object's and"
+        " the background's words keep their cross-attention inside their region [0: none]",
+    )
     image_size: int = setting(
         64,
         "unet: pixels a side of the training scenes, a multiple of 16: the exported model's native"
@@ -83,6 +90,7 @@ class TrainConfig:
         check_number("min_snr_gamma", self.min_snr_gamma, 0, low_open=True)
         check_number("grown_lr_scale", self.grown_lr_scale, 0, low_open=True)
         check_number("kl_weight", self.kl_weight, 0)
+        check_number("grounding_weight", self.grounding_weight, 0)
         for name in (
             "caption_dropout",
             "ema_decay",
@@ -447,6 +455,34 @@ def _load_init(parts: dict, folder: Path) -> list:
     return [unet.get_submodule(n) for n in new] + [te.get_submodule(n) for n in new_text]
 
 
+def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's token loss (Wang et al. 2024, Eq. 3): for each word that names a region,
+    (1 − the share of its cross-attention inside the region)², averaged over those words, then
+    over the layers. maps: per layer [B, pixels, L] (`CrossAttentionMaps`); regions [B, L, h, w],
+    each token's region at the latent's resolution; named [B, L] bool, at least one True."""
+    return sum(((1 - region_shares(a, regions)) ** 2)[named].mean() for a in maps) / len(maps)
+
+
+def token_regions(tokenizer, scenes: list[world.Scene], texts: list[str], size: int):
+    """Each token's region for `grounding_loss`: (regions [B, L, size, size] coverage, named [B, L]
+    bool) from `world.word_regions`; a caption the tokenizer does not split into its words (one
+    token a word) names none."""
+    length = tokenizer.model_max_length
+    regions, named = (
+        torch.zeros(len(texts), length, size, size),
+        torch.zeros(len(texts), length, dtype=torch.bool),
+    )
+    for b, (scene, text) in enumerate(zip(scenes, texts)):
+        words = world.word_regions(scene, text)
+        if len(tokenizer(text).input_ids) != len(words) + 2 or len(words) + 2 > length:
+            continue
+        cover = torch.from_numpy(world.region_masks(scene, size))  # [k, size, size]
+        for j, r in enumerate(words):
+            if r is not None:
+                regions[b, 1 + j], named[b, 1 + j] = cover[r], True  # position 0: the start token
+    return regions, named
+
+
 @_logged
 def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
     """Stage 2: UNet and text encoder together, epsilon loss, caption dropout, EMA, Min-SNR.
@@ -492,26 +528,40 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
         {"params": [p for p in trained if id(p) in new], "lr_scale": cfg.grown_lr_scale},
     ]
 
+    grounded: list[float] = []
+
     def step_fn(step, gen):
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
         x0 = latents[idx]  # [B, 4, h, w]
         rng = np.random.default_rng([cfg.seed, step])
-        tok_ids = _tokenize(
-            tok,
-            [
-                world.training_caption(scenes[i], rng, cfg.whole_caption_share, cfg.bare_background_share)
-                for i in idx.tolist()
-            ],
-        )
+        texts = [
+            world.training_caption(scenes[i], rng, cfg.whole_caption_share, cfg.bare_background_share)
+            for i in idx.tolist()
+        ]
+        tok_ids = _tokenize(tok, texts)
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
         tok_ids[drop] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
         x_t = sched.add_noise(x0, noise, t)
-        pred = unet(x_t, t, te(tok_ids)[0]).sample
+        recording = attention_processor(unet, CrossAttentionMaps()) if cfg.grounding_weight else nullcontext()
+        with recording as rec:
+            pred = unet(x_t, t, te(tok_ids)[0]).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon targets
-        return (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        if not cfg.grounding_weight:
+            return loss
+        regions, named = token_regions(tok, [scenes[i] for i in idx.tolist()], texts, x0.shape[-1])
+        named[drop] = False
+        if not named.any():
+            return loss
+        grounding = grounding_loss(rec.maps, regions, named)
+        grounded.append(grounding.item())
+        if (step + 1) % cfg.log_every == 0:
+            log.info("step %d grounding loss %.4f", step + 1, np.mean(grounded))
+            grounded.clear()
+        return loss + cfg.grounding_weight * grounding
 
     @torch.no_grad()
     def ema_update():

@@ -154,7 +154,45 @@ def concept_draws(
     }
 
 
-def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n_inv: int = 64) -> dict:
+@torch.no_grad()
+def word_grounding(model, n: int = 128, seed: int = HELD_OUT_SEED + 60_000) -> dict:
+    """Where an object's words attend (TokenCompose's measure, Wang et al. 2024): held-out scenes
+    noised to levels spread over the schedule, one UNet call under their whole captions; per
+    colour and shape word, the share of its cross-attention (over pixels, averaged over heads and
+    layers) inside its object. Returns that share's mean and the objects' mean area: a model
+    whose words do not localise gives a share near the area."""
+    from retouch.attention import CrossAttentionMaps, attention_processor, region_shares
+    from retouch.latents import encode
+    from retouch.text import encode_text
+    from retouch.train import token_regions
+
+    _, x, scenes = _renders(range(seed, seed + n), model.native_size)
+    texts = [world.caption(s) for s in scenes]
+    shares, areas = [], []
+    for i in range(0, n, 32):
+        x0 = encode(model, x[i : i + 32].to(model.device))  # [b, 4, h, w]
+        b, size = x0.shape[0], x0.shape[-1]
+        t = torch.linspace(50, 950, b).long().to(model.device)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i)).to(x0)
+        x_t = model.scheduler.add_noise(x0, noise, t)
+        regions, named = token_regions(model.tokenizer, scenes[i : i + b], texts[i : i + b], size)
+        area = regions.flatten(2).mean(-1)  # [b, L]
+        objects = named & (area < 0.5)  # the colour and shape words, not the background's
+        with attention_processor(model.unet, CrossAttentionMaps()) as rec:
+            model.unet(x_t, t, encode_text(model, texts[i : i + b]))
+        shares.append(
+            torch.stack([region_shares(a.float().cpu(), regions) for a in rec.maps]).mean(0)[objects]
+        )
+        areas.append(area[objects])
+    return {
+        "word_attention_inside": float(torch.cat(shares).mean()),
+        "word_region_area": float(torch.cat(areas).mean()),
+    }
+
+
+def model_report(
+    model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n_inv: int = 64, n_ground: int = 128
+) -> dict:
     """Every figure of the model card, measured now on held-out seeds."""
     import retouch
     from retouch.shapes.grammar import parse_caption
@@ -173,6 +211,7 @@ def model_report(model=None, judge=None, n_recon: int = 512, n_t2i: int = 200, n
         by_n.setdefault(len(parse_caption(cap)[1]), []).append(good)
     report["t2i_faithful_by_objects"] = {k: float(np.mean(v)) for k, v in sorted(by_n.items())}
     report.update(concept_draws(model, judge, n_t2i))
+    report.update(word_grounding(model, n_ground))
     to_input, to_vae = ddim_round_trip_psnr(model, n_inv)
     report["ddim_round_trip_psnr_db"] = to_input
     report["ddim_round_trip_vs_autoencoder_psnr_db"] = to_vae
@@ -208,16 +247,17 @@ def sample_grid(samples, path, cols: int = 6, rows: int = 4) -> None:
 @click.option("--recon", default=512, show_default=True, help="Renders for the autoencoder PSNR.")
 @click.option("--t2i", default=200, show_default=True, help="Held-out captions for text-to-image.")
 @click.option("--inversions", default=64, show_default=True, help="Images for the DDIM round trip.")
+@click.option("--grounding", default=128, show_default=True, help="Captions for where object words attend.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a sample grid PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def model_command(model_path, recon, t2i, inversions, grid, as_json):
+def model_command(model_path, recon, t2i, inversions, grounding, grid, as_json):
     """Measure a ShapesWorld model on held-out seeds (autoencoder, judge, text-to-image, DDIM)."""
     import retouch
     from retouch.shell import quiet_libraries
 
     quiet_libraries()
     model = retouch.load(model_path, device="cpu")
-    report = model_report(model, n_recon=recon, n_t2i=t2i, n_inv=inversions)
+    report = model_report(model, n_recon=recon, n_t2i=t2i, n_inv=inversions, n_ground=grounding)
     if grid:
         sample_grid(report["samples"], grid)
     report.pop("samples")
@@ -238,6 +278,10 @@ def model_command(model_path, recon, t2i, inversions, grid, as_json):
     click.echo(
         f"bare background concepts ({t2i} draws, 'black background'): "
         f"{report['background_concept_holds']:.1%} have that background"
+    )
+    click.echo(
+        f"object words' cross-attention inside their object ({grounding} captions): "
+        f"{report['word_attention_inside']:.1%} (the objects' area: {report['word_region_area']:.1%})"
     )
     click.echo(
         f"DDIM inversion round trip ({inversions} images, 50 steps): "

@@ -206,6 +206,35 @@ def training_caption(
     return text
 
 
+def word_regions(scene: Scene, text: str) -> list[int | None]:
+    """What each word of a caption of `scene` names, by index into `region_masks(scene)`: an
+    object phrase's colour and shape words the objects of that phrase (one index per phrase: two
+    "red circle"s are one region), a background's name and "background" the background; None for
+    the grammar's words ("a", "an", "and", "on", ","). Words as the tokenizer splits them (a comma
+    is a word of its own)."""
+    words = text.replace(",", " ,").split()
+    phrases = list(dict.fromkeys(o.phrase for o in scene.objects))
+    out: list[int | None] = [None] * len(words)
+    for i, (w, after) in enumerate(zip(words, [*words[1:], ""])):
+        if after == "background" and w in BACKGROUNDS:
+            out[i] = out[i + 1] = len(phrases)
+        elif f"{w} {after}" in phrases:
+            out[i] = out[i + 1] = phrases.index(f"{w} {after}")
+    return out
+
+
+def region_masks(scene: Scene, size: int = SIZE) -> np.ndarray:
+    """Coverage of each distinct object phrase of `scene` (the union of its objects), then of the
+    background (no object): float32 (n_phrases + 1, size, size) in [0, 1], as `word_regions` indexes."""
+    phrases = list(dict.fromkeys(o.phrase for o in scene.objects))
+    cover = np.zeros((len(phrases) + 1, size, size), np.float32)
+    for o in scene.objects:
+        i = phrases.index(o.phrase)
+        cover[i] = np.maximum(cover[i], object_coverage(o, size))
+    cover[-1] = 1 - cover[:-1].max(axis=0, initial=0)
+    return cover
+
+
 def vocabulary() -> list[str]:
     """Every word the caption grammar (and the edit concepts) can produce."""
     words = ["a", "and", "on", "background", ",", *SHAPES, *COLORS, *BACKGROUNDS, "an"]
