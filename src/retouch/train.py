@@ -553,10 +553,8 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
         if not cfg.grounding_weight:
             return loss
         regions, named = token_regions(tok, [scenes[i] for i in idx.tolist()], texts, x0.shape[-1])
-        named[drop] = False
-        if not named.any():
-            return loss
-        grounding = grounding_loss(rec.maps, regions, named)
+        named[drop] = False  # an empty caption names nothing
+        grounding = grounding_loss(rec.maps, regions, named) if named.any() else torch.zeros(())
         grounded.append(grounding.item())
         if (step + 1) % cfg.log_every == 0:
             log.info("step %d grounding loss %.4f", step + 1, np.mean(grounded))
