@@ -168,6 +168,18 @@ def test_refuses_an_inversion_with_other_steps(tiny_eps, inv_fast, steps):
     assert sizes == []
 
 
+def test_an_edit_from_an_inversion_runs_on_its_steps(tiny_eps, inv_fast):
+    """Not repeated, the inversion's steps are the edit's (the same image as when repeated); a
+    config given says otherwise (the defaults' 100 steps): refused."""
+    a = retouch.ledits(tiny_eps, inv_fast, add=["green circle"], seed=3)
+    b = retouch.ledits(tiny_eps, inv_fast, add=["green circle"], seed=3, **FAST)
+    assert a.unet_evals == b.unet_evals == 2 * (FAST["num_inference_steps"] - FAST["skip"])
+    assert torch.equal(a.latents, b.latents)
+    assert a.settings["num_inference_steps"] == FAST["num_inference_steps"]
+    with pytest.raises(ValueError, match="invert again"):
+        retouch.ledits(tiny_eps, inv_fast, add=["green circle"], config=LEditsConfig())
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 LONG = "red " * 100  # 102 tokens with start and end; the tokenizer takes 77

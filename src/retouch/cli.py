@@ -275,7 +275,7 @@ def _diffedit_inputs(img, given, query, reference, preset, **unused):
 
 def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, **unused):
     """Check a ledits edit's inputs (and its saved inversion); return run(...) and a label."""
-    from retouch.methods.ledits import PRESETS, LEditsConfig, ledits
+    from retouch.methods.ledits import PRESETS, LEditsConfig, inversion_steps, ledits
     from retouch.settings import settings_fields
 
     _not_for("ledits", **unused)
@@ -284,8 +284,8 @@ def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, *
         raise InputError("prompt is empty")
     if not (prompt or add or remove):
         raise InputError("--method ledits needs --prompt TEXT or at least one --add/--remove CONCEPT")
-    inv = None if inversion is None else _read_inversion(inversion, img, source, given)
-    _check_config(LEditsConfig, "ledits", given, preset, PRESETS)
+    inv = None if inversion is None else _read_inversion(inversion, img, source)
+    _check_config(LEditsConfig, "ledits", {**inversion_steps(inv), **given}, preset, PRESETS)
     for s in settings_fields(LEditsConfig):
         if s.kind == "per_concept":
             _check_finite(s.name, given.get(s.name))
@@ -319,9 +319,9 @@ def _check_finite(name: str, value) -> None:
             check_number(name, v)
 
 
-def _read_inversion(path: Path, img, source, given: dict):
-    """Load a saved inversion, check it against the image, and take its step settings unless
-    given (so an edit need not repeat them)."""
+def _read_inversion(path: Path, img, source):
+    """Load a saved inversion and check it against the image (the edit runs on its steps unless
+    given others, which ledits refuses)."""
     from PIL import Image
 
     from retouch.latents import image_hash
@@ -334,9 +334,6 @@ def _read_inversion(path: Path, img, source, given: dict):
         raise InputError(f"inversion {path} was made from another image")
     if source is not None and source.strip() != inv.source:
         raise InputError(f"--source differs from the inversion's source {inv.source!r}")
-    given.setdefault("num_inference_steps", inv.num_inference_steps)
-    given.setdefault("skip", inv.skip)
-    given.setdefault("solver", inv.solver)
     return inv
 
 

@@ -320,8 +320,12 @@ def ledits_many(
     preset=None, plus any LEditsConfig field of its own, e.g. edit_scale). The edits share
     num_inference_steps, skip and solver. Each distinct image is inverted once (with `source`
     and its first edit's seed, the cost counted on that edit). The results are those of one
-    `ledits` call per edit, to the float rounding of batched arithmetic."""
+    `ledits` call per edit, to the float rounding of batched arithmetic. Edits from an Inversion
+    run on its steps (num_inference_steps, skip, solver) unless `config` or a setting says
+    otherwise, which is refused."""
     source = check_prompt(model, source, "source", allow_empty=True)
+    if config is None:
+        settings = {**inversion_steps(images_or_inversions), **settings}
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
         return []
@@ -374,6 +378,18 @@ def ledits_many(
         evals_i = evals[i] + spent // len(live)
         results.append(EditResult(image, m, evals_i, record, job.seed, dict(timer.times), z[b : b + 1], note))
     return results
+
+
+def inversion_steps(images_or_inversions) -> dict:
+    """The steps the first Inversion given was made on, as settings (none given: {}): an edit
+    from it runs on them."""
+    items = (
+        images_or_inversions if isinstance(images_or_inversions, (list, tuple)) else [images_or_inversions]
+    )
+    inv = next((i for i in items if isinstance(i, Inversion)), None)
+    if inv is None:
+        return {}
+    return dict(num_inference_steps=inv.num_inference_steps, skip=inv.skip, solver=inv.solver)
 
 
 def _batch_items(images_or_inversions, jobs: list[_Job]) -> list:
