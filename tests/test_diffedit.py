@@ -466,6 +466,23 @@ def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tin
     assert seen_eps == [] and seen_v == []
 
 
+def test_an_edit_from_an_encoding_runs_on_its_steps(tiny_eps):
+    """Not repeated, the encoding's steps are the edit's (the same image as when repeated); a
+    preset or a config that says otherwise is refused."""
+    img = small_image()
+    enc = retouch.ddim_encoding(tiny_eps, img, num_inference_steps=5, encode_ratio=0.6)
+    a = retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=enc, seed=1)
+    b = retouch.diffedit(
+        tiny_eps, img, QUERY, REFERENCE, encoding=enc, seed=1, num_inference_steps=5, encode_ratio=0.6
+    )
+    assert a.unet_evals == b.unet_evals and torch.equal(a.latents, b.latents)
+    assert (a.settings["num_inference_steps"], a.settings["encode_ratio"]) == (5, 0.6)
+    with pytest.raises(SettingError, match="encode_ratio=0.6"):  # the preset's r = 1.0
+        retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=enc, preset="recolor")
+    with pytest.raises(SettingError, match="num_inference_steps=5"):  # the defaults' 50
+        retouch.diffedit(tiny_eps, img, QUERY, REFERENCE, encoding=enc, config=retouch.DiffEditConfig())
+
+
 # --- the ablations -------------------------------------------------------------------------------
 
 

@@ -343,11 +343,13 @@ class _Job:
 
 def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
     """One edit of a batch, checked: its texts, seed and settings (its preset or the batch's, then
-    the batch's settings, then its own)."""
+    the batch's settings, then its own). From an encoding, with no config given, the edit runs on
+    the encoding's steps where its preset and settings name none."""
     if not isinstance(edit, dict) or "query" not in edit:
         raise SettingError("each edit is a dict with at least a query, e.g. dict(query='a green circle')")
     own = {k: v for k, v in edit.items() if k not in EDIT_KEYS}
     preset = edit.get("preset", preset)
+    steps = {} if config is not None else encoding_steps(edit.get("encoding"), PRESETS.get(preset) or {})
     return _Job(
         check_prompt(model, edit["query"], "query"),
         check_prompt(model, edit.get("reference", ""), "reference", allow_empty=True),
@@ -355,8 +357,21 @@ def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
         edit.get("mask"),
         edit.get("encoding"),
         preset,
-        _config(config, preset, {**settings, **own}),
+        _config(config, preset, {**steps, **settings, **own}),
     )
+
+
+def encoding_steps(encoding: Encoding | None, preset: dict) -> dict:
+    """The steps an Encoding was made on (num_inference_steps, encode_ratio, solver), as the
+    settings an edit from it runs on, less those its preset sets (None: {})."""
+    if encoding is None:
+        return {}
+    steps = dict(
+        num_inference_steps=encoding.num_inference_steps,
+        encode_ratio=encoding.encode_ratio,
+        solver=encoding.solver,
+    )
+    return {k: v for k, v in steps.items() if k not in preset}
 
 
 def diffedit_many(
