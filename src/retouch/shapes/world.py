@@ -206,6 +206,11 @@ def training_caption(
     return text
 
 
+def _phrases(scene: Scene) -> list[str]:
+    """The scene's distinct object phrases in order of first appearance: the regions' order."""
+    return list(dict.fromkeys(o.phrase for o in scene.objects))
+
+
 def word_regions(scene: Scene, text: str) -> list[int | None]:
     """What each word of a caption of `scene` names, by index into `region_masks(scene)`: an
     object phrase's colour and shape words the objects of that phrase (one index per phrase: two
@@ -213,7 +218,7 @@ def word_regions(scene: Scene, text: str) -> list[int | None]:
     the grammar's words ("a", "an", "and", "on", ","). Words as the tokenizer splits them (a comma
     is a word of its own)."""
     words = text.replace(",", " ,").split()
-    phrases = list(dict.fromkeys(o.phrase for o in scene.objects))
+    phrases = _phrases(scene)
     out: list[int | None] = [None] * len(words)
     for i, (w, after) in enumerate(zip(words, [*words[1:], ""])):
         if after == "background" and w in BACKGROUNDS:
@@ -226,7 +231,7 @@ def word_regions(scene: Scene, text: str) -> list[int | None]:
 def region_masks(scene: Scene, size: int = SIZE) -> np.ndarray:
     """Coverage of each distinct object phrase of `scene` (the union of its objects), then of the
     background (no object): float32 (n_phrases + 1, size, size) in [0, 1], as `word_regions` indexes."""
-    phrases = list(dict.fromkeys(o.phrase for o in scene.objects))
+    phrases = _phrases(scene)
     cover = np.zeros((len(phrases) + 1, size, size), np.float32)
     for o in scene.objects:
         i = phrases.index(o.phrase)
