@@ -6,7 +6,7 @@ import torch
 
 from retouch.attention import CrossAttentionMaps, attention_processor
 from retouch.shapes import world
-from retouch.train import grounding_loss, token_regions
+from retouch.train import _tokenize, grounding_loss, token_regions
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,7 @@ def _scenes(n=4):
 
 
 def _conditions(parts, texts):
-    tok = parts["tokenizer"]
-    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-    return parts["text_encoder"](ids)[0]  # [B, L, D]
+    return parts["text_encoder"](_tokenize(parts["tokenizer"], texts))[0]  # [B, L, D]  (as training does)
 
 
 def test_cross_attention_maps_compute_what_diffusers_computes(parts):
