@@ -114,7 +114,7 @@ def test_every_config_field_is_a_flag():
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.ledits import PRESETS, LEditsConfig
     from retouch.presets import MASK_FIELDS
-    from retouch.train import TrainConfig
+    from retouch.shapes.train import TrainConfig
 
     help_text = run("edit", "--help").output
     for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
@@ -847,7 +847,7 @@ def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from retouch.models import SHIPPED
-    from retouch.train import _tokenize
+    from retouch.shapes.train import _tokenize
 
     (tmp_path / "vae" / "ckpt").mkdir(parents=True)
     shutil.copy(

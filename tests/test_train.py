@@ -6,7 +6,7 @@ import torch
 
 from retouch.attention import CrossAttentionMaps, attention_processor
 from retouch.shapes import world
-from retouch.train import _tokenize, grounding_loss, token_regions
+from retouch.shapes.train import _tokenize, grounding_loss, token_regions
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def _invert_settings():
 
 
 def _train_settings():
-    from retouch.train import TrainConfig
+    from retouch.shapes.train import TrainConfig
 
     return setting_options({"train": TrainConfig})
 
@@ -509,8 +509,8 @@ def train():
 
 def _train_config(settings, work: Path | None = None, init: Path | None = None):
     """The training settings given; for a UNet run (`work`), its architecture and image size
-    where they are not given (`retouch.train.run_settings`)."""
-    from retouch.train import TrainConfig, run_settings
+    where they are not given (`retouch.shapes.train.run_settings`)."""
+    from retouch.shapes.train import TrainConfig, run_settings
 
     given = given_settings(settings)
     return TrainConfig(**(given if work is None else run_settings(work, init, given)))
@@ -548,7 +548,7 @@ _threads = click.option(
 @_threads
 def train_vae_command(work, init, threads, **settings):
     """Stage 1: the autoencoder, checkpointed (and resumed) in WORK."""
-    from retouch.train import train_vae
+    from retouch.shapes.train import train_vae
 
     if init is not None and not (init / "vae.safetensors").is_file():
         raise InputError(f"--init {init} has no vae.safetensors")
@@ -564,7 +564,7 @@ def train_vae_command(work, init, threads, **settings):
 @_threads
 def train_unet_command(work, vae_work, init, threads, **settings):
     """Stage 2: UNet and text encoder on the trained autoencoder's latents, in WORK."""
-    from retouch.train import train_unet
+    from retouch.shapes.train import train_unet
 
     _ckpt(vae_work, "vae.safetensors", "autoencoder")
     if init is not None and not (init / "unet" / "diffusion_pytorch_model.safetensors").is_file():
@@ -590,7 +590,7 @@ def train_export_command(out, vae_work, unet_work, decoder_work, unet_dtype):
     """Assemble the trained parts into a diffusers model folder OUT."""
     import torch
 
-    from retouch.train import export
+    from retouch.shapes.train import export
 
     _ckpt(vae_work, "vae.safetensors", "autoencoder")
     _ckpt(unet_work, "ema_unet.safetensors", "UNet")

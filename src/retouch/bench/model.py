@@ -164,7 +164,7 @@ def word_grounding(model, n: int = 128, seed: int = HELD_OUT_SEED + 60_000) -> d
     from retouch.attention import CrossAttentionMaps, attention_processor, region_shares
     from retouch.latents import encode
     from retouch.text import encode_text
-    from retouch.train import token_regions
+    from retouch.shapes.train import token_regions
 
     _, x, scenes = _renders(range(seed, seed + n), model.native_size)
     texts = [world.caption(s) for s in scenes]
