@@ -7,8 +7,8 @@ noise, and one UNet call with the query at a quarter and at half of the encoding
 cross-attention layer recording its attention probabilities. Printed per token: the share of its
 attention (summed over layers, heads and pixels, each pixel weighed by the mask's cover at the
 layer's resolution) that lies inside the mask, beside the mask's area. A word that belongs to the
-edited object would show a share well above the area; on the shipped model none does (BENCHMARKS.md,
-session 15), so word weights cannot be told apart by where they attend.
+edited object would show a share well above the area; on the shipped model none does (docs/experiments.md,
+word weights), so word weights cannot be told apart by where they attend.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ cancels in ε̃(T) − ε̃(S) = (1 − w)·(ε(T) − ε(S)) (w·(…) unswappe
 the factor, so a CFG mask is the no-CFG mask (checked: identical) at twice the cost (4n evaluations).
 `retouch.bench.diffusers_pipelines.mask_prompts_in_order` swaps the pair back while generate_mask runs.
 
-Differences of diffusers' deprecated pipeline from METHODS §1 (which retouch follows):
+Differences of diffusers' deprecated pipeline from docs/diffedit.md (which retouch follows):
   * its decoding blends one level off: after the step t → s it mixes in the encoded latent of level
     t, not s, and its last blend uses x_{t_1} (the least noisy encoded latent) instead of the clean
     x0, so its background latents are not the input's ("bg err", retouch's is 0 by construction);

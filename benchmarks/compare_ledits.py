@@ -9,7 +9,7 @@ diffusers runs with its DEFAULT scheduler, the one its constructor swaps in for 
 not take: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2) (LEDITS++'s
 DPM-Solver++ 2M SDE inversion). With a DDIMScheduler (the edit-friendly DDPM inversion retouch
 implements) diffusers 0.42.1's invert() crashes: float timesteps reach add_noise. retouch runs its
-own edit-friendly DDPM inversion (METHODS §2) on the model's DDIM schedule.
+own edit-friendly DDPM inversion (docs/ledits.md, step 1) on the model's DDIM schedule.
 
 Matched settings (printed): N total steps and the same K = N − skip edited steps (diffusers: its
 num_inversion_steps = K, skip = skip/K so that its int(K·(1+skip)) = N); the concepts, their
@@ -57,7 +57,7 @@ from retouch.models import SHIPPED
 from retouch.shapes.world import EDIT_KINDS, HELD_OUT_SEED, masks, render, sample_edit
 from retouch.timing import timed
 
-W_SRC = 3.5  # source guidance scale, both sides (METHODS §2)
+W_SRC = 3.5  # source guidance scale, both sides (docs/ledits.md, step 1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

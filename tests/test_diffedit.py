@@ -1,4 +1,4 @@
-"""DiffEdit (METHODS §1): contracts on tiny random models (epsilon and v-prediction), exactness with
+"""DiffEdit (docs/diffedit.md): contracts on tiny random models (epsilon and v-prediction), exactness with
 analytic stand-ins for the UNet, and a few properties of the trained ShapesWorld model."""
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def test_paste_back_keeps_the_input_pixels_outside_the_feathered_mask(tiny_eps):
     "mode, cost", [("diffedit", 140), ("no_mask", 120), ("no_encoding", 100), ("sdedit", 80)]
 )
 def test_unet_evaluations_at_the_paper_settings(tiny_eps, unet_inputs, mode, cost):
-    """N=50, r=0.8, n=10: mask 2n=20, encode 40, decode 2·40=80 (METHODS §1)."""
+    """N=50, r=0.8, n=10: mask 2n=20, encode 40, decode 2·40=80 (docs/diffedit.md)."""
     seen = unet_inputs(tiny_eps)
     out = retouch.diffedit(tiny_eps, small_image(), QUERY, REFERENCE, mode=mode)
     assert out.unet_evals == evals(seen) == cost

@@ -1,4 +1,4 @@
-"""SEGA (METHODS §3) as a pure function of one step: threshold, warm-up, cool-down, weights,
+"""SEGA (docs/ledits.md, step 2) as a pure function of one step: threshold, warm-up, cool-down, weights,
 momentum and mask, each against the formula written out here."""
 
 from __future__ import annotations

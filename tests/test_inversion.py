@@ -1,4 +1,4 @@
-"""Edit-friendly DDPM inversion (METHODS §2): the schedule math against diffusers' schedulers, the
+"""Edit-friendly DDPM inversion (docs/ledits.md, step 1): the schedule math against diffusers' schedulers, the
 core invariant (invert, then denoise with the same text and scale → x0 to float rounding) with an
 analytic noise predictor, tiny random ε- and v-prediction models and the shipped model; the
 noise's independence, the number of steps inverted, seeding, and saving/loading."""
@@ -263,8 +263,9 @@ def test_invariant_shipped_model(shipped_model, scene_image, n, skip, source, so
 
 
 def test_each_timestep_has_its_own_noise(tiny_eps, scene_image):
-    """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε̃_t with an independent ε̃_t per step (§2.1): the top latent is
-    exactly the seed's first draw, every later one its own next draw, and the draws are uncorrelated."""
+    """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε̃_t with an independent ε̃_t per step (docs/ledits.md, step 1): the top
+    latent is exactly the seed's first draw, every later one its own next draw, and the draws are
+    uncorrelated."""
     seed, n = 11, 12
     inv = retouch.invert(tiny_eps, scene_image[0], num_inference_steps=n, skip=0, seed=seed)
     schedule = Schedule.from_scheduler(tiny_eps.scheduler)

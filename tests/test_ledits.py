@@ -1,4 +1,4 @@
-"""LEDITS (METHODS §4): UNet evaluations per edit, masked edits that keep the background exactly,
+"""LEDITS (docs/ledits.md): UNet evaluations per edit, masked edits that keep the background exactly,
 refusing inversions that do not fit, bad input caught before any UNet call, seeding, and (on the
 shipped model) a removal the judge can see."""
 

@@ -1,4 +1,4 @@
-"""DiffEdit's mask pieces (METHODS §1.1) with analytic stand-ins for the UNet: no model needed."""
+"""DiffEdit's mask pieces (docs/diffedit.md, step 1) with analytic stand-ins for the UNet: no model needed."""
 
 from __future__ import annotations
 

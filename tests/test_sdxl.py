@@ -1,4 +1,4 @@
-"""SDXL through the same code path (METHODS §6): a tiny SDXL built in code from the real classes
+"""SDXL through the same code path (docs/models.md, SDXL): a tiny SDXL built in code from the real classes
 (two CLIP text encoders, the second with projection; a UNet with addition_embed_type="text_time";
 a VAE with force_upcast), saved as a diffusers folder and loaded through retouch.load."""
 

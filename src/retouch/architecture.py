@@ -207,7 +207,7 @@ SDXL_SIZES = {
 
 
 def build_sdxl_components(size: str = "tiny", tokenizer_dir: Path | None = None, seed: int = 0) -> dict:
-    """Untrained SDXL components from the real classes (METHODS §6): CLIPTextModel and
+    """Untrained SDXL components from the real classes (docs/models.md, SDXL): CLIPTextModel and
     CLIPTextModelWithProjection (penultimate states concatenated, pooled from the second), a UNet
     with addition_embed_type="text_time", a VAE with force_upcast and SDXL's scaling factor."""
     import tempfile

@@ -32,7 +32,7 @@ def unet_eps(
 ) -> EpsFn:
     """The bundle's UNet as an ε-predictor that counts its batch elements in `counter`. SDXL: the
     condition's pooled row and the added time ids (original size, crop (0, 0), target size: the
-    image's own (height, width) `image_size`, default the latent's size in pixels; METHODS §6) go
+    image's own (height, width) `image_size`, default the latent's size in pixels; docs/models.md, SDXL) go
     to every batch element."""
     unet, xl = bundle.unet, bundle.family == "sdxl"
 

@@ -1,4 +1,4 @@
-"""SEGA, semantic guidance (Brack et al. 2023; METHODS §3), as a pure function of one step.
+"""SEGA, semantic guidance (Brack et al. 2023; docs/ledits.md, step 2), as a pure function of one step.
 
 The caller makes one batched network call per step over [∅, target (if any), e_1..e_k] and hands
 the ε's here with the momentum of the previous step; this returns the guided ε̃ and the new
@@ -91,8 +91,8 @@ def _weighted(psis: dict, concepts: list[Concept], idx: list[int]) -> torch.Tens
 
 @dataclass(frozen=True)
 class Guide:
-    """One edit's guidance (METHODS §3): ε(∅)'s condition, the base (target prompt, None: none) and
-    its CFG scale, the SEGA concepts and their conditions, momentum settings and a mask [h, w]
+    """One edit's guidance (docs/ledits.md, step 2): ε(∅)'s condition, the base (target prompt,
+    None: none) and its CFG scale, the SEGA concepts and their conditions, momentum settings and a mask [h, w]
     confining γ. Conditions [1, L, D]."""
 
     uncond: torch.Tensor
@@ -131,7 +131,7 @@ class Guide:
 def sega_eps_many(eps_fn: EpsFn, guides: list[Guide]):
     """CFG plus SEGA for several edits as one guided noise function: fn(x, t, states) → (ε̃,
     states), x [B, C, h, w] (edit b's latent x[b]), one state per edit, and ONE network call per
-    step over every edit's branches [∅, base?, e_1..e_k] (METHODS §3)."""
+    step over every edit's branches [∅, base?, e_1..e_k] (docs/ledits.md, step 2)."""
     rows = [b for b, g in enumerate(guides) for _ in g.conds]
     conds = torch.cat([c for g in guides for c in g.conds])  # [Σ k_b, L, D]
     sizes = [len(g.conds) for g in guides]
@@ -160,7 +160,7 @@ def sega_eps(
     momentum_beta: float = 0.6,
     mask: torch.Tensor | None = None,
 ):
-    """CFG plus SEGA as one guided noise function (METHODS §3), as k-diffusion wraps a model:
+    """CFG plus SEGA as one guided noise function (docs/ledits.md, step 2), as k-diffusion wraps a model:
     fn(x, t, state) → (ε̃, new state), one batched network call per step over [∅, base?, e_1..e_k].
 
     ε̃ = ε(∅) + w·(ε(base) − ε(∅)) (no base: ε(∅)), plus γ from `sega_step`. uncond, base and each

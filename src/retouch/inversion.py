@@ -1,4 +1,4 @@
-"""Inversions: DDIM encoding (DiffEdit, METHODS §1.2) and edit-friendly DDPM inversion (§2).
+"""Inversions: DDIM encoding (docs/diffedit.md, step 2) and edit-friendly DDPM inversion (docs/ledits.md).
 
 Loops call only eps_fn(x_t, t) (guidance already folded in by the caller) and the schedule's step
 math. Each returns values; nothing is kept between calls.
@@ -62,8 +62,9 @@ def ddpm_invert(
     2. downward: μ_t from ε(x_t); z_t = (x_next − μ_t)/σ_t; x_next ← μ_t + σ_t z_t (so the next
        network call sees exactly what the sampler will produce);
     3. the last map (to the clean level, where x_next = x0) is kept too.
-    solver "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M) SDE steps (LEDITS++, METHODS §2b), whose
-    multistep memory is built from the replaced latents, the ones the sampler will see.
+    solver "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M) SDE steps (LEDITS++;
+    docs/ledits.md, DPM-Solver++), whose multistep memory is built from the replaced latents, the
+    ones the sampler will see.
     Returns (trajectory [x_{t_1}, ..., x_{t_k}, x0] of k+1 latents, z maps [k, C, h, w]).
     """
     noisy = [

@@ -1,4 +1,4 @@
-"""DiffEdit's inferred mask (METHODS §1.1) and masks a user gives."""
+"""DiffEdit's inferred mask (docs/diffedit.md, step 1) and masks a user gives."""
 
 from __future__ import annotations
 

@@ -5,15 +5,15 @@ preset. Nothing here imports torch, so every shell can list them at start-up."""
 from __future__ import annotations
 
 DIFFEDIT = {
-    # a mask closer to what changes: recolour mask IoU 0.559 against 0.448, success level (session 10)
+    # a mask closer to what changes: recolour mask IoU 0.559 against 0.448, success level (model version 5)
     "tight-mask": dict(mask_threshold=0.8),
     # encode to pure noise, so the removed object's blur is not drawn again (removals 71 against 50 %,
-    # session 10); steer decoding away from the reference, so no other object of the scene is drawn
-    # in its place (session 14, 100 fresh removals: 84 against 74 %, others kept 77 against 74 %);
-    # inside the mask, half the attention to the words the scene keeps (session 15, 200 fresh
+    # model version 5); steer decoding away from the reference, so no other object of the scene is drawn
+    # in its place (model version 11, 100 fresh removals: 84 against 74 %, others kept 77 against 74 %);
+    # inside the mask, half the attention to the words the scene keeps (version 11, 200 fresh
     # removals: 88 against 84 %, the other objects intact in 80 against 81 %); the mask fitted to
     # the image's edges, less its regions of under 0.8 of the strongest one's summed score (the
-    # loose mask held another object in 56 % of removals, redrawn with it: session 17, 200 fresh
+    # loose mask held another object in 56 % of removals, redrawn with it: version 11, 200 fresh
     # removals: 181 against 179 succeed, 176 against 160 with every other object intact)
     "remove": dict(
         encode_ratio=1.0,
@@ -22,11 +22,11 @@ DIFFEDIT = {
         mask_refine_radius=3.0,
         mask_keep_ratio=0.8,
     ),
-    # the new colour drawn from pure noise inside a tighter mask (session 12: 100 fresh recolours,
+    # the new colour drawn from pure noise inside a tighter mask (model version 10: 100 fresh recolours,
     # 78 against 71 % at mask IoU 0.521 against 0.427), attending inside it three times more to the
-    # new words and half as much to the rest of the scene (session 15, 200 fresh recolours: 85
+    # new words and half as much to the rest of the scene (version 11, 200 fresh recolours: 85
     # against 79 %, a copy of another object drawn there in 7 against 13 %); the paper's threshold on
-    # scores fitted to the image's edges instead of the tighter threshold (session 17, 200 fresh
+    # scores fitted to the image's edges instead of the tighter threshold (version 11, 200 fresh
     # recolours: 83.5 against 79 %, mask IoU 0.66 against 0.56), less the regions of under 0.8 of
     # the strongest one's summed score, mostly another object the words touch (86.5 against 83.5 %)
     "recolor": dict(
@@ -38,23 +38,23 @@ DIFFEDIT = {
     ),
     # a change over most of the image (a new background): the paper's mask cannot hold it (0 % of
     # background edits), so no mask (the paper's own ablation: encode to r, decode under the query)
-    # from a little deeper (session 16, 100 fresh background edits: 81 against 0 % at the paper's
+    # from a little deeper (model version 11, 100 fresh background edits: 81 against 0 % at the paper's
     # settings and 67 % at r = 0.8; the whole image is redrawn, so the objects are intact in 63 %)
     "background": dict(mode="no_mask", encode_ratio=0.9),
-    # a new object: drawn from pure noise, steered away from the reference (session 16, 150 fresh
+    # a new object: drawn from pure noise, steered away from the reference (model version 11, 150 fresh
     # additions judged wherever the object was drawn, the rest kept: 31 against 15 % at the
     # paper's settings; 28 % at r = 1.0 alone)
     "add": dict(encode_ratio=1.0, reference_guidance_scale=3.0),
 }
 
-# The reference demo's concept settings (METHODS §4), and ours
+# The LEDITS authors' demo's concept settings (docs/ledits.md, defaults), and ours
 LEDITS = {
     "style": dict(edit_scale=8.0, edit_warmup=2, edit_threshold=0.92),
     "face": dict(edit_scale=5.0, edit_warmup=2, edit_threshold=0.95),
     "object": dict(edit_scale=15.0, edit_warmup=5, edit_threshold=0.95),
     # ours, a change over most of the image: each concept guides the 70 % of the latent where it
     # pulls hardest (the paper's λ = 0.95 keeps 5 %: a background concept can never cover the
-    # background), and harder (session 16, 100 fresh background edits: 58 against 0 % at the
+    # background), and harder (model version 11, 100 fresh background edits: 58 against 0 % at the
     # paper's settings; the objects intact in 55 % of them: they are guided too)
     "background": dict(edit_scale=20.0, edit_threshold=0.3),
 }

@@ -1,5 +1,5 @@
-"""Samplers: DDIM decoding with a background to follow (DiffEdit, METHODS §1.3) and DDPM sampling
-with stored noise maps (edit-friendly inversion, §2), as k-diffusion shapes them: a module-level
+"""Samplers: DDIM decoding with a background to follow (docs/diffedit.md, step 3) and DDPM sampling
+with stored noise maps (docs/ledits.md, step 1), as k-diffusion shapes them: a module-level
 function over a noise function, a schedule, a start latent and explicit state; nothing kept.
 """
 
@@ -63,7 +63,7 @@ def ddpm_sample(
     momentum); zs [K, B, C, h, w] (or [K, C, h, w] for B = 1) one map per step. With a mask
     [h, w] (or [B, 1, h, w]), latents outside it are pinned to the trajectory pin [K+1, B, C, h, w]
     (pin[i+1] at the level step i reaches). solver "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M)
-    SDE steps (METHODS §2b), for inversions made with it. Returns x0."""
+    SDE steps (docs/ledits.md, DPM-Solver++), for inversions made with it. Returns x0."""
     prev = None
     for i, (t, t_next) in enumerate(pairs(timesteps)):
         eps, state = guided(x, t, state)

@@ -1,6 +1,6 @@
 """Step math of the diffusion schedule, in one place. Never calls a network.
 
-Notation of METHODS.md: ᾱ_t the cumulative product of alphas; t > t_next (t_next less noisy);
+Notation of docs/diffedit.md: ᾱ_t the cumulative product of alphas; t > t_next (t_next less noisy);
 t_next = -1 means "the clean end" (ᾱ = the scheduler's final alpha, as diffusers' DDIM does).
 Timesteps are integer training timesteps; a loop's position is a step index.
 """
@@ -91,9 +91,9 @@ class Schedule:
 
         D0 = x̂0(x, ε) is the data prediction; with the previous step's (D_prev, h_prev) it is
         corrected to D = D0 + (D0 − D_prev)/(2r), r = h_prev/h, h = λ_next − λ_t (Alg. 2; the
-        2M SDE midpoint form D0 + ½·D1 of METHODS §2b is the same expression). Then
+        2M SDE midpoint form D0 + ½·D1 (docs/ledits.md, DPM-Solver++) is the same expression). Then
           ODE (Eq. 9):  x_next = (σ_next/σ_t)·x − α_next·(e^(−h) − 1)·D,            σ = 0
-          SDE (§2b):    μ = (σ_next/σ_t)·e^(−h)·x + α_next·(1 − e^(−2h))·D,  σ = σ_next·√(1 − e^(−2h))
+          SDE (LEDITS++):    μ = (σ_next/σ_t)·e^(−h)·x + α_next·(1 − e^(−2h))·D,  σ = σ_next·√(1 − e^(−2h))
         First order (no prev) is exactly DDIM (ODE) or the DDPM posterior (SDE). Either
         direction: t_next > t runs the ODE as an inversion (ε then taken at t_next, as DDIM
         inversion does). A step from or to a clean level whose σ is 0 is first order.

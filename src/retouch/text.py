@@ -1,6 +1,6 @@
 """Text prompts to CLIP embeddings [B, L, D], with the checks a user's prompt needs.
 
-Stable Diffusion 1.x/2.x: the text encoder's last hidden states. SDXL (METHODS §6): the penultimate
+Stable Diffusion 1.x/2.x: the text encoder's last hidden states. SDXL (docs/models.md): the penultimate
 hidden states of both encoders concatenated [B, 77, 768 + 1280], and the second encoder's pooled,
 projected embedding [B, 1280], carried as one extra row [B, 78, 2048] (zero-padded) so that every
 loop batches, splits and repeats a condition as one tensor; denoiser.unet_eps unpacks it."""

@@ -134,7 +134,7 @@ class EditResult:
 
 @dataclass(frozen=True)
 class Inversion:
-    """An edit-friendly DDPM inversion of one image (METHODS §2): a value to keep, save, reuse.
+    """An edit-friendly DDPM inversion of one image (docs/ledits.md, step 1): a value to keep, save, reuse.
 
     timesteps: the K steps editing runs, noisiest first; trajectory [K+1, C, h, w]: x at each of
     them and finally x0; zs [K, C, h, w]: the noise maps; x0 [1, C, h, w] the image's latent.
@@ -155,7 +155,7 @@ class Inversion:
     width: int
     seed: int
     unet_evals: int
-    solver: str = "ddpm"  # "ddpm" (§2) or "dpmsolver++" (2M SDE, §2b): the sampler must match
+    solver: str = "ddpm"  # "ddpm" or "dpmsolver++" (2M SDE; docs/ledits.md): the sampler must match
     family: str = "sd"  # the model family it was made with: "sd" or "sdxl"
 
     _META = (

@@ -1,4 +1,4 @@
-"""DiffEdit (Couairon et al., ICLR 2023, arXiv 2210.11427), as METHODS §1 states it.
+"""DiffEdit (Couairon et al., ICLR 2023, arXiv 2210.11427), as docs/diffedit.md states it.
 
     mask = diffedit_mask(model, image, query, reference)     # §3.2: contrast noise predictions
     enc  = ddim_encoding(model, image)                       # DDIM-encode with ∅ up to ratio r
@@ -219,7 +219,8 @@ def ddim_encoding(
     **settings,
 ) -> Encoding:
     """DDIM-encode the image with the unconditional model (∅, no CFG: the paper's choice)
-    through the first r·N steps, keeping every intermediate latent (§1.2). preset: as diffedit's."""
+    through the first r·N steps, keeping every intermediate latent (docs/diffedit.md, step 2).
+    preset: as diffedit's."""
     cfg = _config(config, preset, settings)
     return _encode(model, prepare(model, image), cfg, progress)
 

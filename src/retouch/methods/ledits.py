@@ -1,7 +1,7 @@
 """LEDITS (Tsaban & Passos 2023, arXiv 2307.00522) = edit-friendly DDPM inversion + SEGA.
 
-    inv = invert(model, image, source="a red circle on a white background")   # METHODS §2
-    out = ledits(model, inv, add=["green circle"], remove=["red circle"])       # §3, §4
+    inv = invert(model, image, source="a red circle on a white background")   # docs/ledits.md, step 1
+    out = ledits(model, inv, add=["green circle"], remove=["red circle"])       # steps 2 and 3
     out = ledits(model, inv, prompt="a green circle on a white background")
 
 The inversion is a value: reuse it for any number of edits, or save it and load it later.
@@ -46,7 +46,7 @@ FAST = dict(num_inference_steps=20, skip=0.36)
 
 @dataclass(frozen=True)
 class LEditsConfig:
-    """Every LEDITS default, once: the reference demo's values (METHODS §4).
+    """Every LEDITS default, once: the values of the LEDITS authors' demo (docs/ledits.md, defaults).
 
     The edit_* fields are one value for every concept or a sequence of one per concept (the
     concepts to add first, then those to remove)."""
@@ -143,7 +143,7 @@ def invert(
     progress: Progress | None = None,
     **settings,
 ) -> Inversion:
-    """Edit-friendly DDPM inversion of `image` (§2) over the steps editing will run.
+    """Edit-friendly DDPM inversion of `image` (docs/ledits.md, step 1) over the steps editing will run.
 
     source: the image's caption ('' for none); with a caption ε̃ uses CFG w_src, without it ε(∅).
     """
@@ -243,8 +243,8 @@ def _guide(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask
 
 def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress):
     """DDPM sampling of every edit from its inversion's x_{t_start} with its z maps and guided ε̃
-    (§4), all edits as ONE batch per step; with a mask, guidance only inside and latents outside
-    pinned to the inversion's trajectory. Returns (x0 [B, C, h, w], evaluations)."""
+    (docs/ledits.md, step 3), all edits as ONE batch per step; with a mask, guidance only inside and
+    latents outside pinned to the inversion's trajectory. Returns (x0 [B, C, h, w], evaluations)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     x = torch.cat([inv.trajectory[:1] for inv in invs])  # [B, C, h, w]
     zs = invs[0].zs if len(invs) == 1 else torch.stack([inv.zs for inv in invs], dim=1)  # [K, B, C, h, w]
