@@ -4,7 +4,7 @@
     python benchmarks/compare_sdxl.py --full-size --size 512 --steps 4   # SDXL base's architecture,
                                                              # random weights (slow on a CPU)
 
-The model is built from the real classes (retouch.architecture.build_sdxl_components); the tiny one
+The model is built from the real classes (retouch.shapes.architecture.build_sdxl_components); the tiny one
 is saved as a diffusers folder and loaded with retouch.load, the full-size one kept in memory.
 diffusers' LEditsPPPipelineStableDiffusionXL runs on the same modules (one copy of the weights) with
 its own scheduler (DPMSolverMultistepScheduler, sde-dpmsolver++, its defaults). Per method, after one
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 import retouch
-from retouch.architecture import build_sdxl_components, save_pipeline
 from retouch.denoiser import UNetCalls
 from retouch.latents import decode, encode, to_image, to_pixels
+from retouch.shapes.architecture import build_sdxl_components, save_pipeline
 from retouch.timing import sync
 
 SOURCE = "a red circle on a white background"

@@ -89,7 +89,7 @@ def sd15_components(tokenizer_dir: Path) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from retouch.architecture import SD1_SCHEDULER, build_tokenizer
+    from retouch.shapes.architecture import SD1_SCHEDULER, build_tokenizer
 
     tokenizer = build_tokenizer(tokenizer_dir)
     unet = UNet2DConditionModel(

@@ -9,8 +9,8 @@ torch.set_num_threads(2)
 
 
 def make_tiny(prediction_type: str, tmp_path_factory):
-    from retouch.architecture import build_components
     from retouch.models import from_components
+    from retouch.shapes.architecture import build_components
 
     tok_dir = tmp_path_factory.mktemp(f"tok-{prediction_type}")
     parts = build_components("tiny", prediction_type=prediction_type, tokenizer_dir=tok_dir, seed=0)
@@ -40,8 +40,8 @@ def mini_model(tmp_path_factory):
     larger ones grow from), random weights but the shipped autoencoder and vocabulary."""
     from safetensors.torch import load_file
 
-    from retouch.architecture import build_components, save_pipeline
     from retouch.models import SHIPPED
+    from retouch.shapes.architecture import build_components, save_pipeline
 
     folder = tmp_path_factory.mktemp("mini")
     parts = build_components("mini", tokenizer_dir=folder / "tokenizer", seed=0)
@@ -55,22 +55,6 @@ def shipped():
     import retouch
 
     return retouch.load(device="cpu")
-
-
-@pytest.fixture(scope="session")
-def bench_script():
-    """A loader of the scripts in benchmarks/ (not a package): bench_script("binding") is the module."""
-    import importlib.util
-    from pathlib import Path
-
-    def load(name: str):
-        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 @pytest.fixture()

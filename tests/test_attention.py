@@ -138,31 +138,6 @@ def test_decoding_weighs_the_query_rows_inside_the_mask_only(tiny_eps, monkeypat
     assert np.asarray(both[0].image).shape == np.asarray(img).shape
 
 
-def test_the_word_weight_benchmarks_run_and_print_their_figures(capsys, bench_script):
-    """benchmarks/word_weights.py times both decodings at the same UNet evaluations;
-    benchmarks/attention_probe.py prints a share in [0, 1] for every token of the query."""
-    from retouch.bench.cases import make_case
-
-    threads = torch.get_num_threads()  # the scripts set their own
-    try:
-        bench_script("word_weights").main(["--edits", "1", "--steps", "4"])
-        out = capsys.readouterr().out.splitlines()
-        seed = HELD_OUT_SEED + 3
-        bench_script("attention_probe").main([str(seed), "--steps", "4"])
-        lines = capsys.readouterr().out.splitlines()
-    finally:
-        torch.set_num_threads(threads)
-    rows = {line.split()[0]: line.split()[1:] for line in out if line.startswith(("weighed", "unweighed"))}
-    assert rows["weighed"][1] == rows["unweighed"][1] and int(rows["weighed"][1]) > 0
-    assert out[-1].startswith("ratio weighed / unweighed: ")
-    assert len(lines) == 2 and all(line.startswith(f"{seed} mask area ") for line in lines)
-    shares = [float(w.rsplit(":", 1)[1]) for w in lines[0].split(": ", 1)[1].split()]
-    import retouch
-
-    tokens = retouch.load().tokenizer(make_case(seed, "recolor").target_caption).input_ids
-    assert len(shares) == len(tokens) and all(0 <= s <= 1 for s in shares)
-
-
 def test_without_a_mask_the_words_are_weighed_everywhere(tiny_eps, monkeypatch):
     """mode="no_mask" (the paper's ablation) has no mask to confine the weights: every pixel of the
     query rows gets log s."""

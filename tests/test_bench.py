@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from retouch.bench.cases import make_case, make_cases
 from retouch.bench.edits import make_settings
@@ -108,7 +107,7 @@ def test_pixel_mask_upsamples_and_binarises():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from retouch.architecture import build_components, save_pipeline
+    from retouch.shapes.architecture import build_components, save_pipeline
 
     folder = tmp_path_factory.mktemp("bench-tiny")
     return save_pipeline(folder / "model", build_components("tiny", tokenizer_dir=folder / "tok", seed=0))
@@ -477,7 +476,7 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
 
 
 @pytest.mark.parametrize("kind", ["recolor", "remove", "add"])
-def test_the_judge_says_why_an_edit_failed(kind, bench_script):
+def test_the_judge_says_why_an_edit_failed(kind):
     """Rendered results of known kinds: the ground truth succeeds (no failure), the input unchanged
     is 'unchanged', and the edited object drawn as another object of the scene is a 'copy'; the
     summary counts them by method and kind."""
@@ -516,20 +515,15 @@ def test_the_judge_says_why_an_edit_failed(kind, bench_script):
         dict(case=case.id, seed=case.seed, kind=kind, method="m", sweep=None, **judge_case(judge, im, case))
         for im in (case.target_image, case.source_image, copy, copy)
     ]
-    # benchmarks/why_failed.py gives rows written before the field the same failure, from what was read
-    why = bench_script("why_failed")
-    old = [{k: v for k, v in r.items() if k != "failure"} for r in rows]
-    assert [r["failure"] for r in why.with_failures(old)] == [r["failure"] for r in rows]
     line = next(x for x in summary_markdown(rows, {}).splitlines() if x.startswith(f"| m | {kind} |"))
     assert [c.strip() for c in line.strip("|").split("|")][2:] == ["4", "75%", "25%", "50%", "0%", "0%"]
 
 
-def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_script, tmp_path):
+def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place():
     """The new object drawn where no object was, away from where the ground truth drew it:
     `success` (read at the ground truth's place) fails, `added_anywhere` holds; the input holds
     neither, the ground truth both; an object drawn over an untouched one does not count; the
-    summary's additions table counts them; benchmarks/why_failed.py gives rows written before the
-    field the same, from their saved images."""
+    summary's additions table counts them."""
     from retouch.bench.metrics import judge_case
     from retouch.bench.report import summary_markdown
     from retouch.shapes import world
@@ -577,21 +571,11 @@ def test_an_addition_drawn_elsewhere_is_added_anywhere_not_at_its_place(bench_sc
         "100%",
     ]
     assert table["input"] == ["1", "0%", "0%", "0%"]
-    images = dict(truth=case.target_image, input=case.source_image, elsewhere=elsewhere, over=over)
-    for name, image in images.items():
-        (tmp_path / "images" / case.id).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(tmp_path / "images" / case.id / f"{name}.png")
-    old = [{k: v for k, v in r.items() if k != "added_anywhere"} for r in rows.values()]
-    again = bench_script("why_failed").with_added_anywhere(old, tmp_path, judge)
-    assert [r["added_anywhere"] for r in again] == [r["added_anywhere"] for r in rows.values()]
 
 
-def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_success_by_it(
-    bench_script, tmp_path
-):
+def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_success_by_it():
     """mask_others: the objects the edit keeps at least half inside a method's mask; the summary's
-    table gives the share of masks holding one and the success with and without;
-    benchmarks/why_failed.py gives rows written before the field the same, from their saved masks."""
+    table gives the share of masks holding one and the success with and without."""
     from retouch.bench.metrics import mask_metrics
     from retouch.bench.report import summary_markdown
 
@@ -605,16 +589,6 @@ def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_
     assert mask_metrics(case.region | half, case)["mask_others"] == 1
     assert mask_metrics(case.region | first | second, case)["mask_others"] == 2
     assert mask_metrics(np.zeros_like(first), case)["mask_others"] == 0
-    masks = dict(
-        none=case.region & ~first & ~second, one=case.region | half, two=case.region | first | second
-    )
-    old = []
-    for name, mask in masks.items():
-        (tmp_path / "images" / case.id).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "images" / case.id / f"{name}.mask.png")
-        old.append(dict(case=case.id, seed=case.seed, kind="recolor", method=name))
-    again = bench_script("why_failed").with_masked_others([*old, dict(old[0], method="unsaved")], tmp_path)
-    assert [r.get("mask_others") for r in again] == [0, 1, 2, None]
     rows = [
         dict(case=f"c{i}", kind="recolor", method="m", sweep=None, success=ok, failure=None, mask_others=n)
         for i, (ok, n) in enumerate([(True, 0), (True, 0), (False, 0), (False, 1), (True, 2)])

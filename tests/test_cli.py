@@ -44,7 +44,7 @@ def model_args(tmp_path_factory) -> list[str]:
 
 
 def tiny_folder(tmp_path_factory) -> Path:
-    from retouch.architecture import build_components, save_pipeline
+    from retouch.shapes.architecture import build_components, save_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-model")
     return save_pipeline(folder / "model", build_components("tiny", tokenizer_dir=folder / "tok"))

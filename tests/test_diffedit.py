@@ -15,7 +15,6 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 import retouch
-from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.filters import connected_regions
@@ -25,6 +24,7 @@ from retouch.methods import diffedit as de
 from retouch.methods.common import prepare
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
+from retouch.shapes.architecture import SD1_SCHEDULER
 from retouch.shapes.world import HELD_OUT_SEED, Obj, masks, render, sample_scene
 from retouch.text import PromptError, encode_text
 from retouch.types import Mask

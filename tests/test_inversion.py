@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import retouch
-from retouch.architecture import SD1_SCHEDULER
 from retouch.denoiser import EvalCounter, guided_eps, unet_calls, unet_eps
 from retouch.errors import OutputError
 from retouch.guidance import SegaState, sega_eps
 from retouch.inversion import ddpm_invert
 from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule, pairs
+from retouch.shapes.architecture import SD1_SCHEDULER
 from retouch.text import encode_text
 from retouch.types import Inversion
 

@@ -1,8 +1,10 @@
 """The layered house: every import in src/retouch (function-level ones included) points down.
 
-core (schedule, latents, inversion, …) ← methods ← the public package `retouch` ← apps (cli, ui,
-bench, batch) ← the root command (`retouch.main`). No app imports another app; the import graph has
-no cycle. Lazy references ("retouch.cli:edit", importlib.import_module("retouch.x")) count too.
+core (schedule, latents, inversion, …) ← methods ← the public package `retouch` (the editing runtime)
+← ShapesWorld (`retouch.shapes`: the world, its model's architecture and training, the judge) ← apps
+(cli, ui, bench, batch) ← the root command (`retouch.main`). No app imports another app; the import
+graph has no cycle. Lazy references ("retouch.cli:edit", importlib.import_module("retouch.x")) count too.
+Importing the runtime and editing with it loads no app, no ShapesWorld and no app's dependency.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def rank(module: str) -> int:
-    """0 core, 1 methods, 2 the public package, 3 apps, 4 the root command."""
+    """0 core, 1 methods, 2 the public package, 3 ShapesWorld, 4 apps, 5 the root command."""
     parts = module.split(".")
     if module in ("retouch.main", "retouch.__main__"):
-        return 4
+        return 5
     if len(parts) > 1 and parts[1] in APPS:
+        return 4
+    if len(parts) > 1 and parts[1] == "shapes":
         return 3
     if module == "retouch":
         return 2
@@ -124,6 +128,10 @@ def test_the_checker_sees_function_level_and_lazy_imports(tmp_path):
         "retouch.types": {"retouch.latents"},  # a cycle
     }
     assert len(violations(g)) == 2
+    assert violations({"retouch.models": {"retouch.shapes.world"}}) == [
+        "retouch.models imports retouch.shapes.world: upward (layer 0 → 3)"
+    ]
+    assert violations({"retouch.bench.cases": {"retouch.shapes.world"}}) == []
     assert cycles(g) == [["retouch.latents", "retouch.types", "retouch.latents"]]
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from retouch.cli import edit\n\nLAZY = 'retouch.ui.command:ui'\n")
@@ -137,6 +145,60 @@ def test_the_library_neither_prints_nor_draws_nor_sets_global_state(needle):
     offenders = [
         m
         for m, p in modules().items()
-        if rank(m) <= 2 and m != "retouch.shell" and re.search(needle, p.read_text())
+        if rank(m) <= 3 and m != "retouch.shell" and re.search(needle, p.read_text())
     ]
     assert offenders == []
+
+
+APP_MODULES = ("retouch.shapes", "retouch.bench", "retouch.ui", "retouch.batch", "retouch.cli")
+APP_DEPENDENCIES = ("gradio", "ray", "matplotlib")
+EDIT_WITH_THE_RUNTIME = """
+import json, sys
+import numpy as np
+import retouch
+light = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "diffusers", "transformers"})
+for name in retouch.__all__:
+    getattr(retouch, name)
+model = retouch.load(device="cpu")
+image = np.full((64, 64, 3), 255, np.uint8)
+image[20:44, 20:44] = (255, 0, 0)
+retouch.diffedit(model, image, query="a blue square", reference="a red square", num_inference_steps=2,
+                 mask_samples=1)
+retouch.ledits(model, image, add=["blue square"], remove=["red square"], num_inference_steps=2,
+               skip=0)
+print(json.dumps(dict(light=light, loaded=sorted(sys.modules))))
+"""
+
+
+def _loaded(code: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _apps_in(loaded: list[str]) -> list[str]:
+    names = APP_MODULES + APP_DEPENDENCIES
+    return sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_import_retouch_and_an_edit_with_each_method_load_no_app_and_no_shapesworld():
+    """The editing runtime stands alone: `import retouch` loads no heavy library, and loading the
+    shipped model and editing with both methods imports neither ShapesWorld, the benchmark, the
+    apps nor their dependencies (gradio, ray, matplotlib)."""
+    seen = _loaded(EDIT_WITH_THE_RUNTIME)
+    assert seen["light"] == []
+    assert "retouch.methods.ledits" in seen["loaded"] and "retouch.models" in seen["loaded"]
+    assert _apps_in(seen["loaded"]) == []
+
+
+def test_the_light_import_check_sees_an_app_when_one_is_loaded():
+    """The check above fails when the runtime pulls in an app: here the benchmark's cases."""
+    seen = _loaded(
+        "import json, sys, retouch.bench.cases; print(json.dumps(dict(loaded=sorted(sys.modules))))"
+    )
+    assert {"retouch.bench.cases", "retouch.shapes.world"} <= set(_apps_in(seen["loaded"]))

@@ -343,31 +343,3 @@ def test_removing_a_concept_moves_the_output_away_from_it(shipped_model, record_
         moved += away and kept
     record_property("removal_readings", repr(results))
     assert moved >= 3, results
-
-
-def test_the_concept_probe_measures_each_term_inside_the_changed_region(shipped, bench_script, capsys):
-    """benchmarks/concept_probe.py: one share a concept and edited step, in [0, 1]; the whole image
-    as the region holds every term (1), an empty one none (0)."""
-    from types import SimpleNamespace
-
-    from retouch.bench.cases import make_case
-
-    probe = bench_script("concept_probe")
-    case = make_case(10_000_007, "recolor")
-    area, shares = probe.term_shares(shipped, case, steps=6, threshold=0.95)
-    edited = 6 - round(0.36 * 6)
-    assert len(shares["add"]) == len(shares["remove"]) == edited
-    assert 0 < area < 0.5 and all(0 <= s <= 1 for s in shares["add"] + shares["remove"])
-    for fill, want in ((True, 1.0), (False, 0.0)):
-        whole = SimpleNamespace(
-            **{k: getattr(case, k) for k in ("input_image", "source_caption", "seed", "add", "remove")}
-        )
-        whole.region = np.full_like(case.region, fill)
-        _, s = probe.term_shares(shipped, whole, steps=6, threshold=0.95)
-        assert s["add"] + s["remove"] == pytest.approx([want] * (2 * edited), abs=1e-6)
-    threads = torch.get_num_threads()
-    try:
-        probe.main(["--cases", "1", "--steps", "4"])
-    finally:
-        torch.set_num_threads(threads)
-    assert capsys.readouterr().out.startswith("recolor, 1 cases: changed region's area ")

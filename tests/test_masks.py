@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from retouch.architecture import SD1_SCHEDULER
 from retouch.filters import box_mean, connected_regions, guided_filter
 from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
 from retouch.schedule import Schedule
+from retouch.shapes.architecture import SD1_SCHEDULER
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retouch.architecture import build_components
 from retouch.models import fingerprint, model_name
+from retouch.shapes.architecture import build_components
 
 
 def test_fingerprint_changes_with_any_one_weight(tmp_path):
@@ -55,8 +55,8 @@ def test_half_precision_on_stable_diffusion_is_finite_and_exact(prediction_type,
     import numpy as np
 
     import retouch
-    from retouch.architecture import build_components
     from retouch.models import from_components
+    from retouch.shapes.architecture import build_components
 
     HALF_TOL = 2e-2
     parts = build_components("tiny", prediction_type=prediction_type, tokenizer_dir=tmp_path / "tok")
@@ -98,7 +98,7 @@ def test_text_embeddings_are_kept_bounded_and_do_not_depend_on_their_batch(tiny_
 def test_a_saved_config_names_the_size_it_was_built_as():
     """size_of reads back which of SIZES a UNet and text encoder config were built as (what training
     checks a model it starts from against); a config of no size is None."""
-    from retouch.architecture import SIZES, size_of
+    from retouch.shapes.architecture import SIZES, size_of
 
     for name in SIZES:
         parts = build_components(name, seed=0)

@@ -22,7 +22,7 @@ BF16 = 2e-2  # bfloat16 keeps 8 bits of mantissa; latents of magnitude ~1
 
 @pytest.fixture(scope="module")
 def xl_folder(tmp_path_factory):
-    from retouch.architecture import build_sdxl_components, save_pipeline
+    from retouch.shapes.architecture import build_sdxl_components, save_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     return save_pipeline(folder / "model", build_sdxl_components("tiny", folder / "tok"))

@@ -11,7 +11,7 @@ from retouch.shapes.train import _tokenize, grounding_loss, token_regions
 
 @pytest.fixture(scope="module")
 def parts():
-    from retouch.architecture import build_components
+    from retouch.shapes.architecture import build_components
 
     torch.manual_seed(0)
     return build_components("mini", seed=0)

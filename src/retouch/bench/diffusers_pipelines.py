@@ -36,7 +36,7 @@ def random_model_folder(folder: Path, size: str = "mini") -> Path:
     written to `folder` once."""
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        from retouch.architecture import build_components, save_pipeline
+        from retouch.shapes.architecture import build_components, save_pipeline
 
         save_pipeline(folder, build_components(size, tokenizer_dir=folder / "tokenizer", seed=0))
     return folder

@@ -163,8 +163,8 @@ def word_grounding(model, n: int = 128, seed: int = HELD_OUT_SEED + 60_000) -> d
     whose words do not localise gives a share near the area."""
     from retouch.attention import CrossAttentionMaps, attention_processor, region_shares
     from retouch.latents import encode
-    from retouch.text import encode_text
     from retouch.shapes.train import token_regions
+    from retouch.text import encode_text
 
     _, x, scenes = _renders(range(seed, seed + n), model.native_size)
     texts = [world.caption(s) for s in scenes]

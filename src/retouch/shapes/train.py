@@ -32,7 +32,7 @@ from retouch.shapes.world import HELD_OUT_SEED
 
 log = logging.getLogger(__name__)
 
-# the trainable ones of retouch.architecture.SIZES
+# the trainable ones of retouch.shapes.architecture.SIZES
 ARCHITECTURES = ("mini", "mini-attn", "mini-deep", "mini-deep-text")
 
 
@@ -62,7 +62,7 @@ class TrainConfig:
     )
     architecture: str = setting(
         "mini",
-        "unet: the architecture (retouch.architecture.SIZES); from --init of a smaller one, the model"
+        "unet: the architecture (retouch.shapes.architecture.SIZES); from --init of a smaller one, the model"
         " grows into it: the new blocks start as the identity, so training starts from its function"
         " [default: a resumed run's own, else --init's, else mini]",
         choices=ARCHITECTURES,
@@ -222,7 +222,7 @@ def _logged(stage: Callable) -> Callable:
 @_logged
 def train_vae(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
     """Stage 1: the autoencoder (L1 + MSE reconstruction, tiny KL), on freshly rendered scenes."""
-    from retouch.architecture import build_components
+    from retouch.shapes.architecture import build_components
 
     log.info("train vae %s", asdict(cfg))
     vae = build_components("mini", tokenizer_dir=work / "tokenizer")["vae"]
@@ -414,7 +414,7 @@ def _grow_text_into(te, state: dict) -> list[str]:
 
 def _model_architecture(folder: Path) -> str | None:
     """Which of ARCHITECTURES a model folder's UNet and text encoder are, None if none."""
-    from retouch.architecture import size_of
+    from retouch.shapes.architecture import size_of
 
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
@@ -491,7 +491,7 @@ def train_unet(work: Path, vae_work: Path, cfg: TrainConfig, init: Path | None =
     `init`: a trained model folder to fine-tune from instead of starting afresh."""
     from diffusers import DDPMScheduler
 
-    from retouch.architecture import SD1_SCHEDULER, build_components
+    from retouch.shapes.architecture import SD1_SCHEDULER, build_components
 
     log.info("train unet %s", asdict(cfg))
     kind = {"architecture": cfg.architecture, "image_size": cfg.image_size}
@@ -582,7 +582,7 @@ def export(
 
     `unet_dtype`: the precision the UNet's weights are stored in (float16 halves the folder; loaders
     that ask for float32, as retouch and diffusers do by default, get them back as float32)."""
-    from retouch.architecture import build_components, save_pipeline
+    from retouch.shapes.architecture import build_components, save_pipeline
 
     kind = _architecture_of(unet_work)
     parts = build_components(

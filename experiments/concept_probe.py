@@ -1,7 +1,7 @@
 """Where SEGA's concept terms fall: the share of each thresholded term inside the edited object.
 
-    python benchmarks/concept_probe.py --kind recolor --cases 20            # the shipped model
-    python benchmarks/concept_probe.py --kind remove --cases 20 --model runs/model-v11
+    python experiments/concept_probe.py --kind recolor --cases 20            # the shipped model
+    python experiments/concept_probe.py --kind remove --cases 20 --model runs/model-v11
 
 For each held-out ShapesBench case of the kind: LEDITS' inversion (the source caption, N steps,
 skip 0.36), then at every latent of its trajectory one UNet call over [∅, added concepts, removed

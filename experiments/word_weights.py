@@ -1,7 +1,7 @@
 """What the word weights inside the mask cost: DiffEdit with and without them, side by side, in one run.
 
-    python benchmarks/word_weights.py                  # the shipped model, 8 edits each, one thread
-    python benchmarks/word_weights.py --edits 20 --threads 2 --steps 50
+    python experiments/word_weights.py                  # the shipped model, 8 edits each, one thread
+    python experiments/word_weights.py --edits 20 --threads 2 --steps 50
 
 The same held-out recolours are edited under the `recolor` preset (which weighs the words) and
 under the same preset with both scales at 1 (no processor installed: the paper's attention), in

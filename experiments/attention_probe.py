@@ -1,14 +1,14 @@
 """Where the query's words attend: the share of each token's cross-attention inside DiffEdit's mask.
 
-    python benchmarks/attention_probe.py 10000380 10000130 10000020 10000440     # ShapesBench recolour seeds
+    python experiments/attention_probe.py 10000380 10000130 10000020 10000440     # ShapesBench recolour seeds
 
 For each held-out recolour: DiffEdit's mask (the `recolor` preset's), the image DDIM-encoded to pure
 noise, and one UNet call with the query at a quarter and at half of the encoding's levels, every
 cross-attention layer recording its attention probabilities. Printed per token: the share of its
 attention (summed over layers, heads and pixels, each pixel weighed by the mask's cover at the
 layer's resolution) that lies inside the mask, beside the mask's area. A word that belongs to the
-edited object would show a share well above the area; on the shipped model none does (docs/experiments.md,
-word weights), so word weights cannot be told apart by where they attend.
+edited object would show a share well above the area; on the shipped model none does
+(docs/experiments.md), so word weights cannot be told apart by where they attend.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does a model trained at one size work at another, before any fine-tuning?
 
-    python benchmarks/resolution.py                         # the shipped model at 64, 96 and 128 px
-    python benchmarks/resolution.py --model runs/model-v6 --sizes 64,96
+    python experiments/resolution.py                         # the shipped model at 64, 96 and 128 px
+    python experiments/resolution.py --model runs/model-v6 --sizes 64,96
 
 Printed per size: the autoencoder's reconstruction PSNR on held-out ShapesWorld renders at that
 size (`world.render(scene, size)`), and the share of images generated at that size from held-out

@@ -1,8 +1,8 @@
 """Where three-object captions fail: what the judge reads in images generated from them, and
 whether the text encoder binds each colour to its shape.
 
-    python benchmarks/binding.py                          # the shipped model
-    python benchmarks/binding.py --model runs/model-v6 --captions 150
+    python experiments/binding.py                          # the shipped model
+    python experiments/binding.py --model runs/model-v6 --captions 150
 
 Generation: held-out three-object captions (seeds from 10 300 000), diffusers' StableDiffusionPipeline
 with DDIM, 50 steps, guidance 5 (as `retouch bench model`). Printed: the faithful share (the judge's
