@@ -74,17 +74,14 @@ for bg in black white; do
 done
 rm $out/two_shapes_bg.inversion.safetensors
 
-# LEDITS: one inversion, three edits from it
-$r invert examples/two_shapes.png -o $out/two_shapes.inversion.safetensors \
-  --source "a blue square and a yellow triangle on a gray background"
-$r edit examples/two_shapes.png -o $out/ledits_add.png --method ledits \
-  --inversion $out/two_shapes.inversion.safetensors --add "red circle" --preset object
-$r edit examples/two_shapes.png -o $out/ledits_remove.png --method ledits \
-  --inversion $out/two_shapes.inversion.safetensors --remove "yellow triangle" --preset object
-$r edit examples/two_shapes.png -o $out/ledits_prompt.png --method ledits \
-  --inversion $out/two_shapes.inversion.safetensors \
-  --prompt "a blue square and a green triangle on a gray background"
-rm $out/two_shapes.inversion.safetensors
+# LEDITS: one inversion, two edits from it (SEGA concepts under the object preset; a target prompt)
+$r invert examples/red_circle.png -o $out/red_circle.inversion.safetensors \
+  --source "a red circle on a white background"
+$r edit examples/red_circle.png -o $out/ledits_concepts.png --method ledits \
+  --inversion $out/red_circle.inversion.safetensors --add "green circle" --remove "red circle" --preset object
+$r edit examples/red_circle.png -o $out/ledits_prompt.png --method ledits \
+  --inversion $out/red_circle.inversion.safetensors --prompt "a green circle on a white background"
+rm $out/red_circle.inversion.safetensors
 
 py=.venv/bin/python
 $py docs/strip.py $out/diffedit.png "input=examples/red_circle.png" "mask=$out/diffedit_mask.png" \
@@ -105,8 +102,8 @@ $py docs/strip.py $out/fitted_masks.png "input=examples/purple_square.png" \
   "paper=$out/mask_blue_triangle_paper.overlay.png" "tight-mask=$out/mask_blue_triangle_tight.overlay.png" \
   "fitted=$out/mask_blue_triangle_fitted.overlay.png" "strongest=$out/mask_blue_triangle_kept.overlay.png" \
   "recolor=$out/diffedit_recolor_blue_triangle_preset.png"
-$py docs/strip.py $out/ledits.png "input=examples/two_shapes.png" "+ red circle=$out/ledits_add.png" \
-  "- yellow triangle=$out/ledits_remove.png" "prompt: green tri.=$out/ledits_prompt.png"
+$py docs/strip.py $out/ledits.png "input=examples/red_circle.png" \
+  "+green -red circle=$out/ledits_concepts.png" "prompt: green=$out/ledits_prompt.png"
 $py docs/strip.py $out/backgrounds.png "input=examples/two_shapes.png" \
   "DiffEdit paper: black=$out/background_diffedit_paper_black.png" \
   "DiffEdit preset: black=$out/background_diffedit_preset_black.png" \
