@@ -57,11 +57,12 @@ def image_format(path) -> str:
     return fmt
 
 
-def write_atomic(path, save: Callable[[Path], None]) -> None:
-    """save(tmp) into a temporary file beside `path`, then rename it over `path`: a reader (or a
-    crash) never sees a half-written file, and a failure leaves neither file behind."""
+def write_atomic(path, save: Callable[[Path], None], tmp=None) -> None:
+    """save(tmp) into a temporary file beside `path` (or at `tmp`, on the same file system), then
+    rename it over `path`: a reader (or a crash) never sees a half-written file, and a failure
+    leaves neither file behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp") if tmp is None else Path(tmp)
     try:
         save(tmp)
         os.replace(tmp, path)
@@ -101,9 +102,10 @@ def image_saver(img, path, params: dict | None = None) -> Callable[[Path], None]
     return lambda tmp: img.save(tmp, format=fmt, **kwargs)
 
 
-def save_image(img, path, params: dict | None = None) -> None:
-    """Write an image atomically; a PNG carries `params` as JSON in its "retouch" text chunk."""
-    write_atomic(path, image_saver(img, path, params))
+def save_image(img, path, params: dict | None = None, tmp=None) -> None:
+    """Write an image atomically (through `tmp`, if given); a PNG carries `params` as JSON in its
+    "retouch" text chunk."""
+    write_atomic(path, image_saver(img, path, params), tmp)
 
 
 def read_params(path) -> dict:

@@ -4,10 +4,12 @@
     retouch batch edits.jsonl --out out/ --workers 2     # two processes, one model each
     retouch batch edits.jsonl --out out/ --ray local     # Ray on this machine (or --ray ADDRESS)
 
-Each row's PNG is written atomically under DIR; DIR/results.jsonl gets exactly one line per row
-(status, output, UNet evaluations, seconds, or the failed row's one-line reason). Run it again with
-the same arguments after any interruption: only the rows not yet done run. Exit code 0 when every
-row succeeded, 1 when some failed, 2 when the manifest or the arguments cannot be used.
+Each row's PNG is written atomically under DIR; DIR/results.jsonl gets one line per row
+(status, output, UNet evaluations, seconds, or the failed row's one-line reason), filed under a
+hash of the row. Run it again after any interruption: only the rows not yet done run (a changed
+row and a failed one run again). One run at a time holds DIR. Exit code 0 when every row
+succeeded, 1 when some failed, 2 when the manifest, DIR or the arguments cannot be used
+(docs/batch.md).
 """
 
 from __future__ import annotations
@@ -88,10 +90,8 @@ def batch(
     """Run every edit of MANIFEST (JSON Lines or CSV), writing into OUT."""
     from tqdm.auto import tqdm
 
-    from retouch.batch.engine import done_rows, run_batch
-    from retouch.batch.manifest import read_manifest, resolve
-    from retouch.methods.diffedit import DiffEditConfig
-    from retouch.methods.ledits import LEditsConfig
+    from retouch.batch.engine import run_batch
+    from retouch.batch.manifest import read_manifest, resolve_rows
     from retouch.shell import ModelLoader
 
     if ray_address is not None:
@@ -99,36 +99,34 @@ def batch(
             import ray  # noqa: F401
         except ImportError as e:
             raise click.UsageError("--ray needs Ray: pip install 'retouch[cluster]'") from e
-    configs = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
     raw = read_manifest(manifest)
-    rows = [resolve(i, r, manifest.resolve().parent, out_dir, configs) for i, r in enumerate(raw)]
-    already = len(done_rows(out_dir)) if out_dir.is_dir() else 0
+    rows = resolve_rows(raw, manifest.resolve().parent, out_dir)
     t0 = time.perf_counter()
-    failed = 0
-    with tqdm(
-        total=len(rows),
-        initial=already,
-        desc="batch",
-        disable=no_progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
+    counts = {"failed": 0, "run_now": 0}
+    with tqdm(total=len(rows), desc="batch", disable=no_progress, file=sys.stderr, dynamic_ncols=True) as bar:
 
         def on_result(result: dict) -> None:
-            nonlocal failed
-            failed += result["status"] != "ok"
+            counts["failed"] += result["status"] != "ok"
+            counts["run_now"] += 1
             bar.update(1)
-            bar.set_postfix(failed=failed, refresh=False)
+            bar.set_postfix(failed=counts["failed"], refresh=False)
 
         loader = ModelLoader(model, device, dtype, threads, max_pixels, resize)
         results = run_batch(
-            rows, out_dir, loader, workers or _default_workers(device), ray_address, on_result, batch_size
+            rows,
+            out_dir,
+            loader,
+            workers or _default_workers(device),
+            ray_address,
+            on_result,
+            batch_size,
+            on_start=bar.update,
         )
     summary = {
         "rows": len(rows),
         "ok": sum(r["status"] == "ok" for r in results),
         "failed": sum(r["status"] != "ok" for r in results),
-        "run_now": len(results) - already,
+        "run_now": counts["run_now"],
         "seconds": round(time.perf_counter() - t0, 2),
         "results": str(out_dir / "results.jsonl"),
     }

@@ -12,11 +12,17 @@ setting by its config name. A bad row does not stop the batch: it becomes a Row 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
-from dataclasses import dataclass, field, fields
+import os
+import re
+import stat
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from retouch.errors import InputError
+from retouch.files import image_format
 
 TEXTS = {
     "diffedit": ("query", "reference", "preset"),
@@ -38,22 +44,37 @@ class Row:
     mask: str | None = None  # a path, or "infer"
     output: Path | None = None
     error: str | None = None
+    key: str = ""  # a hash of the row's content and output name: what its result is filed under
+
+
+MAX_NAME = 255  # bytes of one path component (the usual file system's limit)
 
 
 def read_manifest(path: Path) -> list[dict]:
-    """The manifest's rows as dicts (JSON Lines, or CSV by its .csv suffix); InputError when the
-    file itself cannot be read. A line that is not JSON becomes {"_error": why} for its row."""
+    """The manifest's rows as dicts (JSON Lines, or CSV by its .csv suffix; UTF-8, a byte-order
+    mark read past); InputError when the file itself cannot be read or has no rows. A JSON line
+    that is not an object becomes {"_error": why} for its row."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"cannot read manifest {path}: no such file")
     try:
-        text = path.read_text()
+        info = path.stat()
+    except (OSError, ValueError):
+        raise InputError(f"cannot read manifest {path}: no such file") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise InputError(f"cannot read manifest {path}: not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read manifest {path}: {e}") from e
-    if path.suffix.lower() == ".csv":
-        return [_from_csv(r) for r in csv.DictReader(text.splitlines())]
+    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _json_rows(text)
+    if not rows:
+        raise InputError(f"manifest {path} has no rows")
+    return rows
+
+
+def _json_rows(text: str) -> list[dict]:
+    """JSON Lines: lines end at "\n" only (U+2028, U+0085 or a form feed are a string's own)."""
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -61,9 +82,15 @@ def read_manifest(path: Path) -> list[dict]:
             rows.append(value if isinstance(value, dict) else {"_error": f"line {n} is not a JSON object"})
         except json.JSONDecodeError as e:
             rows.append({"_error": f"line {n} is not JSON ({e.msg})"})
-    if not rows:
-        raise InputError(f"manifest {path} has no rows")
     return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[dict]:
+    """CSV with a header row; a quoted cell keeps its newlines."""
+    try:
+        return [_from_csv(r) for r in csv.DictReader(io.StringIO(text, newline=""))]
+    except csv.Error as e:
+        raise InputError(f"cannot read manifest {path}: not CSV ({e})") from e
 
 
 def _from_csv(record: dict) -> dict:
@@ -81,8 +108,92 @@ def _from_csv(record: dict) -> dict:
         except json.JSONDecodeError:
             out[key] = value
         if key == "seed":
-            out[key] = int(value) if value.lstrip("-").isdigit() else value
+            out[key] = int(value) if re.fullmatch(r"-?[0-9]+", value) else value
     return out
+
+
+OWN = ".retouch-batch"  # the batch's own folder under the output folder (lock, temporary files)
+RESULTS = "results.jsonl"
+
+
+def method_configs() -> dict:
+    """The methods a row may name, with their config classes."""
+    from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.ledits import LEditsConfig
+
+    return {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
+
+
+def resolve_rows(raw: list[dict], base: Path, out_dir: Path, configs: dict | None = None) -> list[Row]:
+    """Every row checked (`resolve`), then against the others, before any model work: a row whose
+    output is any row's input (image or mask, however spelled: links and hard links too) or
+    another earlier row's output fails. Each row's key is a hash of its content and output."""
+    configs = method_configs() if configs is None else configs
+    rows = [resolve(i, r, base, out_dir, configs) for i, r in enumerate(raw)]
+    inputs = _inputs(raw, base)
+    owners: dict[str, int] = {}
+    checked, seen = [], {}
+    for row in rows:
+        if row.error is None:
+            try:
+                _check_output(row, inputs, owners, out_dir.resolve())
+            except InputError as e:
+                row = replace(row, error=" ".join(str(e).split()))
+        key = row_key(raw[row.index], row.output, out_dir)
+        seen[key] = seen.get(key, -1) + 1  # the same row again: its own key
+        checked.append(replace(row, key=row_key(raw[row.index], row.output, out_dir, seen[key])))
+    return checked
+
+
+def row_key(raw: dict, output: Path | None, out_dir: Path, repeat: int = 0) -> str:
+    """sha256 of a row's content and its output's name (and which repeat of the same row it is):
+    a changed row is a new row."""
+    name = None if output is None else str(output.relative_to(out_dir.resolve()))
+    value = {"row": raw, "output": name, **({"repeat": repeat} if repeat else {})}
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _inputs(raw: list[dict], base: Path) -> dict:
+    """{identity: row} of every image and mask the rows name: real paths, and (device, inode)
+    of the files that exist."""
+    seen: dict = {}
+    for index, r in enumerate(raw):
+        for key in ("image", "mask"):
+            name = r.get(key)
+            if not isinstance(name, str) or name in ("", "infer") or _bad_name(name):
+                continue
+            path = base / name
+            seen.setdefault(os.path.realpath(path), index)
+            try:
+                info = path.stat()
+                seen.setdefault((info.st_dev, info.st_ino), index)
+            except OSError:
+                pass
+    return seen
+
+
+def _check_output(row: Row, inputs: dict, owners: dict, root: Path) -> None:
+    """The row's output: no input of the manifest, no earlier row's output, a format Pillow writes."""
+    name = str(row.output.relative_to(root))
+    real = os.path.realpath(row.output)
+    ids = [real]
+    try:
+        info = os.stat(row.output)
+        ids.append((info.st_dev, info.st_ino))
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"output {name} exists and is not a regular file")
+    except OSError:
+        pass
+    for ident in ids:
+        if ident in inputs:
+            raise InputError(
+                f"output {name} is an input of the manifest (row {inputs[ident]}'s): refusing to overwrite it"
+            )
+    if real in owners:
+        raise InputError(f"output {name}: row {owners[real]} writes {name} too")
+    image_format(row.output)
+    owners[real] = row.index
 
 
 def resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) -> Row:
@@ -91,6 +202,28 @@ def resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) -> 
         return _resolve(index, raw, base, out_dir, configs)
     except InputError as e:
         return Row(index, error=" ".join(str(e).split()))
+    except (OSError, ValueError) as e:  # a name the system refuses
+        return Row(index, error=" ".join(f"{type(e).__name__}: {e}".split()))
+
+
+def _bad_name(name: str) -> str:
+    """Why a file name cannot name a file ("" when it can)."""
+    if "\x00" in name:
+        return "holds a NUL byte"
+    if any(len(os.fsencode(part)) > MAX_NAME for part in Path(name).parts):
+        return f"is too long ({len(name)} characters)"
+    return ""
+
+
+def _file_name(raw: dict, key: str) -> str:
+    """The row's `key` as a usable file name, or InputError."""
+    name = raw.get(key)
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{key} must name a file")
+    why = _bad_name(name)
+    if why:
+        raise InputError(f"{key} {name[:40]!r}… {why}" if len(name) > 40 else f"{key} {name!r} {why}")
+    return name
 
 
 def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) -> Row:
@@ -103,14 +236,12 @@ def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) ->
     unknown = sorted(set(raw) - names - set(COMMON) - set(TEXTS[method]))
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} for {method}")
-    if not isinstance(raw.get("image"), str) or not raw["image"].strip():
-        raise InputError("image must name a file")
-    image = (base / raw["image"]).resolve()
+    image = (base / _file_name(raw, "image")).resolve()
     if not image.is_file():
         raise InputError(f"cannot read image {raw['image']}: no such file")
     mask = raw.get("mask")
     if mask is not None and mask != "infer":
-        if not isinstance(mask, str) or not (base / mask).is_file():
+        if not (base / _file_name(raw, "mask")).is_file():
             raise InputError(f"cannot read mask {mask}: no such file")
         mask = str((base / mask).resolve())
     seed = raw.get("seed", 0)
@@ -124,13 +255,11 @@ def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) ->
 
 def _output(index: int, raw: dict, image: Path, method: str, out_dir: Path) -> Path:
     """The row's output file under out_dir: its own name, or '<row>-<image>-<method>.png'."""
-    name = raw.get("output", f"{index:05d}-{image.stem}-{method}.png")
-    if not isinstance(name, str) or not name.strip():
-        raise InputError("output must be a file name")
+    name = _file_name({"output": f"{index:05d}-{image.stem}-{method}.png", **raw}, "output")
     root = out_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root) or path == root:
         raise InputError(f"output {name!r} would be written outside the output folder")
-    if path.name == "results.jsonl":
-        raise InputError("output results.jsonl is the batch's own results file")
+    if path.name == RESULTS or path.relative_to(root).parts[0] == OWN:
+        raise InputError(f"output {name} is the batch's own file ({RESULTS}, {OWN}/)")
     return path

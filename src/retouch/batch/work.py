@@ -3,7 +3,9 @@ edits one image, sharing one DDIM encoding (DiffEdit) or one inversion (LEDITS) 
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from retouch import __version__
 from retouch.batch.manifest import Row
@@ -20,22 +22,28 @@ from retouch.types import ModelBundle
 
 
 def edit_image(
-    model: ModelBundle, rows: list[Row], batch_size: int = 1, shared: dict | None = None
+    model: ModelBundle,
+    rows: list[Row],
+    batch_size: int = 1,
+    shared: dict | None = None,
+    tmp_dir: Path | None = None,
 ) -> list[dict]:
     """Run the rows (all of one image); a result dict per row (in their order), its PNG written
     atomically before the result is returned. Up to `batch_size` rows of one method and step grid
     go through the UNet as one batch per step (`diffedit_many`, `ledits_many`). A row's bad input
     fails that row only (a batch that fails is run again row by row). shared: the image's values
-    (encodings, inversions) made so far."""
+    (encodings, inversions) made so far. tmp_dir: where the PNGs are written before they are
+    renamed into place (the batch's own folder; None: beside each output)."""
     shared = {} if shared is None else shared
     done: dict[int, dict] = {}
     for group in _groups(model, rows, batch_size):
         t0 = time.perf_counter()
         try:
-            done.update(_run(model, group, shared))
+            done.update(_run(model, group, shared, tmp_dir))
         except Exception as e:  # noqa: BLE001 - one row's failure is recorded, the batch goes on
             if len(group) > 1:  # which row? each alone
-                done.update({r["row"]: r for row in group for r in edit_image(model, [row], 1, shared)})
+                alone = [r for row in group for r in edit_image(model, [row], 1, shared, tmp_dir)]
+                done.update({r["row"]: r for r in alone})
                 continue
             reason = " ".join(str(e).split()) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
             seconds = round(time.perf_counter() - t0, 4)
@@ -82,7 +90,7 @@ def _groups(model: ModelBundle, rows: list[Row], batch_size: int) -> list[list[R
     return [g[i : i + batch_size] for g in by_grid.values() for i in range(0, len(g), max(1, batch_size))]
 
 
-def _run(model: ModelBundle, rows: list[Row], shared: dict) -> dict[int, dict]:
+def _run(model: ModelBundle, rows: list[Row], shared: dict, tmp_dir: Path | None) -> dict[int, dict]:
     """The rows as one batched call; their PNGs written; {row index: result dict}."""
     t0 = time.perf_counter()
     image, note = fitted(model, load_image(rows[0].image))
@@ -101,7 +109,8 @@ def _run(model: ModelBundle, rows: list[Row], shared: dict) -> dict[int, dict]:
             "retouch": __version__,
         }
         row.output.parent.mkdir(parents=True, exist_ok=True)
-        save_image(result.image, row.output, params)
+        tmp = None if tmp_dir is None else tmp_dir / f"{row.key or row.index}.{os.getpid()}.tmp"
+        save_image(result.image, row.output, params, tmp)
         out[row.index] = dict(
             row=row.index,
             status="ok",
