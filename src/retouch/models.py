@@ -1,4 +1,5 @@
-"""Loading a Stable Diffusion 1.x/2.x or SDXL model (diffusers folder or hub id) into a ModelBundle."""
+"""Loading a Stable Diffusion 1.x/2.x or SDXL model into a ModelBundle: a diffusers folder, a hub id, or
+a single-file checkpoint in the original (CompVis/SGM) layout, as model sites share them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from retouch.latents import MIN_SIDE
 from retouch.types import ModelBundle
 
 SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
+SINGLE_FILE = ".safetensors"
+PICKLED = (".ckpt", ".pt", ".pth", ".bin")  # torch.save files: unpickling them can run code
 
 
 def default_device() -> torch.device:
@@ -45,12 +48,16 @@ def load(
     max_pixels: int | None = None,
     resize: bool = True,
     compile: bool = False,  # noqa: A002 - torch's word
+    config: str | Path | None = None,
 ) -> ModelBundle:
     """Load a model once, to reuse for every edit.
 
-    model: None for the shipped ShapesWorld model, a local diffusers folder, or a hub id.
+    model: None for the shipped ShapesWorld model, a local diffusers folder, a hub id, or a
+    single-file checkpoint (`.safetensors` in the original layout; `load_single_file`).
     device: default CUDA when available, else CPU. dtype: default float16 on GPU, float32 on CPU.
     allow_pickle: also accept .bin/.ckpt weights (unpickling runs code: off unless asked for).
+    config: for a single-file checkpoint, a local diffusers folder (or a cached hub id) of the
+    model's family, whose configs, tokenizers and scheduler go with the file's weights.
     max_pixels: the pixel budget of an input image (default four times the native area);
     resize: an image over it is resized down to it (False: refused with an ImageError).
     compile: the opt-in compiled path (`compiled`): faster steps after a warm-up of its own.
@@ -61,8 +68,18 @@ def load(
     dt = _dtype(dtype, dev)
     kw = dict(use_safetensors=None if allow_pickle else True)
     looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+    single = Path(source).expanduser().is_file() or Path(source).suffix.lower() in (SINGLE_FILE, *PICKLED)
+    if config is not None and not single:
+        raise ModelError(
+            f"config= is for a single-file checkpoint; {source} is not one (a folder has its own)"
+        )
+    if single:
+        with _quietly():
+            bundle = load_single_file(source, config, dev, dt, allow_pickle)
+        bundle = replace(bundle, max_pixels=max_pixels, resize=bool(resize))
+        return compiled(bundle) if compile else bundle
     if looks_local and not Path(source).expanduser().exists():
-        raise ModelError(f"cannot load model {source}: no such folder")
+        raise ModelError(f"cannot load model {source}: no such folder or file")
     if Path(source).exists() and not (Path(source) / "model_index.json").is_file():
         raise ModelError(f"{source} is not a diffusers model folder (no model_index.json)")
     if not Path(source).expanduser().exists():
@@ -116,6 +133,111 @@ def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBun
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {source}: {first}") from e
     return _bundle(vae, text_encoder, tokenizer, unet, scheduler, model_name(source), dev, dt, **second)
+
+
+def load_single_file(
+    path: str | Path,
+    config: str | Path | None,
+    dev: torch.device,
+    dt: torch.dtype,
+    allow_pickle: bool = False,
+) -> ModelBundle:
+    """A single-file checkpoint in the original (CompVis/SGM) layout, through diffusers'
+    `from_single_file`, offline: the weights from the file, everything else (configs, tokenizers,
+    scheduler) from `config`, a local diffusers folder or cached hub id of the same family; without
+    one, from the cached default of the family diffusers infers from the file's keys."""
+    path = Path(path).expanduser()
+    _check_single_file(path, allow_pickle)
+    folder = _config_folder(path, config)
+    index = _model_index(folder)
+    if "unet" not in index or "text_encoder" not in index:
+        raise ModelError(
+            f"cannot load model {path.name}: its config {folder.name} is a {index.get('_class_name')}; "
+            "retouch edits Stable Diffusion 1.x/2.x and SDXL models"
+        )
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    xl = "text_encoder_2" in index
+    extra = {} if xl else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    try:
+        pipe = cls.from_single_file(
+            str(path), config=str(folder), local_files_only=True, torch_dtype=dt, **extra
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {path.name} with the config of {folder.name}: {first}") from e
+    second = {}
+    if xl:
+        second = dict(
+            text_encoder_2=pipe.text_encoder_2,
+            tokenizer_2=pipe.tokenizer_2,
+            empty_is_zeros=bool(index.get("force_zeros_for_empty_prompt", True)),
+        )
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    parts = (pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, sched)
+    return _bundle(*parts, model_name(str(path)), dev, dt, **second)
+
+
+def _check_single_file(path: Path, allow_pickle: bool) -> None:
+    """A `.safetensors` file, or a pickled one only when asked by name; anything else refused."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelError(f"cannot load model {path}: no such file")
+    if suffix in PICKLED and not allow_pickle:
+        raise ModelError(
+            f"cannot load model {path.name}: a pickled checkpoint (unpickling can run code); convert it to "
+            ".safetensors, or load it with allow_pickle=True (--allow-pickle) if you trust its source"
+        )
+    if suffix != SINGLE_FILE and suffix not in PICKLED:
+        raise ModelError(
+            f"cannot load model {path.name}: retouch reads a diffusers folder, a hub id, or a single-file "
+            f"checkpoint ({SINGLE_FILE}; {', '.join(PICKLED)} with allow_pickle=True)"
+        )
+
+
+def _config_folder(path: Path, config: str | Path | None) -> Path:
+    """The local folder holding the family's diffusers configs: `config` itself, a cached hub id,
+    or the cached default diffusers infers from the checkpoint's keys. Never a download."""
+    from huggingface_hub import snapshot_download
+
+    hint = "give config= (--model-config) a local diffusers folder of the model's family"
+    if config is not None and Path(config).expanduser().is_dir():
+        return Path(config).expanduser()
+    if config is not None and (str(config).startswith((".", "/", "~")) or str(config).count("/") > 1):
+        raise ModelError(f"cannot load model {path.name}: config {config}: no such folder")
+    if config is None:
+        config = _inferred_family(path, hint)
+    try:
+        return Path(snapshot_download(str(config), local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - not cached (or no such id): the same advice
+        raise ModelError(
+            f"cannot load model {path.name}: config {config} is not in the local cache; {hint}"
+        ) from e
+
+
+def _inferred_family(path: Path, hint: str) -> str:
+    """The hub id of the diffusers pipeline whose configs fit the checkpoint's keys."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    try:
+        checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+        return fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    except Exception as e:  # noqa: BLE001 - unreadable, or keys of no family diffusers knows
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {path.name}: its family is not known ({first}); {hint}") from e
+
+
+def _model_index(folder: Path) -> dict:
+    """The folder's model_index.json (which parts, which family)."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"config {folder} is not a diffusers model folder (no model_index.json)")
+    return json.loads(index.read_text())
 
 
 def _bundle(vae, text_encoder, tokenizer, unet, scheduler, model_id, dev, dt, **second) -> ModelBundle:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -199,8 +199,40 @@ class SettingsCommand(click.Command):
 # --- the model, quietly ------------------------------------------------------------------------------
 
 
+FILE_OPTIONS = "retouch.model_file"  # ctx.meta key: --model-config and --allow-pickle, for load_model
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    """Keep a single-file option in the context (shared by its subcommands) for `load_model`, so
+    every command that loads a model takes it without a parameter of its own."""
+    ctx.meta.setdefault(FILE_OPTIONS, {})[param.name] = value
+    return value
+
+
+def file_option(name: str, default=None):
+    """The value of --model-config or --allow-pickle in the running command (default outside one)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(FILE_OPTIONS, {}).get(name, default) if ctx is not None else default
+
+
 def model_options(fn):
-    """--model, --device and --dtype."""
+    """--model, --device and --dtype; --model-config and --allow-pickle for a single-file checkpoint."""
+    fn = click.option(
+        "--allow-pickle",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Also load pickled weights (.ckpt, .bin): unpickling can run code; only for a file you trust.",
+    )(fn)
+    fn = click.option(
+        "--model-config",
+        default=None,
+        metavar="FOLDER|HUB_ID",
+        expose_value=False,
+        callback=_remember,
+        help="For a single-file checkpoint: a diffusers folder (or cached hub id) of its family, whose "
+        "configs and tokenizers go with its weights [default: the family's cached default].",
+    )(fn)
     fn = click.option(
         "--dtype", default=None, help="float32, float16 or bfloat16 [default: float16 on GPU, float32 on CPU]"
     )(fn)
@@ -208,8 +240,9 @@ def model_options(fn):
     fn = click.option(
         "--model",
         default=None,
-        metavar="FOLDER|HUB_ID",
-        help="A diffusers Stable Diffusion 1.x/2.x or SDXL model [default: the shipped ShapesWorld model]",
+        metavar="FOLDER|HUB_ID|FILE",
+        help="A Stable Diffusion 1.x/2.x or SDXL model: a diffusers folder, a hub id, or a single-file "
+        ".safetensors checkpoint [default: the shipped ShapesWorld model]",
     )(fn)
     return fn
 
@@ -256,8 +289,10 @@ def quiet_libraries() -> None:
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """What a worker loads once (a pool's `init`): the model (folder or hub id; None: the shipped
-    one), device, dtype, its torch CPU threads and the pixel budget of an input image."""
+    """What a worker loads once (a pool's `init`): the model (folder, hub id or single file; None: the
+    shipped one), device, dtype, its torch CPU threads, the pixel budget of an input image and, for a
+    single file, its config and whether pickles may load (by default the command's --model-config
+    and --allow-pickle)."""
 
     model: str | None = None
     device: str | None = None
@@ -265,17 +300,22 @@ class ModelLoader:
     threads: int = 1
     max_pixels: int | None = None
     resize: bool = True
+    config: str | None = field(default_factory=lambda: file_option("model_config"))
+    allow_pickle: bool = field(default_factory=lambda: file_option("allow_pickle", False))
 
     def __call__(self):
         """The loaded ModelBundle, with this process's torch threads set."""
         import torch
 
         torch.set_num_threads(self.threads)
-        return load_model(self.model, self.device, self.dtype, self.max_pixels, self.resize)[0]
+        return load_model(
+            self.model, self.device, self.dtype, self.max_pixels, self.resize, self.config, self.allow_pickle
+        )[0]
 
 
-def load_model(model, device, dtype, max_pixels=None, resize=True):
-    """(the loaded ModelBundle, seconds): the device checked first, the libraries quiet."""
+def load_model(model, device, dtype, max_pixels=None, resize=True, config=None, allow_pickle=None):
+    """(the loaded ModelBundle, seconds): the device checked first, the libraries quiet. `config` and
+    `allow_pickle` default to the running command's --model-config and --allow-pickle."""
     import torch
 
     from retouch.models import load
@@ -293,7 +333,9 @@ def load_model(model, device, dtype, max_pixels=None, resize=True):
             raise InputError(f"--device {device}: retouch runs on cpu, cuda or mps")
     quiet_libraries()
     t0 = time.perf_counter()
-    bundle = load(model, device=device, dtype=dtype, max_pixels=max_pixels, resize=resize)
+    config = config if config is not None else file_option("model_config")
+    allow_pickle = allow_pickle if allow_pickle is not None else file_option("allow_pickle", False)
+    bundle = load(model, device, dtype, allow_pickle, max_pixels=max_pixels, resize=resize, config=config)
     return bundle, time.perf_counter() - t0
 
 
