@@ -199,7 +199,7 @@ class SettingsCommand(click.Command):
 # --- the model, quietly ------------------------------------------------------------------------------
 
 
-FILE_OPTIONS = "retouch.model_file"  # ctx.meta key: --model-config and --allow-pickle, for load_model
+FILE_OPTIONS = "model_file_options"  # ctx.meta key: --model-config and --allow-pickle, for load_model
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value):
