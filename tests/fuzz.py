@@ -27,7 +27,7 @@ LONG_PROMPT = " ".join(["a red circle on a white background"] * 20)  # ~140 toke
 class Case:
     name: str
     image: Path
-    args: tuple[str, ...] = ("--query", QUERY)  # the edit's arguments besides IMAGE and -o
+    args: tuple[str, ...] = ("--query", QUERY)  # the edit's arguments besides METHOD, IMAGE and -o
     expect: str = "error"  # "error": exit 2 and one line; "edit": exit 0 and a correct edit
     size: tuple[int, int] | None = None  # (width, height) of a correct edit's output
     method: str = "diffedit"
@@ -108,7 +108,7 @@ def build_corpus(folder) -> list[Case]:
         (folder / name).write_bytes(data)
     f = {name: folder / name for name in files}
     (folder / "a_folder.png").mkdir(exist_ok=True)
-    ledits = ("--method", "ledits", "--add", "red circle", "--remove", "purple circle")
+    ledits = ("--add", "red circle", "--remove", "purple circle")
     return [
         Case("truncated PNG", f["truncated.png"]),
         Case("truncated JPEG", f["truncated.jpg"]),
@@ -130,7 +130,7 @@ def build_corpus(folder) -> list[Case]:
         Case("NaN concept scale", f["good.png"], (*ledits, "--edit-scale", "nan"), method="ledits"),
         Case("negative concept scale", f["good.png"], (*ledits, "--edit-scale", "-3"), method="ledits"),
         Case("negative skip", f["good.png"], (*ledits, "--skip", "-1"), method="ledits"),
-        Case("empty concept", f["good.png"], ("--method", "ledits", "--add", " "), method="ledits"),
+        Case("empty concept", f["good.png"], ("--add", " "), method="ledits"),
         Case("empty query", f["good.png"], ("--query", "")),
         Case("float TIFF in [0, 1]", f["float_unit.tif"], expect="edit", size=(64, 64)),
         Case("float TIFF with NaN", f["float_nan.tif"]),
@@ -140,7 +140,7 @@ def build_corpus(folder) -> list[Case]:
         Case(
             "target scale 1e308",
             f["good.png"],
-            ("--method", "ledits", "--prompt", QUERY, "--target-guidance-scale", "1e308"),
+            ("--prompt", QUERY, "--target-guidance-scale", "1e308"),
             method="ledits",
         ),
         Case("seed past 2^64", f["good.png"], ("--query", QUERY, "--seed", str(2**64))),

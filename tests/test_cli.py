@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -77,11 +78,10 @@ def edit(image, out, model_args, method="diffedit", *args):
     texts = ["--query", QUERY, "--reference", REFERENCE] if method == "diffedit" else []
     return run(
         "edit",
+        method,
         image,
         "-o",
         out,
-        "--method",
-        method,
         *texts,
         *FAST[method],
         *model_args,
@@ -109,32 +109,68 @@ def test_importing_the_cli_and_help_stay_light():
         assert command in result.output
 
 
-def test_every_config_field_is_a_flag():
-    from retouch.methods import diffedit
+def listed(help_text: str) -> set[str]:
+    """The long flags a help text lists (each option's first column)."""
+    lines = [line.strip().split("  ")[0] for line in help_text.splitlines() if line.startswith("  -")]
+    return {flag for line in lines for flag in re.findall(r"--[\w-]+", line)}
+
+
+def count_options(help_text: str) -> int:
+    return sum(line.startswith("  -") for line in help_text.splitlines())
+
+
+@pytest.mark.parametrize("method", ["diffedit", "ledits"])
+def test_each_method_lists_its_own_settings_the_papers_by_default(method):
+    """`retouch edit METHOD --help`: at most 25 options, the paper's settings, none of ours and none
+    of the other method's; --help-all lists every field of the method's config too."""
     from retouch.methods.diffedit import DiffEditConfig
-    from retouch.methods.ledits import PRESETS, LEditsConfig
+    from retouch.methods.ledits import LEditsConfig
+
+    configs = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
+    short, full = (run("edit", method, flag).output for flag in ("--help", "--help-all"))
+    assert count_options(short) <= 25 < count_options(full)
+    own = settings_fields(configs[method])
+    for s in own:
+        assert s.flag in listed(full)
+        assert (s.flag in listed(short)) == (not s.advanced), s.name
+        assert not s.ours or s.advanced  # every one of ours is advanced
+    assert {s.flag for s in own if s.ours} and {s.flag for s in own if not s.advanced}
+    others = {s.flag for c in configs.values() for s in settings_fields(c)} - {s.flag for s in own}
+    assert not others & listed(full)
+    assert {"--max-pixels", "--no-progress"} <= listed(full) - listed(short)
+    assert {"--model", "--device", "--dtype", "--threads", "--seed", "--preset"} <= listed(short)
+    assert short.index("The paper's settings:") < short.index("Options:")
+    assert "Advanced" not in short and "--help-all" in short and "Advanced" in full
+
+
+def test_every_config_field_is_a_flag():
+    from retouch.methods import diffedit, ledits
     from retouch.presets import MASK_FIELDS
     from retouch.shapes.train import TrainConfig
 
-    help_text = run("edit", "--help").output
-    for s in settings_fields(DiffEditConfig) + settings_fields(LEditsConfig):
-        assert s.flag in help_text
-    options = {p.name: p for p in main.get_command(None, "edit").params}
-    choices = options["preset"].type.choices
-    assert set(choices) == set(PRESETS) | set(diffedit.PRESETS) and len(set(choices)) == len(choices)
+    def params(*path):
+        command = main
+        for name in path:
+            command = command.get_command(None, name)
+        return {p.name: p for p in command.params}
+
+    options = params("edit", "diffedit")
+    assert list(options["preset"].type.choices) == list(diffedit.PRESETS)
+    assert list(params("edit", "ledits")["preset"].type.choices) == list(ledits.PRESETS)
     mask_presets = {
         n for n, p in diffedit.PRESETS.items() if all(k in MASK_FIELDS or "mask_" in k for k in p)
     }
-    mask_options = {p.name: p for p in main.get_command(None, "mask").params}
-    assert set(mask_options["preset"].type.choices) == mask_presets == {"tight-mask"}
+    assert set(params("mask")["preset"].type.choices) == mask_presets == {"tight-mask"}
     shown = " ".join(options["preset"].help.split())  # each preset's values, from the presets themselves
-    assert "tight-mask (mask_threshold=0.8)" in shown and "object (edit_scale=15," in shown
+    assert "tight-mask (mask_threshold=0.8)" in shown
+    assert "object (edit_scale=15," in " ".join(params("edit", "ledits")["preset"].help.split())
     assert "background (mode=no_mask, encode_ratio=0.9)" in shown  # a text setting as it is
     assert (
         "recolor (mask_refine_radius=3, mask_keep_ratio=0.8, encode_ratio=1, changed_word_scale=3," in shown
     )
-    assert options["num_inference_steps"].help.endswith("[default: 50 for diffedit, 100 for ledits]")
-    assert options["guidance_scale"].help.endswith("(diffedit only) [default: 7.5]")
+    assert options["num_inference_steps"].help.endswith("[default: 50]")
+    assert params("edit", "ledits")["num_inference_steps"].help.endswith("[default: 100]")
+    assert options["changed_word_scale"].help.startswith("ours: inside the mask")
     train_help = run("train", "vae", "--help").output
     for s in settings_fields(TrainConfig):
         assert s.flag in train_help
@@ -225,7 +261,7 @@ def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_pat
     s = json.loads(result.stdout)["settings"]
     assert s["mask_threshold"] == 0.8 and s["preset"] == "tight-mask"
     line = one_error_line(edit(image, tmp_path / "c.png", model_args, "diffedit", "--preset", "object"))
-    assert "--preset object is not a diffedit preset; diffedit has tight-mask, remove, recolor" in line
+    assert "Invalid value for '--preset': 'object' is not one of 'tight-mask', 'remove', 'recolor'" in line
     line = one_error_line(
         edit(image, tmp_path / "d.png", model_args, "ledits", "--add", "x", "--preset", "remove")
     )
@@ -274,11 +310,10 @@ def test_invert_once_then_edit_from_the_inversion(image, tmp_path, model_args):
     # the inversion's steps and skip are taken from the file: no need to repeat them
     reused = run(
         "edit",
+        "ledits",
         image,
         "-o",
         tmp_path / "a.png",
-        "--method",
-        "ledits",
         "--inversion",
         inv,
         *concepts,
@@ -303,13 +338,16 @@ def test_inversion_of_another_image_or_other_steps_is_refused(image, tmp_path, m
     other_pixels[0, 0] = 0  # another image, by one pixel
     Image.fromarray(other_pixels).save(other)
     out = tmp_path / "out.png"
-    common = ["-o", out, "--method", "ledits", "--add", "red circle", *model_args, "-q"]
-    assert "another image" in one_error_line(run("edit", other, *common, "--inversion", inv))
-    line = one_error_line(run("edit", image, *common, "--inversion", inv, "--num-inference-steps", "12"))
+    common = ["-o", out, "--add", "red circle", *model_args, "-q"]
+    assert "another image" in one_error_line(run("edit", "ledits", other, *common, "--inversion", inv))
+    line = one_error_line(
+        run("edit", "ledits", image, *common, "--inversion", inv, "--num-inference-steps", "12")
+    )
     assert "invert again" in line
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")
-    assert "not a retouch inversion file" in one_error_line(run("edit", image, *common, "--inversion", bad))
+    line = one_error_line(run("edit", "ledits", image, *common, "--inversion", bad))
+    assert "not a retouch inversion file" in line
     assert not out.exists()
 
 
@@ -377,32 +415,45 @@ def test_unwritable_output_is_one_line_before_loading(image, tmp_path, model_arg
 
 
 @pytest.mark.parametrize(
-    "args, why",
+    "method, args, why",
     [
-        (["--method", "diffedit"], "needs --query"),
-        (["--method", "ledits"], "needs --prompt"),
-        (["--method", "diffedit", "--query", QUERY, "--add", "red circle"], "--add is not used"),
-        (["--method", "ledits", "--add", "red circle", "--guidance-scale", "3"], "not a ledits setting"),
-        (["--method", "ledits", "--add", "red circle", "--prompt", "  "], "prompt is empty"),
-        (["--method", "magic"], "Invalid value for '--method'"),
-        (["--query", QUERY, "--mode", "nope"], "Invalid value for '--mode'"),
-        (["--query", QUERY, "--mask", "missing.png"], "no such file"),
+        ("diffedit", [], "Missing option '--query'"),
+        ("ledits", [], "ledits needs --prompt TEXT or at least one --add/--remove CONCEPT"),
+        ("diffedit", ["--query", QUERY, "--add", "red circle"], "No such option '--add'"),
+        ("ledits", ["--add", "red circle", "--guidance-scale", "3"], "No such option '--guidance-scale'"),
+        ("ledits", ["--add", "red circle", "--prompt", "  "], "prompt is empty"),
+        ("diffedit", ["--query", QUERY, "--mode", "nope"], "Invalid value for '--mode'"),
+        ("diffedit", ["--query", QUERY, "--mask", "missing.png"], "no such file"),
     ],
 )
-def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeypatch, args, why):
+def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeypatch, method, args, why):
     import retouch
 
     monkeypatch.setattr(retouch, "load", lambda *a, **k: pytest.fail("loaded the model"))
-    assert why in one_error_line(run("edit", image, "-o", tmp_path / "out.png", *model_args, *args))
+    line = one_error_line(run("edit", method, image, "-o", tmp_path / "out.png", *model_args, *args))
+    assert why in line
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["IMAGE", "-o", "out.png", "--method", "ledits"], "retouch edit ledits IMAGE -o OUT"),
+        (["IMAGE", "-o", "out.png", "--query", QUERY], "retouch edit diffedit|ledits IMAGE -o OUT"),
+        (["magic", "IMAGE"], "(got 'magic')"),
+    ],
+)
+def test_the_former_edit_form_names_the_new_one(image, args, says):
+    """`retouch edit IMAGE --method M` (the form before one subcommand per method): one line, exit 2."""
+    line = one_error_line(run("edit", *[image if a == "IMAGE" else a for a in args]))
+    assert "retouch edit takes a method, then the image" in line and says in line
 
 
 def test_unloadable_model_is_one_line(image, tmp_path):
-    line = one_error_line(run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--model", tmp_path))
-    assert "not a diffusers model folder" in line
-    line = one_error_line(run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--dtype", "float7"))
-    assert "dtype" in line
+    args = ["edit", "diffedit", image, "-o", tmp_path / "o.png", "--query", QUERY]
+    assert "not a diffusers model folder" in one_error_line(run(*args, "--model", tmp_path))
+    assert "dtype" in one_error_line(run(*args, "--dtype", "float7"))
     if not torch.cuda.is_available():
-        result = run("edit", image, "-o", tmp_path / "o.png", "--query", QUERY, "--device", "cuda")
+        result = run(*args, "--device", "cuda")
         assert "CUDA is not available" in one_error_line(result)
 
 
@@ -412,7 +463,9 @@ def test_corpus(corpus, tmp_path, model_args):
     for case in corpus.values():
         out = tmp_path / "out.png"
         out.unlink(missing_ok=True)
-        result = run("edit", case.image, "-o", out, *FAST[case.method], *model_args, "-q", *case.args)
+        result = run(
+            "edit", case.method, case.image, "-o", out, *FAST[case.method], *model_args, "-q", *case.args
+        )
         if case.expect == "error":
             outcomes[case.name] = one_error_line(result)
             assert not out.exists()
@@ -462,7 +515,7 @@ def test_an_image_over_the_budget_is_edited_resized_and_the_cli_says_so(tmp_path
     result = run("invert", big, "-o", inv, *FAST["ledits"], *model_args, "--no-progress", *budget)
     assert result.exit_code == 0 and "note: image is 256x256" in result.stderr
     result = run(
-        "edit", big, "-o", tmp_path / "l.png", "--method", "ledits", "--inversion", inv,
+        "edit", "ledits", big, "-o", tmp_path / "l.png", "--inversion", inv,
         "--add", "red circle", *model_args, "--no-progress", *budget,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -470,12 +523,12 @@ def test_an_image_over_the_budget_is_edited_resized_and_the_cli_says_so(tmp_path
         assert out.size == (64, 64)
 
 
-def test_progress_goes_to_stderr(image, tmp_path, model_args):
+def test_progress_goes_to_stderr(image, tmp_path, model_args, monkeypatch):
+    monkeypatch.setattr("retouch.shell.on_terminal", lambda: True)
     result = edit(image, tmp_path / "out.png", model_args, "diffedit", "--json")
     assert result.exit_code == 0
-    loud = run(
-        "edit", image, "-o", tmp_path / "out.png", "--query", QUERY, *FAST["diffedit"], *model_args, "--json"
-    )
+    texts = ["--query", QUERY, *FAST["diffedit"], *model_args]
+    loud = run("edit", "diffedit", image, "-o", tmp_path / "out.png", *texts, "--json")
     assert loud.exit_code == 0
     assert "decode" in loud.stderr and "decode" not in result.stderr
     assert json.loads(loud.stdout)["output"] == str(tmp_path / "out.png")  # stdout is the JSON alone
@@ -541,12 +594,16 @@ def test_png_parameters_round_trip(tmp_path):
     assert read_params(tmp_path / "a.png") == {"seed": 1, "settings": {"x": [1, None]}}
 
 
-def test_edit_draws_a_progress_bar_per_stage_and_no_progress_none(image, tmp_path, model_args):
+def test_edit_draws_a_progress_bar_per_stage_on_a_terminal_only(image, tmp_path, model_args, monkeypatch):
+    """Bars on a terminal (one per stage), none with --no-progress; none into a pipe or a file."""
     texts = ["--query", QUERY, "--reference", REFERENCE, *FAST["diffedit"], *model_args]
-    shown = run("edit", image, "-o", tmp_path / "a.png", *texts)
+    piped = run("edit", "diffedit", image, "-o", tmp_path / "p.png", *texts)
+    assert piped.exit_code == 0 and piped.stderr == "", piped.stderr
+    monkeypatch.setattr("retouch.shell.on_terminal", lambda: True)
+    shown = run("edit", "diffedit", image, "-o", tmp_path / "a.png", *texts)
     assert shown.exit_code == 0, shown.output
     assert "encode" in shown.stderr and "decode" in shown.stderr and "it/s" in shown.stderr
-    hidden = run("edit", image, "-o", tmp_path / "b.png", *texts, "--no-progress")
+    hidden = run("edit", "diffedit", image, "-o", tmp_path / "b.png", *texts, "--no-progress")
     assert hidden.exit_code == 0 and hidden.stderr == ""
 
 
@@ -559,7 +616,9 @@ def test_an_output_that_is_not_a_regular_file_is_never_replaced(image, tmp_path,
     result = run("invert", image, "-o", fifo, *FAST["ledits"], *model_args, "-q")
     assert "is not a regular file" in one_error_line(result)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    result = run("edit", image, "-o", "/dev/null", "--query", QUERY, *FAST["diffedit"], *model_args, "-q")
+    result = run(
+        "edit", "diffedit", image, "-o", "/dev/null", "--query", QUERY, *FAST["diffedit"], *model_args, "-q"
+    )
     assert "not a regular file" in one_error_line(result) or "unknown image format" in one_error_line(result)
 
 
@@ -600,11 +659,10 @@ def test_tampered_inversion_files_are_refused(name, image, tmp_path, model_args)
     out = tmp_path / "out.png"
     result = run(
         "edit",
+        "ledits",
         image,
         "-o",
         out,
-        "--method",
-        "ledits",
         "--inversion",
         bad,
         "--add",
@@ -932,6 +990,7 @@ def test_a_hub_id_without_network_is_one_quick_line(image, tmp_path):
         "-m",
         "retouch",
         "edit",
+        "diffedit",
         str(image),
         "-o",
         str(tmp_path / "o.png"),
@@ -953,18 +1012,18 @@ def test_fast_applies_the_named_fast_settings_and_flags_override_them(image, tmp
 
     out = tmp_path / "fast.png"
     args = ["--query", QUERY, "--reference", REFERENCE, *model_args, "--no-progress", "--json"]
-    result = run("edit", image, "-o", out, "--fast", *args)
+    result = run("edit", "diffedit", image, "-o", out, "--fast", *args)
     assert result.exit_code == 0, result.output
     settings = read_params(out)["settings"]
     assert {k: settings[k] for k in FAST} == FAST
     n = FAST["num_inference_steps"]  # mask 2·10, encoding 0.8·N, decoding 2·0.8·N
     assert json.loads(result.stdout)["unet_evals"] == 20 + round(0.8 * n) * 3
-    result = run("edit", image, "-o", out, "--fast", "--num-inference-steps", "10", *args)
+    result = run("edit", "diffedit", image, "-o", out, "--fast", "--num-inference-steps", "10", *args)
     assert read_params(out)["settings"]["num_inference_steps"] == 10
     inv = tmp_path / "fast.safetensors"
     args = ["--fast", "--solver", "dpmsolver++", *model_args, "--no-progress"]
     assert run("invert", image, "-o", inv, *args).exit_code == 0
-    result = run("edit", image, "-o", out, "--method", "ledits", "--inversion", inv, "--add", "red circle",
+    result = run("edit", "ledits", image, "-o", out, "--inversion", inv, "--add", "red circle",
                  *model_args, "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
     settings = read_params(out)["settings"]  # taken from the inversion

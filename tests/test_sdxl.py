@@ -179,7 +179,7 @@ def test_the_command_line_edits_with_an_sdxl_folder(xl_folder, tmp_path):
         out = tmp_path / f"{method}.png"
         result = CliRunner().invoke(
             main,
-            ["edit", str(tmp_path / "in.png"), "-o", str(out), "--method", method, "--model", str(xl_folder),
+            ["edit", method, str(tmp_path / "in.png"), "-o", str(out), "--model", str(xl_folder),
              "--dtype", "bfloat16", "--no-progress", *args],
         )  # fmt: skip
         assert result.exit_code == 0, result.output

@@ -1,13 +1,14 @@
-"""The editing commands of `retouch`: edit, mask, invert, and the training stages.
+"""The editing commands of `retouch`: edit (one subcommand per method), mask and invert.
 
-    retouch edit photo.png -o out.png --method diffedit --query "a green circle on a white background"
-    retouch edit photo.png -o out.png --method ledits --add "green circle" --remove "red circle"
+    retouch edit diffedit photo.png -o out.png --query "a green circle on a white background"
+    retouch edit ledits photo.png -o out.png --add "green circle" --remove "red circle"
     retouch mask photo.png -o mask.png --query "..." --reference "..."
     retouch invert photo.png -o photo.safetensors --source "..."
-    retouch edit photo.png -o out.png --method ledits --inversion photo.safetensors --add "..."
+    retouch edit ledits photo.png -o out.png --inversion photo.safetensors --add "..."
 
-Every method setting is a flag derived from its config dataclass (`guidance_scale` is
-`--guidance-scale`), so each default is defined once, in the library. Exit codes: 0 done; 2 bad
+Each method's settings are flags derived from its config dataclass (`guidance_scale` is
+`--guidance-scale`), so each default is defined once, in the library; `--help` lists the paper's,
+`--help-all` our additions too. A new method is one more `@edit.command`. Exit codes: 0 done; 2 bad
 input or usage, with one line on stderr naming what and why; 1 anything else. Outputs are written
 to a temporary file in the same folder and renamed, so a failure never leaves half an image.
 Importing this module is light (click only): the library loads when a command runs.
@@ -17,9 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -29,22 +29,32 @@ from retouch.errors import InputError
 from retouch.files import check_output, image_saver, save_image, write_all_atomic
 from retouch.shell import (
     CONTEXT,
-    SettingsCommand,
+    MethodCommand,
+    Option,
     budget_options,
     fit_image,
     given_settings,
     load_model,
     model_options,
     progress_bars,
+    set_threads,
     setting_options,
+    threads_option,
 )
 
+METHODS = ("diffedit", "ledits")
 
-def _edit_settings():
+
+def _diffedit_settings():
     from retouch.methods.diffedit import DiffEditConfig
+
+    return setting_options({"diffedit": DiffEditConfig})
+
+
+def _ledits_settings():
     from retouch.methods.ledits import LEditsConfig
 
-    return setting_options({"diffedit": DiffEditConfig, "ledits": LEditsConfig})
+    return setting_options({"ledits": LEditsConfig})
 
 
 def _mask_settings():
@@ -59,46 +69,109 @@ def _invert_settings():
     return setting_options({"ledits": LEditsConfig}, keep=lambda n: n in INVERSION_FIELDS)
 
 
-def _train_settings():
-    from retouch.shapes.train import TrainConfig
+# --- the options every command shares ---------------------------------------------------------------
 
-    return setting_options({"train": TrainConfig})
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """How a command runs: the model, the pixel budget, torch's threads, the seed and what it prints."""
+
+    model: str | None
+    device: str | None
+    dtype: str | None
+    max_pixels: int | None
+    resize: bool
+    threads: int | None
+    seed: int | None
+    as_json: bool
+    quiet: bool
+    no_progress: bool
+
+    @classmethod
+    def pop(cls, options: dict) -> _Run:
+        """The run options taken out of a command's keyword arguments (the rest are settings); the
+        seed checked before anything loads."""
+        from retouch.settings import check_seed
+
+        run = cls(**{f.name: options.pop(f.name) for f in dataclasses.fields(cls)})
+        if run.seed is not None:
+            check_seed(run.seed)
+        return run
+
+    @property
+    def seed_kw(self) -> dict:
+        return {} if self.seed is None else {"seed": self.seed}
+
+    @property
+    def progress(self) -> bool:
+        return not (self.quiet or self.no_progress)
+
+    def load(self):
+        """(the model, seconds to load it), torch's threads set first."""
+        set_threads(self.threads)
+        return load_model(self.model, self.device, self.dtype, self.max_pixels, self.resize)
+
+    def report(self, summary: dict, line: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps(summary, default=str))
+        elif not self.quiet:
+            click.echo(line)
 
 
 def _run_options(fn):
-    fn = click.option("--no-progress", is_flag=True, help="No progress bars.")(fn)
+    """--model/--device/--dtype, the pixel budget, --threads, --seed, --json, -q, --no-progress."""
+    fn = click.option(
+        "--no-progress",
+        is_flag=True,
+        cls=Option,
+        section="advanced",
+        help="No progress bars (they are drawn only when stderr is a terminal).",
+    )(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars, no summary line.")(fn)
     fn = click.option(
         "--json", "as_json", is_flag=True, help="Print a machine-readable summary (JSON) on stdout."
     )(fn)
     fn = click.option("--seed", type=int, default=None, help="Random seed [default: 0].")(fn)
-    return fn
+    fn = threads_option(fn)
+    fn = budget_options(fn)
+    return model_options(fn)
 
 
-def _seed_kw(seed) -> dict:
-    from retouch.settings import check_seed
-
-    return {} if seed is None else {"seed": check_seed(seed)}
-
-
-def _report(summary: dict, as_json: bool, quiet: bool, line: str) -> None:
-    if as_json:
-        click.echo(json.dumps(summary, default=str))
-    elif not quiet:
-        click.echo(line)
+def _input(*decls, **kwargs):
+    """An option of what to edit (listed first in a method's help)."""
+    return click.option(*decls, cls=Option, section="inputs", **kwargs)
 
 
-def _check_config(config_cls, method: str, given: dict, preset: str | None = None, presets=None):
-    """The settings given (over the preset named, one of the method's `presets`), checked before
-    the model loads: one line naming what is wrong."""
+def _output(help_text: str):
+    return _input("-o", "--output", type=click.Path(path_type=Path), required=True, help=help_text)
+
+
+def _image_argument(fn):
+    return click.argument("image", type=click.Path(dir_okay=False, path_type=Path))(fn)
+
+
+def _preset_option(method: str, names: Sequence[str] | None = None):
+    names = list(names or presets.BY_METHOD[method])
+    return _input(
+        "--preset",
+        type=click.Choice(names),
+        help=f"Named settings measured for an edit's aim ({presets.aims(method, names)}): "
+        f"{presets.described(method, names)}. Explicit flags override them.",
+    )
+
+
+_fast = _input("--fast", is_flag=True, help="The method's named fast settings (explicit flags override).")
+
+
+def _given(settings: dict, fast: dict | None = None) -> dict:
+    """The settings flags given, over the method's fast settings when --fast was given."""
+    return {**(fast or {}), **given_settings(settings)}
+
+
+def _check_config(config_cls, given: dict, preset: str | None = None, presets=None):
+    """The settings given (over the preset named), checked before the model loads."""
     from retouch.settings import configured
 
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    for name in given:
-        if name not in names:
-            raise InputError(f"--{name.replace('_', '-')} is not a {method} setting")
-    if preset is not None and preset not in presets:
-        raise InputError(f"--preset {preset} is not a {method} preset; {method} has {', '.join(presets)}")
     return configured(config_cls(), presets or {}, preset, given)
 
 
@@ -121,100 +194,45 @@ def _read_mask(mask: str | None, image, label: str = "image"):
     return m
 
 
-@click.command(cls=SettingsCommand, settings=_edit_settings, context_settings=CONTEXT)
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The edited image.")
-@click.option("--method", type=click.Choice(["diffedit", "ledits"]), default="diffedit", show_default=True)
-@click.option("--query", help="diffedit: the text the edited image should fit.")
-@click.option("--reference", help="diffedit: the text of what to change [default: empty].")
-@click.option("--prompt", help="ledits: target prompt [default: none].")
-@click.option("--source", help="ledits: the image's caption, used while inverting [default: empty].")
-@click.option("--add", multiple=True, metavar="CONCEPT", help="ledits: a concept to add (repeatable).")
-@click.option("--remove", multiple=True, metavar="CONCEPT", help="ledits: a concept to remove (repeatable).")
-@click.option(
-    "--preset",
-    type=click.Choice(list(dict.fromkeys([*presets.LEDITS, *presets.DIFFEDIT]))),
-    help=f"Named settings of the method ({', '.join(n for n in presets.LEDITS if n in presets.DIFFEDIT)}:"
-    " both have one); explicit flags override them."
-    f" ledits: the reference demo's concept settings and ours, {presets.described('ledits')};"
-    f" diffedit: {presets.described('diffedit')}; "
-    "measured in BENCHMARKS.md.",
-)
-@click.option(
-    "--mask",
-    metavar="FILE|infer",
-    help="A mask image (nonzero = edit) instead of inferring one; ledits: 'infer' "
-    "confines the edit to DiffEdit's mask [default: diffedit infers, ledits uses none].",
-)
-@click.option(
-    "--inversion",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="ledits: edit from an inversion saved by `retouch invert`, without inverting.",
-)
-@model_options
-@click.option("--fast", is_flag=True, help="The method's named fast settings (explicit flags override).")
-@budget_options
-@_run_options
-def edit(
-    image,
-    output,
-    method,
-    query,
-    reference,
-    prompt,
-    source,
-    add,
-    remove,
-    preset,
-    mask,
-    inversion,
-    model,
-    device,
-    dtype,
-    fast,
-    max_pixels,
-    resize,
-    seed,
-    as_json,
-    quiet,
-    no_progress,
-    **settings,
-):
-    """Edit IMAGE with text; write the result to OUTPUT (a PNG carries its parameters)."""
-    from retouch.latents import load_image
-    from retouch.methods import diffedit as de
-    from retouch.methods import ledits as le
+# --- retouch edit METHOD ---------------------------------------------------------------------------
 
-    given = given_settings(settings)
-    if fast:
-        given = {**(de.FAST if method == "diffedit" else le.FAST), **given}
-    kw = _seed_kw(seed)
-    img = load_image(image)
-    inputs = _diffedit_inputs if method == "diffedit" else _ledits_inputs
-    run, cfg_text = inputs(
-        img,
-        given,
-        query=query,
-        reference=reference,
-        prompt=prompt,
-        source=source,
-        add=add,
-        remove=remove,
-        preset=preset,
-        inversion=inversion,
-    )
-    user_mask = _read_mask(mask, img)
-    check_output(output, [image, mask if mask not in (None, "infer") else None, inversion])
-    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
-    with progress_bars(not (quiet or no_progress)) as progress:
-        result = run(bundle, user_mask, progress, kw)
+
+class EditGroup(click.Group):
+    """`retouch edit METHOD IMAGE ...`; the former `retouch edit IMAGE --method M` is one line
+    naming the new form."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        unknown = bool(args) and args[0] not in self.commands and not args[0].startswith("-")
+        if unknown or "--method" in args:
+            given = args[args.index("--method") + 1] if "--method" in args[:-1] else None
+            method = given if given in self.commands else "|".join(self.commands)
+            got = f"--method {given}" if given else repr(args[0])
+            raise click.UsageError(
+                f"retouch edit takes a method, then the image: retouch edit {method} IMAGE -o OUT ..."
+                f" (got {got})",
+                ctx,
+            )
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=EditGroup, context_settings=CONTEXT)
+def edit():
+    """Edit an image with text: `retouch edit METHOD IMAGE -o OUT ...`; `retouch edit METHOD --help`
+    lists a method's settings."""
+
+
+def _edit_and_save(method: str, run: _Run, output: Path, preset: str | None, edit_with: Callable) -> None:
+    """Load the model, edit (edit_with(bundle, progress, seed_kw) → EditResult), write OUTPUT (a PNG
+    carries its parameters) and report."""
+    bundle, t_load = run.load()
+    with progress_bars(run.progress) as progress:
+        result = edit_with(bundle, progress, run.seed_kw)
     timings = {"load": t_load, **result.timings}
-    settings_out = result.settings
     params = {
         "model": bundle.model_id,
         "fingerprint": bundle.fingerprint,
         "method": method,
-        "settings": settings_out,
+        "settings": result.settings,
         "seed": result.seed,
         "retouch": __version__,
     }
@@ -225,72 +243,122 @@ def edit(
         "output": str(output),
         "method": method,
         "model": bundle.model_id,
-        "settings": settings_out,
+        "settings": result.settings,
         "seed": result.seed,
         "unet_evals": result.unet_evals,
         "mask_area": None if result.mask is None else result.mask.area,
         "timings": timings,
         "message": result.message,
     }
-    _report(
+    label = f", preset {preset}" if preset else ""
+    note = f" — {result.message}" if result.message else ""
+    run.report(
         summary,
-        as_json,
-        quiet,
-        f"wrote {output} ({method}{cfg_text}, {result.unet_evals} UNet "
-        f"evaluations, {sum(timings.values()):.1f} s){' — ' + result.message if result.message else ''}",
+        f"wrote {output} ({method}{label}, {result.unet_evals} UNet evaluations, "
+        f"{sum(timings.values()):.1f} s){note}",
     )
 
 
-def _not_for(method: str, **flags) -> None:
-    for name, value in flags.items():
-        if value:
-            raise InputError(f"--{name} is not used by --method {method}")
+@edit.command(
+    "diffedit",
+    cls=MethodCommand,
+    settings=_diffedit_settings,
+    context_settings=CONTEXT,
+    short_help="DiffEdit: a mask where the texts disagree, then DDIM encoding and masked decoding.",
+)
+@_image_argument
+@_output("The edited image (a PNG carries its parameters).")
+@_input("--query", required=True, help="The text the edited image should fit.")
+@_input(
+    "--reference",
+    default="",
+    help="The text of what to change; the image's caption works best [default: empty].",
+)
+@_preset_option("diffedit")
+@_fast
+@_input("--mask", metavar="FILE", help="A mask image (nonzero = edit) instead of inferring one.")
+@_run_options
+def diffedit_command(image, output, query, reference, preset, fast, mask, **options):
+    """DiffEdit (Couairon et al. 2023): infer where QUERY and REFERENCE disagree, encode IMAGE with
+    DDIM and decode it under QUERY inside that mask; write the result to OUTPUT."""
+    from retouch.latents import load_image
+    from retouch.methods.diffedit import FAST, PRESETS, DiffEditConfig, diffedit
 
-
-def _diffedit_inputs(img, given, query, reference, preset, **unused):
-    """Check a diffedit edit's inputs; return run(bundle, mask, progress, seed_kw) and a label."""
-    from retouch.methods.diffedit import PRESETS, DiffEditConfig, diffedit
-
-    _not_for("diffedit", **unused)
-    if query is None:
-        raise InputError("--method diffedit needs --query TEXT")
+    run = _Run.pop(options)
+    given = _given(options, FAST if fast else None)
+    img = load_image(image)
     (query,) = _texts([query], "query")
-    _check_config(DiffEditConfig, "diffedit", given, preset, PRESETS)
+    _check_config(DiffEditConfig, given, preset, PRESETS)
+    user_mask = _read_mask(mask, img)
+    check_output(output, [image, mask])
 
-    def run(bundle, mask, progress, kw):
+    def edit_with(bundle, progress, seed_kw):
         return diffedit(
             bundle,
             img,
             query,
-            reference or "",
-            mask=None if mask == "infer" else mask,
+            reference,
+            mask=user_mask,
             progress=progress,
             preset=preset,
-            **kw,
+            **seed_kw,
             **given,
         )
 
-    return run, f", preset {preset}" if preset else ""
+    _edit_and_save("diffedit", run, output, preset, edit_with)
 
 
-def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, **unused):
-    """Check a ledits edit's inputs (and its saved inversion); return run(...) and a label."""
-    from retouch.methods.ledits import PRESETS, LEditsConfig, inversion_steps, ledits
+@edit.command(
+    "ledits",
+    cls=MethodCommand,
+    settings=_ledits_settings,
+    context_settings=CONTEXT,
+    short_help="LEDITS: edit-friendly DDPM inversion, then semantic guidance by prompt and concepts.",
+)
+@_image_argument
+@_output("The edited image (a PNG carries its parameters).")
+@_input("--prompt", help="The target prompt: the whole edited image's text [default: none].")
+@_input("--add", multiple=True, metavar="CONCEPT", help="A concept to add (repeatable).")
+@_input("--remove", multiple=True, metavar="CONCEPT", help="A concept to remove (repeatable).")
+@_input("--source", help="The image's caption, used while inverting [default: empty].")
+@_preset_option("ledits")
+@_fast
+@_input(
+    "--mask",
+    metavar="FILE|infer",
+    help="Edit only inside this mask (nonzero = edit); 'infer': DiffEdit's mask of the texts "
+    "[default: no mask].",
+)
+@_input(
+    "--inversion",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Edit from an inversion saved by `retouch invert`, without inverting.",
+)
+@_run_options
+def ledits_command(image, output, prompt, add, remove, source, preset, fast, mask, inversion, **options):
+    """LEDITS (Tsaban & Passos 2023): invert IMAGE (edit-friendly DDPM), then regenerate it with
+    semantic guidance: a target PROMPT and concepts to ADD or REMOVE; write the result to OUTPUT."""
+    from retouch.latents import load_image
+    from retouch.methods.ledits import FAST, PRESETS, LEditsConfig, inversion_steps, ledits
     from retouch.settings import settings_fields
 
-    _not_for("ledits", **unused)
+    run = _Run.pop(options)
+    given = _given(options, FAST if fast else None)
+    img = load_image(image)
     add, remove = _texts(add, "concept to add"), _texts(remove, "concept to remove")
     if prompt is not None and not prompt.strip():
         raise InputError("prompt is empty")
     if not (prompt or add or remove):
-        raise InputError("--method ledits needs --prompt TEXT or at least one --add/--remove CONCEPT")
+        raise InputError("ledits needs --prompt TEXT or at least one --add/--remove CONCEPT")
     inv = None if inversion is None else _read_inversion(inversion, img, source)
-    _check_config(LEditsConfig, "ledits", {**inversion_steps(inv), **given}, preset, PRESETS)
+    _check_config(LEditsConfig, {**inversion_steps(inv), **given}, preset, PRESETS)
     for s in settings_fields(LEditsConfig):
         if s.kind == "per_concept":
             _check_finite(s.name, given.get(s.name))
+    user_mask = _read_mask(mask, img)
+    check_output(output, [image, mask if mask != "infer" else None, inversion])
 
-    def run(bundle, mask, progress, kw):
+    def edit_with(bundle, progress, seed_kw):
         return ledits(
             bundle,
             img if inv is None else inv,
@@ -299,14 +367,14 @@ def _ledits_inputs(img, given, prompt, source, add, remove, preset, inversion, *
             prompt=prompt or "",
             source=source or "",
             preset=preset,
-            mask=mask,
+            mask=user_mask,
             image=img,
             progress=progress,
-            **kw,
+            **seed_kw,
             **given,
         )
 
-    return run, f", preset {preset}" if preset else ""
+    _edit_and_save("ledits", run, output, preset, edit_with)
 
 
 def _check_finite(name: str, value) -> None:
@@ -337,58 +405,33 @@ def _read_inversion(path: Path, img, source):
     return inv
 
 
-@click.command(cls=SettingsCommand, settings=_mask_settings, context_settings=CONTEXT)
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The mask (PNG, white = edit); an overlay is written beside it as NAME.overlay.png.",
-)
-@click.option("--query", required=True, help="The text the edited image should fit.")
-@click.option("--reference", default="", help="The text of what to change [default: empty].")
-@click.option(
-    "--preset",
-    type=click.Choice(presets.mask_presets()),
-    help="DiffEdit's named mask settings (BENCHMARKS.md); explicit flags override them.",
-)
-@model_options
-@budget_options
+# --- retouch mask, retouch invert ------------------------------------------------------------------
+
+
+@click.command(cls=MethodCommand, settings=_mask_settings, context_settings=CONTEXT)
+@_image_argument
+@_output("The mask (PNG, white = edit); an overlay is written beside it as NAME.overlay.png.")
+@_input("--query", required=True, help="The text the edited image should fit.")
+@_input("--reference", default="", help="The text of what to change [default: empty].")
+@_preset_option("diffedit", presets.mask_presets())
 @_run_options
-def mask(
-    image,
-    output,
-    query,
-    reference,
-    preset,
-    model,
-    device,
-    dtype,
-    max_pixels,
-    resize,
-    seed,
-    as_json,
-    quiet,
-    no_progress,
-    **settings,
-):
+def mask(image, output, query, reference, preset, **options):
     """DiffEdit's mask of IMAGE alone: where QUERY and REFERENCE disagree."""
     from retouch.latents import load_image
     from retouch.methods.diffedit import PRESETS, DiffEditConfig, diffedit_mask
 
-    given = given_settings(settings)
+    run = _Run.pop(options)
+    given = given_settings(options)
     (query,) = _texts([query], "query")
-    cfg = _check_config(DiffEditConfig, "diffedit", given, preset, PRESETS)
-    kw = _seed_kw(seed)
+    cfg = _check_config(DiffEditConfig, given, preset, PRESETS)
     img = load_image(image)
     overlay_path = output.with_name(f"{output.stem}.overlay{output.suffix}")
     check_output(output, [image])
     check_output(overlay_path, [image])
-    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
-    img = fit_image(bundle, img, quiet)
+    bundle, t_load = run.load()
+    img = fit_image(bundle, img, run.quiet)
     t0 = time.perf_counter()
-    m = diffedit_mask(bundle, img, query, reference, preset=preset, **kw, **given)
+    m = diffedit_mask(bundle, img, query, reference, preset=preset, **run.seed_kw, **given)
     timings = {"load": t_load, "mask": time.perf_counter() - t0}
     settings_out = {
         "method": "diffedit_mask",
@@ -403,7 +446,7 @@ def mask(
         "fingerprint": bundle.fingerprint,
         "method": "diffedit_mask",
         "settings": settings_out,
-        "seed": kw.get("seed", 0),
+        "seed": run.seed or 0,
         "retouch": __version__,
     }
     saves = {
@@ -422,61 +465,34 @@ def mask(
         "mask_area": m.area,
         "timings": timings,
     }
-    _report(
+    run.report(
         summary,
-        as_json,
-        quiet,
         f"wrote {output} and {overlay_path} (mask area {m.area:.1%}, {m.unet_evals} UNet evaluations)",
     )
 
 
-@click.command(cls=SettingsCommand, settings=_invert_settings, context_settings=CONTEXT)
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The inversion (.safetensors), for `retouch edit --method ledits --inversion`.",
-)
-@click.option("--source", default="", help="The image's caption [default: empty].")
-@model_options
-@click.option("--fast", is_flag=True, help="The method's named fast settings (explicit flags override).")
-@budget_options
+@click.command(cls=MethodCommand, settings=_invert_settings, context_settings=CONTEXT)
+@_image_argument
+@_output("The inversion (.safetensors), for `retouch edit ledits --inversion`.")
+@_input("--source", default="", help="The image's caption [default: empty].")
+@_fast
 @_run_options
-def invert(
-    image,
-    output,
-    source,
-    model,
-    device,
-    dtype,
-    fast,
-    max_pixels,
-    resize,
-    seed,
-    as_json,
-    quiet,
-    no_progress,
-    **settings,
-):
+def invert(image, output, source, fast, **options):
     """Invert IMAGE once (edit-friendly DDPM inversion), to edit it many times with ledits."""
     from retouch.latents import load_image
     from retouch.methods.ledits import FAST, LEditsConfig
     from retouch.methods.ledits import invert as invert_image
 
-    given = given_settings(settings)
-    if fast:
-        given = {**FAST, **given}
-    _check_config(LEditsConfig, "ledits", given)
-    kw = _seed_kw(seed)
+    run = _Run.pop(options)
+    given = _given(options, FAST if fast else None)
+    _check_config(LEditsConfig, given)
     img = load_image(image)
     check_output(output, [image], image=False)
-    bundle, t_load = load_model(model, device, dtype, max_pixels, resize)
-    img = fit_image(bundle, img, quiet)
+    bundle, t_load = run.load()
+    img = fit_image(bundle, img, run.quiet)
     t0 = time.perf_counter()
-    with progress_bars(not (quiet or no_progress)) as progress:
-        inv = invert_image(bundle, img, source, progress=progress, **kw, **given)
+    with progress_bars(run.progress) as progress:
+        inv = invert_image(bundle, img, source, progress=progress, **run.seed_kw, **given)
     timings = {"load": t_load, "invert": time.perf_counter() - t0}
     inv.save(output)
     summary = {
@@ -489,132 +505,8 @@ def invert(
         "unet_evals": inv.unet_evals,
         "timings": timings,
     }
-    _report(
+    run.report(
         summary,
-        as_json,
-        quiet,
         f"wrote {output} ({len(inv.timesteps)} steps, {inv.unet_evals} UNet "
         f"evaluations, {sum(timings.values()):.1f} s)",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-@click.group(context_settings=CONTEXT)
-def train():
-    """Train the mini Stable Diffusion on ShapesWorld: vae, then unet, then export."""
-
-
-def _train_config(settings, work: Path | None = None, init: Path | None = None):
-    """The training settings given; for a UNet run (`work`), its architecture and image size
-    where they are not given (`retouch.shapes.train.run_settings`)."""
-    from retouch.shapes.train import TrainConfig, run_settings
-
-    given = given_settings(settings)
-    return TrainConfig(**(given if work is None else run_settings(work, init, given)))
-
-
-def _train_logging(threads: int | None) -> None:
-    """Training's log lines on stderr; torch's CPU threads as asked (the shell's to set)."""
-    import torch
-
-    lib = logging.getLogger("retouch")
-    if not any(getattr(h, "retouch_cli", False) for h in lib.handlers):
-        handler = logging.StreamHandler()  # stderr, as the command runs it
-        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-        handler.retouch_cli = True
-        lib.addHandler(handler)
-    lib.setLevel(logging.INFO)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def _ckpt(folder: Path, name: str, what: str) -> None:
-    if not (folder / "ckpt" / name).is_file():
-        raise InputError(f"{folder} has no {what} checkpoint (ckpt/{name})")
-
-
-_folder = click.Path(file_okay=False, path_type=Path)
-_threads = click.option(
-    "--threads", type=click.IntRange(1), default=None, help="torch CPU threads [default: torch's own]."
-)
-
-
-@train.command("vae", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
-@click.argument("work", type=_folder)
-@click.option("--init", type=_folder, help="Start from this folder's vae.safetensors.")
-@_threads
-def train_vae_command(work, init, threads, **settings):
-    """Stage 1: the autoencoder, checkpointed (and resumed) in WORK."""
-    from retouch.shapes.train import train_vae
-
-    if init is not None and not (init / "vae.safetensors").is_file():
-        raise InputError(f"--init {init} has no vae.safetensors")
-    cfg = _train_config(settings)
-    _train_logging(threads)
-    train_vae(work, cfg, init=init)
-
-
-@train.command("unet", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
-@click.argument("work", type=_folder)
-@click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
-@click.option("--init", type=_folder, help="Fine-tune from this trained model folder (diffusers format).")
-@_threads
-def train_unet_command(work, vae_work, init, threads, **settings):
-    """Stage 2: UNet and text encoder on the trained autoencoder's latents, in WORK."""
-    from retouch.shapes.train import train_unet
-
-    _ckpt(vae_work, "vae.safetensors", "autoencoder")
-    if init is not None and not (init / "unet" / "diffusion_pytorch_model.safetensors").is_file():
-        raise InputError(f"--init {init} is not a diffusers model folder with a UNet")
-    cfg = _train_config(settings, work, init)
-    _train_logging(threads)
-    train_unet(work, vae_work, cfg, init=init)
-
-
-@train.command("export", context_settings=CONTEXT)
-@click.argument("out", type=_folder)
-@click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
-@click.option("--unet-work", type=_folder, required=True, help="The UNet's work folder.")
-@click.option("--decoder-work", type=_folder, help="A decoder fine-tuned with the encoder frozen.")
-@click.option(
-    "--unet-dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Precision of the stored UNet weights (float16 halves them; they load as float32).",
-)
-def train_export_command(out, vae_work, unet_work, decoder_work, unet_dtype):
-    """Assemble the trained parts into a diffusers model folder OUT."""
-    import torch
-
-    from retouch.shapes.train import export
-
-    _ckpt(vae_work, "vae.safetensors", "autoencoder")
-    _ckpt(unet_work, "ema_unet.safetensors", "UNet")
-    if decoder_work is not None:
-        _ckpt(decoder_work, "vae.safetensors", "decoder")
-    dtype = getattr(torch, unet_dtype)
-    click.echo(f"wrote {export(out, vae_work, unet_work, decoder_work, dtype)}")
-
-
-@train.command("judge", context_settings=CONTEXT)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Weights file [default: the shipped judge's].",
-)
-@click.option("--steps", type=click.IntRange(1), default=800, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@_threads
-def train_judge_command(output, steps, seed, threads):
-    """The ShapesWorld judge: train on renders, save with its held-out accuracies beside it."""
-    from retouch.shapes.judge import DEFAULT_WEIGHTS, train_and_export
-
-    _train_logging(threads or 1)
-    meta = train_and_export(output or DEFAULT_WEIGHTS, steps, seed)
-    click.echo(json.dumps(meta, indent=2))

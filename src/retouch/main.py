@@ -1,9 +1,9 @@
 """`retouch`: the root command, which only assembles the shells' commands.
 
 This is the one module above the apps: the editing commands (`retouch.cli`), the benchmarks
-(`retouch.bench.cli`), batch editing (`retouch.batch.cli`) and the web app
-(`retouch.ui.command`) each own their commands, and none imports another. Subcommands load on
-first use, so `retouch --help` stays light.
+(`retouch.bench.cli`), ShapesWorld training (`retouch.shapes.cli`), batch editing
+(`retouch.batch.cli`) and the web app (`retouch.ui.command`) each own their commands, and none
+imports another. Subcommands load on first use, so `retouch --help` stays light.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ COMMANDS = {
     "edit": "retouch.cli:edit",
     "mask": "retouch.cli:mask",
     "invert": "retouch.cli:invert",
-    "train": "retouch.cli:train",
+    "train": "retouch.shapes.cli:train",
     "bench": "retouch.bench.cli:bench",
     "batch": "retouch.batch.cli:batch",
     "ui": "retouch.ui.command:ui",

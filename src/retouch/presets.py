@@ -4,6 +4,8 @@ preset. Nothing here imports torch, so every shell can list them at start-up."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 DIFFEDIT = {
     # a mask closer to what changes: recolour mask IoU 0.559 against 0.448, success level (model version 5)
     "tight-mask": dict(mask_threshold=0.8),
@@ -79,9 +81,9 @@ AIMS = {
 }
 
 
-def aims(method: str) -> str:
-    """'name: what it is for; ...' of a method's presets."""
-    return "; ".join(f"{name}: {AIMS[method][name]}" for name in BY_METHOD[method])
+def aims(method: str, names: Sequence[str] | None = None) -> str:
+    """'name: what it is for; ...' of a method's presets (those named, or all)."""
+    return "; ".join(f"{name}: {AIMS[method][name]}" for name in names or BY_METHOD[method])
 
 
 MASK_FIELDS = ("num_inference_steps", "feather")  # with every mask_* field: what DiffEdit's mask reads
@@ -97,11 +99,11 @@ def mask_presets() -> list[str]:
     return [name for name, s in DIFFEDIT.items() if all(reads_mask(k) for k in s)]
 
 
-def described(method: str) -> str:
-    """'name (setting=value, ...), ...' of a method's presets, for help texts."""
+def described(method: str, names: Sequence[str] | None = None) -> str:
+    """'name (setting=value, ...), ...' of a method's presets (those named, or all), for help texts."""
     return ", ".join(
-        f"{name} ({', '.join(f'{k}={_value(v)}' for k, v in s.items())})"
-        for name, s in BY_METHOD[method].items()
+        f"{name} ({', '.join(f'{k}={_value(v)}' for k, v in BY_METHOD[method][name].items())})"
+        for name in names or BY_METHOD[method]
     )
 
 

@@ -19,9 +19,14 @@ from typing import Any
 from retouch.errors import SettingError
 
 
-def setting(default, help: str, choices: tuple = ()):  # noqa: A002 - the word users read
-    """A config field with its default, the help shown by every shell and, for text, its choices."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+def setting(default, help: str, choices: tuple = (), *, ours: bool = False, advanced: bool = False):  # noqa: A002
+    """A config field with its default, the help shown by every shell and, for text, its choices.
+
+    ours: an addition of retouch's, not the paper's (its default leaves the paper's method as it is);
+    advanced: a setting of the paper's rarely changed. The command line lists both under --help-all.
+    """
+    meta = {"help": help, "choices": tuple(choices), "ours": ours, "advanced": advanced or ours}
+    return field(default=default, metadata=meta)
 
 
 def check_number(name: str, value, low=None, high=None, low_open=False, integer=False) -> None:
@@ -75,7 +80,8 @@ class Setting:
     """One field of a method's config dataclass, described for a flag or a form field.
 
     kind: "int", "float", "bool", "str" or "per_concept" (one number, or one per concept);
-    optional: None is a valid value; help: the field's metadata["help"].
+    optional: None is a valid value; help: the field's metadata["help"]; ours: retouch's addition,
+    not the paper's; advanced: listed apart from the paper's main settings (every one of ours is).
     """
 
     name: str
@@ -84,10 +90,17 @@ class Setting:
     default: Any
     help: str
     choices: tuple = ()  # the values a text setting takes (a menu), if fixed
+    ours: bool = False
+    advanced: bool = False
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def description(self) -> str:
+        """The help as every shell shows it: a setting of ours says so first."""
+        return f"ours: {self.help}" if self.ours else self.help
 
     @property
     def label(self) -> str:
@@ -117,6 +130,8 @@ def settings_fields(config_cls) -> list[Setting]:
             f.default,
             f.metadata.get("help", ""),
             f.metadata.get("choices", ()),
+            f.metadata.get("ours", False),
+            f.metadata.get("advanced", False),
         )
         for f in fields(config_cls)
     ]

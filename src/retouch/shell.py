@@ -9,6 +9,8 @@ only): settings flags are built when the command that has them is used.
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -135,10 +137,21 @@ def _click_type(s: Setting):
     return {"int": click.INT, "float": click.FLOAT, "str": click.STRING}[s.kind]
 
 
+class Option(click.Option):
+    """A click option that a MethodCommand lists under a section of its help: "inputs" (what to
+    edit, and how: texts, presets), "settings" (the paper's), None (the other options) or
+    "advanced" (our additions and what is rarely changed: listed by --help-all only)."""
+
+    def __init__(self, *args, section: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
 def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lambda name: True):
     """click Options for the fields of the config classes ({label: class}); a field several
     classes share is one flag whose help gives each class's default. Every option defaults to
-    None (not given): the library's own defaults apply unless a flag is given."""
+    None (not given): the library's own defaults apply unless a flag is given. A setting of ours
+    says so in its help and, with the paper's rarely changed ones, is in the "advanced" section."""
     merged: dict[str, tuple[Setting, dict[str, Any]]] = {}
     choices: dict[str, list] = {}
     for label, cls in configs.items():
@@ -154,13 +167,14 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
         else:
             default = ", ".join(f"{v} for {k}" for k, v in shown.items())
         only = "" if len(defaults) == len(configs) else f" ({', '.join(defaults)} only)"
-        help_text = f"{s.help}{only} [default: {default}]"
+        help_text = f"{s.description}{only} [default: {default}]"
+        section = "advanced" if s.advanced else "settings"
         if s.kind == "bool":
             decl = f"{s.flag}/--no-{s.flag[2:]}"
-            options.append(click.Option([decl, s.name], default=None, help=help_text))
+            options.append(Option([decl, s.name], default=None, help=help_text, section=section))
         else:
             kind = click.Choice(choices[s.name]) if choices[s.name] else _click_type(s)
-            options.append(click.Option([s.flag, s.name], type=kind, default=None, help=help_text))
+            options.append(Option([s.flag, s.name], type=kind, default=None, help=help_text, section=section))
     return options
 
 
@@ -194,6 +208,60 @@ class SettingsCommand(click.Command):
     @params.setter
     def params(self, value: list[click.Parameter]) -> None:
         self._params = value
+
+
+_HELP_ALL = "help_all"
+
+
+def _show_all_help(ctx: click.Context, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        ctx.meta[_HELP_ALL] = True
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+class MethodCommand(SettingsCommand):
+    """A method's command: its help lists what to edit and the presets, then the paper's settings,
+    then the other options; the advanced ones (our additions, the paper's rarely changed
+    settings, the pixel budget) only with --help-all, so that the default help stays short."""
+
+    TITLES = {
+        "inputs": "What to edit",
+        "settings": "The paper's settings",
+        None: "Options",
+        "advanced": "Advanced: our additions and the paper's rarely changed settings",
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._params.append(
+            click.Option(
+                ["--help-all"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=_show_all_help,
+                help="Show every option, the advanced ones too, and exit.",
+            )
+        )
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str | None, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                sections.setdefault(getattr(param, "section", None), []).append(record)
+        show_all = ctx.meta.get(_HELP_ALL, False)
+        for key, title in self.TITLES.items():
+            if sections.get(key) and (show_all or key != "advanced"):
+                with formatter.section(title):
+                    formatter.write_dl(sections[key])
+        hidden = len(sections.get("advanced", []))
+        if hidden and not show_all:
+            formatter.write_paragraph()
+            formatter.write_text(
+                f"{hidden} advanced options (ours, and the paper's rarely changed): --help-all"
+            )
 
 
 # --- the model, quietly ------------------------------------------------------------------------------
@@ -248,17 +316,21 @@ def model_options(fn):
 
 
 def budget_options(fn):
-    """--max-pixels and --resize/--no-resize: the pixel budget of the input image."""
+    """--max-pixels and --resize/--no-resize: the pixel budget of the input image (advanced)."""
     fn = click.option(
         "--resize/--no-resize",
         default=True,
         show_default=True,
+        cls=Option,
+        section="advanced",
         help="Resize an image over the pixel budget down to it (--no-resize: refuse it).",
     )(fn)
     fn = click.option(
         "--max-pixels",
         type=click.IntRange(min=64),
         default=None,
+        cls=Option,
+        section="advanced",
         help="Pixel budget of the input image [default: four times the model's native area, "
         "e.g. 1024x1024 for SD 1.5, 128x128 for the shipped model].",
     )(fn)
@@ -339,14 +411,59 @@ def load_model(model, device, dtype, max_pixels=None, resize=True, config=None, 
     return bundle, time.perf_counter() - t0
 
 
+# --- CPU threads ---------------------------------------------------------------------------------------
+
+
+def threads_option(fn):
+    """--threads: torch's CPU threads for this command (default_threads when not given)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(1),
+        default=None,
+        help="torch CPU threads [default: torch's own count (OMP_NUM_THREADS if set) less the cores "
+        "busy now, at least 1].",
+    )(fn)
+
+
+def default_threads() -> int:
+    """torch's own thread count (the physical cores, or OMP_NUM_THREADS), less the cores other
+    processes keep busy now (the one-minute load average), and at least 1.
+
+    On a busy machine more threads than idle cores make every thread wait for the slowest: one edit
+    took ten times longer with torch's two threads than with one on a two-core machine at a load of
+    two. An idle machine gets all of torch's threads."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+        busy = math.floor(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):  # no affinity or load average on this system
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), cores - busy))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (default_threads() when None); return the count set."""
+    import torch
+
+    count = default_threads() if threads is None else threads
+    torch.set_num_threads(count)
+    return count
+
+
 # --- progress bars -----------------------------------------------------------------------------------
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars are drawn there only, never into a pipe or a file."""
+    return sys.stderr.isatty()
 
 
 @contextmanager
 def progress_bars(enabled: bool = True):
     """A library progress callback progress(stage, done, total) drawn as one tqdm bar per stage on
-    stderr (None when disabled); the bars close when the block ends."""
-    if not enabled:
+    stderr (None when disabled or when stderr is not a terminal); the bars close when the block ends."""
+    if not (enabled and on_terminal()):
         yield None
         return
     from tqdm.auto import tqdm

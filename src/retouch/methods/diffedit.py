@@ -51,39 +51,50 @@ class DiffEditConfig:
     mask_strength: float = setting(0.5, "noise level of the mask's samples: halfway through the schedule")
     mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling")
     mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
-    mask_guidance_scale: float | None = setting(None, "diffusers' CFG on both mask sides; None: paper")
+    mask_guidance_scale: float | None = setting(
+        None, "diffusers' CFG on both mask sides; None: the paper's conditional predictions", ours=True
+    )
     mask_refine_radius: float = setting(
         0.0,
-        "ours: fit D to the image's edges before thresholding, a guided filter with the image as"
+        "fit D to the image's edges before thresholding, a guided filter with the image as"
         " guide, its window this many latent cells each side (an object's mask fills, not spills);"
         " 0: the paper",
+        ours=True,
     )
     mask_keep_ratio: float = setting(
         0.0,
-        "ours: keep only the mask's connected regions whose summed scores reach this share of the"
+        "keep only the mask's connected regions whose summed scores reach this share of the"
         " strongest region's (a weaker region is often another object the texts' words touch); 0: all",
+        ours=True,
     )
     mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
     guide_from_reference: bool = setting(
-        False, "ours: decoding's guidance steers from the reference text instead of from ∅"
+        False, "decoding's guidance steers from the reference text instead of from ∅", ours=True
     )
     reference_guidance_scale: float = setting(
         0.0,
-        "ours: w_R, decoding also steers away from the reference, + w_R·(ε(Q) − ε(R)) (one more"
+        "w_R, decoding also steers away from the reference, + w_R·(ε(Q) − ε(R)) (one more"
         " UNet branch); 0: the paper",
+        ours=True,
     )
     changed_word_scale: float = setting(
         1.0,
-        "ours: inside the mask, the cross-attention to the query's words the reference lacks is"
+        "inside the mask, the cross-attention to the query's words the reference lacks is"
         " weighed by this (renormalised over the words); 1: the paper",
+        ours=True,
     )
     shared_word_scale: float = setting(
-        1.0, "ours: the same for the query's words the reference also has (the scene kept); 1: the paper"
+        1.0,
+        "the same for the query's words the reference also has (the scene kept); 1: the paper",
+        ours=True,
     )
-    paste_back: bool = setting(False, "ours: paste the unmasked input pixels back after decoding")
-    feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask")
+    paste_back: bool = setting(False, "paste the unmasked input pixels back after decoding", ours=True)
+    feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask", ours=True)
     solver: str = setting(
-        "ddim", "ddim (the paper) or dpmsolver++: DPM-Solver++(2M), to encode and decode", SOLVERS
+        "ddim",
+        "ddim (the paper) or dpmsolver++: DPM-Solver++(2M), to encode and decode",
+        SOLVERS,
+        ours=True,
     )
 
     def check(self) -> None:

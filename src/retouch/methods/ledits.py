@@ -57,17 +57,22 @@ class LEditsConfig:
     target_guidance_scale: float = setting(15.0, "w_tar, CFG of the target prompt while editing")
     edit_scale: Number = setting(7.0, "s_i")
     edit_warmup: Number = setting(2, "δ_i, steps before a concept's term is applied")
-    edit_cooldown: Number | None = setting(None, "step from which a concept's term stops (None: never)")
+    edit_cooldown: Number | None = setting(
+        None, "step from which a concept's term stops (None: never)", advanced=True
+    )
     edit_threshold: Number = setting(0.95, "λ_i: per-channel quantile; 0.95 keeps 5 %")
-    edit_weight: Number = setting(1.0, "w_i ≥ 0, normalised over the active concepts")
-    momentum_scale: float = setting(0.3, "s_m")
-    momentum_beta: float = setting(0.6, "β_m")
-    feather: float = setting(1.0, "pixels, for the display mask and paste-back")
+    edit_weight: Number = setting(1.0, "w_i ≥ 0, normalised over the active concepts", advanced=True)
+    momentum_scale: float = setting(0.3, "s_m", advanced=True)
+    momentum_beta: float = setting(0.6, "β_m", advanced=True)
+    feather: float = setting(1.0, "pixels, for the display mask and paste-back", ours=True)
     paste_back: bool = setting(
-        False, "ours, with a mask: paste the unmasked input pixels back after decoding"
+        False, "with a mask: paste the unmasked input pixels back after decoding", ours=True
     )
     solver: str = setting(
-        "ddpm", "ddpm (the paper) or dpmsolver++: LEDITS++'s 2M SDE inversion, for fewer steps", SOLVERS
+        "ddpm",
+        "ddpm (the paper) or dpmsolver++: LEDITS++'s 2M SDE inversion, for fewer steps",
+        SOLVERS,
+        advanced=True,
     )
 
     def check(self) -> None:

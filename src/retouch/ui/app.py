@@ -68,7 +68,7 @@ def form_defaults(method: str) -> dict:
 
 def _field(method: str, s: Setting):
     """The form component of one config field."""
-    kw = dict(label=s.label, info=s.help or None, elem_id=f"{method}-{s.name}")
+    kw = dict(label=s.label, info=s.description or None, elem_id=f"{method}-{s.name}")
     if s.kind == "bool":
         return gr.Checkbox(value=s.default, **kw)
     if s.kind == "str" and s.choices:
@@ -76,7 +76,7 @@ def _field(method: str, s: Setting):
     if s.kind == "str":
         return gr.Textbox(value=s.default, **kw)
     if s.kind == "per_concept":
-        kw["info"] = f"{s.help} — one value, or one per concept separated by commas".lstrip(" —")
+        kw["info"] = f"{s.description} — one value, or one per concept separated by commas".lstrip(" —")
         return gr.Textbox(value=shown(s), **kw)
     return gr.Number(value=s.default, precision=0 if s.kind == "int" else None, **kw)
 
