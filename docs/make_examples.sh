@@ -9,9 +9,9 @@ mkdir -p "$out"
 # DiffEdit: recolour, its inferred mask, and the result
 $r mask examples/red_circle.png -o $out/diffedit_mask.png \
   --query "a green circle on a white background" --reference "a red circle on a white background"
-$r edit examples/red_circle.png -o $out/diffedit_green.png --method diffedit \
+$r edit diffedit examples/red_circle.png -o $out/diffedit_green.png \
   --query "a green circle on a white background" --reference "a red circle on a white background"
-$r edit examples/two_shapes.png -o $out/diffedit_two.png --method diffedit \
+$r edit diffedit examples/two_shapes.png -o $out/diffedit_two.png \
   --query "a blue square and a red triangle on a gray background" \
   --reference "a blue square and a yellow triangle on a gray background"
 $r mask examples/two_shapes.png -o $out/diffedit_two_mask.png \
@@ -21,7 +21,7 @@ $r mask examples/two_shapes.png -o $out/diffedit_two_mask.png \
 # DiffEdit: taking an object out, at the paper's settings, at r = 1.0 alone, and under --preset remove
 for v in "paper:" "r1:--encode-ratio 1.0" "preset:--preset remove"; do
   # shellcheck disable=SC2086 # the flags split into words
-  $r edit examples/red_circle.png -o "$out/diffedit_remove_${v%%:*}.png" --method diffedit ${v#*:} \
+  $r edit diffedit examples/red_circle.png -o "$out/diffedit_remove_${v%%:*}.png" ${v#*:} \
     --query "a white background" --reference "a red circle on a white background"
 done
 
@@ -32,10 +32,10 @@ done
 recolor_pair() { # input name, seed, query, reference
   for v in "unweighed:--changed-word-scale 1 --shared-word-scale 1" "weighed:"; do
     # shellcheck disable=SC2086 # the flags split into words
-    $r edit "examples/$1.png" -o "$out/diffedit_recolor_$1_${v%%:*}.png" --method diffedit --preset recolor \
+    $r edit diffedit "examples/$1.png" -o "$out/diffedit_recolor_$1_${v%%:*}.png" --preset recolor \
       --mask-refine-radius 0 --mask-threshold 0.8 ${v#*:} --seed "$2" --query "$3" --reference "$4"
   done
-  $r edit "examples/$1.png" -o "$out/diffedit_recolor_$1_preset.png" --method diffedit --preset recolor \
+  $r edit diffedit "examples/$1.png" -o "$out/diffedit_recolor_$1_preset.png" --preset recolor \
     --seed "$2" --query "$3" --reference "$4"
 }
 recolor_pair purple_square 10000130 \
@@ -62,13 +62,13 @@ done
 
 # A new background: DiffEdit at the paper's settings, then each method under its background preset
 bg_r="a blue square and a yellow triangle on a gray background"
-$r edit examples/two_shapes.png -o $out/background_diffedit_paper_black.png --method diffedit \
+$r edit diffedit examples/two_shapes.png -o $out/background_diffedit_paper_black.png \
   --query "${bg_r/gray/black}" --reference "$bg_r"
 $r invert examples/two_shapes.png -o $out/two_shapes_bg.inversion.safetensors --source "$bg_r"
 for bg in black white; do
-  $r edit examples/two_shapes.png -o "$out/background_diffedit_preset_$bg.png" --method diffedit \
+  $r edit diffedit examples/two_shapes.png -o "$out/background_diffedit_preset_$bg.png" \
     --preset background --query "${bg_r/gray/$bg}" --reference "$bg_r"
-  $r edit examples/two_shapes.png -o "$out/background_ledits_preset_$bg.png" --method ledits \
+  $r edit ledits examples/two_shapes.png -o "$out/background_ledits_preset_$bg.png" \
     --preset background --inversion $out/two_shapes_bg.inversion.safetensors \
     --add "$bg background" --remove "gray background"
 done
@@ -77,9 +77,9 @@ rm $out/two_shapes_bg.inversion.safetensors
 # LEDITS: one inversion, two edits from it (SEGA concepts under the object preset; a target prompt)
 $r invert examples/red_circle.png -o $out/red_circle.inversion.safetensors \
   --source "a red circle on a white background"
-$r edit examples/red_circle.png -o $out/ledits_concepts.png --method ledits \
+$r edit ledits examples/red_circle.png -o $out/ledits_concepts.png \
   --inversion $out/red_circle.inversion.safetensors --add "green circle" --remove "red circle" --preset object
-$r edit examples/red_circle.png -o $out/ledits_prompt.png --method ledits \
+$r edit ledits examples/red_circle.png -o $out/ledits_prompt.png \
   --inversion $out/red_circle.inversion.safetensors --prompt "a green circle on a white background"
 rm $out/red_circle.inversion.safetensors
 
