@@ -137,7 +137,9 @@ def test_each_method_lists_its_own_settings_the_papers_by_default(method):
     assert {s.flag for s in own if s.ours} and {s.flag for s in own if not s.advanced}
     others = {s.flag for c in configs.values() for s in settings_fields(c)} - {s.flag for s in own}
     assert not others & listed(full)
-    assert {"--max-pixels", "--no-progress"} <= listed(full) - listed(short)
+    assert {"--max-pixels", "--no-progress", "--model-config", "--allow-pickle"} <= listed(full) - listed(
+        short
+    )
     assert {"--model", "--device", "--dtype", "--threads", "--seed", "--preset"} <= listed(short)
     assert short.index("The paper's settings:") < short.index("Options:")
     assert "Advanced" not in short and "--help-all" in short and "Advanced" in full

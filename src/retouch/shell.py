@@ -284,12 +284,15 @@ def file_option(name: str, default=None):
 
 
 def model_options(fn):
-    """--model, --device and --dtype; --model-config and --allow-pickle for a single-file checkpoint."""
+    """--model, --device and --dtype; --model-config and --allow-pickle for a single-file checkpoint
+    (advanced: a method's --help-all lists them)."""
     fn = click.option(
         "--allow-pickle",
         is_flag=True,
         expose_value=False,
         callback=_remember,
+        cls=Option,
+        section="advanced",
         help="Also load pickled weights (.ckpt, .bin): unpickling can run code; only for a file you trust.",
     )(fn)
     fn = click.option(
@@ -298,6 +301,8 @@ def model_options(fn):
         metavar="FOLDER|HUB_ID",
         expose_value=False,
         callback=_remember,
+        cls=Option,
+        section="advanced",
         help="For a single-file checkpoint: a diffusers folder (or cached hub id) of its family, whose "
         "configs and tokenizers go with its weights [default: the family's cached default].",
     )(fn)
