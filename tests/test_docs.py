@@ -164,3 +164,12 @@ def test_links_between_documents_resolve():
             elif anchor and dest.exists() and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_readme_is_a_front_door():
+    """The README stays short, its first line edits with the shipped model and its second is the
+    setup-and-test command CI runs."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150)"
+    assert lines[0].startswith("bash setup.sh && .venv/bin/retouch edit ")
+    assert lines[1].startswith("bash setup.sh test") and lines[1].endswith(".venv/bin/python -m pytest")
