@@ -1030,3 +1030,38 @@ def test_fast_applies_the_named_fast_settings_and_flags_override_them(image, tmp
     assert result.exit_code == 0, result.output
     settings = read_params(out)["settings"]  # taken from the inversion
     assert (settings["num_inference_steps"], settings["solver"]) == (20, "dpmsolver++")
+
+
+def test_threads_default_to_the_idle_cores_and_the_flag_sets_them(image, tmp_path, model_args, monkeypatch):
+    """--threads N sets torch's threads; without it, torch's own count less the busy cores, at least 1."""
+    from retouch.shell import default_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    for load, threads in [(0.0, 4), (2.4, 4), (3.6, 2), (5.0, 1), (40.0, 1)]:
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert default_threads() == threads, load
+    monkeypatch.undo()
+    result = edit(image, tmp_path / "out.png", model_args, "diffedit", "--threads", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    for command in (["edit", "ledits"], ["invert"], ["mask"], ["ui"]):
+        assert "--threads" in listed(run(*command, "--help").output), command
+    assert "Invalid value for '--threads'" in one_error_line(
+        edit(image, tmp_path / "o.png", [], "diffedit", "--threads", "0")
+    )
+
+
+def test_presets_are_an_attribute_of_the_package():
+    code = "import retouch; assert retouch.presets.DIFFEDIT['tight-mask'] and 'presets' in retouch.__all__"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_help_lists_a_manifests_fields():
+    from retouch.batch.manifest import COMMON, TEXTS
+
+    text = " ".join(run("batch", "--help").output.split())
+    for key in {*COMMON, *(k for keys in TEXTS.values() for k in keys)}:
+        assert key in text.split("Keys of every row:")[1], key
+    assert "any setting of the method by its config name" in text

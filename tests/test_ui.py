@@ -213,11 +213,14 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
 
     monkeypatch.setattr(retouch.ui.app, "launch", launch)
     monkeypatch.setattr(retouch.ui.command, "load_model", lambda model, device, dtype: ("the model", 0.0))
-    result = CliRunner().invoke(main, ["ui", "--port", "7999", "--max-pixels", "1024", "--time-limit", "30"])
+    args = ["ui", "--port", "7999", "--max-pixels", "1024", "--time-limit", "30", "--threads", "3"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert served == dict(
         model="the model", host="127.0.0.1", port=7999, max_pixels=1024, time_limit=30.0, concurrency=2
     )
+    assert torch.get_num_threads() == 3
+    torch.set_num_threads(1)
     for args, message in [
         (["--port", "0"], "Invalid value for '--port'"),
         (["--time-limit", "nan"], "--time-limit must be finite"),
@@ -467,3 +470,12 @@ def test_a_second_visitor_is_served_while_an_over_budget_edit_runs_and_stop_ends
             assert ended.get(timeout=20) == "Stopped"  # the server's edit ended at its next step
     finally:
         demo.close()
+
+
+def test_the_page_says_sides_and_areas_apart():
+    """Each side's bounds in pixels a side, the budget in pixels in all (and its square)."""
+    from retouch.ui.app import size_limits
+
+    text = size_limits(4096)
+    assert "Each side of an image from 8 to 4096 pixels" in text
+    assert "more than 4096 pixels in all (64x64) is edited resized down" in text

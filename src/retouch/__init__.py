@@ -34,10 +34,14 @@ _LAZY = {
     "PRESETS": "retouch.methods.ledits",
 }
 
-__all__ = sorted(_LAZY)
+_MODULES = ("presets",)  # submodules a user reaches as attributes: retouch.presets.DIFFEDIT
+
+__all__ = sorted([*_LAZY, *_MODULES])
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"retouch.{name}")
     raise AttributeError(f"module 'retouch' has no attribute {name!r}")

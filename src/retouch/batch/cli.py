@@ -21,7 +21,18 @@ from pathlib import Path
 
 import click
 
-from retouch.shell import CONTEXT, budget_options, model_options
+from retouch.batch.manifest import COMMON, TEXTS
+from retouch.shell import CONTEXT, budget_options, model_options, on_terminal
+
+MANIFEST_HELP = (
+    "A manifest holds one edit per row: JSON Lines, or CSV with a header row (add and remove split "
+    "on ';'). For example:\n\n\b\n"
+    '  {"image": "photo.png", "method": "diffedit", "query": "...", "reference": "..."}\n\n'
+    f"Keys of every row: {', '.join(COMMON)} (image and mask relative to the manifest, output a "
+    "file name under --out, mask 'infer' for ledits); "
+    + "; ".join(f"of {method} rows: {', '.join(keys)}" for method, keys in TEXTS.items())
+    + "; and any setting of the method by its config name (`retouch edit METHOD --help-all`)."
+)
 
 
 def _default_workers(device: str | None) -> int:
@@ -32,7 +43,7 @@ def _default_workers(device: str | None) -> int:
     return 1
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT, epilog=MANIFEST_HELP)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out",
@@ -103,7 +114,13 @@ def batch(
     rows = resolve_rows(raw, manifest.resolve().parent, out_dir)
     t0 = time.perf_counter()
     counts = {"failed": 0, "run_now": 0}
-    with tqdm(total=len(rows), desc="batch", disable=no_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(rows),
+        desc="batch",
+        disable=no_progress or not on_terminal(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
 
         def on_result(result: dict) -> None:
             counts["failed"] += result["status"] != "ok"

@@ -46,6 +46,7 @@ from retouch.shell import (
     ModelLoader,
     SettingsCommand,
     given_settings,
+    on_terminal,
     quiet_libraries,
     setting_options,
 )
@@ -283,7 +284,13 @@ def run_bench(
     todo = _todo(cases, methods, settings, sweep, path)
     with (
         open(path, "a") as f,
-        tqdm(total=len(todo), desc="bench", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
+        tqdm(
+            total=len(todo),
+            desc="bench",
+            disable=not (progress and on_terminal()),
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar,
     ):
 
         def emit(row: dict) -> None:

@@ -46,7 +46,13 @@ FAST = dict(num_inference_steps=20, skip=0.36)
 
 @dataclass(frozen=True)
 class LEditsConfig:
-    """Every LEDITS default, once: the values of the LEDITS authors' demo (docs/ledits.md, defaults).
+    """Every LEDITS default, once: the papers' values, as the reference demo the LEDITS authors
+    published with their paper sets them (Tsaban & Passos 2023, arXiv 2307.00522; the Hugging Face
+    Space editing-images/ledits; docs/ledits.md, defaults).
+
+    The papers': N, skip and w_src (edit-friendly DDPM inversion), w_tar, and SEGA's s_i, δ_i, λ_i,
+    w_i, the cool-down, s_m and β_m. Ours (a field's `ours`; off by default): paste_back and
+    feather. solver's dpmsolver++ is LEDITS++'s inversion (Brack et al. 2024), for fewer steps.
 
     The edit_* fields are one value for every concept or a sequence of one per concept (the
     concepts to add first, then those to remove)."""

@@ -226,6 +226,17 @@ def _example_images(size: int) -> list[list]:
     return rows
 
 
+def size_limits(pixel_budget: int) -> str:
+    """What the page says of an upload's size: each side's bounds, the file's, and the area over
+    which an image is edited resized down."""
+    side = int(pixel_budget**0.5)
+    return (
+        f"Each side of an image from {MIN_SIDE} to {MAX_SIDE} pixels, the file up to {MAX_FILE_SIZE}; "
+        f"an image of more than {pixel_budget} pixels in all ({side}x{side}) is edited resized down "
+        "to that area."
+    )
+
+
 def app_model(model: ModelBundle, max_pixels: int | None = None) -> ModelBundle:
     """The model as the app uses it: uploads over `max_pixels` (default the model's native area,
     a quarter of the library's budget) resized down to it."""
@@ -244,14 +255,11 @@ def build_app(
     check_number("time_limit", time_limit, low=0, low_open=True)
     check_number("concurrency", concurrency, low=1, integer=True)
     model = app_model(model, max_pixels)
-    side = int(model.pixel_budget**0.5)
     with gr.Blocks(title="retouch", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
             "# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
             "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
-            f"concepts. Images from {MIN_SIDE} to {MAX_SIDE} pixels a side, up to {MAX_FILE_SIZE}; "
-            f"larger than {model.pixel_budget} pixels ({side}x{side}), they are edited resized down. "
-            f"An edit stops after {time_limit:g} s."
+            f"concepts. {size_limits(model.pixel_budget)} An edit stops after {time_limit:g} s."
         )
         cache = gr.State(None, time_to_live=3600)
         with gr.Row():  # the three images side by side, one width: the same image shown alike
