@@ -1065,3 +1065,34 @@ def test_batch_help_lists_a_manifests_fields():
     for key in {*COMMON, *(k for keys in TEXTS.values() for k in keys)}:
         assert key in text.split("Keys of every row:")[1], key
     assert "any setting of the method by its config name" in text
+
+
+def doc_examples(path: Path) -> list[tuple[str, str, int]]:
+    """(command, its stderr, its exit code) of each example in the docs' console blocks."""
+    blocks = re.findall(r"```console\n(.*?)```", path.read_text(), re.S)
+    lines = [line for block in blocks for line in block.splitlines()]
+    examples = []
+    for i, line in enumerate(lines):
+        if line.startswith("$ retouch "):
+            assert lines[i + 2] == "$ echo $?", lines[i : i + 3]
+            examples.append((line[2:], lines[i + 1], int(lines[i + 3])))
+    return examples
+
+
+def test_the_docs_error_examples_are_what_the_commands_say(tmp_path, image, monkeypatch):
+    """Each example of docs/cli.md, run in a folder holding photo.png alone: its line and exit code."""
+    import shlex
+
+    import retouch
+
+    monkeypatch.setattr(retouch, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    examples = doc_examples(Path(__file__).resolve().parents[1] / "docs" / "cli.md")
+    assert len(examples) >= 8
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(image.read_bytes())
+    monkeypatch.chdir(folder)
+    for command, says, code in examples:
+        result = CliRunner().invoke(main, shlex.split(command)[1:], prog_name="retouch")
+        assert (result.exit_code, result.stderr.strip()) == (code, says), command
+        assert sorted(os.listdir(folder)) == ["photo.png"], command  # nothing written

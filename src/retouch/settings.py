@@ -19,13 +19,24 @@ from typing import Any
 from retouch.errors import SettingError
 
 
-def setting(default, help: str, choices: tuple = (), *, ours: bool = False, advanced: bool = False):  # noqa: A002
+def setting(
+    default,
+    help: str,  # noqa: A002 - the word users read
+    choices: tuple = (),
+    *,
+    values: str = "",
+    ours: bool = False,
+    advanced: bool = False,
+):
     """A config field with its default, the help shown by every shell and, for text, its choices.
 
-    ours: an addition of retouch's, not the paper's (its default leaves the paper's method as it is);
-    advanced: a setting of the paper's rarely changed. The command line lists both under --help-all.
+    values: the numbers it takes, as the docs write them ("(0, 1]", "≥ 0, whole"), which its
+    config's check() enforces; ours: an addition of retouch's, not the paper's (its default leaves
+    the paper's method as it is); advanced: a setting of the paper's rarely changed. The command
+    line lists both under --help-all.
     """
-    meta = {"help": help, "choices": tuple(choices), "ours": ours, "advanced": advanced or ours}
+    meta = {"help": help, "choices": tuple(choices), "values": values, "ours": ours}
+    meta["advanced"] = advanced or ours
     return field(default=default, metadata=meta)
 
 
@@ -90,6 +101,7 @@ class Setting:
     default: Any
     help: str
     choices: tuple = ()  # the values a text setting takes (a menu), if fixed
+    values: str = ""  # the numbers it takes, as the docs write them: "(0, 1]", "≥ 0, whole"
     ours: bool = False
     advanced: bool = False
 
@@ -130,6 +142,7 @@ def settings_fields(config_cls) -> list[Setting]:
             f.default,
             f.metadata.get("help", ""),
             f.metadata.get("choices", ()),
+            f.metadata.get("values", ""),
             f.metadata.get("ours", False),
             f.metadata.get("advanced", False),
         )

@@ -44,15 +44,28 @@ PRESETS = DIFFEDIT  # named settings for an edit's aim (retouch.presets)
 class DiffEditConfig:
     """Every DiffEdit default, once. Paper values unless noted."""
 
-    num_inference_steps: int = setting(50, "N, DDIM steps of the full schedule")
-    encode_ratio: float = setting(0.8, "r: encode through the first r·N steps (paper sweeps 0.5–0.9)")
-    guidance_scale: float = setting(7.5, "CFG on the query while decoding (Stable Diffusion's 7.5)")
-    mask_samples: int = setting(10, "n independent noises for the mask")
-    mask_strength: float = setting(0.5, "noise level of the mask's samples: halfway through the schedule")
-    mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling")
-    mask_threshold: float = setting(0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)")
+    num_inference_steps: int = setting(50, "N, DDIM steps of the full schedule", values="[1, 1000], whole")
+    encode_ratio: float = setting(
+        0.8,
+        "r: encode through the first r·N steps (paper sweeps 0.5–0.9)",
+        values="(0, 1], at least one step of N",
+    )
+    guidance_scale: float = setting(
+        7.5, "CFG on the query while decoding (Stable Diffusion's 7.5)", values="≥ 0"
+    )
+    mask_samples: int = setting(10, "n independent noises for the mask", values="[1, 1000], whole")
+    mask_strength: float = setting(
+        0.5, "noise level of the mask's samples: halfway through the schedule", values="(0, 1]"
+    )
+    mask_clamp: float = setting(3.0, "k: clamp D to [0, k·mean D] before rescaling", values="> 0")
+    mask_threshold: float = setting(
+        0.5, "binarisation threshold (0.25 overshoots, 0.75 too tight)", values="[0, 1]"
+    )
     mask_guidance_scale: float | None = setting(
-        None, "diffusers' CFG on both mask sides; None: the paper's conditional predictions", ours=True
+        None,
+        "diffusers' CFG on both mask sides; None: the paper's conditional predictions",
+        ours=True,
+        values="≥ 0",
     )
     mask_refine_radius: float = setting(
         0.0,
@@ -60,14 +73,18 @@ class DiffEditConfig:
         " guide, its window this many latent cells each side (an object's mask fills, not spills);"
         " 0: the paper",
         ours=True,
+        values="[0, 64]",
     )
     mask_keep_ratio: float = setting(
         0.0,
         "keep only the mask's connected regions whose summed scores reach this share of the"
         " strongest region's (a weaker region is often another object the texts' words touch); 0: all",
         ours=True,
+        values="[0, 1]",
     )
-    mode: str = setting("diffedit", "or the paper's ablations: no_mask, no_encoding, sdedit", MODES)
+    mode: str = setting(
+        "diffedit", "the method, or one of the paper's ablations: no_mask, no_encoding, sdedit", MODES
+    )
     guide_from_reference: bool = setting(
         False, "decoding's guidance steers from the reference text instead of from ∅", ours=True
     )
@@ -76,20 +93,25 @@ class DiffEditConfig:
         "w_R, decoding also steers away from the reference, + w_R·(ε(Q) − ε(R)) (one more"
         " UNet branch); 0: the paper",
         ours=True,
+        values="≥ 0",
     )
     changed_word_scale: float = setting(
         1.0,
         "inside the mask, the cross-attention to the query's words the reference lacks is"
         " weighed by this (renormalised over the words); 1: the paper",
         ours=True,
+        values="[0, 100]",
     )
     shared_word_scale: float = setting(
         1.0,
         "the same for the query's words the reference also has (the scene kept); 1: the paper",
         ours=True,
+        values="[0, 100]",
     )
     paste_back: bool = setting(False, "paste the unmasked input pixels back after decoding", ours=True)
-    feather: float = setting(1.0, "pixels of Gaussian feather for paste-back and the display mask", ours=True)
+    feather: float = setting(
+        1.0, "pixels of Gaussian feather for paste-back and the display mask", ours=True, values="[0, 64]"
+    )
     solver: str = setting(
         "ddim",
         "ddim (the paper) or dpmsolver++: DPM-Solver++(2M), to encode and decode",

@@ -57,20 +57,30 @@ class LEditsConfig:
     The edit_* fields are one value for every concept or a sequence of one per concept (the
     concepts to add first, then those to remove)."""
 
-    num_inference_steps: int = setting(100, "N")
-    skip: float = setting(36, "steps not edited at the top: a count (36) or a fraction of N (0.36)")
-    source_guidance_scale: float = setting(3.5, "w_src, CFG of the source prompt while inverting")
-    target_guidance_scale: float = setting(15.0, "w_tar, CFG of the target prompt while editing")
-    edit_scale: Number = setting(7.0, "s_i")
-    edit_warmup: Number = setting(2, "δ_i, steps before a concept's term is applied")
-    edit_cooldown: Number | None = setting(
-        None, "step from which a concept's term stops (None: never)", advanced=True
+    num_inference_steps: int = setting(100, "N", values="[1, 1000], whole")
+    skip: float = setting(
+        36,
+        "steps not edited at the top: a count (36) or a fraction of N (0.36)",
+        values="a whole count below N, or a fraction of N in (0, 1)",
     )
-    edit_threshold: Number = setting(0.95, "λ_i: per-channel quantile; 0.95 keeps 5 %")
-    edit_weight: Number = setting(1.0, "w_i ≥ 0, normalised over the active concepts", advanced=True)
-    momentum_scale: float = setting(0.3, "s_m", advanced=True)
-    momentum_beta: float = setting(0.6, "β_m", advanced=True)
-    feather: float = setting(1.0, "pixels, for the display mask and paste-back", ours=True)
+    source_guidance_scale: float = setting(
+        3.5, "w_src, CFG of the source prompt while inverting", values="≥ 0"
+    )
+    target_guidance_scale: float = setting(
+        15.0, "w_tar, CFG of the target prompt while editing", values="≥ 0"
+    )
+    edit_scale: Number = setting(7.0, "s_i", values="≥ 0")
+    edit_warmup: Number = setting(2, "δ_i, steps before a concept's term is applied", values="≥ 0, whole")
+    edit_cooldown: Number | None = setting(
+        None, "step from which a concept's term stops (None: never)", advanced=True, values="≥ 0, whole"
+    )
+    edit_threshold: Number = setting(0.95, "λ_i: per-channel quantile; 0.95 keeps 5 %", values="[0, 1]")
+    edit_weight: Number = setting(
+        1.0, "w_i ≥ 0, normalised over the active concepts", advanced=True, values="≥ 0"
+    )
+    momentum_scale: float = setting(0.3, "s_m", advanced=True, values="≥ 0")
+    momentum_beta: float = setting(0.6, "β_m", advanced=True, values="[0, 1]")
+    feather: float = setting(1.0, "pixels, for the display mask and paste-back", ours=True, values="[0, 64]")
     paste_back: bool = setting(
         False, "with a mask: paste the unmasked input pixels back after decoding", ours=True
     )

@@ -40,25 +40,37 @@ ARCHITECTURES = ("mini", "mini-attn", "mini-deep", "mini-deep-text")
 class TrainConfig:
     """Every training default, once (both stages; each reads what it needs)."""
 
-    steps: int = setting(3000, "optimiser steps of the whole schedule (a resumed run may raise it)")
-    batch_size: int = setting(32, "scenes per step")
-    lr: float = setting(1e-3, "peak learning rate (AdamW), after warm-up; cosine decay to 5 %")
-    warmup: int = setting(200, "linear warm-up steps")
-    seed: int = setting(0, "seed of the data order, noises and initial weights")
-    checkpoint_every: int = setting(250, "steps between checkpoints (training resumes from the last)")
-    log_every: int = setting(50, "steps between log lines")
-    kl_weight: float = setting(1e-6, "autoencoder: weight of the KL term")
+    steps: int = setting(
+        3000, "optimiser steps of the whole schedule (a resumed run may raise it)", values="≥ 1, whole"
+    )
+    batch_size: int = setting(32, "scenes per step", values="≥ 1, whole")
+    lr: float = setting(1e-3, "peak learning rate (AdamW), after warm-up; cosine decay to 5 %", values="> 0")
+    warmup: int = setting(200, "linear warm-up steps", values="≥ 0, whole")
+    seed: int = setting(0, "seed of the data order, noises and initial weights", values="≥ 0, whole")
+    checkpoint_every: int = setting(
+        250, "steps between checkpoints (training resumes from the last)", values="≥ 1, whole"
+    )
+    log_every: int = setting(50, "steps between log lines", values="≥ 1, whole")
+    kl_weight: float = setting(1e-6, "autoencoder: weight of the KL term", values="≥ 0")
     decoder_only: bool = setting(
         False, "autoencoder: fine-tune the decoder with the encoder (and latents) frozen"
     )
-    caption_dropout: float = setting(0.1, "unet: share of empty captions, for classifier-free guidance")
-    ema_decay: float = setting(0.999, "unet: EMA of the weights (the exported ones)")
-    min_snr_gamma: float = setting(5.0, "unet: Min-SNR loss weighting γ (Hang et al. 2023)")
-    dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached")
-    three_object_share: float = setting(0.4, "unet: share of three-object scenes (binding is hardest there)")
-    whole_caption_share: float = setting(0.4, "unet: share of whole captions (the rest partial or bare)")
+    caption_dropout: float = setting(
+        0.1, "unet: share of empty captions, for classifier-free guidance", values="[0, 1]"
+    )
+    ema_decay: float = setting(0.999, "unet: EMA of the weights (the exported ones)", values="[0, 1]")
+    min_snr_gamma: float = setting(5.0, "unet: Min-SNR loss weighting γ (Hang et al. 2023)", values="> 0")
+    dataset_size: int = setting(60_000, "unet: training scenes encoded once and cached", values="≥ 1, whole")
+    three_object_share: float = setting(
+        0.4, "unet: share of three-object scenes (binding is hardest there)", values="[0, 1]"
+    )
+    whole_caption_share: float = setting(
+        0.4, "unet: share of whole captions (the rest partial or bare)", values="[0, 1]"
+    )
     bare_background_share: float = setting(
-        1 / 6, 'unet: share of the bare concepts that name the background ("white background")'
+        1 / 6,
+        'unet: share of the bare concepts that name the background ("white background")',
+        values="[0, 1]",
     )
     architecture: str = setting(
         "mini",
@@ -68,17 +80,21 @@ class TrainConfig:
         choices=ARCHITECTURES,
     )
     grown_lr_scale: float = setting(
-        1.0, "unet: learning rate of the blocks and text layers a grown model gains, as a multiple of --lr"
+        1.0,
+        "unet: learning rate of the blocks and text layers a grown model gains, as a multiple of --lr",
+        values="> 0",
     )
     grounding_weight: float = setting(
         0.0,
         "unet: weight of the token grounding loss (TokenCompose, Wang et al. 2024): each object's and"
         " the background's words keep their cross-attention inside their region [0: none]",
+        values="≥ 0",
     )
     image_size: int = setting(
         64,
         "unet: pixels a side of the training scenes, a multiple of 16: the exported model's native"
         " size (the autoencoder is convolutional: the same one serves every size)",
+        values="≥ 32, a multiple of 16",
     )
 
     def __post_init__(self):
