@@ -173,3 +173,30 @@ def test_readme_is_a_front_door():
     assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150)"
     assert lines[0].startswith("bash setup.sh && .venv/bin/retouch edit ")
     assert lines[1].startswith("bash setup.sh test") and lines[1].endswith(".venv/bin/python -m pytest")
+
+
+def _python_blocks(path: Path) -> str:
+    """The Python blocks of a page as one script, but those that need a model of the user's own."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return "\n".join(b for b in blocks if "path/to" not in b and "stable-diffusion" not in b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["README.md", "docs/diffedit.md", "docs/ledits.md"])
+def test_pages_python_runs_as_written(page, tmp_path, monkeypatch):
+    """The page's Python, run in order on the shipped model, writes what it says it writes."""
+    import torch
+
+    code = _python_blocks(ROOT / page)
+    assert "retouch." in code
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, page, "exec"), {"__name__": "docs_page"})
+    finally:
+        torch.set_num_threads(threads)
+    written = {p.name for p in tmp_path.iterdir()} - {"examples"}
+    for name in re.findall(r"\.save\(\"([^\"/]+)\"\)", code):
+        assert name in written, f"{page} says it saves {name}"
