@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -361,3 +362,154 @@ def test_save_is_atomic(small_inversion, tmp_path, monkeypatch):
         small_inversion.save(path)
     assert path.read_bytes() == before  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.safetensors"]  # no partial file left
+
+
+# --- one validation step: what a file says against what it holds and the model's schedule -----------------
+
+
+def _rewritten(path, out, change, resign: bool = True):
+    """A copy of the inversion file with change(meta, tensors) applied; resign: its checksum made
+    again (an edit by someone who knows the format), else the old one kept."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from retouch.types import content_hash
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["retouch_inversion"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    change(meta, tensors)
+    if resign:
+        meta["content_hash"] = content_hash({k: v for k, v in meta.items() if k != "content_hash"}, tensors)
+    save_file(tensors, out, metadata={"retouch_inversion": json.dumps(meta)})
+    return out
+
+
+def test_a_damaged_or_spliced_inversion_file_is_refused_as_such(tiny_eps, small_inversion, tmp_path):
+    """Flipped data bytes, or one file's tensors under another's metadata: refused as damaged by the
+    checksum written at save time, not reported later as an edit that overflowed."""
+    from retouch.errors import InversionError
+
+    path = tmp_path / "inv.safetensors"
+    small_inversion.save(path)
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x40  # a byte of the last tensor's data
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InversionError, match="checksum"):
+        Inversion.load(tmp_path / "flipped.safetensors", model=tiny_eps)
+    other = retouch.invert(tiny_eps, np.full((64, 64, 3), 200, np.uint8), num_inference_steps=10, skip=2)
+    other.save(tmp_path / "other.safetensors")
+
+    def splice(meta, tensors):
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "other.safetensors"), framework="pt") as f:
+            meta.clear()
+            meta.update(json.loads(f.metadata()["retouch_inversion"]))
+
+    spliced = _rewritten(path, tmp_path / "spliced.safetensors", splice, resign=False)
+    with pytest.raises(InversionError, match="checksum"):
+        Inversion.load(spliced)
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("a timestep of -5", lambda m, t: m.update(timesteps=[*m["timesteps"][:-1], -5]), "timesteps"),
+        ("a timestep of 9701", lambda m, t: m.update(timesteps=[9701, *m["timesteps"][1:]]), "timesteps"),
+        ("steps that disagree", lambda m, t: m.update(num_inference_steps=12), "timesteps"),
+        ("a skip that disagrees", lambda m, t: m.update(skip=3), "timesteps"),
+        ("height 60000", lambda m, t: m.update(height=60000, width=60000), "height"),
+        ("float16 tensors", lambda m, t: t.update({k: v.half() for k, v in t.items()}), "float32"),
+    ],
+)
+def test_an_inversion_is_checked_against_its_tensors_and_the_schedule(
+    tiny_eps, small_inversion, tmp_path, name, change, message
+):
+    """Every field against the tensors and the model's schedule (the scheduler's timesteps for the
+    recorded steps and skip), before any model work, even when the checksum was made again."""
+    from retouch.errors import InputError
+
+    path = tmp_path / "inv.safetensors"
+    small_inversion.save(path)
+    bad = _rewritten(path, tmp_path / "bad.safetensors", change)
+    with pytest.raises(InputError, match=message):
+        retouch.ledits(tiny_eps, Inversion.load(bad, model=tiny_eps), add=["green circle"])
+
+
+def test_a_fifo_given_as_an_inversion_is_refused_without_opening_it(tmp_path):
+    """(In a child process: open() of a FIFO blocks the whole interpreter.)"""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "inv.safetensors"
+    os.mkfifo(fifo)
+    code = "import sys; from retouch.types import Inversion; Inversion.load(sys.argv[1])"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("Inversion.load blocked on a FIFO")
+    assert done.returncode != 0 and "not a regular file" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("n", [1000, 999])
+def test_a_thousand_steps_run_or_are_refused_before_any_model_work(tiny_eps, n):
+    """The scheduler's leading spacing + offset puts N=1000's first timestep at 1000, past the
+    schedule (0..999): refused with the bound, before the UNet runs; 999 runs."""
+    from retouch.errors import SettingError
+    from retouch.schedule import Schedule
+
+    schedule = Schedule.from_scheduler(tiny_eps.scheduler)
+    if n == 999:
+        assert max(schedule.timesteps(n)) <= 999
+        return
+    with pytest.raises(SettingError, match="at most 999"):
+        schedule.timesteps(n)
+    with pytest.raises(SettingError, match="at most 999"):
+        retouch.invert(tiny_eps, np.full((64, 64, 3), 200, np.uint8), num_inference_steps=n, skip=0)
+
+
+def test_the_number_of_concepts_is_bounded(tiny_eps):
+    from retouch.errors import SettingError
+    from retouch.methods.ledits import MAX_CONCEPTS
+
+    image = np.full((64, 64, 3), 200, np.uint8)
+    with pytest.raises(SettingError, match=f"at most {MAX_CONCEPTS} concepts"):
+        retouch.ledits(tiny_eps, image, add=["a circle"] * (MAX_CONCEPTS + 1))
+
+
+def test_no_model_or_no_image_is_an_input_error(tiny_eps):
+    from retouch.errors import InputError
+
+    image = np.full((64, 64, 3), 200, np.uint8)
+    with pytest.raises(InputError, match="model must be a ModelBundle"):
+        retouch.diffedit(None, image, "a green circle")
+    with pytest.raises(InputError, match="model must be a ModelBundle"):
+        retouch.ledits(None, image, add=["a green circle"])
+    with pytest.raises(InputError, match="model must be a ModelBundle"):
+        retouch.invert("model", image)
+    with pytest.raises(InputError, match="image"):
+        retouch.diffedit(tiny_eps, None, "a green circle")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_an_animated_image_is_refused_in_one_line(tmp_path, fmt):
+    from PIL import Image
+
+    from retouch.errors import ImageError
+    from retouch.latents import load_image
+
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0))]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.raises(ImageError, match="animated"):
+        load_image(path)
+    frames[0].save(tmp_path / f"still.{fmt.lower()}", format=fmt)
+    assert load_image(tmp_path / f"still.{fmt.lower()}").size == (64, 64)

@@ -32,6 +32,16 @@ def _check_size(w: int, h: int, name: str) -> None:
         raise ImageError(f"{name} is {w}x{h}: each side must be at most {MAX_SIDE} pixels")
 
 
+def _check_still(img: Image.Image, name: str) -> None:
+    """An animated GIF, WebP or PNG is refused: which frame to edit is the user's choice."""
+    frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
+    if frames > 1:
+        raise ImageError(
+            f"{name} is animated ({frames} frames): retouch edits one still image; save the frame "
+            "to edit as a PNG"
+        )
+
+
 def _open(path: Path) -> Image.Image:
     """The decoded image, its file closed whatever happens; the size checked from the header first."""
     if path.is_dir():
@@ -47,6 +57,7 @@ def _open(path: Path) -> Image.Image:
     except Exception as e:  # Pillow raises several types for undecodable files
         raise ImageError(f"cannot read image {path}: not an image Pillow can decode") from e
     with img:
+        _check_still(img, str(path))
         _check_size(*img.size, str(path))  # from the header: before decoding a huge image
         try:
             img.load()
@@ -117,6 +128,7 @@ def load_image(image, name: str = "image") -> Image.Image:
     if isinstance(image, (str, Path)):
         img = _to_rgb(_open(Path(image)), str(image))
     elif isinstance(image, Image.Image):
+        _check_still(image, name)
         img = _to_rgb(image, name)
     elif isinstance(image, np.ndarray):
         img = _from_array(image, name)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from retouch.errors import SettingError
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -32,7 +34,21 @@ class Schedule:
         return cls(ddim.alphas_cumprod.double(), final, ddim.config.prediction_type, ddim)
 
     def timesteps(self, num_inference_steps: int) -> list[int]:
-        """The scheduler's own inference timesteps, noisiest first (SD 1.x: leading + offset)."""
+        """The scheduler's own inference timesteps, noisiest first (SD 1.x: leading + offset).
+        SettingError when a timestep falls past the schedule (leading + offset 1 at N = T puts
+        the first at T): the bound is the largest N whose timesteps all fall in [0, T)."""
+        ts = self._timesteps(num_inference_steps)
+        if ts and max(ts) < len(self.alphas_cumprod) and min(ts) >= 0:
+            return ts
+        n = num_inference_steps - 1
+        while n > 1 and max(self._timesteps(n)) >= len(self.alphas_cumprod):
+            n -= 1
+        raise SettingError(
+            f"num_inference_steps={num_inference_steps} is more steps than this model's scheduler "
+            f"has timesteps for: at most {n}"
+        )
+
+    def _timesteps(self, num_inference_steps: int) -> list[int]:
         sched = type(self.scheduler).from_config(self.scheduler.config)
         sched.set_timesteps(num_inference_steps)
         return [int(t) for t in sched.timesteps]

@@ -184,21 +184,33 @@ class Inversion:
         from retouch.files import write_atomic
 
         meta = {k: getattr(self, k) for k in self._META}
+        meta["timesteps"] = list(meta["timesteps"])
         tensors = {"x0": self.x0, "trajectory": self.trajectory, "zs": self.zs}
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        meta["content_hash"] = content_hash(meta, tensors)
         write_atomic(
             path, lambda tmp: save_file(tensors, tmp, metadata={"retouch_inversion": json.dumps(meta)})
         )
 
     @classmethod
     def load(cls, path, model: ModelBundle | None = None, device=None) -> Inversion:
-        """Read an inversion file; with `model`, refuse one made with another model."""
+        """Read an inversion file, checked (`_check_inversion_file`): its checksum, every field
+        against its tensors; with `model`, against the model (its family, weights, latent shape,
+        pixel budget and the scheduler's timesteps for the recorded steps and skip)."""
         import json
+        import os
+        import stat
 
         from safetensors import safe_open
 
         from retouch.errors import InversionError
 
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            raise InversionError(f"cannot read inversion {path}: no such file") from None
+        if not stat.S_ISREG(mode):  # a FIFO would block open() forever
+            raise InversionError(f"cannot read inversion {path}: not a regular file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["retouch_inversion"])
@@ -208,21 +220,44 @@ class Inversion:
         except Exception as e:
             raise InversionError(f"cannot read inversion {path}: not a retouch inversion file") from e
         _check_inversion_file(path, meta, tensors, cls._META)
+        meta.pop("content_hash")
         meta["timesteps"] = tuple(meta["timesteps"])
         dev = device if device is not None else (model.device if model is not None else "cpu")
         inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
-        if model is not None and inv.family != model.family:
-            raise InversionError(
-                f"inversion {path} was made with an {inv.family} model, this is {model.family}"
-            )
-        if model is not None and inv.fingerprint != model.fingerprint:
-            raise InversionError(f"inversion {path} was made with another model ({inv.model_id})")
+        if model is not None:
+            from retouch.methods.ledits import check_inversion
+
+            try:
+                check_inversion(model, inv)
+            except InversionError:
+                raise
+            except ValueError as e:
+                raise InversionError(f"inversion {path}: {e}") from e
         return inv
+
+
+def content_hash(meta: dict, tensors: dict) -> str:
+    """sha256 of an inversion's metadata (all but this hash) and its tensors' dtypes, shapes and
+    bytes: written by `Inversion.save`, checked by `Inversion.load`."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+MAX_SCALE = 64  # most image pixels per latent cell along a side (Stable Diffusion's VAE: 8)
 
 
 def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> None:
     """An inversion file's metadata and tensors as `Inversion.save` writes them, or InversionError:
-    the same keys with the right types, one z map per timestep, finite values."""
+    the same keys with the right types, float32 tensors, one z map per timestep, as many timesteps
+    as the steps and skip say, distinct and in the schedule's range, an image size its latents can
+    hold (bounded before anything is resized to it), finite values, and the checksum of it all."""
     import math
 
     from retouch.errors import InversionError
@@ -233,6 +268,7 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
     if isinstance(meta, dict):
         meta.setdefault("solver", "ddpm")  # files written before the solver setting
         meta.setdefault("family", "sd")  # and before SDXL
+    keys = (*keys, "content_hash")
     if not isinstance(meta, dict) or set(meta) != set(keys):
         extra, missing = sorted(set(meta) - set(keys)), sorted(set(keys) - set(meta))
         raise bad(f"metadata keys differ (extra {extra}, missing {missing})")
@@ -255,8 +291,17 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
         or not all(isinstance(t, int) and not isinstance(t, bool) for t in ts)
     ):
         raise bad("timesteps must be a list of whole numbers")
-    if any(a <= b for a, b in zip(ts, ts[1:])):
-        raise bad("timesteps must be descending")
+    if any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0:
+        raise bad("timesteps must be descending and not negative")
+    if not 1 <= meta["num_inference_steps"] or len(ts) != meta["num_inference_steps"] - meta["skip"]:
+        raise bad(
+            f"{len(ts)} timesteps, but num_inference_steps={meta['num_inference_steps']} "
+            f"and skip={meta['skip']} make {meta['num_inference_steps'] - meta['skip']}"
+        )
+    if not isinstance(meta["content_hash"], str):
+        raise bad("content_hash must be text")
+    if any(t.dtype != torch.float32 for t in tensors.values()):
+        raise bad("its tensors must be float32, as retouch writes them")
     x0, traj, zs = tensors["x0"], tensors["trajectory"], tensors["zs"]
     if x0.dim() != 4 or x0.shape[0] != 1:
         raise bad(f"x0 must be [1, C, h, w], got {list(x0.shape)}")
@@ -265,5 +310,15 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
             f"{len(ts)} timesteps need {len(ts)} z maps and {len(ts) + 1} trajectory latents "
             f"shaped like x0; got {list(zs.shape)} and {list(traj.shape)}"
         )
+    h, w = x0.shape[-2:]
+    if not (1 <= meta["height"] <= MAX_SCALE * h and 1 <= meta["width"] <= MAX_SCALE * w):
+        raise bad(
+            f"height {meta['height']} and width {meta['width']} cannot be an image of its "
+            f"{h}x{w} latents (at most {MAX_SCALE} pixels a cell)"
+        )
     if not all(bool(torch.isfinite(t).all()) for t in (x0, traj, zs)):
         raise bad("it holds NaN or infinite values")
+    if content_hash({k: v for k, v in meta.items() if k != "content_hash"}, tensors) != meta["content_hash"]:
+        raise bad(
+            "its contents do not match the checksum written with them (the file is damaged or was edited)"
+        )

@@ -130,25 +130,27 @@ def resolve_rows(raw: list[dict], base: Path, out_dir: Path, configs: dict | Non
     another earlier row's output fails. Each row's key is a hash of its content and output."""
     configs = method_configs() if configs is None else configs
     rows = [resolve(i, r, base, out_dir, configs) for i, r in enumerate(raw)]
-    inputs = _inputs(raw, base)
+    inputs, root = _inputs(raw, base), out_dir.resolve()
     owners: dict[str, int] = {}
     checked, seen = [], {}
     for row in rows:
         if row.error is None:
             try:
-                _check_output(row, inputs, owners, out_dir.resolve())
+                _check_output(row, inputs, owners, root)
             except InputError as e:
                 row = replace(row, error=" ".join(str(e).split()))
-        key = row_key(raw[row.index], row.output, out_dir)
+        key = row_key(raw[row.index], row.output, root)
         seen[key] = seen.get(key, -1) + 1  # the same row again: its own key
-        checked.append(replace(row, key=row_key(raw[row.index], row.output, out_dir, seen[key])))
+        if seen[key]:
+            key = row_key(raw[row.index], row.output, root, seen[key])
+        checked.append(replace(row, key=key))
     return checked
 
 
 def row_key(raw: dict, output: Path | None, out_dir: Path, repeat: int = 0) -> str:
-    """sha256 of a row's content and its output's name (and which repeat of the same row it is):
-    a changed row is a new row."""
-    name = None if output is None else str(output.relative_to(out_dir.resolve()))
+    """sha256 of a row's content and its output's name under out_dir (resolved), and which repeat
+    of the same row it is: a changed row is a new row."""
+    name = None if output is None else str(output.relative_to(out_dir))
     value = {"row": raw, "output": name, **({"repeat": repeat} if repeat else {})}
     text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from retouch.errors import SettingError
+from retouch.errors import InputError, SettingError
 from retouch.latents import Pixels, encode, fitted, image_hash, to_pixels
 from retouch.types import ModelBundle
 
@@ -27,6 +27,12 @@ class Prepared:
     hash: str
     x0: torch.Tensor  # [1, C, h, w] scaled latent of the VAE posterior mean
     note: str = ""
+
+
+def check_model(model) -> None:
+    """A method's first argument must be a loaded model (InputError otherwise, not a crash)."""
+    if not isinstance(model, ModelBundle):
+        raise InputError(f"model must be a ModelBundle from retouch.load(...), got {type(model).__name__}")
 
 
 def prepare(bundle: ModelBundle, image, x0: torch.Tensor | None = None) -> Prepared:

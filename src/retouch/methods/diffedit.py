@@ -23,7 +23,7 @@ from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
-from retouch.methods.common import Prepared, Progress, check_finite, generator, prepare, stage
+from retouch.methods.common import Prepared, Progress, check_finite, check_model, generator, prepare, stage
 from retouch.presets import DIFFEDIT
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
@@ -183,6 +183,7 @@ def diffedit_mask(
     """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
     x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here.
     preset: one of PRESETS (e.g. "tight-mask"), under the explicit settings."""
+    check_model(model)
     cfg = _config(config, preset, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
     return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
@@ -254,6 +255,7 @@ def ddim_encoding(
     """DDIM-encode the image with the unconditional model (∅, no CFG: the paper's choice)
     through the first r·N steps, keeping every intermediate latent (docs/diffedit.md, step 2).
     preset: as diffedit's."""
+    check_model(model)
     cfg = _config(config, preset, settings)
     return _encode(model, prepare(model, image), cfg, progress)
 
@@ -426,6 +428,7 @@ def diffedit_many(
     prepared and encoded once (its encoding shared by its edits, its cost counted on the first);
     masks are inferred per edit. The results are those of one `diffedit`
     call per edit, to the float rounding of batched arithmetic."""
+    check_model(model)
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
         return []
@@ -557,5 +560,6 @@ def diffedit(
     preset: one of PRESETS ("tight-mask", "remove", "recolor"), under the explicit settings.
     progress(stage, done, total): called after each step. unet_evals counts what this call spent.
     """
+    check_model(model)
     edit = dict(query=query, reference=reference, seed=seed, mask=mask, encoding=encoding)
     return diffedit_many(model, image, [edit], config, progress, preset, **settings)[0]

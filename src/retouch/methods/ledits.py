@@ -24,7 +24,7 @@ from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
-from retouch.methods.common import Progress, check_finite, generator, prepare, stage
+from retouch.methods.common import Progress, check_finite, check_model, generator, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
 from retouch.presets import LEDITS
 from retouch.sampling import ddpm_sample
@@ -130,10 +130,18 @@ def _per_concept(name: str, value, k: int, **limits) -> list:
     return values
 
 
+MAX_CONCEPTS = 64  # concepts of one edit: each adds a UNet batch row per step (and memory)
+
+
 def make_concepts(model, add: Sequence[str], remove: Sequence[str], cfg: LEditsConfig) -> list[Concept]:
     """The SEGA concepts of an edit, with their per-concept settings checked."""
     if isinstance(add, str) or isinstance(remove, str):
         raise SettingError("add and remove take lists of concepts, e.g. add=['green circle']")
+    if len(add) + len(remove) > MAX_CONCEPTS:  # each is a UNet batch row at every step
+        raise SettingError(
+            f"{len(add) + len(remove)} concepts: an edit takes at most {MAX_CONCEPTS} concepts "
+            "(added and removed together)"
+        )
     texts = [check_prompt(model, c, "concept") for c in [*add, *remove]]
     k = len(texts)
     scale = _per_concept("edit_scale", cfg.edit_scale, k, low=0)
@@ -168,6 +176,7 @@ def invert(
 
     source: the image's caption ('' for none); with a caption ε̃ uses CFG w_src, without it ε(∅).
     """
+    check_model(model)
     cfg = _config(config, None, settings)
     source = check_prompt(model, source, "source", allow_empty=True)
     seed = check_seed(seed)
@@ -344,6 +353,7 @@ def ledits_many(
     `ledits` call per edit, to the float rounding of batched arithmetic. Edits from an Inversion
     run on its steps (num_inference_steps, skip, solver) unless `config` or a setting says
     otherwise, which is refused."""
+    check_model(model)
     source = check_prompt(model, source, "source", allow_empty=True)
     if config is None:
         settings = {**inversion_steps(images_or_inversions), **settings}
@@ -487,6 +497,7 @@ def ledits(
     image, inverted here with `source`). mask: None, "infer", a Mask, or a user mask.
     Settings: LEditsConfig fields; preset: "style", "face" or "object". progress(stage, done,
     total) after each step. unet_evals counts what this call spent."""
+    check_model(model)
     edit = dict(add=add, remove=remove, prompt=prompt, seed=seed, mask=mask, image=image)
     return ledits_many(model, image_or_inversion, [edit], source, config, preset, progress, **settings)[0]
 
@@ -505,18 +516,41 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
     return EditResult(img, None, 0, settings, seed, {}, x0, message)
 
 
-def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
+def check_inversion(model, inv: Inversion) -> None:
+    """An Inversion against the model, before any model work (SettingError): its family and
+    weights, its latents' shape for its image size, that size within the pixel budget, and its
+    timesteps: the scheduler's for its num_inference_steps, after its skip."""
     if inv.family != model.family:
         raise SettingError(f"inversion was made with an {inv.family} model, this is {model.family}")
     if inv.fingerprint != model.fingerprint:
         raise SettingError(f"inversion was made with another model ({inv.model_id})")
     m, f = model.size_multiple, model.vae_scale_factor
+    if inv.height * inv.width > model.pixel_budget:
+        raise SettingError(
+            f"inversion is of a {inv.width}x{inv.height} image, over this model's budget of "
+            f"{model.pixel_budget} pixels"
+        )
     latent = (model.latent_channels, -(-inv.height // m) * m // f, -(-inv.width // m) * m // f)
     if tuple(inv.x0.shape[1:]) != latent:
         raise SettingError(
             f"inversion latents are {list(inv.x0.shape[1:])}; a {inv.width}x{inv.height} "
             f"image on this model has {list(latent)}"
         )
+    expected = Schedule.from_scheduler(model.scheduler).timesteps(inv.num_inference_steps)[inv.skip :]
+    if list(inv.timesteps) != expected:
+        raise SettingError(
+            f"inversion timesteps {_short(inv.timesteps)} are not this model's scheduler's for "
+            f"num_inference_steps={inv.num_inference_steps}, skip={inv.skip} ({_short(expected)})"
+        )
+
+
+def _short(ts) -> str:
+    ts = list(ts)
+    return str(ts) if len(ts) <= 6 else f"[{ts[0]}, {ts[1]}, …, {ts[-1]}] ({len(ts)})"
+
+
+def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
+    check_inversion(model, inv)
     if (inv.num_inference_steps, inv.skip, inv.solver) != (
         cfg.num_inference_steps,
         cfg.skip_steps,
