@@ -645,9 +645,13 @@ TAMPERED = {
     "timesteps as text": (lambda m, t: m.update(timesteps=[str(x) for x in m["timesteps"]]), "whole numbers"),
     "fewer z maps than timesteps": (lambda m, t: t.update(zs=t["zs"][:-1].clone()), "z maps"),
     "an unknown solver": (lambda m, t: m.update(solver="euler"), "solver must be ddpm or dpmsolver"),
+    "height and width 60000": (lambda m, t: m.update(height=60000, width=60000), "cannot be an image"),
+    "a timestep of -5": (lambda m, t: m.update(timesteps=[*m["timesteps"][:-1], -5]), "not negative"),
+    "another source, same checksum": (lambda m, t: m.update(source="a dog"), "checksum"),
+    "flipped data": (lambda m, t: t["zs"].view(-1).__setitem__(5, 0.125), "checksum"),
     "latents of another size": (
         lambda m, t: t.update({k: v[..., :8, :8].clone() for k, v in t.items()}),
-        "latents are",
+        "checksum",
     ),
 }
 
@@ -674,6 +678,13 @@ def test_tampered_inversion_files_are_refused(name, image, tmp_path, model_args)
     )
     assert message in one_error_line(result)
     assert not out.exists()
+
+
+def test_a_fifo_as_the_inversion_is_refused_without_opening_it(image, tmp_path, model_args):
+    fifo = tmp_path / "inv.safetensors"
+    os.mkfifo(fifo)
+    args = ["edit", "ledits", image, "-o", tmp_path / "o.png", "--inversion", fifo, "--add", "red circle"]
+    assert "not a regular file" in one_error_line(run(*args, *model_args, "-q"))
 
 
 def test_mask_writes_both_files_or_neither(image, tmp_path, model_args, monkeypatch):

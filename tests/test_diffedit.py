@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -463,6 +464,15 @@ def test_an_encoding_of_another_image_model_or_settings_is_refused(tiny_eps, tin
         settings = {"num_inference_steps": 5, **settings}
         with pytest.raises(SettingError, match=message):
             retouch.diffedit(model, image, QUERY, encoding=enc, **settings)
+    # an Encoding whose fields disagree with its latents or the scheduler's timesteps
+    for bad, message in [
+        (replace(enc, timesteps=(-1, *[t + 1 for t in enc.timesteps[1:]])), "timesteps"),
+        (replace(enc, latents=enc.latents[:-1]), "timesteps"),
+        (replace(enc, latents=(*enc.latents[:-1], enc.latents[-1][..., :2, :2])), "shaped like"),
+        (replace(enc, latents=(*enc.latents[:-1], enc.latents[-1] * float("nan"))), "finite"),
+    ]:
+        with pytest.raises(SettingError, match=message):
+            retouch.diffedit(tiny_eps, img, QUERY, encoding=bad, num_inference_steps=5)
     assert seen_eps == [] and seen_v == []
 
 

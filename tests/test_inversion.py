@@ -513,3 +513,21 @@ def test_an_animated_image_is_refused_in_one_line(tmp_path, fmt):
         load_image(path)
     frames[0].save(tmp_path / f"still.{fmt.lower()}", format=fmt)
     assert load_image(tmp_path / f"still.{fmt.lower()}").size == (64, 64)
+
+
+def test_an_inversion_larger_than_its_image_is_refused_before_any_resize(small_inversion, monkeypatch):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from retouch.errors import InversionError
+    from retouch.methods.ledits import check_inversion_image
+
+    image = Image.new("RGB", (small_inversion.width, small_inversion.height))
+    resized = []
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(a))
+    with pytest.raises(InversionError, match="larger than"):
+        check_inversion_image(replace(small_inversion, height=60000, width=60000), image)
+    assert not resized
+    with pytest.raises(InversionError, match="another image"):
+        check_inversion_image(small_inversion, image)

@@ -390,16 +390,11 @@ def _check_finite(name: str, value) -> None:
 def _read_inversion(path: Path, img, source):
     """Load a saved inversion and check it against the image (the edit runs on its steps unless
     given others, which ledits refuses)."""
-    from PIL import Image
-
-    from retouch.latents import image_hash
+    from retouch.methods.ledits import check_inversion_image
     from retouch.types import Inversion
 
     inv = Inversion.load(path)
-    if img.size != (inv.width, inv.height):  # made from the image fitted to a pixel budget
-        img = img.resize((inv.width, inv.height), Image.LANCZOS)
-    if inv.image_hash != image_hash(img):
-        raise InputError(f"inversion {path} was made from another image")
+    check_inversion_image(inv, img, f"inversion {path}")
     if source is not None and source.strip() != inv.source:
         raise InputError(f"--source differs from the inversion's source {inv.source!r}")
     return inv

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from retouch.errors import SettingError
 from retouch.schedule import Schedule, pairs
 
 Progress = Callable[[int, int], None] | None
@@ -84,3 +85,36 @@ def ddpm_invert(
         if progress:
             progress(i + 1, len(timesteps))
     return trajectory, torch.cat(zs)
+
+
+def check_inversion(model, inv) -> None:
+    """An Inversion against the model, before any model work (SettingError): its family and
+    weights, its latents' shape for its image size, that size within the pixel budget, and its
+    timesteps: the scheduler's for its num_inference_steps, after its skip."""
+    if inv.family != model.family:
+        raise SettingError(f"inversion was made with an {inv.family} model, this is {model.family}")
+    if inv.fingerprint != model.fingerprint:
+        raise SettingError(f"inversion was made with another model ({inv.model_id})")
+    m, f = model.size_multiple, model.vae_scale_factor
+    if inv.height * inv.width > model.pixel_budget:
+        raise SettingError(
+            f"inversion is of a {inv.width}x{inv.height} image, over this model's budget of "
+            f"{model.pixel_budget} pixels"
+        )
+    latent = (model.latent_channels, -(-inv.height // m) * m // f, -(-inv.width // m) * m // f)
+    if tuple(inv.x0.shape[1:]) != latent:
+        raise SettingError(
+            f"inversion latents are {list(inv.x0.shape[1:])}; a {inv.width}x{inv.height} "
+            f"image on this model has {list(latent)}"
+        )
+    expected = Schedule.from_scheduler(model.scheduler).timesteps(inv.num_inference_steps)[inv.skip :]
+    if list(inv.timesteps) != expected:
+        raise SettingError(
+            f"inversion timesteps {_short(inv.timesteps)} are not this model's scheduler's for "
+            f"num_inference_steps={inv.num_inference_steps}, skip={inv.skip} ({_short(expected)})"
+        )
+
+
+def _short(ts) -> str:
+    ts = list(ts)
+    return str(ts) if len(ts) <= 6 else f"[{ts[0]}, {ts[1]}, …, {ts[-1]}] ({len(ts)})"

@@ -225,7 +225,7 @@ class Inversion:
         dev = device if device is not None else (model.device if model is not None else "cpu")
         inv = cls(**{k: v.to(dev) for k, v in tensors.items()}, **meta)
         if model is not None:
-            from retouch.methods.ledits import check_inversion
+            from retouch.inversion import check_inversion
 
             try:
                 check_inversion(model, inv)

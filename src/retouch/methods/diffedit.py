@@ -292,6 +292,18 @@ def _check_encoding(enc: Encoding, prep: Prepared, model, cfg: DiffEditConfig) -
             f"{enc.encode_ratio}, solver={enc.solver}; the edit asks for {cfg.num_inference_steps}, "
             f"{cfg.encode_ratio}, {cfg.solver}"
         )
+    ts = Schedule.from_scheduler(model.scheduler).timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]
+    if tuple(enc.timesteps) != (-1, *ts[::-1]) or len(enc.latents) != len(enc.timesteps):
+        raise SettingError(
+            f"encoding has {len(enc.latents)} latents at timesteps {list(enc.timesteps)[:6]}…; this "
+            f"model's scheduler makes {len(ts) + 1} at (-1, {ts[-1]}, …, {ts[0]}) for these steps"
+        )
+    bad = [list(x.shape) for x in enc.latents if tuple(x.shape) != tuple(prep.x0.shape)]
+    if bad or not all(bool(torch.isfinite(x).all()) for x in enc.latents):
+        raise SettingError(
+            f"encoding latents must be finite and shaped like the image's {list(prep.x0.shape)}"
+            + (f", got {bad[0]}" if bad else "")
+        )
 
 
 def _resolve_start(model, prep: Prepared, encoding, cfg: DiffEditConfig, seed: int, progress):

@@ -21,7 +21,7 @@ import torch
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
 from retouch.errors import SettingError
 from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
-from retouch.inversion import ddpm_invert
+from retouch.inversion import check_inversion, ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
 from retouch.methods.common import Progress, check_finite, check_model, generator, prepare, stage
@@ -516,37 +516,22 @@ def _reconstruction(model, image_or_inversion, settings: dict, seed: int) -> Edi
     return EditResult(img, None, 0, settings, seed, {}, x0, message)
 
 
-def check_inversion(model, inv: Inversion) -> None:
-    """An Inversion against the model, before any model work (SettingError): its family and
-    weights, its latents' shape for its image size, that size within the pixel budget, and its
-    timesteps: the scheduler's for its num_inference_steps, after its skip."""
-    if inv.family != model.family:
-        raise SettingError(f"inversion was made with an {inv.family} model, this is {model.family}")
-    if inv.fingerprint != model.fingerprint:
-        raise SettingError(f"inversion was made with another model ({inv.model_id})")
-    m, f = model.size_multiple, model.vae_scale_factor
-    if inv.height * inv.width > model.pixel_budget:
-        raise SettingError(
-            f"inversion is of a {inv.width}x{inv.height} image, over this model's budget of "
-            f"{model.pixel_budget} pixels"
-        )
-    latent = (model.latent_channels, -(-inv.height // m) * m // f, -(-inv.width // m) * m // f)
-    if tuple(inv.x0.shape[1:]) != latent:
-        raise SettingError(
-            f"inversion latents are {list(inv.x0.shape[1:])}; a {inv.width}x{inv.height} "
-            f"image on this model has {list(latent)}"
-        )
-    expected = Schedule.from_scheduler(model.scheduler).timesteps(inv.num_inference_steps)[inv.skip :]
-    if list(inv.timesteps) != expected:
-        raise SettingError(
-            f"inversion timesteps {_short(inv.timesteps)} are not this model's scheduler's for "
-            f"num_inference_steps={inv.num_inference_steps}, skip={inv.skip} ({_short(expected)})"
-        )
+def check_inversion_image(inv: Inversion, img, name: str = "inversion") -> None:
+    """An inversion against the image it is said to be of (InversionError): its size at most the
+    image's (an image is only ever fitted down to a budget), checked before anything is resized
+    to it; then the image fitted to that size has its pixels (the hash)."""
+    from PIL import Image
 
+    from retouch.errors import InversionError
 
-def _short(ts) -> str:
-    ts = list(ts)
-    return str(ts) if len(ts) <= 6 else f"[{ts[0]}, {ts[1]}, …, {ts[-1]}] ({len(ts)})"
+    if inv.width * inv.height > img.width * img.height or inv.width > img.width or inv.height > img.height:
+        raise InversionError(
+            f"{name} is of a {inv.width}x{inv.height} image, larger than this {img.width}x{img.height} one"
+        )
+    if img.size != (inv.width, inv.height):  # made from the image fitted to a pixel budget
+        img = img.resize((inv.width, inv.height), Image.LANCZOS)
+    if inv.image_hash != image_hash(img):
+        raise InversionError(f"{name} was made from another image")
 
 
 def _check_inversion(model, inv: Inversion, cfg: LEditsConfig) -> None:
