@@ -9,6 +9,7 @@ Each case says what the CLI must do with it: "error" (exit code 2 and one line o
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import zlib
@@ -104,10 +105,16 @@ def build_corpus(folder) -> list[Case]:
         "good.png": png,
         "large.png": _encoded(rgb.resize((256, 256), Image.NEAREST), "PNG"),  # 4x the pixels of 64x64
     }
+    frames = [rgb, Image.fromarray(255 - arr)]
+    files["animated.gif"] = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=90)
+    files["animated.webp"] = _encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=90)
     for name, data in files.items():
         (folder / name).write_bytes(data)
     f = {name: folder / name for name in files}
     (folder / "a_folder.png").mkdir(exist_ok=True)
+    fifo = folder / "fifo.safetensors"
+    if hasattr(os, "mkfifo") and not fifo.exists():
+        os.mkfifo(fifo)
     ledits = ("--add", "red circle", "--remove", "purple circle")
     return [
         Case("truncated PNG", f["truncated.png"]),
@@ -158,6 +165,32 @@ def build_corpus(folder) -> list[Case]:
             ("--query", QUERY, "--max-pixels", "4096", "--no-resize"),
         ),
         Case("NaN pixel budget", f["good.png"], ("--query", QUERY, "--max-pixels", "nan")),
+        Case("animated GIF", f["animated.gif"]),
+        Case("animated WebP", f["animated.webp"]),
+        Case(
+            "1000 steps, skip 0",
+            f["good.png"],
+            (*ledits, "--num-inference-steps", "1000", "--skip", "0"),
+            method="ledits",
+        ),
+        Case(
+            "65 concepts",
+            f["good.png"],
+            tuple(a for i in range(65) for a in ("--add", f"circle {i}")),
+            method="ledits",
+        ),
+        *(
+            [
+                Case(
+                    "a FIFO as the inversion",
+                    f["good.png"],
+                    (*ledits, "--inversion", str(fifo)),
+                    method="ledits",
+                )
+            ]
+            if fifo.exists()
+            else []
+        ),
     ]
 
 
