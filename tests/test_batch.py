@@ -67,6 +67,7 @@ def results(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_manifest_with_two_bad_rows_completes_with_one_result_per_row(tmp_path):
     manifest = make_manifest(tmp_path)
     out = tmp_path / "out"
@@ -127,6 +128,7 @@ def test_rows_of_one_image_share_its_encoding_and_inversion(tmp_path):
     assert evals == [28, 32, 20, 24]
 
 
+@pytest.mark.slow
 def test_batch_size_runs_rows_of_one_image_as_one_unet_batch_with_the_same_images(tmp_path):
     """--batch-size 4: each image's rows of one method and step grid go through the UNet together;
     the images are one-by-one's (pixels within one level), the evaluations the same, and a bad
@@ -150,6 +152,7 @@ def test_batch_size_runs_rows_of_one_image_as_one_unet_batch_with_the_same_image
     assert [one[i]["unet_evals"] for i in range(8)] == [four[i]["unet_evals"] for i in range(8)]
 
 
+@pytest.mark.slow
 def test_killed_with_sigkill_and_resumed_every_row_exactly_once(tmp_path):
     manifest = make_manifest(tmp_path, images=6, bad=False)
     out = tmp_path / "out"
@@ -176,6 +179,7 @@ def test_killed_with_sigkill_and_resumed_every_row_exactly_once(tmp_path):
             img.load()
 
 
+@pytest.mark.slow
 def test_ray_local_gives_the_same_images_as_the_local_pool(tmp_path):
     pytest.importorskip("ray")
     manifest = make_manifest(tmp_path, images=2, bad=False)
@@ -292,6 +296,7 @@ def test_two_rows_writing_one_output_fail_the_later_one_before_any_model_work(tm
     assert "unknown image format '.xyz'" in rows[4].error
 
 
+@pytest.mark.slow
 def test_a_second_batch_on_a_folder_in_use_exits_2_in_one_line(tmp_path):
     """Two runs started on one folder: the second says the folder is in use (exit 2, one line);
     the first does every row exactly once."""

@@ -391,6 +391,7 @@ def test_ledits_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(tin
         calls.unwrap()
 
 
+@pytest.mark.slow
 def test_workers_give_the_rows_one_process_gives(tiny_folder, judge_path, tmp_path):
     """Two worker processes share the cases; every row but the clocks is what one process writes."""
 
@@ -445,6 +446,7 @@ def test_summary_pairs_retouch_with_its_diffusers_counterpart_case_by_case():
     assert "| diffedit | 4 | 75% [30%, 95%] |" in text
 
 
+@pytest.mark.slow
 def test_a_failing_worker_stops_the_run_with_its_error(tiny_folder, tmp_path):
     from retouch.bench.cases import make_cases
     from retouch.bench.edits import Loader, run_bench
@@ -457,6 +459,7 @@ def test_a_failing_worker_stops_the_run_with_its_error(tiny_folder, tmp_path):
     assert (tmp_path / "cases.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_bench_model_measures_every_figure_including_bare_concepts():
     from click.testing import CliRunner
 
@@ -469,8 +472,9 @@ def test_bench_model_measures_every_figure_including_bare_concepts():
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["autoencoder_psnr_db"] > 25 and report["ddim_round_trip_psnr_db"] > 15
-    assert 0 <= report["t2i_faithful"] <= 1 and 0 <= report["concept_contains"] <= 1
-    assert 0 <= report["background_concept_holds"] <= 1
+    for share in ("t2i_faithful", "concept_contains", "background_concept_holds"):
+        # a share of the 4 draws, and the shipped model draws most of them right
+        assert report[share] * 4 == round(report[share] * 4) and report[share] >= 0.5, (share, report[share])
     assert set(report["t2i_faithful_by_objects"]) <= {"1", "2", "3"}
     assert 0 < report["word_region_area"] < 0.5 and 0 < report["word_attention_inside"] < 1
 

@@ -545,6 +545,7 @@ def test_train_commands_check_their_inputs(tmp_path):
     assert "no autoencoder checkpoint" in line
 
 
+@pytest.mark.slow
 def test_train_vae_resumes_where_it_stopped(tmp_path):
     """Two steps, then resumed to four, give the same weights as four steps in one run."""
     from safetensors.torch import load_file
@@ -729,6 +730,7 @@ def test_outputs_name_the_model_not_its_install_path(image, tmp_path, model_args
     assert "/" not in params["model"] and "/" not in params["settings"]["model"]
 
 
+@pytest.mark.slow
 def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path, mini_model):
     """--init keeps the model's weights and maps its token rows onto the new vocabulary by string."""
     import shutil
@@ -790,6 +792,7 @@ def test_train_unet_fine_tunes_a_model_folder_and_exports_it(tmp_path, mini_mode
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, mini_model):
     """--architecture mini-attn from a mini model: the exported model has cross-attention at its
     top level too, and (the new attention starting at zero) predicts what the mini model predicts;
@@ -856,6 +859,7 @@ def test_train_unet_grows_a_model_into_cross_attention_at_every_level(tmp_path, 
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path, mini_model):
     """--architecture mini-deep from a mini model: every block gains a resnet (and an attention
     where it attends), the up blocks' old layers keep reading the skips they read, so the grown UNet
@@ -908,6 +912,7 @@ def test_train_unet_grows_a_model_into_two_layers_a_block(tmp_path, mini_model):
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(tmp_path, mini_model):
     """--architecture mini-deep-text from a mini model: the text encoder gains two layers after
     its two, each starting as the identity, so the grown model encodes every caption exactly as the
@@ -960,6 +965,7 @@ def test_train_unet_grows_the_text_encoder_by_layers_that_start_as_the_identity(
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tmp_path, mini_model):
     """--image-size 96: scenes rendered at 96 px (latents 24 x 24), the exported model's native size
     96; a work folder resumes only at its own size (its own when none is given), and a size off the
@@ -996,6 +1002,7 @@ def test_train_unet_at_another_image_size_exports_a_model_of_that_native_size(tm
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_a_hub_id_without_network_is_one_quick_line(image, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
     cmd = [

@@ -665,6 +665,7 @@ def test_a_reused_encoding_or_inversion_is_not_vae_encoded_again(tiny_eps, monke
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_the_library_writes_nothing_to_stdout_or_stderr():
     """The README's call, as a user runs it: no bars, no warnings, no prints."""
     code = (

@@ -313,6 +313,7 @@ def _background_kept(judge, image, out, region) -> bool:
     return bool(np.abs(a - b).max() < 40)
 
 
+@pytest.mark.slow
 def test_removing_a_concept_moves_the_output_away_from_it(shipped_model, record_property):
     """remove=["red circle"] with the object preset, on held-out renders of a red circle: the judge
     (or, without it, the region's colour) no longer reads a red circle, and the background stays,

@@ -27,6 +27,7 @@ def test_model_name_is_the_folder_name_or_the_hub_id(tmp_path):
     assert model_name("stabilityai/stable-diffusion-2-1") == "stabilityai/stable-diffusion-2-1"
 
 
+@pytest.mark.slow
 def test_the_compiled_path_gives_the_same_images(tiny_eps):
     """retouch.load(compile=True) / models.compiled: torch.compile of the UNet. Same latents to
     COMPILED_TOL (fused kernels round differently), same pixels to one level of 255."""

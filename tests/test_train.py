@@ -83,6 +83,7 @@ def test_token_regions_put_each_word_at_its_token():
                 assert tok.decode([ids[1 + j]]).strip() == texts[b].replace(",", " ,").split()[j]
 
 
+@pytest.mark.slow
 def test_a_step_on_the_grounding_loss_draws_the_words_attention_into_their_regions(parts):
     """The maps keep their graph: one gradient step on the loss alone lowers it."""
     unet = parts["unet"]

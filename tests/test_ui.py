@@ -333,6 +333,7 @@ def test_an_edit_past_the_time_limit_or_stopped_ends_with_a_message(ui_model):
         assert out[1] is None and _time.perf_counter() - t0 < 5  # at the first step, not the end
 
 
+@pytest.mark.slow
 def test_in_the_browser(ui_model, tmp_path):
     """Upload a ShapesWorld image, edit it with LEDITS, see the result; edit again: the page says
     the inversion was reused. Leaves a screenshot (RETOUCH_UI_SCREENSHOT=1 updates docs/ui.png)."""
@@ -410,6 +411,7 @@ def test_form_values_of_the_wrong_type_give_a_message_not_a_traceback(ui_model):
         assert out["status"].startswith(f"Error: {message}"), out["status"]
 
 
+@pytest.mark.slow
 def test_a_second_visitor_is_served_while_an_over_budget_edit_runs_and_stop_ends_an_edit(
     ui_model, tmp_path, monkeypatch
 ):
