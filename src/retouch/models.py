@@ -52,15 +52,27 @@ def load(
 ) -> ModelBundle:
     """Load a model once, to reuse for every edit.
 
-    model: None for the shipped ShapesWorld model, a local diffusers folder, a hub id, or a
-    single-file checkpoint (`.safetensors` in the original layout; `load_single_file`).
-    device: default CUDA when available, else CPU. dtype: default float16 on GPU, float32 on CPU.
-    allow_pickle: also accept .bin/.ckpt weights (unpickling runs code: off unless asked for).
-    config: for a single-file checkpoint, a local diffusers folder (or a cached hub id) of the
-    model's family, whose configs, tokenizers and scheduler go with the file's weights.
-    max_pixels: the pixel budget of an input image (default four times the native area);
-    resize: an image over it is resized down to it (False: refused with an ImageError).
-    compile: the opt-in compiled path (`compiled`): faster steps after a warm-up of its own.
+    Args:
+        model (`str` or `Path`, *optional*): a local diffusers folder, a hub id, or a single-file
+            checkpoint (`.safetensors` in the original layout; `load_single_file`); None for the
+            shipped ShapesWorld model.
+        device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU.
+        dtype (`str` or `torch.dtype`, *optional*): defaults to float16 on a GPU, float32 on a CPU.
+        allow_pickle (`bool`, defaults to False): also accept .bin/.ckpt weights (unpickling runs
+            code: off unless asked for).
+        max_pixels (`int`, *optional*): the pixel budget of an input image (default four times the
+            model's native area).
+        resize (`bool`, defaults to True): an image over the budget is resized down to it (False:
+            refused with an ImageError).
+        compile (`bool`, defaults to False): the opt-in compiled path (`compiled`): faster steps
+            after a warm-up of its own.
+        config (`str` or `Path`, *optional*): for a single-file checkpoint, a local diffusers folder
+            (or a cached hub id) of the model's family, whose configs, tokenizers and scheduler go
+            with the file's weights.
+
+    Returns:
+        `ModelBundle`: the model's parts (UNet, VAE, text encoders, scheduler) on its device, with
+        its family, native size, pixel budget and fingerprint.
     """
     check_budget(max_pixels)
     source = str(SHIPPED if model is None else model)

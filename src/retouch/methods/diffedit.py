@@ -174,15 +174,30 @@ def diffedit_mask(
     image,
     query: str,
     reference: str = "",
-    seed: int = 0,
     config: DiffEditConfig | None = None,
-    x0: torch.Tensor | None = None,
     preset: str | None = None,
+    seed: int = 0,
+    x0: torch.Tensor | None = None,
     **settings,
 ) -> Mask:
-    """The DiffEdit mask alone (§3.2). Returns a Mask: binary [h, w], soft [H, W], scores [h, w].
-    x0 [1, C, h, w]: the image's latent when the caller holds it (an inversion's), else encoded here.
-    preset: one of PRESETS (e.g. "tight-mask"), under the explicit settings."""
+    """DiffEdit's mask alone (the paper's §3.2; docs/diffedit.md, step 1): where the noise
+    predicted under the query and under the reference differ.
+
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        image (path, `PIL.Image.Image` or array): the image to edit.
+        query (`str`): the text the edited image should fit.
+        reference (`str`, defaults to ""): the text of what to change; the image's caption works best.
+        config (`DiffEditConfig`, *optional*): every setting at once; the defaults are the paper's.
+        preset (`str`, *optional*): one of `PRESETS` (e.g. "tight-mask"), under the explicit settings.
+        seed (`int`, defaults to 0): the seed of the mask's noises.
+        x0 (`torch.Tensor` [1, C, h, w], *optional*): the image's latent when the caller holds it.
+        **settings: any `DiffEditConfig` field, e.g. `mask_threshold=0.8`.
+
+    Returns:
+        `Mask`: binary [h, w] at latent resolution, soft [H, W] for display and compositing, the
+        scores [h, w], its area and the UNet evaluations it cost (2n).
+    """
     check_model(model)
     cfg = _config(config, preset, settings)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
@@ -248,13 +263,27 @@ def ddim_encoding(
     model: ModelBundle,
     image,
     config: DiffEditConfig | None = None,
-    progress: Progress | None = None,
     preset: str | None = None,
+    progress: Progress | None = None,
     **settings,
 ) -> Encoding:
     """DDIM-encode the image with the unconditional model (∅, no CFG: the paper's choice)
     through the first r·N steps, keeping every intermediate latent (docs/diffedit.md, step 2).
-    preset: as diffedit's."""
+
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        image (path, `PIL.Image.Image` or array): the image to encode.
+        config (`DiffEditConfig`, *optional*): every setting at once; the defaults are the paper's.
+        preset (`str`, *optional*): one of `PRESETS`, under the explicit settings.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress("encode", done,
+            total) after each step.
+        **settings: any `DiffEditConfig` field; the encoding reads num_inference_steps,
+            encode_ratio and solver.
+
+    Returns:
+        `Encoding`: the latents [1, C, h, w] at every level of the encoding, to pass to `diffedit`
+        (encoding=) for any number of edits of the same image.
+    """
     check_model(model)
     cfg = _config(config, preset, settings)
     return _encode(model, prepare(model, image), cfg, progress)
@@ -427,19 +456,31 @@ def diffedit_many(
     images,
     edits: Sequence[dict],
     config: DiffEditConfig | None = None,
-    progress: Progress | None = None,
     preset: str | None = None,
+    progress: Progress | None = None,
     **settings,
 ) -> list[EditResult]:
     """Several DiffEdit edits, their decodings as ONE UNet batch per step.
 
-    images: one image for every edit, or one per edit (all of one size); edits[i]: dict(query=...,
-    reference="", seed=0, mask=None, encoding=None, preset=None, plus any DiffEditConfig field of
-    its own, e.g. guidance_scale). preset: one of PRESETS for every edit that names none. The
-    edits share num_inference_steps, encode_ratio, solver and mode. Each distinct image is
-    prepared and encoded once (its encoding shared by its edits, its cost counted on the first);
-    masks are inferred per edit. The results are those of one `diffedit`
-    call per edit, to the float rounding of batched arithmetic."""
+    Each distinct image is prepared and encoded once (its encoding shared by its edits, its cost
+    counted on the first); masks are inferred per edit. The results are those of one `diffedit`
+    call per edit, to the float rounding of batched arithmetic.
+
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        images (an image, or a list of one per edit): paths, PIL images or arrays, all of one size.
+        edits (`Sequence[dict]`): one dict per edit: query, and optionally reference, seed, mask,
+            encoding, preset and any `DiffEditConfig` field of its own (e.g. guidance_scale).
+        config (`DiffEditConfig`, *optional*): every setting at once; the defaults are the paper's.
+        preset (`str`, *optional*): one of `PRESETS`, for every edit that names none.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress(stage, done,
+            total) after each step.
+        **settings: any `DiffEditConfig` field, for every edit. The edits share
+            num_inference_steps, encode_ratio, solver and mode.
+
+    Returns:
+        `list[EditResult]`: one per edit, in order (as `diffedit` returns).
+    """
     check_model(model)
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
     if not jobs:
@@ -557,21 +598,37 @@ def diffedit(
     query: str,
     reference: str = "",
     config: DiffEditConfig | None = None,
+    preset: str | None = None,
     seed: int = 0,
     mask=None,
     encoding: Encoding | None = None,
     progress: Progress | None = None,
-    preset: str | None = None,
     **settings,
 ) -> EditResult:
-    """Edit `image` so that it fits `query`, changing only where query and reference disagree.
+    """Edit `image` so that it fits `query`, changing only where query and reference disagree
+    (DiffEdit: the mask, the encoding and the masked decoding of docs/diffedit.md).
 
-    model: a loaded ModelBundle; image: path, PIL image or array; mask: a Mask from
-    diffedit_mask, or a user mask (image/array of the image's size, nonzero = edit), or None to
-    infer it; encoding: an Encoding of the same image to reuse. Settings: DiffEditConfig fields;
-    preset: one of PRESETS ("tight-mask", "remove", "recolor"), under the explicit settings.
-    progress(stage, done, total): called after each step. unet_evals counts what this call spent.
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        image (path, `PIL.Image.Image` or array): the image to edit; one over the model's pixel
+            budget is edited resized down (the result's message says so).
+        query (`str`): the text the edited image should fit.
+        reference (`str`, defaults to ""): the text of what to change; the image's caption works best.
+        config (`DiffEditConfig`, *optional*): every setting at once; the defaults are the paper's.
+        preset (`str`, *optional*): one of `PRESETS` ("tight-mask", "remove", "recolor",
+            "background", "add"), under the explicit settings.
+        seed (`int`, defaults to 0): the same seed, settings and model give the same image.
+        mask (`Mask`, image or array, *optional*): a Mask from `diffedit_mask`, or a mask of the
+            image's size (nonzero = edit); inferred when not given.
+        encoding (`Encoding`, *optional*): an encoding of the same image from `ddim_encoding`.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress(stage, done,
+            total) after each step ("mask", "encode", "decode").
+        **settings: any `DiffEditConfig` field, e.g. `encode_ratio=1.0`.
+
+    Returns:
+        `EditResult`: the edited image, the mask used, the UNet evaluations this call spent, every
+        setting, the seed, timings by stage, the final latent and a message (or "").
     """
     check_model(model)
     edit = dict(query=query, reference=reference, seed=seed, mask=mask, encoding=encoding)
-    return diffedit_many(model, image, [edit], config, progress, preset, **settings)[0]
+    return diffedit_many(model, image, [edit], config, preset, progress, **settings)[0]

@@ -174,7 +174,21 @@ def invert(
 ) -> Inversion:
     """Edit-friendly DDPM inversion of `image` (docs/ledits.md, step 1) over the steps editing will run.
 
-    source: the image's caption ('' for none); with a caption ε̃ uses CFG w_src, without it ε(∅).
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        image (path, `PIL.Image.Image` or array): the image to invert.
+        source (`str`, defaults to ""): the image's caption; with one, ε̃ uses CFG w_src, without
+            it ε(∅).
+        config (`LEditsConfig`, *optional*): every setting at once; the defaults are the papers'.
+        seed (`int`, defaults to 0): the seed of the inversion's noises.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress("invert",
+            done, total) after each step.
+        **settings: any `LEditsConfig` field; the inversion reads num_inference_steps, skip,
+            source_guidance_scale and solver.
+
+    Returns:
+        `Inversion`: the latents and noise maps to edit from (`ledits`) any number of times;
+        `Inversion.save(path)` / `Inversion.load(path)` keep it on disk.
     """
     check_model(model)
     cfg = _config(config, None, settings)
@@ -345,14 +359,27 @@ def ledits_many(
 ) -> list[EditResult]:
     """Several LEDITS edits, their sampling as ONE UNet batch per step.
 
-    images_or_inversions: one image or Inversion for every edit, or one per edit (all of one
-    size); edits[i]: dict(add=[...], remove=[...], prompt="", seed=0, mask=None, image=None,
-    preset=None, plus any LEditsConfig field of its own, e.g. edit_scale). The edits share
-    num_inference_steps, skip and solver. Each distinct image is inverted once (with `source`
-    and its first edit's seed, the cost counted on that edit). The results are those of one
-    `ledits` call per edit, to the float rounding of batched arithmetic. Edits from an Inversion
-    run on its steps (num_inference_steps, skip, solver) unless `config` or a setting says
-    otherwise, which is refused."""
+    Each distinct image is inverted once (with `source` and its first edit's seed, the cost counted
+    on that edit). The results are those of one `ledits` call per edit, to the float rounding of
+    batched arithmetic.
+
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        images_or_inversions (an image or `Inversion`, or a list of one per edit): all of one size.
+        edits (`Sequence[dict]`): one dict per edit: add, remove, prompt, seed, mask, image, preset
+            and any `LEditsConfig` field of its own (e.g. edit_scale).
+        source (`str`, defaults to ""): the images' caption, used while inverting.
+        config (`LEditsConfig`, *optional*): every setting at once; the defaults are the papers'.
+        preset (`str`, *optional*): one of `PRESETS`, for every edit that names none.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress(stage, done,
+            total) after each step.
+        **settings: any `LEditsConfig` field, for every edit. The edits share num_inference_steps,
+            skip and solver; edits from an Inversion run on its steps unless `config` or a setting
+            says otherwise, which is refused.
+
+    Returns:
+        `list[EditResult]`: one per edit, in order (as `ledits` returns).
+    """
     check_model(model)
     source = check_prompt(model, source, "source", allow_empty=True)
     if config is None:
@@ -493,10 +520,33 @@ def ledits(
     progress: Progress | None = None,
     **settings,
 ) -> EditResult:
-    """Edit with SEGA concepts (add/remove) and/or a target prompt, from an Inversion (or an
-    image, inverted here with `source`). mask: None, "infer", a Mask, or a user mask.
-    Settings: LEditsConfig fields; preset: "style", "face" or "object". progress(stage, done,
-    total) after each step. unet_evals counts what this call spent."""
+    """Edit with SEGA concepts to add or remove and/or a target prompt, from an Inversion (or an
+    image, inverted here): LEDITS (docs/ledits.md).
+
+    Args:
+        model (`ModelBundle`): a model from `retouch.load`.
+        image_or_inversion (`Inversion`, path, `PIL.Image.Image` or array): an inversion from
+            `invert` (edits from it cost only their sampling), or the image, inverted here.
+        add (`Sequence[str]`, defaults to ()): concepts to add, e.g. ["green circle"].
+        remove (`Sequence[str]`, defaults to ()): concepts to remove.
+        prompt (`str`, defaults to ""): a target prompt, the whole edited image's text.
+        source (`str`, defaults to ""): the image's caption, used while inverting an image.
+        config (`LEditsConfig`, *optional*): every setting at once; the defaults are the papers'.
+        preset (`str`, *optional*): one of `PRESETS` ("style", "face", "object", "background"),
+            under the explicit settings.
+        seed (`int`, defaults to 0): the same seed, settings and model give the same image.
+        mask (`Mask`, image, array or "infer", *optional*): confine the edit to a mask (ours):
+            "infer" for DiffEdit's mask of the texts, or a mask of the image's size.
+        image (path, `PIL.Image.Image` or array, *optional*): the image of an Inversion, which
+            mask="infer" needs.
+        progress (`Callable[[str, int, int], None]`, *optional*): called as progress(stage, done,
+            total) after each step ("invert", "edit").
+        **settings: any `LEditsConfig` field, e.g. `edit_scale=[9, 4]` (one per concept).
+
+    Returns:
+        `EditResult`: the edited image, the mask used (or None), the UNet evaluations this call
+        spent, every setting, the seed, timings by stage, the final latent and a message (or "").
+    """
     check_model(model)
     edit = dict(add=add, remove=remove, prompt=prompt, seed=seed, mask=mask, image=image)
     return ledits_many(model, image_or_inversion, [edit], source, config, preset, progress, **settings)[0]

@@ -162,7 +162,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
         mask, t = _reused(
             cache,
             ("mask", *key, req.query, req.reference, seed, mask_settings),
-            lambda: diffedit_mask(model, image, req.query, req.reference, seed, cfg),
+            lambda: diffedit_mask(model, image, req.query, req.reference, config=cfg, seed=seed),
         )
         steps.append(("mask", t))
         made += [mask] if t is not None else []
@@ -170,7 +170,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
         encoding, t = _reused(
             cache,
             ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio, cfg.solver),
-            lambda: ddim_encoding(model, image, cfg, progress),
+            lambda: ddim_encoding(model, image, config=cfg, progress=progress),
         )
         steps.append(("encoding", t))
         made += [encoding] if t is not None else []
