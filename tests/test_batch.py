@@ -511,7 +511,7 @@ def result_lines(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
-def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path, record_property):
+def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path):
     """Batch runs killed (the parent alone) at random moments, then resumed, until one finishes:
     every row ends with one result and one readable image; a row recorded as done is never run
     again (its image untouched); no worker outlives its parent by 10 s; no temporary file stays."""
@@ -525,11 +525,11 @@ def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path, re
     manifest = write_rows(tmp_path / "m.jsonl", rows)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "retouch", "batch", str(manifest), "--out", str(out), "--no-progress"]
-    rounds, finished = 0, False
-    while rounds < 12 and not finished:
+    rounds, killed, finished = 0, 0, False
+    while rounds < 8 and not finished:
         before = {r["key"]: (out / Path(r["output"]).name).stat().st_mtime_ns for r in result_lines(out)}
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t_kill, workers = time.time() + rng.uniform(0.5, 5.0), set()
+        t_kill, workers = time.time() + rng.uniform(1.0, 8.0), set()
         while time.time() < t_kill and proc.poll() is None:
             workers |= children(proc.pid)
             time.sleep(0.02)
@@ -538,6 +538,7 @@ def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path, re
             assert proc.returncode == 0
         else:
             kill_parent_only(proc, workers | children(proc.pid))
+            killed += 1
         rounds += 1
         lines = result_lines(out)
         for key, stamp in before.items():  # done before this round: not done again
@@ -549,7 +550,7 @@ def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path, re
         assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
     lines = result_lines(out)
     assert sorted(r["row"] for r in lines) == list(range(len(rows)))
-    record_property("kill_rounds", rounds)
+    print(f"{rounds} rounds, {killed} killed")  # (shown with pytest -s)
     assert all(r["status"] == "ok" for r in lines) and rounds >= 3
     for r in lines:
         with Image.open(r["output"]) as img:
