@@ -211,6 +211,7 @@ def test_a_pickled_checkpoint_loads_only_when_asked_by_name(shipped_parts, tmp_p
         ("model.safetensors", "no-such/model-id", "not in the local cache; give config="),
         ("model.safetensors", "./no-such-folder", "no such folder"),
         ("folder", "shipped", "config= is for a single-file checkpoint"),
+        ("sd3.safetensors", None, "diffusers' 'sd3' family; retouch edits Stable Diffusion 1.x/2.x and SDXL"),
     ],
 )
 def test_what_is_not_read_is_one_line_naming_the_way_that_works(tmp_path, monkeypatch, name, config, says):
@@ -220,6 +221,13 @@ def test_what_is_not_read_is_one_line_naming_the_way_that_works(tmp_path, monkey
     path = tmp_path / name
     if name == "folder":
         path.mkdir()
+    elif name == "sd3.safetensors":  # the two keys diffusers reads an SD3 medium checkpoint by
+        sd3 = {"joint_blocks.0.context_block.adaLN_modulation.1.bias": torch.zeros(9216)}
+        save_file(
+            {"model.diffusion_model." + k: v for k, v in sd3.items()}
+            | {"pos_embed": torch.zeros(1, 36864, 1)},
+            str(path),
+        )
     elif name != "missing.safetensors":
         save_file({"model.diffusion_model.nothing": torch.zeros(1)}, str(path))
     with pytest.raises(ModelError, match=re.escape(says)) as e:

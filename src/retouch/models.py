@@ -16,6 +16,7 @@ from retouch.types import ModelBundle
 SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
 SINGLE_FILE = ".safetensors"
 PICKLED = (".ckpt", ".pt", ".pth", ".bin")  # torch.save files: unpickling them can run code
+EDITABLE_FAMILIES = ("v1", "v2", "xl_base")  # diffusers' names of the single-file families retouch edits
 
 
 def default_device() -> torch.device:
@@ -231,15 +232,25 @@ def _config_folder(path: Path, config: str | Path | None) -> Path:
 
 
 def _inferred_family(path: Path, hint: str) -> str:
-    """The hub id of the diffusers pipeline whose configs fit the checkpoint's keys."""
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+    """The hub id of the diffusers pipeline whose configs fit the checkpoint's keys; a family
+    retouch does not edit (SD3, Flux, an inpainting UNet, ...) is refused here, by its name."""
+    from diffusers.loaders.single_file_utils import (
+        DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+        infer_diffusers_model_type,
+        load_single_file_checkpoint,
+    )
 
     try:
-        checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
-        return fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+        family = infer_diffusers_model_type(load_single_file_checkpoint(str(path), local_files_only=True))
     except Exception as e:  # noqa: BLE001 - unreadable, or keys of no family diffusers knows
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {path.name}: its family is not known ({first}); {hint}") from e
+    if family not in EDITABLE_FAMILIES:
+        raise ModelError(
+            f"cannot load model {path.name}: its weights are diffusers' {family!r} family; retouch edits "
+            "Stable Diffusion 1.x/2.x and SDXL models"
+        )
+    return DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
 
 
 def _model_index(folder: Path) -> dict:
