@@ -109,7 +109,7 @@ def test_the_edits_of_a_batch_must_share_their_step_grid_and_size(tiny_eps):
         (
             retouch.diffedit_many,
             [a, a],
-            [dict(query=QUERIES[0]), dict(query=QUERIES[1], solver="dpmsolver++")],
+            [dict(query=QUERIES[0]), dict(query=QUERIES[1], encode_ratio=0.6)],
             d,
         ),
         (retouch.diffedit_many, [a, small], [dict(query=QUERIES[0]), dict(query=QUERIES[1])], d),

@@ -115,7 +115,6 @@ class Encoding:
     unet_evals: int
     image_hash: str
     fingerprint: str
-    solver: str = "ddim"  # the ODE solver that made it: "ddim" or "dpmsolver++"
 
 
 @dataclass(frozen=True)

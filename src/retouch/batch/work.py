@@ -127,7 +127,7 @@ def _inputs(model: ModelBundle, row: Row, image, shared: dict):
     evaluations spent here making a value its image's other rows share: an encoding, an inversion)."""
     cfg, made = _job(model, row).cfg, 0
     if row.method == "diffedit":
-        key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio, cfg.solver)
+        key = ("encoding", cfg.num_inference_steps, cfg.encode_ratio)
         if cfg.uses_encoding and key not in shared:
             shared[key] = ddim_encoding(model, image, cfg)
             made = shared[key].unet_evals

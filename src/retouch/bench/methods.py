@@ -115,7 +115,7 @@ def _mask(result) -> np.ndarray | None:
 
 
 def _ddim_key(s: Settings) -> tuple:
-    return ("ddim", s.diffedit.num_inference_steps, s.diffedit.encode_ratio, s.diffedit.solver)
+    return ("ddim", s.diffedit.num_inference_steps, s.diffedit.encode_ratio)
 
 
 def _ddim_encoding(ctx: Context, case: Case, s: Settings):

@@ -33,7 +33,6 @@ from retouch.timing import Timer
 from retouch.types import EditResult, Encoding, Mask, ModelBundle
 
 MODES = ("diffedit", "no_mask", "no_encoding", "sdedit")
-SOLVERS = ("ddim", "dpmsolver++")
 # The named fast setting: half the evaluations of the defaults at their quality on ShapesBench (the
 # paper's DDIM at N=20: 68 evaluations; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20)
@@ -112,12 +111,6 @@ class DiffEditConfig:
     feather: float = setting(
         1.0, "pixels of Gaussian feather for paste-back and the display mask", ours=True, values="[0, 64]"
     )
-    solver: str = setting(
-        "ddim",
-        "ddim (the paper) or dpmsolver++: DPM-Solver++(2M), to encode and decode",
-        SOLVERS,
-        ours=True,
-    )
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -137,8 +130,6 @@ class DiffEditConfig:
         if self.mask_guidance_scale is not None:
             check_number("mask_guidance_scale", self.mask_guidance_scale, 0)
         check_number("feather", self.feather, 0, 64)
-        if self.solver not in SOLVERS:
-            raise SettingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.mode not in MODES:
             raise SettingError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
@@ -277,8 +268,8 @@ def ddim_encoding(
         preset (`str`, *optional*): one of `PRESETS`, under the explicit settings.
         progress (`Callable[[str, int, int], None]`, *optional*): called as progress("encode", done,
             total) after each step.
-        **settings: any `DiffEditConfig` field; the encoding reads num_inference_steps,
-            encode_ratio and solver.
+        **settings: any `DiffEditConfig` field; the encoding reads num_inference_steps and
+            encode_ratio.
 
     Returns:
         `Encoding`: the latents [1, C, h, w] at every level of the encoding, to pass to `diffedit`
@@ -293,7 +284,7 @@ def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     ts = schedule.timesteps(cfg.num_inference_steps)[-cfg.encode_steps :][::-1]  # ascending
     eps = guided_eps(unet_eps(model, schedule, counter, _size(prep)), encode_text(model, [""]), None, 1.0)
-    latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"), cfg.solver)
+    latents = ddim_encode(eps, schedule, prep.x0, ts, stage(progress, "encode"))
     return Encoding(
         tuple(latents),
         (-1, *ts),
@@ -302,7 +293,6 @@ def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
         counter.n,
         prep.hash,
         model.fingerprint,
-        cfg.solver,
     )
 
 
@@ -311,15 +301,10 @@ def _check_encoding(enc: Encoding, prep: Prepared, model, cfg: DiffEditConfig) -
         raise SettingError("encoding was made with another model")
     if enc.image_hash != prep.hash:
         raise SettingError("encoding was made from another image")
-    if (enc.num_inference_steps, enc.encode_ratio, enc.solver) != (
-        cfg.num_inference_steps,
-        cfg.encode_ratio,
-        cfg.solver,
-    ):
+    if (enc.num_inference_steps, enc.encode_ratio) != (cfg.num_inference_steps, cfg.encode_ratio):
         raise SettingError(
             f"encoding has num_inference_steps={enc.num_inference_steps}, encode_ratio="
-            f"{enc.encode_ratio}, solver={enc.solver}; the edit asks for {cfg.num_inference_steps}, "
-            f"{cfg.encode_ratio}, {cfg.solver}"
+            f"{enc.encode_ratio}; the edit asks for {cfg.num_inference_steps}, {cfg.encode_ratio}"
         )
     ts = Schedule.from_scheduler(model.scheduler).timesteps(cfg.num_inference_steps)[-cfg.encode_steps :]
     if tuple(enc.timesteps) != (-1, *ts[::-1]) or len(enc.latents) != len(enc.timesteps):
@@ -383,7 +368,7 @@ def _decode(model, start, background, masks, jobs: list[_Job], cfg, size, progre
         away_scale = torch.tensor(w_r, device=start.device).view(-1, 1, 1, 1)
     eps = guided_eps(unet_eps(model, schedule, counter, size), cond, uncond, scale, away, away_scale)
     with _word_scales(model, jobs, masks, branch_order(uncond, scale, away), start):
-        z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"), cfg.solver)
+        z = ddim_sample(eps, schedule, start, ts, background, masks, stage(progress, "decode"))
     return check_finite(z, "guidance_scale"), counter.n
 
 
@@ -404,7 +389,7 @@ def _word_scales(model, jobs: list[_Job], masks, order: tuple[str, ...], start: 
 
 
 EDIT_KEYS = ("query", "reference", "seed", "mask", "encoding", "preset")  # an edit's own; the rest: settings
-GRID = ("num_inference_steps", "encode_ratio", "solver", "mode")  # what the edits of a batch share
+GRID = ("num_inference_steps", "encode_ratio", "mode")  # what the edits of a batch share
 
 
 @dataclass(frozen=True)
@@ -439,15 +424,11 @@ def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
 
 
 def encoding_steps(encoding: Encoding | None, preset: dict) -> dict:
-    """The steps an Encoding was made on (num_inference_steps, encode_ratio, solver), as the
+    """The steps an Encoding was made on (num_inference_steps, encode_ratio), as the
     settings an edit from it runs on, less those its preset sets (None: {})."""
     if encoding is None:
         return {}
-    steps = dict(
-        num_inference_steps=encoding.num_inference_steps,
-        encode_ratio=encoding.encode_ratio,
-        solver=encoding.solver,
-    )
+    steps = dict(num_inference_steps=encoding.num_inference_steps, encode_ratio=encoding.encode_ratio)
     return {k: v for k, v in steps.items() if k not in preset}
 
 
@@ -476,7 +457,7 @@ def diffedit_many(
         progress (`Callable[[str, int, int], None]`, *optional*): called as progress(stage, done,
             total) after each step.
         **settings: any `DiffEditConfig` field, for every edit. The edits share
-            num_inference_steps, encode_ratio, solver and mode.
+            num_inference_steps, encode_ratio and mode.
 
     Returns:
         `list[EditResult]`: one per edit, in order (as `diffedit` returns).

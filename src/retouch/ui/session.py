@@ -169,7 +169,7 @@ def _diffedit(model, cache, req, image, seed, key, progress):
     if cfg.uses_encoding:
         encoding, t = _reused(
             cache,
-            ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio, cfg.solver),
+            ("encoding", *key, cfg.num_inference_steps, cfg.encode_ratio),
             lambda: ddim_encoding(model, image, config=cfg, progress=progress),
         )
         steps.append(("encoding", t))
