@@ -135,3 +135,56 @@ def region_shares(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         0, regions.shape[:2]
     )  # [B, L, pixels]
     return (maps.transpose(1, 2) * m).sum(-1) / maps.sum(1).clamp_min(1e-12)
+
+
+def concept_level(unet_config, h: int, w: int) -> tuple[int, int]:
+    """The UNet level whose cross-attention LEDITS++'s masks read, for a latent of h×w: the one two
+    downsamplings below the latent (Stable Diffusion's 16×16 at 512 px, SDXL's 32×32 at 1024, the
+    shipped model's 4×4 at 64 px: diffusers' latent/4, the authors' fixed 16×16 at 512), each
+    downsampling halving a side and rounding up as the UNet's stride-2 convolutions do. A UNet
+    without cross-attention there reads its cross-attention level nearest to it. Returns (h', w')."""
+    attends = [i for i, kind in enumerate(unet_config.down_block_types) if "CrossAttn" in kind]
+    if not attends:
+        raise ValueError("the UNet has no cross-attention: LEDITS++'s attention mask needs it")
+    level = min(attends, key=lambda i: (abs(i - 2), -i))
+    return math.ceil(h / 2**level), math.ceil(w / 2**level)
+
+
+class LevelMaps(CrossAttentionMaps):
+    """`CrossAttentionMaps` at one level only: the layers whose latent has `pixels` pixels keep
+    their head-averaged probabilities (one [B, pixels, L] per layer); every other call runs the
+    fused attention untouched."""
+
+    def __init__(self, pixels: int):
+        super().__init__()
+        self.pixels = pixels
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        if hidden_states.ndim == 3 and hidden_states.shape[1] == self.pixels:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+        return AttnProcessor2_0.__call__(
+            self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw
+        )
+
+    def take(self, size: tuple[int, int]) -> torch.Tensor:
+        """The mean over the kept layers of the last UNet call, and forget them: [B, h', w', L]."""
+        if not self.maps:
+            raise RuntimeError(f"no cross-attention layer of the UNet ran at {size[0]}×{size[1]}")
+        out = torch.stack(self.maps).float().mean(0).unflatten(1, size)  # [B, h', w', L]
+        self.maps = []
+        return out
+
+
+@contextlib.contextmanager
+def level_maps(unet, size: tuple[int, int]):
+    """A block inside which the cross-attention layers of `unet`'s down and up blocks at the level
+    of size (h', w') keep their maps (`LevelMaps`); the middle block is left out, as LEDITS++'s
+    code and diffusers read only the down and up blocks. Yields the LevelMaps; the UNet's own
+    processors are restored after."""
+    maps, plain = LevelMaps(size[0] * size[1]), AttnProcessor2_0()
+    procs = {
+        name: maps if ".attn2." in name and name.startswith(("down_blocks", "up_blocks")) else plain
+        for name in unet.attn_processors
+    }
+    with attention_processor(unet, procs):
+        yield maps

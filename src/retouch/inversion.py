@@ -79,7 +79,8 @@ def ddpm_invert(
             mu, sigma = schedule.ddpm_mean_sigma(x_t, eps_fn(x_t, t), t, t_next)
         else:
             mu, sigma, prev = schedule.dpmpp_2m(x_t, eps_fn(x_t, t), t, t_next, prev, sde=True)
-        z = (noisy[i + 1] - mu) / sigma
+        # a step to a clean level of σ = 0 (a schedule ending at ᾱ = 1) is deterministic: no map
+        z = (noisy[i + 1] - mu) / sigma if sigma > 0 else torch.zeros_like(mu)
         zs.append(z)
         trajectory.append(x0 if t_next < 0 else mu + sigma * z)
         if progress:

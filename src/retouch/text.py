@@ -96,3 +96,10 @@ def _encode_xl(bundle: ModelBundle, text: str) -> torch.Tensor:
 def unpack_xl(cond: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An SDXL condition [B, L + 1, D] → (hidden states [B, L, D], pooled [B, pooled_dim])."""
     return cond[:, :-1], cond[:, -1, :pooled_dim]
+
+
+def token_count(bundle: ModelBundle, text: str) -> int:
+    """How many tokens the (first) tokenizer makes of `text`, the start and end tokens left out
+    and truncated to the encoder's length, as LEDITS++ counts a concept's words."""
+    tok = bundle.tokenizer
+    return len(tok(text, truncation=True, max_length=tok.model_max_length).input_ids) - 2

@@ -129,6 +129,7 @@ class EditResult:
     timings: dict = field(default_factory=dict)
     latents: torch.Tensor | None = None  # final latent [1, C, h, w] before decoding
     message: str = ""
+    concept_masks: tuple[Mask, ...] = ()  # LEDITS++: each concept's implicit mask (added, then removed)
 
 
 @dataclass(frozen=True)

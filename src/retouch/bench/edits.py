@@ -158,7 +158,7 @@ def warm_up(ctx: Context, methods: Sequence[str]) -> None:
         m.unet(z.to(m.dtype), t, encoder_hidden_states=encode_text(m, [""]).to(m.dtype))
     for name in methods:
         if METHODS[name].library == "diffusers":
-            ctx.pipe(name.split("_", 1)[1])
+            ctx.pipe(name.split("_", 1)[1].rstrip("+"))  # diffusers_ledits++: the LEDITS++ pipeline
 
 
 @dataclass(frozen=True)

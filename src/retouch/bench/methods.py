@@ -10,9 +10,11 @@ retouch: diffedit (and the paper's ablations diffedit_no_mask, diffedit_no_encod
 diffedit_presets (DiffEdit with the preset a user picks for the edit's kind, KIND_PRESETS);
 diffedit_concepts (DiffEdit given the edit's phrases, "green circle" against "red circle");
 ledits_prompt, ledits_concepts, ledits_both, ledits_masked (both, with mask="infer");
-ledits_presets (concepts, with the preset a user picks for the edit's kind).
+ledits_presets (concepts, with the preset a user picks for the edit's kind); ledits++ (concepts,
+preset "ledits++": LEDITS++'s implicit masks on the exact DPM-Solver++ inversion).
 diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
-(LEditsPPPipelineStableDiffusion, concepts only: LEDITS++ has no target prompt).
+(LEditsPPPipelineStableDiffusion at LEDITS's settings, concepts only: LEDITS++ has no target
+prompt), diffusers_ledits++ (the same pipeline at the "ledits++" preset's settings).
 autoencoder: the VAE round trip alone, the ceiling of preservation.
 """
 
@@ -205,6 +207,34 @@ def _ledits(prompt: bool, concepts: bool, masked: bool = False, presets: bool = 
     return edit
 
 
+def _pp_config(s: Settings) -> LEditsConfig:
+    """The "ledits++" preset, with the settings the run was given laid over it."""
+    from retouch.methods.ledits import PRESETS
+    from retouch.settings import configured
+
+    return configured(LEditsConfig(), PRESETS, "ledits++", s.given_in(s.ledits))
+
+
+def _pp_key(s: Settings) -> tuple:
+    c = _pp_config(s)
+    return ("ledits++", s.source, c.num_inference_steps, c.skip_steps, c.source_guidance_scale, c.solver)
+
+
+def _pp_inversion(ctx: Context, case: Case, s: Settings):
+    from retouch.methods.ledits import invert
+
+    return invert(ctx.model, case.input_image, s.source_text(case), config=_pp_config(s), seed=case.seed)
+
+
+def _ledits_pp(ctx: Context, case: Case, s: Settings, inv) -> Output:
+    from retouch.methods.ledits import ledits
+
+    r = ledits(
+        ctx.model, inv, add=list(case.add), remove=list(case.remove), config=_pp_config(s), seed=case.seed
+    )
+    return Output(_image(r.image), _mask(r), r.unet_evals)
+
+
 # --- diffusers --------------------------------------------------------------------------------------
 
 
@@ -227,39 +257,39 @@ def _their_diffedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
     return Output(_image(to_image(dp.decode_latents(pipe, z), h, w)), mask[0] > 0.5)
 
 
-def _ledits_steps(s: Settings) -> tuple[int, int]:
-    n = s.ledits.num_inference_steps
-    return n, n - s.ledits.skip_steps
-
-
 def _their_ddpm_key(s: Settings) -> tuple:
     return ("dpm-sde", *_ddpm_key(s)[1:])
 
 
-def _their_inversion(ctx: Context, case: Case, s: Settings):
+def _their_inversion(ctx: Context, case: Case, s: Settings, pp: bool = False):
     from PIL import Image
 
     pipe = ctx.pipe("ledits")
-    n, k = _ledits_steps(s)
+    c = _pp_config(s) if pp else s.ledits
+    n = c.num_inference_steps
     dp.ledits_invert(
         pipe,
         Image.fromarray(case.input_image),
         s.source_text(case),
-        s.ledits.source_guidance_scale,
+        c.source_guidance_scale,
         n,
-        k,
+        n - c.skip_steps,
         case.seed,
     )
-    token = (case.id, _their_ddpm_key(s))
+    token = (case.id, _their_pp_key(s) if pp else _their_ddpm_key(s))
     pipe._retouch_bench_inverted = token  # the pipeline keeps its inversion: remember whose it is
     return token
 
 
-def _their_ledits(ctx: Context, case: Case, s: Settings, token) -> Output:
+def _their_pp_key(s: Settings) -> tuple:
+    return ("diffusers", *_pp_key(s))
+
+
+def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False) -> Output:
     pipe = ctx.pipe("ledits")
     if getattr(pipe, "_retouch_bench_inverted", None) != token:
         raise RuntimeError(f"diffusers' LEDITS++ pipeline holds another inversion than {token}")
-    c = s.ledits
+    c = _pp_config(s) if pp else s.ledits
     k = len(case.add) + len(case.remove)
     scale, warmup, threshold = (
         v if isinstance(v, (list, tuple)) else [v] * k
@@ -336,11 +366,24 @@ METHODS: dict[str, Method] = {
             _their_ddpm_key,
             library="diffusers",
         ),
+        Method("ledits++", "ledits", _ledits_pp, _pp_inversion, _pp_key, has_mask=True),
+        Method(
+            "diffusers_ledits++",
+            "ledits",
+            lambda ctx, case, s, token: _their_ledits(ctx, case, s, token, pp=True),
+            lambda ctx, case, s: _their_inversion(ctx, case, s, pp=True),
+            _their_pp_key,
+            library="diffusers",
+        ),
     ]
 }
 
 # retouch's method and its diffusers counterpart with matched settings (benchmarks/speed.py)
-COUNTERPARTS = {"diffedit": "diffusers_diffedit", "ledits_concepts": "diffusers_ledits"}
+COUNTERPARTS = {
+    "diffedit": "diffusers_diffedit",
+    "ledits_concepts": "diffusers_ledits",
+    "ledits++": "diffusers_ledits++",
+}
 
 
 def parse_methods(text: str) -> list[str]:

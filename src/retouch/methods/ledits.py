@@ -5,6 +5,8 @@
     out = ledits(model, inv, prompt="a green circle on a white background")
 
 The inversion is a value: reuse it for any number of edits, or save it and load it later.
+LEDITS++ (Brack et al. 2024, arXiv 2311.16711) is `preset="ledits++"`: its DPM-Solver++ 2M SDE
+inversion and its implicit masks (`implicit_mask`), each concept guided only inside its own.
 Beyond the paper: `mask="infer"` (DiffEdit's mask) or a given mask confines the guidance to the
 edited region and pins the latents outside it to the inversion's trajectory; `paste_back=True`
 then also keeps the input's pixels outside it (the VAE decoder sees the whole latent, so edited
@@ -13,14 +15,16 @@ latents shift its colours everywhere).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from retouch.attention import concept_level, level_maps
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
-from retouch.errors import SettingError
-from retouch.guidance import Concept, Guide, SegaState, sega_eps_many
+from retouch.errors import PromptError, SettingError
+from retouch.guidance import MASK_MODES, Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import check_inversion, ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
 from retouch.masks import user_mask
@@ -30,7 +34,7 @@ from retouch.presets import LEDITS
 from retouch.sampling import ddpm_sample
 from retouch.schedule import Schedule
 from retouch.settings import check_number, check_seed, configured, setting
-from retouch.text import check_prompt, encode_text
+from retouch.text import check_prompt, encode_text, token_count
 from retouch.timing import Timer
 from retouch.types import EditResult, Inversion, Mask, ModelBundle
 
@@ -39,6 +43,7 @@ PRESETS = LEDITS  # the reference demo's concept settings (retouch.presets)
 Number = float | Sequence[float]
 INVERSION_FIELDS = ("num_inference_steps", "skip", "source_guidance_scale", "solver")  # what invert() reads
 SOLVERS = ("ddpm", "dpmsolver++")
+IMPLICIT = ("none", *MASK_MODES)
 # The named fast setting: a fifth of the defaults' evaluations at their quality on ShapesBench (the
 # paper's DDPM at N=20 and its skip fraction; DPM-Solver++ did worse there, BENCHMARKS.md)
 FAST = dict(num_inference_steps=20, skip=0.36)
@@ -90,6 +95,19 @@ class LEditsConfig:
         SOLVERS,
         advanced=True,
     )
+    implicit_mask: str = setting(
+        "none",
+        "LEDITS++'s implicit masks: none (LEDITS: SEGA's per-channel threshold), intersect "
+        "(cross-attention ∩ noise estimate, the paper's), attention or noise; λ_i is their quantile",
+        IMPLICIT,
+    )
+    implicit_tokens: str = setting(
+        "sequence",
+        "whose attention the cross-attention mask sums: sequence (every token after the start "
+        "token but the last, as the authors' code and diffusers) or words (the concept's own)",
+        ("sequence", "words"),
+        advanced=True,
+    )
 
     def check(self) -> None:
         check_number("num_inference_steps", self.num_inference_steps, 1, 1000, integer=True)
@@ -105,6 +123,12 @@ class LEditsConfig:
         check_number("feather", self.feather, 0, 64)
         if self.solver not in SOLVERS:
             raise SettingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.implicit_tokens not in ("sequence", "words"):
+            raise SettingError(f"implicit_tokens must be sequence or words, got {self.implicit_tokens!r}")
+        if self.implicit_mask not in IMPLICIT:
+            raise SettingError(
+                f"implicit_mask must be one of {', '.join(IMPLICIT)}, got {self.implicit_mask!r}"
+            )
 
     @property
     def skip_steps(self) -> int:
@@ -148,6 +172,8 @@ def make_concepts(model, add: Sequence[str], remove: Sequence[str], cfg: LEditsC
     warmup = _per_concept("edit_warmup", cfg.edit_warmup, k, low=0, integer=True)
     cooldown = _per_concept("edit_cooldown", cfg.edit_cooldown, k, low=0, integer=True)
     threshold = _per_concept("edit_threshold", cfg.edit_threshold, k, low=0, high=1)
+    if cfg.implicit_mask != "none":
+        _check_implicit(model, texts, threshold)
     weight = _per_concept("edit_weight", cfg.edit_weight, k, low=0)
     return [
         Concept(
@@ -161,6 +187,18 @@ def make_concepts(model, add: Sequence[str], remove: Sequence[str], cfg: LEditsC
         )
         for i in range(k)
     ]
+
+
+def _check_implicit(model, texts: list[str], thresholds: list[float]) -> None:
+    """LEDITS++'s masks need a quantile strictly inside (0, 1) and words to attend to."""
+    for q in thresholds:
+        if not 0 < q < 1:
+            raise SettingError(
+                f"edit_threshold is the implicit masks' quantile: it must be in (0, 1), got {q}"
+            )
+    for text in texts:
+        if token_count(model, text) == 0:
+            raise PromptError(f"concept {text!r} has no tokens: the text encoder reads nothing in it")
 
 
 def invert(
@@ -273,6 +311,7 @@ def _guide(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask
     base_scale = cfg.target_guidance_scale if prompt else inv.source_guidance_scale
     texts = ["", *([base_text] if base_text else []), *[c.text for c in concepts]]
     embs = encode_text(model, texts).split(1)  # each [1, L, D]
+    implicit = None if cfg.implicit_mask == "none" else cfg.implicit_mask
     return Guide(
         embs[0],
         tuple(concepts),
@@ -282,13 +321,24 @@ def _guide(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask
         cfg.momentum_scale,
         cfg.momentum_beta,
         mask,
+        implicit,
+        tuple(_tokens(model, c.text, cfg) for c in concepts) if implicit else (),
     )
+
+
+def _tokens(model, text: str, cfg: LEditsConfig) -> int:
+    """How many tokens after the start token the concept's cross-attention mask sums."""
+    if cfg.implicit_tokens == "words":
+        return token_count(model, text)
+    return model.tokenizer.model_max_length - 2
 
 
 def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress):
     """DDPM sampling of every edit from its inversion's x_{t_start} with its z maps and guided ε̃
     (docs/ledits.md, step 3), all edits as ONE batch per step; with a mask, guidance only inside and
-    latents outside pinned to the inversion's trajectory. Returns (x0 [B, C, h, w], evaluations)."""
+    latents outside pinned to the inversion's trajectory. With LEDITS++'s masks, the UNet's cross-attention at its
+    16×16-equivalent level is read at every step. Returns (x0 [B, C, h, w], evaluations, the
+    edits' final SEGA states)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     x = torch.cat([inv.trajectory[:1] for inv in invs])  # [B, C, h, w]
     zs = invs[0].zs if len(invs) == 1 else torch.stack([inv.zs for inv in invs], dim=1)  # [K, B, C, h, w]
@@ -297,21 +347,55 @@ def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progre
         ones = torch.ones(x.shape[-2:], device=x.device)
         m = torch.stack([ones if mk is None else mk for mk in masks])[:, None]  # [B, 1, h, w]
         pin = invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
-    z = ddpm_sample(
-        sega_eps_many(unet_eps(model, schedule, counter, (invs[0].height, invs[0].width)), guides),
-        schedule,
-        x,
-        list(invs[0].timesteps),
-        zs,
-        tuple(SegaState() for _ in invs),
-        pin=pin,
-        mask=m,
-        progress=stage(progress, "edit"),
-        solver=invs[0].solver,
-    )
-    return check_finite(
-        z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)"
-    ), counter.n
+    eps = unet_eps(model, schedule, counter, (invs[0].height, invs[0].width))
+    size = concept_level(model.unet.config, *x.shape[-2:])
+    last = {}
+    with level_maps(model.unet, size) if any(g.needs_maps for g in guides) else _nothing() as store:
+        many = sega_eps_many(eps, guides, None if store is None else lambda: store.take(size))
+
+        def guided(x, t, states):
+            e, last["states"] = many(x, t, states)
+            return e, last["states"]
+
+        z = ddpm_sample(
+            guided,
+            schedule,
+            x,
+            list(invs[0].timesteps),
+            zs,
+            tuple(SegaState() for _ in invs),
+            pin=pin,
+            mask=m,
+            progress=stage(progress, "edit"),
+            solver=invs[0].solver,
+        )
+    z = check_finite(z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)")
+    return z, counter.n, last["states"]
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield None
+
+
+def _concept_masks(model, state: SegaState, job: _Job, inv: Inversion) -> tuple[tuple[Mask, ...], str]:
+    """Each concept's implicit mask as a Mask (scores: the share of its guided steps in which a
+    latent pixel was inside, [h, w]; latent: the pixels whose share is at least half the largest,
+    as the masks move from step to step) and a message naming the concepts whose mask was empty
+    at every step."""
+    if state.mask_sum is None:
+        return (), ""
+    out, notes = [], []
+    for c, total, n in zip(job.concepts, state.mask_sum, state.mask_steps):
+        share = (total / max(n, 1)).cpu()  # [h, w]
+        latent = ((share >= 0.5 * share.max()) & (share > 0)).float()
+        soft = upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, job.cfg.feather)
+        out.append(Mask(latent, soft, share))
+        if n == 0:
+            notes.append(f"concept {c.text!r} was never applied (its warm-up outlasts the edited steps)")
+        elif not total.any():
+            notes.append(f"concept {c.text!r}: its implicit mask was empty at every step (no edit there)")
+    return tuple(out), "; ".join(notes)
 
 
 EDIT_KEYS = ("add", "remove", "prompt", "seed", "mask", "image", "preset")  # an edit's own
@@ -415,7 +499,7 @@ def ledits_many(
                 _guide(model, invs[i], jobs[i].prompt, jobs[i].concepts, jobs[i].cfg, m)
                 for i, m in zip(live, latents)
             ]
-            z, spent = _edit(model, [invs[i] for i in live], guides, latents, progress)
+            z, spent, states = _edit(model, [invs[i] for i in live], guides, latents, progress)
             out = decode(model, z)
     results = []
     for i, job in enumerate(jobs):
@@ -434,7 +518,17 @@ def ledits_many(
             )
         image = to_image(pixels, invs[i].height, invs[i].width)
         evals_i = evals[i] + spent // len(live)
-        results.append(EditResult(image, m, evals_i, record, job.seed, dict(timer.times), z[b : b + 1], note))
+        own, empty = _concept_masks(model, states[b], job, invs[i])
+        if m is None and own:  # the implicit masks' union is the edit's mask
+            union = torch.stack([c.latent for c in own]).amax(0)
+            m = Mask(
+                union,
+                upsample_mask(union, model.vae_scale_factor, invs[i].height, invs[i].width, job.cfg.feather),
+            )
+        message = "; ".join(filter(None, [note, empty]))
+        results.append(
+            EditResult(image, m, evals_i, record, job.seed, dict(timer.times), z[b : b + 1], message, own)
+        )
     return results
 
 

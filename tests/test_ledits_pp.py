@@ -1,0 +1,222 @@
+"""LEDITS++ (docs/ledits.md "LEDITS++"): implicit masks, each concept inside its own; the edit
+stage equal to diffusers' LEditsPPPipelineStableDiffusion given its own inversion noises; where
+diffusers fails (a UNet without cross-attention at latent/4, sizes whose latent is not a multiple
+of 4), ours edits; bad input refused before any UNet call."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import retouch
+from retouch.shapes.architecture import SD1_SCHEDULER, build_components
+from retouch.attention import concept_level
+from retouch.bench import diffusers_pipelines as dp
+from retouch.denoiser import unet_calls
+from retouch.errors import InputError
+from retouch.guidance import SegaState, attention_mask, implicit_mask, noise_mask, smooth3
+from retouch.methods.ledits import LEditsConfig, _concept_masks, edit_job
+from retouch.models import from_components
+
+torch.set_num_threads(1)
+# numpy 2 on diffusers' DPM-Solver scheduler, which makes an array of a tensor
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+@pytest.fixture(scope="module")
+def image():
+    from retouch.shapes.world import render, sample_scene
+
+    return render(sample_scene(10_000_011, n_objects=2))  # uint8 (64, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def mini_random(tmp_path_factory):
+    """The shipped architecture ("mini": cross-attention at latent/4, as Stable Diffusion's) with
+    random weights and Stable Diffusion 1.x's schedule."""
+    parts = build_components("mini", tokenizer_dir=tmp_path_factory.mktemp("tok-pp"), seed=0)
+    return from_components(**parts, model_id="mini-random")
+
+
+@pytest.fixture(scope="module")
+def mini_zero_end(mini_random):
+    """The same modules, the schedule ending at ᾱ = 1 (σ = 0) as diffusers' LEDITS++ scheduler's
+    does (final_sigmas_type "zero"): its last step is deterministic."""
+    from diffusers import DDIMScheduler
+
+    return dataclasses.replace(
+        mini_random, scheduler=DDIMScheduler(**{**SD1_SCHEDULER, "set_alpha_to_one": True})
+    )
+
+
+# --- the masks, against hand-made inputs ------------------------------------------------------------
+
+
+def test_noise_mask_keeps_the_strongest_pixels():
+    psi = torch.linspace(0, 0.1, 64).reshape(1, 1, 8, 8).repeat(1, 4, 1, 1)  # a weak gradient
+    psi[0, :, 2:4, 5:7] = -1.0  # 4 of 64 pixels pull hard (either way)
+    m = noise_mask(psi, 60 / 63)  # the quantile at the 4th strongest of 64
+    assert m.shape == (8, 8) and m[2:4, 5:7].eq(1).all() and m.sum() == 4
+
+
+def test_attention_mask_follows_the_concept_tokens_not_the_others():
+    maps = torch.zeros(4, 4, 77)
+    maps[..., 0] = 1.0  # the start token everywhere: left out
+    maps[0, 3, 1] = 5.0  # the concept's word in one corner cell
+    m = attention_mask(maps, 1, 0.9, (16, 16))
+    assert m.shape == (16, 16)
+    assert m[0:4, 12:16].eq(1).all()  # its cell, upsampled by nearest neighbours
+    assert m[8:, :8].eq(0).all()
+
+
+def test_smoothing_sums_to_one_and_spreads():
+    a = torch.zeros(5, 5)
+    a[2, 2] = 1.0
+    b = smooth3(a)
+    assert torch.isclose(b.sum(), torch.tensor(1.0)) and b[2, 2] < 1 and b[1, 2] > 0
+
+
+def test_intersection_is_inside_both():
+    torch.manual_seed(0)
+    psi, maps = torch.randn(1, 4, 16, 16), torch.rand(4, 4, 77)
+    both = implicit_mask("intersect", psi, maps, 3, 0.5)
+    assert torch.equal(
+        both, implicit_mask("attention", psi, maps, 3, 0.5) * implicit_mask("noise", psi, maps, 3, 0.5)
+    )
+
+
+def test_level_is_latent_over_four_where_the_unet_attends_there(mini_random, tiny_eps):
+    assert concept_level(mini_random.unet.config, 16, 16) == (4, 4)  # SD at 512: 16×16 of 64×64
+    assert concept_level(mini_random.unet.config, 18, 22) == (5, 6)  # rounding up, as the UNet does
+    assert concept_level(tiny_eps.unet.config, 32, 32) == (16, 16)  # no cross-attention at /4
+
+
+# --- the edit ------------------------------------------------------------------------------------------
+
+
+def test_each_concept_has_its_own_mask_and_the_union_is_the_edits(mini_random, image):
+    out = retouch.ledits(
+        mini_random,
+        image,
+        add=["green circle"],
+        remove=["red square"],
+        preset="ledits++",
+        num_inference_steps=12,
+        skip=2,
+    )
+    a, r = out.concept_masks
+    assert a.latent.shape == r.latent.shape == (16, 16)
+    assert 0 < a.area < 1 and 0 < r.area < 1
+    assert not torch.equal(a.scores, r.scores)
+    assert torch.equal(out.mask.latent, torch.maximum(a.latent, r.latent))
+    assert out.mask.overlay(Image.fromarray(image)).size == (64, 64)
+
+
+def test_zero_scales_reconstruct_exactly(mini_random, image):
+    inv = retouch.invert(mini_random, image, **_pp(12, 2))
+    out = retouch.ledits(mini_random, inv, add=["green circle"], preset="ledits++", edit_scale=0.0)
+    assert torch.allclose(out.latents, inv.x0, atol=1e-4)
+
+
+def test_a_concept_never_applied_or_never_masked_is_said(mini_random, image):
+    out = retouch.ledits(
+        mini_random, image, add=["green circle"], preset="ledits++", num_inference_steps=12, skip=2,
+        edit_warmup=20,
+    )  # fmt: skip
+    assert "'green circle' was never applied" in out.message
+    job = edit_job(mini_random, dict(add=["green circle"]), None, "ledits++", {})
+    inv = retouch.invert(mini_random, image, **_pp(12, 2))
+    state = SegaState(10, None, torch.zeros(1, 16, 16), (10,))
+    masks, message = _concept_masks(mini_random, state, job, inv)
+    assert masks[0].area == 0 and "'green circle': its implicit mask was empty" in message
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        (dict(edit_threshold=1.0), "(0, 1)"),
+        (dict(edit_threshold=0.0), "(0, 1)"),
+        (dict(implicit_mask="everywhere"), "implicit_mask"),
+    ],
+)
+def test_bad_settings_fail_before_any_unet_call(mini_random, image, settings, words):
+    with unet_calls(mini_random) as sizes, pytest.raises(InputError, match=r".*") as err:
+        retouch.ledits(mini_random, image, add=["green circle"], preset="ledits++", **settings)
+    assert sizes == [] and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_empty_concept_fails_before_any_unet_call(mini_random, image):
+    with unet_calls(mini_random) as sizes, pytest.raises(InputError, match="concept"):
+        retouch.ledits(mini_random, image, add=["   "], preset="ledits++")
+    assert sizes == []
+
+
+# --- parity with diffusers ------------------------------------------------------------------------------
+
+
+def _pp(n: int, skip: int) -> dict:
+    return dict(num_inference_steps=n, skip=skip, solver="dpmsolver++")
+
+
+def _theirs_inverted(model, image, n: int, k: int, seed: int = 3):
+    pipe = dp.ledits_pipeline(model)
+    dp.ledits_invert(pipe, Image.fromarray(image), "", 3.5, n, k, seed)
+    return pipe
+
+
+def _ours_from_theirs(model, image, pipe, n: int, k: int):
+    """Our Inversion carrying diffusers' start latent, noise maps and timesteps."""
+    inv = retouch.invert(model, image, **_pp(n, n - k))
+    x = pipe.init_latents.float()  # [1, C, h, w]
+    return dataclasses.replace(
+        inv,
+        trajectory=torch.cat([x, torch.zeros(k, *x.shape[1:])]),
+        zs=pipe.zs[:, 0].float(),  # [K, C, h, w]
+        timesteps=tuple(int(t) for t in pipe.inversion_steps),
+    )
+
+
+@pytest.mark.parametrize("mode", ["intersect", "attention", "noise"])
+def test_edit_equals_diffusers_given_its_inversion(mini_zero_end, image, mode):
+    mini_random = mini_zero_end
+    n, k = 30, 20  # diffusers' timesteps from 641 down: below 800, where it uses M¹ alone
+    pipe = _theirs_inverted(mini_random, image, n, k)
+    assert max(int(t) for t in pipe.inversion_steps) <= 800
+    add, remove, scale, q, warm = ["green circle"], ["red square"], 8.0, 0.8, 1
+    flags = dict(intersect=(True, False), attention=(False, True), noise=(False, False))[mode]
+    with dp.own_attention_processors(pipe.unet):
+        theirs = pipe(
+            editing_prompt=[*add, *remove],
+            reverse_editing_direction=[False, True],
+            edit_guidance_scale=[scale] * 2,
+            edit_threshold=[q] * 2,
+            edit_warmup_steps=[warm] * 2,
+            use_intersect_mask=flags[0],
+            use_cross_attn_mask=flags[1],
+            output_type="latent",
+        ).images
+    inv = _ours_from_theirs(mini_random, image, pipe, n, k)
+    cfg = LEditsConfig(
+        **_pp(n, n - k),
+        implicit_mask=mode,
+        edit_scale=scale,
+        edit_threshold=q,
+        edit_warmup=warm,
+        momentum_scale=0.0,
+    )
+    ours = retouch.ledits(mini_random, inv, add=add, remove=remove, config=cfg)
+    assert (ours.latents - theirs.float()).abs().max() <= 1e-4
+
+
+def test_diffusers_needs_cross_attention_at_latent_over_four_ours_does_not(tiny_eps, image):
+    pipe = _theirs_inverted(tiny_eps, image, 12, 10)
+    with dp.own_attention_processors(pipe.unet), pytest.raises(ValueError, match="non-empty list"):
+        pipe(editing_prompt=["green circle"], edit_guidance_scale=5.0, output_type="latent")
+    out = retouch.ledits(
+        tiny_eps, image, add=["green circle"], preset="ledits++", num_inference_steps=12, skip=2
+    )
+    assert np.isfinite(np.asarray(out.image)).all() and out.concept_masks[0].area > 0
