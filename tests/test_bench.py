@@ -601,3 +601,23 @@ def test_a_mask_over_an_object_the_edit_keeps_is_counted_and_the_summary_splits_
     start = lines.index("## Masks over the objects the edit keeps")
     line = next(x for x in lines[start:] if x.startswith("| m | recolor |"))
     assert [c.strip() for c in line.strip("|").split("|")][2:] == ["5", "40%", "50%", "67%"]
+
+
+def test_ledits_pp_row_is_the_preset_under_the_runs_settings(tiny_eps):
+    """ledits++: the "ledits++" preset with the run's given settings laid over it (here N = 12 of
+    which the preset's top 5 are skipped: 7 steps), the inversion with the source caption (two
+    branches), the edit over [∅, caption, added, removed] (the caption under w_src as the inversion
+    had it), and the implicit masks' union as its mask."""
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.ledits import LEditsConfig
+
+    s = Settings(ledits=LEditsConfig(num_inference_steps=12), given=("num_inference_steps",))
+    case = make_case(HELD_OUT_SEED, "recolor")
+    calls = UNetCalls(tiny_eps.unet)
+    try:
+        out, prep, edit = run_method(Context(tiny_eps), calls, METHODS["ledits++"], case, s, {})
+    finally:
+        calls.unwrap()
+    assert (prep.evals, edit.evals) == (14, 28)
+    assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32) and out.mask.any()

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 import retouch
-from retouch.shapes.architecture import SD1_SCHEDULER, build_components
 from retouch.attention import concept_level
 from retouch.bench import diffusers_pipelines as dp
 from retouch.denoiser import unet_calls
@@ -21,6 +20,7 @@ from retouch.errors import InputError
 from retouch.guidance import SegaState, attention_mask, implicit_mask, noise_mask, smooth3
 from retouch.methods.ledits import LEditsConfig, _concept_masks, edit_job
 from retouch.models import from_components
+from retouch.shapes.architecture import SD1_SCHEDULER, build_components
 
 torch.set_num_threads(1)
 # numpy 2 on diffusers' DPM-Solver scheduler, which makes an array of a tensor

@@ -170,8 +170,8 @@ def _weighted(psis: dict, concepts: list[Concept], idx: list[int]) -> torch.Tens
 
 @dataclass(frozen=True)
 class Guide:
-    """One edit's guidance (docs/ledits.md, step 2): ε(∅)'s condition, the base (target prompt, None: none) and
-    its CFG scale, the SEGA concepts and their conditions, momentum settings and a mask [h, w]
+    """One edit's guidance (docs/ledits.md, step 2): ε(∅)'s condition, the base (target prompt,
+    None: none) and its CFG scale, the SEGA concepts and their conditions, momentum settings and a mask [h, w]
     confining γ. Conditions [1, L, D]. implicit: None (SEGA), or LEDITS++'s implicit masks (one
     of MASK_MODES) with each concept's token count in `tokens`."""
 

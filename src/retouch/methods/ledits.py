@@ -336,9 +336,9 @@ def _tokens(model, text: str, cfg: LEditsConfig) -> int:
 def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress):
     """DDPM sampling of every edit from its inversion's x_{t_start} with its z maps and guided ε̃
     (docs/ledits.md, step 3), all edits as ONE batch per step; with a mask, guidance only inside and
-    latents outside pinned to the inversion's trajectory. With LEDITS++'s masks, the UNet's cross-attention at its
-    16×16-equivalent level is read at every step. Returns (x0 [B, C, h, w], evaluations, the
-    edits' final SEGA states)."""
+    latents outside pinned to the inversion's trajectory. With LEDITS++'s masks, the UNet's
+    cross-attention at its 16×16-equivalent level is read at every step. Returns (x0 [B, C, h, w],
+    evaluations, the edits' final SEGA states)."""
     schedule, counter = Schedule.from_scheduler(model.scheduler), EvalCounter()
     x = torch.cat([inv.trajectory[:1] for inv in invs])  # [B, C, h, w]
     zs = invs[0].zs if len(invs) == 1 else torch.stack([inv.zs for inv in invs], dim=1)  # [K, B, C, h, w]
