@@ -556,3 +556,25 @@ def test_sigkill_at_random_moments_loses_no_row_and_does_none_twice(tmp_path):
         with Image.open(r["output"]) as img:
             img.load()
     assert not list((out / ".retouch-batch" / "tmp").iterdir())
+
+
+def test_a_ledits_pp_row_is_ledits_under_its_preset(tmp_path):
+    """ "method": "ledits++" runs LEDITS under the "ledits++" preset (its row's own setting beats
+    the preset's; recorded in the PNG); with another preset its row fails alone, in one line."""
+    Image.fromarray(render(sample_scene(HELD_OUT_SEED + 5, n_objects=1))).save(tmp_path / "a.png")
+    rows = [
+        dict(image="a.png", method="ledits++", add=["green circle"], num_inference_steps=10),
+        dict(image="a.png", method="ledits++", add=["green circle"], preset="object"),
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run = CliRunner().invoke(main, ["batch", str(manifest), "--out", str(out), "--json", "--no-progress"])
+    assert run.exit_code == 1, run.output
+    ok, bad = sorted(results(out), key=lambda r: r["row"])
+    assert ok["status"] == "ok" and bad["status"] == "failed"
+    assert "ledits under preset ledits++, got preset 'object'" in bad["error"]
+    s = read_params(ok["output"])["settings"]
+    assert (s["preset"], s["implicit_mask"], s["solver"], s["num_inference_steps"]) == (
+        "ledits++", "intersect", "dpmsolver++", 10,
+    )  # fmt: skip

@@ -1114,3 +1114,27 @@ def test_the_docs_error_examples_are_what_the_commands_say(tmp_path, image, monk
         result = CliRunner().invoke(main, shlex.split(command)[1:], prog_name="retouch")
         assert (result.exit_code, result.stderr.strip()) == (code, says), command
         assert sorted(os.listdir(folder)) == ["photo.png"], command  # nothing written
+
+
+def test_edit_ledits_pp_saves_the_implicit_masks_union(image, tmp_path, model_args):
+    """--preset ledits++ --save-mask: the edit and its mask (the union of the concepts' implicit
+    masks) written together; --save-mask with no mask to save, or onto the output: one line, nothing
+    written."""
+    out, mask = tmp_path / "out.png", tmp_path / "mask.png"
+    common = ("--add", "green circle", "--preset", "ledits++", "--num-inference-steps", "12")
+    result = edit(image, out, model_args, "ledits", *common, "--save-mask", mask, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mask"] == str(mask) and 0 < summary["mask_area"] < 1
+    with Image.open(mask) as m:
+        assert m.size == (64, 64) and 0 < np.asarray(m.convert("L")).mean() < 255
+    assert (
+        summary["settings"]["implicit_mask"] == "intersect" and summary["settings"]["solver"] == "dpmsolver++"
+    )
+    plain = edit(
+        image, tmp_path / "p.png", model_args, "ledits", "--add", "x y", "--save-mask", tmp_path / "m.png"
+    )
+    assert "--save-mask needs a mask" in one_error_line(plain)
+    same = edit(image, tmp_path / "s.png", model_args, "ledits", *common, "--save-mask", tmp_path / "s.png")
+    assert "refusing to overwrite" in one_error_line(same)
+    assert sorted(os.listdir(tmp_path)) == ["mask.png", "out.png", "scene.png"]

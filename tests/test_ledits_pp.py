@@ -220,3 +220,44 @@ def test_diffusers_needs_cross_attention_at_latent_over_four_ours_does_not(tiny_
         tiny_eps, image, add=["green circle"], preset="ledits++", num_inference_steps=12, skip=2
     )
     assert np.isfinite(np.asarray(out.image)).all() and out.concept_masks[0].area > 0
+
+
+# --- SDXL in float16, at 768×512 -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xl_fp16(tmp_path_factory):
+    """A tiny SDXL (both text encoders, text_time conditioning) whose VAE downsamples by 8 as SDXL's
+    does, so that a 768×512 image has a 96×64 latent; float16, its VAE upcast to float32."""
+    from diffusers import AutoencoderKL
+
+    from retouch.shapes.architecture import build_sdxl_components, save_pipeline
+
+    folder = tmp_path_factory.mktemp("xl8")
+    parts = build_sdxl_components("tiny", folder / "tok")
+    parts["vae"] = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    save_pipeline(folder / "model", parts)
+    return retouch.load(str(folder / "model"), device="cpu", dtype="float16", max_pixels=768 * 512)
+
+
+def test_sdxl_float16_768x512_edits_and_its_no_op_reconstructs(xl_fp16, record_property):
+    img = (np.random.default_rng(1).random((512, 768, 3)) * 255).astype(np.uint8)
+    inv = retouch.invert(xl_fp16, img, **_pp(12, 2))
+    assert inv.x0.shape == (1, 4, 64, 96) and xl_fp16.unet.dtype == torch.float16
+    same = retouch.ledits(xl_fp16, inv, add=["green circle"], preset="ledits++", edit_scale=0.0)
+    err = float((same.latents - inv.x0).abs().max())
+    record_property("max_abs_error", err)
+    assert err < 1e-2, err  # float16's rounding: latents of magnitude ~1 keep 11 bits
+    out = retouch.ledits(xl_fp16, inv, add=["green circle"], remove=["red square"], preset="ledits++")
+    assert torch.isfinite(out.latents).all() and out.image.size == (768, 512)
+    assert all(0 < m.area < 1 for m in out.concept_masks) and out.mask.soft.shape == (512, 768)

@@ -232,10 +232,17 @@ def test_ui_command_serves_the_loaded_model(monkeypatch):
 
 
 def test_presets_fill_the_form():
-    assert _preset_values("ledits", "object") == ["15.0", "5", "0.95"]
-    assert _preset_values("ledits", "none") == [
-        form_defaults("ledits")[n] for n in ("edit_scale", "edit_warmup", "edit_threshold")
-    ]
+    defaults = form_defaults("ledits")
+    obj = dict(zip(PRESET_FIELDS["ledits"], _preset_values("ledits", "object")))
+    assert obj == {
+        **{k: defaults[k] for k in obj},
+        "edit_scale": "15.0",
+        "edit_warmup": "5",
+        "edit_threshold": "0.95",
+    }
+    assert _preset_values("ledits", "none") == [defaults[n] for n in PRESET_FIELDS["ledits"]]
+    pp = dict(zip(PRESET_FIELDS["ledits"], _preset_values("ledits", "ledits++")))
+    assert (pp["implicit_mask"], pp["solver"], pp["num_inference_steps"]) == ("intersect", "dpmsolver++", 55)
     paper = form_defaults("diffedit")
     fields = (
         "mask_threshold",
@@ -264,7 +271,9 @@ def test_presets_fill_the_form():
     assert _preset_values("diffedit", "none") == filled()
 
 
-@pytest.mark.parametrize("method, preset", [("diffedit", "recolor"), ("ledits", "object")])
+@pytest.mark.parametrize(
+    "method, preset", [("diffedit", "recolor"), ("ledits", "object"), ("ledits", "ledits++")]
+)
 def test_the_chosen_preset_is_in_the_edit_record(ui_model, image, method, preset):
     shown = dict(zip(PRESET_FIELDS[method], _preset_values(method, preset)))  # what choosing it fills
     out = edit(ui_model, None, image, method, preset=preset, **shown)
@@ -272,6 +281,8 @@ def test_the_chosen_preset_is_in_the_edit_record(ui_model, image, method, preset
         settings = json.loads(png.text[PNG_KEY])["settings"]
     assert settings["preset"] == preset
     assert all(settings[k] == v for k, v in PRESETS[method][preset].items())
+    if preset == "ledits++":  # the mask panel shows the implicit masks' union over the input
+        assert not np.array_equal(np.asarray(out["overlay"]), np.asarray(Image.fromarray(image)))
     plain = edit(ui_model, out["cache"], image, method)
     with Image.open(plain["file"]) as png:
         assert json.loads(png.text[PNG_KEY])["settings"]["preset"] is None

@@ -26,7 +26,7 @@ import click
 
 from retouch import __version__, presets
 from retouch.errors import InputError
-from retouch.files import check_output, image_saver, save_image, write_all_atomic
+from retouch.files import check_output, image_saver, write_all_atomic
 from retouch.shell import (
     CONTEXT,
     MethodCommand,
@@ -221,9 +221,17 @@ def edit():
     lists a method's settings."""
 
 
-def _edit_and_save(method: str, run: _Run, output: Path, preset: str | None, edit_with: Callable) -> None:
+def _edit_and_save(
+    method: str,
+    run: _Run,
+    output: Path,
+    preset: str | None,
+    edit_with: Callable,
+    save_mask: Path | None = None,
+) -> None:
     """Load the model, edit (edit_with(bundle, progress, seed_kw) → EditResult), write OUTPUT (a PNG
-    carries its parameters) and report."""
+    carries its parameters) and, with save_mask, the edit's mask beside it (both or neither), and
+    report."""
     bundle, t_load = run.load()
     with progress_bars(run.progress) as progress:
         result = edit_with(bundle, progress, run.seed_kw)
@@ -236,11 +244,17 @@ def _edit_and_save(method: str, run: _Run, output: Path, preset: str | None, edi
         "seed": result.seed,
         "retouch": __version__,
     }
+    if save_mask is not None and result.mask is None:
+        raise InputError(f"the edit made no mask to write to {save_mask}")
     t0 = time.perf_counter()
-    save_image(result.image, output, params)
+    saves = {output: image_saver(result.image, output, params)}
+    if save_mask is not None:
+        saves[save_mask] = image_saver(result.mask.image(), save_mask, params)
+    write_all_atomic(saves)
     timings["write"] = time.perf_counter() - t0
     summary = {
         "output": str(output),
+        **({"mask": str(save_mask)} if save_mask is not None else {}),
         "method": method,
         "model": bundle.model_id,
         "settings": result.settings,
@@ -334,8 +348,16 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
     type=click.Path(dir_okay=False, path_type=Path),
     help="Edit from an inversion saved by `retouch invert`, without inverting.",
 )
+@_input(
+    "--save-mask",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the edit's mask (PNG, white = edited): the given or inferred one, or the union of "
+    "LEDITS++'s implicit masks.",
+)
 @_run_options
-def ledits_command(image, output, prompt, add, remove, source, preset, fast, mask, inversion, **options):
+def ledits_command(
+    image, output, prompt, add, remove, source, preset, fast, mask, inversion, save_mask, **options
+):
     """LEDITS (Tsaban & Passos 2023): invert IMAGE (edit-friendly DDPM), then regenerate it with
     semantic guidance: a target PROMPT and concepts to ADD or REMOVE; write the result to OUTPUT."""
     from retouch.latents import load_image
@@ -351,12 +373,20 @@ def ledits_command(image, output, prompt, add, remove, source, preset, fast, mas
     if not (prompt or add or remove):
         raise InputError("ledits needs --prompt TEXT or at least one --add/--remove CONCEPT")
     inv = None if inversion is None else _read_inversion(inversion, img, source)
-    _check_config(LEditsConfig, {**inversion_steps(inv), **given}, preset, PRESETS)
+    cfg = _check_config(LEditsConfig, {**inversion_steps(inv), **given}, preset, PRESETS)
     for s in settings_fields(LEditsConfig):
         if s.kind == "per_concept":
             _check_finite(s.name, given.get(s.name))
     user_mask = _read_mask(mask, img)
-    check_output(output, [image, mask if mask != "infer" else None, inversion])
+    inputs = [image, mask if mask != "infer" else None, inversion]
+    check_output(output, inputs)
+    if save_mask is not None:
+        if user_mask is None and (cfg.implicit_mask == "none" or not (add or remove)):
+            raise InputError(
+                "--save-mask needs a mask: --mask FILE|infer, or concepts under implicit masks "
+                "(--preset ledits++ or --implicit-mask)"
+            )
+        check_output(save_mask, [*inputs, output])
 
     def edit_with(bundle, progress, seed_kw):
         return ledits(
@@ -374,7 +404,7 @@ def ledits_command(image, output, prompt, add, remove, source, preset, fast, mas
             **given,
         )
 
-    _edit_and_save("ledits", run, output, preset, edit_with)
+    _edit_and_save("ledits", run, output, preset, edit_with, save_mask)
 
 
 def _check_finite(name: str, value) -> None:

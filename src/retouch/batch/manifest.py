@@ -3,7 +3,10 @@
     {"image": "cat.png", "method": "diffedit", "query": "a dog", "reference": "a cat", "seed": 3}
     {"image": "cat.png", "method": "ledits", "add": ["glasses"], "remove": ["beard"], "edit_scale": 5}
 
-Keys: image (a path relative to the manifest), method ("diffedit" or "ledits"), the method's texts
+    {"image": "cat.png", "method": "ledits++", "add": ["glasses"]}
+
+Keys: image (a path relative to the manifest), method ("diffedit", "ledits", or "ledits++": ledits
+under its "ledits++" preset), the method's texts
 (query, reference; prompt, source, add, remove), mask (a mask file, or "infer" for ledits), seed,
 output (a file name under the output folder), preset (a name from the method's PRESETS), and any
 setting by its config name. A bad row does not stop the batch: it becomes a Row with its one-line error.
@@ -29,6 +32,7 @@ TEXTS = {
     "ledits": ("prompt", "source", "add", "remove", "preset"),
 }
 COMMON = ("image", "method", "mask", "seed", "output")
+ALIASES = {"ledits++": ("ledits", "ledits++")}  # a method name that is a method under a preset
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,16 @@ def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) ->
     if "_error" in raw:
         raise InputError(raw["_error"])
     method = raw.get("method")
+    if method in ALIASES:
+        method, preset = ALIASES[method]
+        if raw.get("preset", preset) != preset:
+            raise InputError(
+                f"method {raw['method']} is {method} under preset {preset}, got preset {raw['preset']!r}"
+            )
+        raw = {**raw, "preset": preset}
     if method not in configs:
-        raise InputError(f"method must be one of {', '.join(configs)}, got {method!r}")
+        names = [*configs, *ALIASES]
+        raise InputError(f"method must be one of {', '.join(names)}, got {method!r}")
     names = {f.name for f in fields(configs[method])}
     unknown = sorted(set(raw) - names - set(COMMON) - set(TEXTS[method]))
     if unknown:
