@@ -261,3 +261,16 @@ def test_sdxl_float16_768x512_edits_and_its_no_op_reconstructs(xl_fp16, record_p
     out = retouch.ledits(xl_fp16, inv, add=["green circle"], remove=["red square"], preset="ledits++")
     assert torch.isfinite(out.latents).all() and out.image.size == (768, 512)
     assert all(0 < m.area < 1 for m in out.concept_masks) and out.mask.soft.shape == (512, 768)
+
+
+def test_diffusers_refuses_sizes_off_32_pixels_ours_edits_them(mini_random):
+    img = (np.random.default_rng(2).random((40, 72, 3)) * 255).astype(np.uint8)  # 72×40
+    pipe = dp.ledits_pipeline(mini_random)
+    with dp.own_attention_processors(pipe.unet), pytest.raises(ValueError, match="factor of 32"):
+        pipe.invert(image=Image.fromarray(img), num_inversion_steps=10, skip=0.2)
+    out = retouch.ledits(
+        mini_random, img, add=["green circle"], preset="ledits++", num_inference_steps=12, skip=2
+    )
+    assert (
+        out.image.size == (72, 40) and torch.isfinite(out.latents).all() and 0 < out.concept_masks[0].area < 1
+    )
