@@ -20,6 +20,7 @@ from retouch.errors import InputError
 from retouch.guidance import SegaState, attention_mask, implicit_mask, noise_mask, smooth3
 from retouch.methods.ledits import LEditsConfig, _concept_masks, edit_job
 from retouch.models import from_components
+from retouch.schedule import Schedule
 from retouch.shapes.architecture import SD1_SCHEDULER, build_components
 
 torch.set_num_threads(1)
@@ -181,11 +182,14 @@ def _ours_from_theirs(model, image, pipe, n: int, k: int):
 
 
 @pytest.mark.parametrize("mode", ["intersect", "attention", "noise"])
-def test_edit_equals_diffusers_given_its_inversion(mini_zero_end, image, mode):
+def test_edit_equals_diffusers_given_its_inversion(mini_zero_end, image, mode, monkeypatch):
     mini_random = mini_zero_end
     n, k = 30, 20  # diffusers' timesteps from 641 down: below 800, where it uses M¹ alone
     pipe = _theirs_inverted(mini_random, image, n, k)
     assert max(int(t) for t in pipe.inversion_steps) <= 800
+    # the model's scheduler as diffusers' DPM-Solver spaces it (retouch checks an inversion's steps)
+    theirs_steps = [int(t) for t in pipe.scheduler.timesteps]
+    monkeypatch.setattr(Schedule, "timesteps", lambda self, num: theirs_steps)
     add, remove, scale, q, warm = ["green circle"], ["red square"], 8.0, 0.8, 1
     flags = dict(intersect=(True, False), attention=(False, True), noise=(False, False))[mode]
     with dp.own_attention_processors(pipe.unet):

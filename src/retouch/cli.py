@@ -348,8 +348,10 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
     type=click.Path(dir_okay=False, path_type=Path),
     help="Edit from an inversion saved by `retouch invert`, without inverting.",
 )
-@_input(
+@click.option(
     "--save-mask",
+    cls=Option,
+    section="advanced",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the edit's mask (PNG, white = edited): the given or inferred one, or the union of "
     "LEDITS++'s implicit masks.",

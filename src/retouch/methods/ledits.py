@@ -100,6 +100,7 @@ class LEditsConfig:
         "LEDITS++'s implicit masks: none (LEDITS: SEGA's per-channel threshold), intersect "
         "(cross-attention ∩ noise estimate, the paper's), attention or noise; λ_i is their quantile",
         IMPLICIT,
+        advanced=True,
     )
     implicit_tokens: str = setting(
         "sequence",
