@@ -82,6 +82,8 @@ def run(model, cases, factors: list[float], out_dir: Path) -> list[dict]:
     )
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     for case in cases:
+        if all((case.id, m) in done for m in METHODS):
+            continue
         invs = {k: invert(model, case.input_image, "", config=c, seed=case.seed) for k, c in configs.items()}
         for method in METHODS:
             if (case.id, method) in done:
@@ -160,6 +162,7 @@ def plot(summary: dict, factors: list[float], path: Path) -> None:
     )
     b.set(xscale="log", xlabel="edit scale (× the method's default)", ylabel="RMS change elsewhere")
     for ax in (a, b):
+        ax.minorticks_off()
         ax.set_xticks(factors, [f"{f:g}" for f in factors])
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)

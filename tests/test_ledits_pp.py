@@ -254,6 +254,7 @@ def xl_fp16(tmp_path_factory):
     return retouch.load(str(folder / "model"), device="cpu", dtype="float16", max_pixels=768 * 512)
 
 
+@pytest.mark.slow
 def test_sdxl_float16_768x512_edits_and_its_no_op_reconstructs(xl_fp16, record_property):
     img = (np.random.default_rng(1).random((512, 768, 3)) * 255).astype(np.uint8)
     inv = retouch.invert(xl_fp16, img, **_pp(12, 2))
