@@ -1,0 +1,286 @@
+"""Training the mini Stable Diffusion 3 (a rectified-flow transformer) on ShapesWorld.
+
+The model is diffusers' own: `SD3Transformer2DModel`, `FlowMatchEulerDiscreteScheduler`, two CLIP text
+encoders with projection (no T5: `StableDiffusion3Pipeline` then feeds zeros in its place), and the
+shipped Stable Diffusion model's autoencoder, whose latents are shifted and scaled as SD3's are:
+z' = (z − shift_factor)·scaling_factor, both measured on training scenes.
+
+Loss: the rectified-flow objective of SD3 (Esser et al. 2024): x_t = (1 − t)·x0 + t·ε with t drawn
+logit-normal(0, 1), the transformer predicts v = ε − x0, mean squared error. Captions as for the SD model
+(whole, partial and bare), caption dropout to "" for classifier-free guidance, EMA weights exported.
+Checkpointed and resumable through `retouch.shapes.train`'s loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from retouch.shapes import world
+from retouch.shapes.train import TrainConfig, _logged, _loop, _scene_of, _tokenize
+from retouch.shapes.world import HELD_OUT_SEED
+
+log = logging.getLogger(__name__)
+
+SHIPPED_SD = Path(__file__).resolve().parents[1] / "weights" / "shapes-sd"
+
+# The mini SD3: 64-px scenes → 16×16×4 latents → 8×8 patches of 2; a 24-token CLIP context.
+MINI_SD3 = dict(layers=6, heads=6, head_dim=32, text=(64, 64), text_layers=(4, 2), tokens=24)
+# diffusers' SD3 pipeline pads the absent T5's place with this many zero tokens by default.
+T5_ZERO_TOKENS = 256
+# No shift of the levels: a 64-px scene has 64 patches, far below the 4096 that SD3's shift 3.0 is for.
+FLOW_SHIFT = 1.0
+
+
+def build_sd3_components(tokenizer_dir: Path, seed: int = 0, size: dict = MINI_SD3) -> dict:
+    """Untrained mini-SD3 parts (without the autoencoder): transformer, two text encoders with
+    projection and their tokenizer, and the flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    src = CLIPTokenizer.from_pretrained(SHIPPED_SD / "tokenizer")
+    src.model_max_length = size["tokens"]
+    src.save_pretrained(tokenizer_dir)
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+    def text(width: int, layers: int):
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=width,
+                intermediate_size=width * 4,
+                num_hidden_layers=layers,
+                num_attention_heads=max(1, width // 16),
+                max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                projection_dim=width,
+            )
+        )
+
+    te1, te2 = (text(w, n) for w, n in zip(size["text"], size["text_layers"]))
+    inner = size["heads"] * size["head_dim"]
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=size["layers"],
+        attention_head_dim=size["head_dim"],
+        num_attention_heads=size["heads"],
+        joint_attention_dim=sum(size["text"]),
+        caption_projection_dim=inner,
+        pooled_projection_dim=sum(size["text"]),
+        pos_embed_max_size=64,  # up to 512-px images (128 latents, 64 patches a side)
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+    return dict(
+        transformer=transformer,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tok,
+        tokenizer_2=tok,
+        scheduler=scheduler,
+    )
+
+
+class _ZeroTokensAttention:
+    """SD3's joint attention where the context's last token stands for `copies` identical ones.
+
+    The absent T5's `T5_ZERO_TOKENS` zero tokens stay identical through every block (same input, same
+    keys), so attending to them equals attending to one of them with log(copies) added to its logit:
+    training sees exactly what the pipeline computes, at a fraction of the cost."""
+
+    def __init__(self, copies: int):
+        self.bias = math.log(copies)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **_):
+        b, n = hidden_states.shape[:2]
+
+        def heads(x):  # [B, T, H·d] → [B, H, T, d]
+            return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        cq = heads(attn.add_q_proj(encoder_hidden_states))
+        ck = heads(attn.add_k_proj(encoder_hidden_states))
+        cv = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
+        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        bias = torch.zeros(1, 1, 1, k.shape[2], dtype=q.dtype)  # [1, 1, 1, T_all]: log(copies) on the last key
+        bias[..., -1] = self.bias
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])  # [B, T_all, H·d]
+        img, ctx = out[:, :n], out[:, n:]
+        if not attn.context_pre_only:
+            ctx = attn.to_add_out(ctx)
+        return attn.to_out[1](attn.to_out[0](img)), ctx
+
+
+def encode_captions(te1, te2, ids: torch.Tensor, zero_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD3's conditioning without T5 (as `StableDiffusion3Pipeline.encode_prompt`): both CLIPs'
+    penultimate states side by side, then `zero_tokens` zero rows; pooled = both projections.
+
+    ids: [B, L] token ids → ([B, L + zero_tokens, D1 + D2], [B, P1 + P2])."""
+    o1 = te1(ids, output_hidden_states=True)
+    o2 = te2(ids, output_hidden_states=True)
+    clip = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1)  # [B, L, D1 + D2]
+    zeros = clip.new_zeros(clip.shape[0], zero_tokens, clip.shape[-1])  # [B, Z, D]
+    pooled = torch.cat([o1.text_embeds, o2.text_embeds], dim=-1)  # [B, P1 + P2]
+    return torch.cat([clip, zeros], dim=1), pooled
+
+
+@torch.no_grad()
+def _flow_latents(work: Path, vae, cfg: TrainConfig):
+    """Latent means of `dataset_size` training scenes, shifted and scaled (SD3's convention), cached."""
+    path = work / f"latents_{cfg.dataset_size}.safetensors"
+    if path.exists():
+        d = load_file(path)
+        return d["latents"], d["seeds"], float(d["shift"]), float(d["scale"])
+    seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
+    raw = []
+    for i in range(0, cfg.dataset_size, 256):
+        scenes = [_scene_of(s, cfg) for s in seeds[i : i + 256]]
+        x = torch.from_numpy(np.stack([world.render(s) for s in scenes])).permute(0, 3, 1, 2)
+        raw.append(vae.encode(x.float() / 127.5 - 1).latent_dist.mean)  # [B, 4, 16, 16]
+        if i % 10240 == 0:
+            log.info("encoding dataset %d/%d", i, cfg.dataset_size)
+    z = torch.cat(raw)
+    shift = float(z.mean())
+    scale = float(1.0 / (z - shift).std())
+    d = {
+        "latents": (z - shift) * scale,
+        "seeds": torch.from_numpy(seeds),
+        "shift": torch.tensor(shift),
+        "scale": torch.tensor(scale),
+    }
+    save_file({k: v.contiguous() for k, v in d.items()}, path)
+    return d["latents"], d["seeds"], shift, scale
+
+
+def _shipped_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(SHIPPED_SD / "vae").eval()
+
+
+def _init_text(te1) -> None:
+    """Start the first text encoder from the shipped SD model's (same tokenizer and width)."""
+    state = load_file(SHIPPED_SD / "text_encoder" / "model.safetensors")
+    state = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+    missing, unexpected = te1.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("text_projection") for k in missing):
+        raise RuntimeError(f"the shipped text encoder does not fit: {missing} {unexpected}")
+
+
+@_logged
+def train_flow(work: Path, cfg: TrainConfig) -> None:
+    """The mini SD3's transformer and text encoders: rectified-flow loss, caption dropout, EMA."""
+    log.info("train flow %s", asdict(cfg))
+    vae = _shipped_vae()
+    parts = build_sd3_components(work / "tokenizer", seed=cfg.seed)
+    tr, te1, te2, tok = parts["transformer"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"]
+    if not (work / "ckpt").exists():
+        _init_text(te1)
+    latents, seeds, shift, scale = _flow_latents(work, vae, cfg)
+    scenes = [_scene_of(s, cfg) for s in seeds.tolist()]
+    log.info("dataset %s shift %.4f scaling factor %.4f", tuple(latents.shape), shift, scale)
+    tr.set_attn_processor(_ZeroTokensAttention(T5_ZERO_TOKENS))
+    empty_ids = _tokenize(tok, [""])[0]
+    ema = build_sd3_components(work / "tokenizer", seed=cfg.seed)
+    pairs = [(ema[n], parts[n]) for n in ("transformer", "text_encoder", "text_encoder_2")]
+    for e, live in pairs:
+        e.load_state_dict(live.state_dict())
+
+    def step_fn(step, gen):
+        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+        x0 = latents[idx]  # [B, 4, 16, 16]
+        rng = np.random.default_rng([cfg.seed, step])
+        texts = [
+            world.training_caption(scenes[i], rng, cfg.whole_caption_share, cfg.bare_background_share)
+            for i in idx.tolist()
+        ]
+        ids = _tokenize(tok, texts)  # [B, 24]
+        ids[torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout] = empty_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))  # logit-normal(0, 1)
+        tb = t.view(-1, 1, 1, 1)
+        x_t = (1 - tb) * x0 + tb * noise
+        context, pooled = encode_captions(te1, te2, ids, zero_tokens=1)  # one row stands for 256
+        pred = tr(x_t, context, pooled, t * 1000).sample
+        return F.mse_loss(pred, noise - x0)
+
+    @torch.no_grad()
+    def ema_update():
+        for e, live in pairs:
+            for pe, p in zip(e.parameters(), live.parameters()):
+                pe.lerp_(p, 1 - cfg.ema_decay)
+
+    modules = {
+        "transformer": tr,
+        "text_encoder": te1,
+        "text_encoder_2": te2,
+        **{f"ema_{n}": ema[n] for n in ("transformer", "text_encoder", "text_encoder_2")},
+    }
+    params = [*tr.parameters(), *te1.parameters(), *te2.parameters()]
+    _loop(work, cfg, modules, [{"params": params}], step_fn, after_step=ema_update)
+
+
+def export_flow(out: Path, work: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Assemble the EMA weights into a diffusers `StableDiffusion3Pipeline` folder (safetensors)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    parts = build_sd3_components(work / "tokenizer")
+    for n in ("transformer", "text_encoder", "text_encoder_2"):
+        parts[n].load_state_dict(load_file(work / "ckpt" / f"ema_{n}.safetensors"))
+    cache = load_file(next(work.glob("latents_*.safetensors")))
+    vae = _shipped_vae()
+    vae.register_to_config(shift_factor=float(cache["shift"]), scaling_factor=float(cache["scale"]))
+    parts["transformer"].type(dtype)
+    pipe = StableDiffusion3Pipeline(vae=vae, text_encoder_3=None, tokenizer_3=None, **parts)
+    pipe.save_pretrained(out, safe_serialization=True)
+    index = Path(out) / "model_index.json"  # absent parts listed, so from_pretrained needs no arguments
+    spec = json.loads(index.read_text())
+    for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"):
+        spec.setdefault(name, [None, None])
+    index.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    step = json.loads((work / "ckpt" / "step.json").read_text())["step"]
+    log.info("exported step %d to %s", step, out)
+    return Path(out)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("work", type=Path)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--dataset-size", type=int, default=40_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", type=Path, help="write the model folder from WORK's checkpoint instead")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    if a.export:
+        export_flow(a.export, a.work, torch.float16)
+        return
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, dataset_size=a.dataset_size)
+    train_flow(a.work, cfg)
+
+
+if __name__ == "__main__":
+    main()
