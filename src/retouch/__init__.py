@@ -1,4 +1,4 @@
-"""retouch: edit real images with text, using diffusion models (DiffEdit, LEDITS).
+"""retouch: edit real images with text, using diffusion models (DiffEdit, LEDITS, FlowEdit).
 
     import retouch
     model = retouch.load()
@@ -32,6 +32,9 @@ _LAZY = {
     "invert": "retouch.methods.ledits",
     "LEditsConfig": "retouch.methods.ledits",
     "PRESETS": "retouch.methods.ledits",
+    "flowedit": "retouch.methods.flowedit",
+    "flowedit_many": "retouch.methods.flowedit",
+    "FlowEditConfig": "retouch.methods.flowedit",
 }
 
 _MODULES = ("presets",)  # submodules a user reaches as attributes: retouch.presets.DIFFEDIT

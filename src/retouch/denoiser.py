@@ -34,6 +34,10 @@ def unet_eps(
     condition's pooled row and the added time ids (original size, crop (0, 0), target size: the
     image's own (height, width) `image_size`, default the latent's size in pixels; docs/models.md, SDXL) go
     to every batch element."""
+    if bundle.family in ("sd3", "flux"):  # a flow model: its velocity, which the flow schedule steps with
+        from retouch.flows import velocity_fn
+
+        return velocity_fn(bundle, counter)
     unet, xl = bundle.unet, bundle.family == "sdxl"
 
     @torch.inference_mode()

@@ -214,15 +214,21 @@ def to_image(pixels: torch.Tensor, height: int, width: int) -> Image.Image:
 
 @torch.inference_mode()
 def encode(bundle: ModelBundle, pixels: torch.Tensor) -> torch.Tensor:
-    """x0 = VAE posterior MEAN × scaling factor (not a sample): [1, 3, H, W] → [1, C, H/f, W/f]."""
+    """x0 = (VAE posterior MEAN − shift factor) × scaling factor (not a sample; the shift is SD3's and
+    FLUX's, none for SD): [1, 3, H, W] → [1, C, H/f, W/f]."""
     post = bundle.vae.encode(pixels.to(bundle.vae.dtype)).latent_dist  # the VAE's own (upcast) dtype
-    return post.mean.float() * bundle.vae.config.scaling_factor
+    return (post.mean.float() - _shift(bundle)) * bundle.vae.config.scaling_factor
+
+
+def _shift(bundle: ModelBundle) -> float:
+    """The VAE config's shift_factor (SD3, FLUX: latents are (z − shift)·scale); 0 for SD's."""
+    return getattr(bundle.vae.config, "shift_factor", None) or 0.0
 
 
 @torch.inference_mode()
 def decode(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
     """[1, C, h, w] scaled latents → pixels [1, 3, h·f, w·f] in [-1, 1]."""
-    z = latents.to(bundle.vae.dtype) / bundle.vae.config.scaling_factor
+    z = latents.to(bundle.vae.dtype) / bundle.vae.config.scaling_factor + _shift(bundle)
     return bundle.vae.decode(z).sample.float()
 
 

@@ -17,6 +17,9 @@ SHIPPED = Path(__file__).parent / "weights" / "shapes-sd"
 SINGLE_FILE = ".safetensors"
 PICKLED = (".ckpt", ".pt", ".pth", ".bin")  # torch.save files: unpickling them can run code
 EDITABLE_FAMILIES = ("v1", "v2", "xl_base")  # diffusers' names of the single-file families retouch edits
+SHIPPED_SD3 = Path(__file__).parent / "weights" / "shapes-sd3"
+SHIPPED_NAMES = {"shapes-sd": SHIPPED, "shapes-sd3": SHIPPED_SD3}
+FLOW_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")  # diffusers' classes of flow models
 
 
 def default_device() -> torch.device:
@@ -54,9 +57,10 @@ def load(
     """Load a model once, to reuse for every edit.
 
     Args:
-        model (`str` or `Path`, *optional*): a local diffusers folder, a hub id, or a single-file
-            checkpoint (`.safetensors` in the original layout; `load_single_file`); None for the
-            shipped ShapesWorld model.
+        model (`str` or `Path`, *optional*): a local diffusers folder (Stable Diffusion 1.x/2.x,
+            SDXL, SD3, FLUX), a hub id, or a single-file checkpoint (`.safetensors` in the original
+            layout; `load_single_file`); None or "shapes-sd" for the shipped ShapesWorld model,
+            "shapes-sd3" for its flow-matching sibling.
         device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU.
         dtype (`str` or `torch.dtype`, *optional*): defaults to float16 on a GPU, float32 on a CPU.
         allow_pickle (`bool`, defaults to False): also accept .bin/.ckpt weights (unpickling runs
@@ -76,7 +80,7 @@ def load(
         its family, native size, pixel budget and fingerprint.
     """
     check_budget(max_pixels)
-    source = str(SHIPPED if model is None else model)
+    source = str(SHIPPED if model is None else SHIPPED_NAMES.get(str(model), model))
     dev = torch.device(device) if device is not None else default_device()
     dt = _dtype(dtype, dev)
     kw = dict(use_safetensors=None if allow_pickle else True)
@@ -110,7 +114,8 @@ def compiled(bundle: ModelBundle, mode: str | None = None) -> ModelBundle:
     unet = bundle.unet
     if bundle.device.type == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
-    return replace(bundle, unet=torch.compile(unet, mode=mode, dynamic=False))
+    name = "transformer" if hasattr(bundle, "transformer") else "unet"
+    return replace(bundle, **{name: torch.compile(unet, mode=mode, dynamic=False)})
 
 
 def check_budget(max_pixels) -> None:
@@ -127,6 +132,14 @@ def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBun
 
     try:
         index = DiffusionPipeline.load_config(source)  # model_index.json: which parts, which family
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {source}: {first}") from e
+    if index.get("_class_name") in FLOW_PIPELINES:
+        from retouch.flows import load_flow
+
+        return load_flow(source, index, dev, dt, kw)
+    try:
         xl = "text_encoder_2" in index
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)

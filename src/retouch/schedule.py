@@ -27,7 +27,14 @@ class Schedule:
 
     @classmethod
     def from_scheduler(cls, scheduler) -> Schedule:
+        """The schedule of a model's scheduler; a flow model's (FlowMatchEulerDiscreteScheduler) is
+        `retouch.flows.FlowSchedule`, the same interface over the rectified-flow path."""
         from diffusers import DDIMScheduler
+
+        if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+            from retouch.flows import FlowSchedule
+
+            return FlowSchedule(scheduler)
 
         ddim = DDIMScheduler.from_config(scheduler.config)
         final = 1.0 if ddim.config.set_alpha_to_one else float(ddim.alphas_cumprod[0])

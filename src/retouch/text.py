@@ -47,6 +47,10 @@ def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
     Each text is encoded alone, once: its embedding [1, L, D] is kept in the model's text cache, so
     an edit encodes each of its texts once and later edits (any visitor's) reuse them; alone, so
     that an embedding never depends on which texts it was encoded with."""
+    if bundle.family in ("sd3", "flux"):
+        from retouch.flows import encode_text as encode_flow
+
+        return encode_flow(bundle, texts)
     cache = bundle.text_cache
     found = {}
     for text in dict.fromkeys(texts):

@@ -156,7 +156,7 @@ class Inversion:
     seed: int
     unet_evals: int
     solver: str = "ddpm"  # "ddpm" or "dpmsolver++" (2M SDE; docs/ledits.md): the sampler must match
-    family: str = "sd"  # the model family it was made with: "sd" or "sdxl"
+    family: str = "sd"  # the model family it was made with: "sd", "sdxl" or "sd3" (a flow model)
 
     _META = (
         "timesteps",
@@ -277,20 +277,24 @@ def _check_inversion_file(path, meta, tensors: dict, keys: tuple[str, ...]) -> N
         raise bad(f"{', '.join(ints)} must be non-negative whole numbers")
     if not all(isinstance(meta[k], str) for k in ("source", "fingerprint", "model_id", "image_hash")):
         raise bad("source, fingerprint, model_id and image_hash must be text")
-    if meta["family"] not in ("sd", "sdxl"):
-        raise bad(f"family must be sd or sdxl, got {meta['family']!r}")
+    if meta["family"] not in ("sd", "sdxl", "sd3"):
+        raise bad(f"family must be sd, sdxl or sd3, got {meta['family']!r}")
     if meta["solver"] not in ("ddpm", "dpmsolver++"):
         raise bad(f"solver must be ddpm or dpmsolver++, got {meta['solver']!r}")
     scale = meta["source_guidance_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise bad("source_guidance_scale must be a finite number")
     ts = meta["timesteps"]
+    flow = meta["family"] == "sd3"  # a flow model's levels are the path's t in (0, 1]
+    level_type, level_words = ((int, float), "levels in (0, 1]") if flow else (int, "whole numbers")
+    if flow and isinstance(ts, list) and any(not isinstance(t, (int, float)) or not 0 < t <= 1 for t in ts):
+        raise bad("a flow model's timesteps must be levels in (0, 1]")
     if (
         not isinstance(ts, list)
         or not ts
-        or not all(isinstance(t, int) and not isinstance(t, bool) for t in ts)
+        or not all(isinstance(t, level_type) and not isinstance(t, bool) for t in ts)
     ):
-        raise bad("timesteps must be a list of whole numbers")
+        raise bad(f"timesteps must be a list of {level_words}")
     if any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0:
         raise bad("timesteps must be descending and not negative")
     if not 1 <= meta["num_inference_steps"] or len(ts) != meta["num_inference_steps"] - meta["skip"]:

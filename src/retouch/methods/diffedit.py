@@ -19,6 +19,7 @@ import torch
 
 from retouch.attention import masked_word_scales, word_scales
 from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
+from retouch.flows import check_carried_over
 from retouch.errors import SettingError
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
@@ -191,6 +192,7 @@ def diffedit_mask(
     """
     check_model(model)
     cfg = _config(config, preset, settings)
+    check_carried_over(model, "diffedit", cfg)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
     return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
 
@@ -277,6 +279,7 @@ def ddim_encoding(
     """
     check_model(model)
     cfg = _config(config, preset, settings)
+    check_carried_over(model, "diffedit", cfg)
     return _encode(model, prepare(model, image), cfg, progress)
 
 
@@ -464,6 +467,8 @@ def diffedit_many(
     """
     check_model(model)
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
+    for j in jobs:
+        check_carried_over(model, "diffedit", j.cfg)
     if not jobs:
         return []
     images = list(images) if isinstance(images, (list, tuple)) else [images] * len(jobs)

@@ -23,6 +23,7 @@ import torch
 
 from retouch.attention import concept_level, level_maps
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
+from retouch.flows import check_carried_over
 from retouch.errors import PromptError, SettingError
 from retouch.guidance import MASK_MODES, Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import check_inversion, ddpm_invert
@@ -231,6 +232,7 @@ def invert(
     """
     check_model(model)
     cfg = _config(config, None, settings)
+    check_carried_over(model, "ledits", cfg)
     source = check_prompt(model, source, "source", allow_empty=True)
     seed = check_seed(seed)
     prep = prepare(model, image)
@@ -470,6 +472,8 @@ def ledits_many(
     if config is None:
         settings = {**inversion_steps(images_or_inversions), **settings}
     jobs = [edit_job(model, e, config, preset, settings) for e in edits]
+    for j in jobs:
+        check_carried_over(model, "ledits", j.cfg)
     if not jobs:
         return []
     given = _batch_items(images_or_inversions, jobs)

@@ -1,0 +1,198 @@
+"""FlowEdit (Kulikov, Kleiner, Huberman-Spiegelglas & Michaeli, ICCV 2025, arXiv 2412.08629):
+inversion-free editing on a flow model (docs/flow.md).
+
+Z starts at the image's latent and follows the difference of two velocity fields: the target text's at
+Z + Z_src − x_src and the source text's at Z_src, a fresh noising of the image at each level. No
+inversion, so no reconstruction error; the average over n_avg noises smooths the direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from retouch.denoiser import EvalCounter, cfg
+from retouch.errors import SettingError
+from retouch.flows import add_noise, check_flow_model, encode_text, euler, levels, velocity_fn
+from retouch.latents import decode, to_image
+from retouch.methods.common import Progress, check_finite, generator, prepare, stage
+from retouch.settings import check_number, configured, setting
+from retouch.text import check_prompt
+from retouch.types import EditResult
+
+# The published settings per family (the paper's Tables and its reference code's defaults).
+PUBLISHED = {
+    "sd3": dict(num_inference_steps=50, n_max=33, n_min=0, n_avg=1, source_guidance_scale=3.5,
+                target_guidance_scale=13.5),
+    "flux": dict(num_inference_steps=28, n_max=24, n_min=0, n_avg=1, source_guidance_scale=1.5,
+                 target_guidance_scale=5.5),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FlowEditConfig:
+    """Every FlowEdit setting, once; None: the published value for the model's family (PUBLISHED:
+    SD3 T = 50, n_max = 33, w_src = 3.5, w_tar = 13.5; FLUX T = 28, n_max = 24, w_src = 1.5, w_tar = 5.5)."""
+
+    num_inference_steps: int | None = setting(None, "T, the scheduler's steps (SD3 50, FLUX 28)")
+    n_max: int | None = setting(None, "the edit runs the last n_max of the T steps (SD3 33, FLUX 24)")
+    n_min: int | None = setting(None, "the last n_min steps sample plainly under the target (0)")
+    n_avg: int | None = setting(None, "noises averaged per step for the edit direction (1)")
+    source_guidance_scale: float | None = setting(None, "w_src, CFG on the source text (SD3 3.5, FLUX 1.5)")
+    target_guidance_scale: float | None = setting(None, "w_tar, CFG on the target text (SD3 13.5, FLUX 5.5)")
+
+    def resolved(self, family: str) -> FlowEditConfig:
+        """The config with every None replaced by the family's published value, checked."""
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        out = FlowEditConfig(**{**PUBLISHED[family], **given})
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise SettingError on a value out of range (None is left to `resolved`)."""
+        t = self.num_inference_steps
+        if t is not None:
+            check_number("num_inference_steps", t, 1, 1000, integer=True)
+        for name in ("n_max", "n_min"):
+            v = getattr(self, name)
+            if v is not None:
+                check_number(name, v, 0, 1000, integer=True)
+        if self.n_avg is not None:
+            check_number("n_avg", self.n_avg, 1, 100, integer=True)
+        for name in ("source_guidance_scale", "target_guidance_scale"):
+            v = getattr(self, name)
+            if v is not None:
+                check_number(name, v, 0, 100)
+        if None not in (t, self.n_max, self.n_min):
+            if self.n_max > t:
+                raise SettingError(f"n_max must be <= num_inference_steps ({t}), got {self.n_max}")
+            if self.n_min > self.n_max:
+                raise SettingError(f"n_min must be <= n_max ({self.n_max}), got {self.n_min}")
+
+
+PRESETS: dict[str, dict] = {}
+
+
+def _velocity(model, v_fn, x: torch.Tensor, t: float, cond, uncond, scale: float) -> torch.Tensor:
+    """The guided velocity of one text at x [B, C, h, w]: CFG over [∅, c] in one call (SD3), or the
+    guidance embedding (FLUX)."""
+    if model.family == "flux":
+        return v_fn(x, t, cond.expand(x.shape[0], -1, -1), guidance=scale)
+    v = v_fn(torch.cat([x, x]), t, torch.cat([uncond, cond]).repeat_interleave(x.shape[0], 0))
+    v_u, v_c = v.chunk(2)
+    return cfg(v_u, v_c, scale)
+
+
+def _edit_direction(model, v_fn, z, x_src, t, conds, c: FlowEditConfig, gen) -> torch.Tensor:
+    """V = mean over n_avg fresh ε of v_tar(Z + Z_src − x_src) − v_src(Z_src), Z_src = (1 − t)·x_src + t·ε:
+    every branch of one noise in ONE network call (SD3: [∅, c_src] on Z_src, [∅, c_tar] on Z_tar)."""
+    uncond, src, tar = conds
+    direction = torch.zeros_like(z)
+    for _ in range(c.n_avg):
+        noise = torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype)
+        z_src = add_noise(x_src, noise, t)  # [1, C, h, w]
+        z_tar = z + z_src - x_src
+        if model.family == "flux":  # two branches, each with its own guidance embedding
+            g = torch.tensor([c.source_guidance_scale, c.target_guidance_scale], device=z.device)
+            v_src, v_tar = v_fn(torch.cat([z_src, z_tar]), t, torch.cat([src, tar]), guidance=g).chunk(2)
+        else:
+            x = torch.cat([z_src, z_src, z_tar, z_tar])  # [4, C, h, w]
+            v_su, v_sc, v_tu, v_tc = v_fn(x, t, torch.cat([uncond, src, uncond, tar])).chunk(4)
+            v_src, v_tar = cfg(v_su, v_sc, c.source_guidance_scale), cfg(v_tu, v_tc, c.target_guidance_scale)
+        direction += (v_tar - v_src) / c.n_avg
+    return direction
+
+
+def flowedit_loop(model, v_fn, x_src, ts: list[float], conds, c: FlowEditConfig, gen, callback=None):
+    """FlowEdit's loop (the paper's Algorithm 1) over levels ts (T + 1, ending at 0): the edit runs
+    the last n_max steps; its last n_min steps sample plainly under the target from
+    X = Z + (x_src noised to that level) − x_src. x_src [1, C, h, w] → the edited latent."""
+    steps = len(ts) - 1
+    z, x = x_src.clone(), None
+    for i in range(steps - c.n_max, steps):
+        t, s = ts[i], ts[i + 1]
+        if steps - i > c.n_min:
+            z = euler(z, _edit_direction(model, v_fn, z, x_src, t, conds, c, gen), t, s)
+        else:
+            if x is None:  # entering the last n_min steps: leave the edit path for plain sampling
+                noise = torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype)
+                x = z + add_noise(x_src, noise, t) - x_src
+            x = euler(x, _velocity(model, v_fn, x, t, conds[2], conds[0], c.target_guidance_scale), t, s)
+        if callback:
+            callback(i - (steps - c.n_max) + 1, c.n_max)
+    return z if x is None else x
+
+
+def flowedit(
+    model,
+    image,
+    source: str,
+    target: str,
+    config: FlowEditConfig | None = None,
+    preset: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **settings,
+) -> EditResult:
+    """Edit `image` from the `source` text's description to the `target` text's with FlowEdit.
+
+    Args:
+        model: a flow model (`retouch.load` of a Stable Diffusion 3 or FLUX folder, or "shapes-sd3").
+        image: a path, PIL image or array.
+        source: what the image shows now; may be "" (then the ∅ text).
+        target: what it should show.
+        config: a FlowEditConfig; None fields take the family's published values.
+        preset: none yet (FlowEdit's published settings are the defaults).
+        seed: seeds the fresh noises: the same seed gives the same image.
+        progress: progress(stage, done, total) after each step.
+        **settings: any FlowEditConfig field by name.
+
+    Returns:
+        EditResult with the image, unet_evals (transformer batch elements), the settings used.
+    """
+    return flowedit_many(model, image, source, [target], config, preset, seed, progress, **settings)[0]
+
+
+def flowedit_many(
+    model,
+    image,
+    source: str,
+    targets: list[str],
+    config: FlowEditConfig | None = None,
+    preset: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **settings,
+) -> list[EditResult]:
+    """Several FlowEdit edits of one image (one per target text): the image is encoded once; each
+    edit draws its noises from `seed` as it would alone, so each equals its single edit."""
+    check_flow_model(model, "flowedit")
+    c = configured(config or FlowEditConfig(), PRESETS, preset, settings)
+    c.check()
+    c = c.resolved(model.family)
+    source = check_prompt(model, source, "source", allow_empty=True)
+    if not targets:
+        raise SettingError("targets is empty: give at least one target text")
+    targets = [check_prompt(model, t, "target") for t in targets]
+    prep = prepare(model, image)
+    x_src = prep.x0  # [1, C, h, w]
+    ts = levels(model.scheduler, c.num_inference_steps, tuple(x_src.shape[-2:]))
+    results = []
+    for target in targets:
+        counter = EvalCounter()
+        v_fn = velocity_fn(model, counter)
+        conds = list(encode_text(model, ["", source, target]).split(1))  # ∅, c_src, c_tar: [1, L, D] each
+        z = flowedit_loop(model, v_fn, x_src, ts, conds, c, generator(model, seed), stage(progress, "edit"))
+        z = check_finite(z, "the guidance scales")
+        img = to_image(decode(model, z), prep.pixels.height, prep.pixels.width)
+        results.append(
+            EditResult(img, None, counter.n, {"method": "flowedit", "source": source, "target": target,
+                                              **asdict(c)}, seed, latents=z, message=prep.note)  # fmt: skip
+        )
+    return results
+
+
+def published(family: str) -> FlowEditConfig:
+    """The published settings of a family, as a config."""
+    return replace(FlowEditConfig(), **PUBLISHED[family])

@@ -1,0 +1,193 @@
+"""FlowEdit on tiny random SD3 and FLUX models: parity with the paper's algorithm restated over
+diffusers' own pipelines (their text encoding, scheduler and transformer calls), its costs, seeds,
+dtypes, sizes and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flow_tiny import bundle, flux_parts, sd3_parts
+
+from retouch.errors import InputError
+from retouch.methods.flowedit import flowedit, flowedit_many
+
+IMAGE = (np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return bundle("sd3")
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return bundle("flux")
+
+
+def _x_src(model) -> torch.Tensor:
+    """The image's latent as the pipelines' image-to-image code makes it: (mean − shift)·scale."""
+    x = torch.from_numpy(IMAGE).permute(2, 0, 1)[None].float() / 127.5 - 1
+    z = model.vae.encode(x).latent_dist.mean
+    return (z - model.vae.config.shift_factor) * model.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def reference_sd3(model, src, tar, steps, n_max, n_min, n_avg, w_src, w_tar, seed):
+    """FlowEdit as the paper's Algorithm 1 states it, on diffusers' StableDiffusion3Pipeline parts."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**sd3_parts())
+    pipe.transformer.load_state_dict(model.transformer.state_dict())
+    for n in ("text_encoder", "text_encoder_2"):
+        getattr(pipe, n).load_state_dict(getattr(model, n).state_dict())
+    pipe.transformer.eval()
+    enc = {}
+    for name, text in (("neg", ""), ("src", src), ("tar", tar)):
+        e, _, p, _ = pipe.encode_prompt(text, text, text, do_classifier_free_guidance=False)
+        enc[name] = (e, p)
+    pipe.scheduler.set_timesteps(steps)
+    sig = pipe.scheduler.sigmas
+    x_src = _x_src(model)
+    gen = torch.Generator().manual_seed(seed)
+
+    def v(x, t, names):
+        e = torch.cat([enc[n][0] for n in names])
+        p = torch.cat([enc[n][1] for n in names])
+        return pipe.transformer(x, e, p, (t * 1000).expand(x.shape[0])).sample
+
+    z = x_src.clone()
+    x_tar = None
+    for i in range(steps):
+        if steps - i > n_max:
+            continue
+        t, t_next = sig[i], sig[i + 1]
+        if steps - i > n_min:
+            vt = torch.zeros_like(x_src)
+            for _ in range(n_avg):
+                noise = torch.randn(x_src.shape, generator=gen)
+                zt_src = (1 - t) * x_src + t * noise
+                zt_tar = z + zt_src - x_src
+                out = v(torch.cat([zt_src, zt_src, zt_tar, zt_tar]), t, ["neg", "src", "neg", "tar"])
+                su, sc, tu, tc = out.chunk(4)
+                vt += ((tu + w_tar * (tc - tu)) - (su + w_src * (sc - su))) / n_avg
+            z = z + (t_next - t) * vt
+        else:
+            if i == steps - n_min:
+                noise = torch.randn(x_src.shape, generator=gen)
+                x_tar = z + ((1 - t) * x_src + t * noise) - x_src
+            u, c = v(torch.cat([x_tar, x_tar]), t, ["neg", "tar"]).chunk(2)
+            x_tar = x_tar + (t_next - t) * (u + w_tar * (c - u))
+    return z if n_min == 0 else x_tar
+
+
+@torch.no_grad()
+def reference_flux(model, src, tar, steps, n_max, w_src, w_tar, seed):
+    """FlowEdit on diffusers' FluxPipeline parts: guidance embeddings instead of CFG."""
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pipe = FluxPipeline(**flux_parts())
+    for n in ("transformer", "text_encoder", "text_encoder_2"):
+        getattr(pipe, n).load_state_dict(getattr(model, n).state_dict())
+        getattr(pipe, n).eval()  # built in code, T5 would keep its dropout on
+    enc = {k: pipe.encode_prompt(t, t, max_sequence_length=512)[:3] for k, t in (("src", src), ("tar", tar))}
+    x_src = _x_src(model)
+    _, c, h, w = x_src.shape
+    c_ = pipe.scheduler.config
+    mu = calculate_shift(
+        (h // 2) * (w // 2), c_.base_image_seq_len, c_.max_image_seq_len, c_.base_shift, c_.max_shift
+    )
+    pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    sig = pipe.scheduler.sigmas
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    pack = lambda x: FluxPipeline._pack_latents(x, 1, c, h, w)  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+
+    def v(x, t, name, g):
+        e, p, ids = enc[name]
+        out = pipe.transformer(
+            hidden_states=pack(x), timestep=t.expand(1), guidance=torch.tensor([g]), pooled_projections=p,
+            encoder_hidden_states=e, txt_ids=ids, img_ids=img_ids,
+        ).sample  # fmt: skip
+        return FluxPipeline._unpack_latents(out, h * 8, w * 8, 8)  # (its 8: FLUX's VAE factor)
+
+    z = x_src.clone()
+    for i in range(steps - n_max, steps):
+        t, t_next = sig[i], sig[i + 1]
+        noise = torch.randn(x_src.shape, generator=gen)
+        zt_src = (1 - t) * x_src + t * noise
+        zt_tar = z + zt_src - x_src
+        z = z + (t_next - t) * (v(zt_tar, t, "tar", w_tar) - v(zt_src, t, "src", w_src))
+    return z
+
+
+@pytest.mark.parametrize("n_min,n_avg", [(0, 1), (2, 2)])
+def test_flowedit_on_sd3_equals_the_papers_algorithm_over_diffusers(sd3, n_min, n_avg):
+    kw = dict(num_inference_steps=8, n_max=6, n_min=n_min, n_avg=n_avg)
+    r = flowedit(sd3, IMAGE, "a red circle", "a green circle", seed=3, **kw,
+                 source_guidance_scale=3.5, target_guidance_scale=13.5)  # fmt: skip
+    ref = reference_sd3(sd3, "a red circle", "a green circle", 8, 6, n_min, n_avg, 3.5, 13.5, seed=3)
+    assert r.latents.shape == ref.shape
+    assert (r.latents - ref).abs().max().item() <= 1e-5
+    assert (r.latents - _x_src(sd3)).abs().max() > 1e-2  # it edited
+    assert r.unet_evals == 4 * (6 - n_min) * n_avg + 2 * n_min  # four branches a call, then two
+
+
+def test_flowedit_on_flux_equals_the_papers_algorithm_over_diffusers(flux):
+    r = flowedit(flux, IMAGE, "a red circle", "a green circle", seed=5, num_inference_steps=7, n_max=5)
+    ref = reference_flux(flux, "a red circle", "a green circle", 7, 5, 1.5, 5.5, seed=5)
+    assert (r.latents - ref).abs().max().item() <= 1e-5
+    assert r.unet_evals == 2 * 5  # two branches a step, no ∅
+
+
+def test_published_defaults_per_family(sd3, flux):
+    r = flowedit(sd3, IMAGE, "a red circle", "a green circle", num_inference_steps=10, n_max=2)
+    assert (r.settings["num_inference_steps"], r.settings["target_guidance_scale"]) == (10, 13.5)
+    assert r.settings["source_guidance_scale"] == 3.5 and r.settings["n_avg"] == 1
+    f = flowedit(flux, IMAGE, "a red circle", "a green circle", num_inference_steps=4, n_max=1)
+    assert (f.settings["source_guidance_scale"], f.settings["target_guidance_scale"]) == (1.5, 5.5)
+
+
+def test_same_seed_same_image_and_many_equals_single(sd3):
+    kw = dict(num_inference_steps=6, n_max=4)
+    a = flowedit(sd3, IMAGE, "a red circle", "a green circle", seed=1, **kw)
+    b = flowedit(sd3, IMAGE, "a red circle", "a green circle", seed=1, **kw)
+    c = flowedit(sd3, IMAGE, "a red circle", "a green circle", seed=2, **kw)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not torch.equal(a.latents, c.latents)
+    many = flowedit_many(sd3, IMAGE, "a red circle", ["a blue square", "a green circle"], seed=1, **kw)
+    assert torch.equal(many[1].latents, a.latents)
+
+
+def test_non_square_size_kept_and_half_precision_finite():
+    img = (np.random.default_rng(1).random((27, 45, 3)) * 255).astype(np.uint8)  # padded to 28×48
+    for dtype in (torch.bfloat16, torch.float16):
+        for fam in ("sd3", "flux"):
+            r = flowedit(bundle(fam, dtype=dtype), img, "a red circle", "a green circle",
+                         num_inference_steps=4, n_max=3)  # fmt: skip
+            assert r.image.size == (45, 27)
+            assert torch.isfinite(r.latents).all()
+
+
+@pytest.mark.parametrize(
+    "bad,word",
+    [
+        (dict(n_max=9), "n_max"),
+        (dict(n_min=5, n_max=3), "n_min"),
+        (dict(n_avg=float("nan")), "n_avg"),
+        (dict(n_avg=0), "n_avg"),
+        (dict(num_inference_steps=-1), "num_inference_steps"),
+        (dict(target_guidance_scale=float("inf")), "target_guidance_scale"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_before_model_work(sd3, bad, word):
+    kw = {"num_inference_steps": 8, **bad}
+    with pytest.raises(InputError, match=word) as e:
+        flowedit(sd3, IMAGE, "a red circle", "a green circle", **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_an_sd_model_is_refused_in_one_line(tiny_eps):
+    with pytest.raises(InputError, match="flow model"):
+        flowedit(tiny_eps, IMAGE, "a red circle", "a green circle")
