@@ -31,7 +31,9 @@ class Prepared:
 
 def check_model(model) -> None:
     """A method's first argument must be a loaded model (InputError otherwise, not a crash)."""
-    if not isinstance(model, ModelBundle):
+    from retouch.flows import FlowBundle
+
+    if not isinstance(model, (ModelBundle, FlowBundle)):
         raise InputError(f"model must be a ModelBundle from retouch.load(...), got {type(model).__name__}")
 
 
