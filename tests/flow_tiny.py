@@ -41,7 +41,8 @@ def _vae(channels: int, shift: float, scale: float, levels: int = 2):
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(8, 16, 16, 16)[:levels], layers_per_block=1,
+        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(8, 16, 16, 16)[:levels],
+        layers_per_block=1,
         latent_channels=channels, norm_num_groups=8, sample_size=32, shift_factor=shift, scaling_factor=scale,
     )  # fmt: skip
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flow_tiny import bundle, flux_parts, sd3_parts
 
 import retouch
+from flow_tiny import bundle, flux_parts, sd3_parts
 from retouch.errors import InputError
 from retouch.methods.common import prepare
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flow_tiny import bundle, flux_parts, sd3_parts
 
+from flow_tiny import bundle, flux_parts, sd3_parts
 from retouch.errors import InputError
 from retouch.methods.flowedit import flowedit, flowedit_many
 

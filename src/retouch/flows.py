@@ -201,8 +201,12 @@ def velocity_fn(bundle: FlowBundle, counter) -> VFn:
         if bundle.family == "sd3":
             states, pooled = unpack(cond, tr.config.pooled_projection_dim)
             ts = torch.full((b,), t * 1000.0, device=x_t.device, dtype=dt)
-            out = tr(hidden_states=x_t.to(dt), encoder_hidden_states=states.to(dt), pooled_projections=pooled.to(dt),
-                     timestep=ts).sample  # fmt: skip
+            out = tr(
+                hidden_states=x_t.to(dt),
+                encoder_hidden_states=states.to(dt),
+                pooled_projections=pooled.to(dt),
+                timestep=ts,
+            ).sample
             return out.float()
         states, pooled = unpack(cond, tr.config.pooled_projection_dim)
         g = None
@@ -287,7 +291,9 @@ class FlowSchedule:
         return mu, (eta if eta > 0 else 1.0)
 
     def dpmpp_2m(self, *args, **kwargs):
-        raise SettingError("the dpmsolver++ solver is for Stable Diffusion's path: use ddim/ddpm on a flow model")
+        raise SettingError(
+            "the dpmsolver++ solver is for Stable Diffusion's path: use ddim/ddpm on a flow model"
+        )
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
@@ -382,7 +388,8 @@ def load_flow(source: str, index: dict, dev: torch.device, dt: torch.dtype, kw: 
         )
         if not flux:
             parts.update(
-                text_encoder_3=part(T5EncoderModel, "text_encoder_3"), tokenizer_3=part(AutoTokenizer, "tokenizer_3")
+                text_encoder_3=part(T5EncoderModel, "text_encoder_3"),
+                tokenizer_3=part(AutoTokenizer, "tokenizer_3"),
             )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -19,8 +19,8 @@ import torch
 
 from retouch.attention import masked_word_scales, word_scales
 from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
-from retouch.flows import check_carried_over
 from retouch.errors import SettingError
+from retouch.flows import check_carried_over
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask

@@ -187,8 +187,15 @@ def flowedit_many(
         z = check_finite(z, "the guidance scales")
         img = to_image(decode(model, z), prep.pixels.height, prep.pixels.width)
         results.append(
-            EditResult(img, None, counter.n, {"method": "flowedit", "source": source, "target": target,
-                                              **asdict(c)}, seed, latents=z, message=prep.note)  # fmt: skip
+            EditResult(
+                img,
+                None,
+                counter.n,
+                {"method": "flowedit", "source": source, "target": target, **asdict(c)},
+                seed,
+                latents=z,
+                message=prep.note,
+            )  # fmt: skip
         )
     return results
 

@@ -23,8 +23,8 @@ import torch
 
 from retouch.attention import concept_level, level_maps
 from retouch.denoiser import EvalCounter, guided_eps, unet_eps
-from retouch.flows import check_carried_over
 from retouch.errors import PromptError, SettingError
+from retouch.flows import check_carried_over
 from retouch.guidance import MASK_MODES, Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import check_inversion, ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask

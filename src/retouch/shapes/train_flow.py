@@ -110,7 +110,11 @@ class _ZeroTokensAttention:
         def heads(x):  # [B, T, H·d] → [B, H, T, d]
             return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
-        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        q, k, v = (
+            heads(attn.to_q(hidden_states)),
+            heads(attn.to_k(hidden_states)),
+            heads(attn.to_v(hidden_states)),
+        )
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
         cq = heads(attn.add_q_proj(encoder_hidden_states))
@@ -119,7 +123,9 @@ class _ZeroTokensAttention:
         if attn.norm_added_q is not None:
             cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
         q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
-        bias = torch.zeros(1, 1, 1, k.shape[2], dtype=q.dtype)  # [1, 1, 1, T_all]: log(copies) on the last key
+        bias = torch.zeros(
+            1, 1, 1, k.shape[2], dtype=q.dtype
+        )  # [1, 1, 1, T_all]: log(copies) on the last key
         bias[..., -1] = self.bias
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])  # [B, T_all, H·d]
@@ -191,7 +197,12 @@ def train_flow(work: Path, cfg: TrainConfig) -> None:
     log.info("train flow %s", asdict(cfg))
     vae = _shipped_vae()
     parts = build_sd3_components(work / "tokenizer", seed=cfg.seed)
-    tr, te1, te2, tok = parts["transformer"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"]
+    tr, te1, te2, tok = (
+        parts["transformer"],
+        parts["text_encoder"],
+        parts["text_encoder_2"],
+        parts["tokenizer"],
+    )
     if not (work / "ckpt").exists():
         _init_text(te1)
     latents, seeds, shift, scale = _flow_latents(work, vae, cfg)
