@@ -108,7 +108,7 @@ def flux_parts(seed: int = 0) -> dict:
 
 
 def bundle(family: str, dtype=torch.float32, **kw):
-    from retouch.flows import flow_bundle
+    from retouch.models import flow_bundle
 
     parts = sd3_parts(**kw) if family == "sd3" else flux_parts(**kw)
     return flow_bundle(family, model_id=f"tiny-{family}", device="cpu", dtype=dtype, **parts)

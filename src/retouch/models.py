@@ -136,8 +136,6 @@ def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBun
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {source}: {first}") from e
     if index.get("_class_name") in FLOW_PIPELINES:
-        from retouch.flows import load_flow
-
         return load_flow(source, index, dev, dt, kw)
     try:
         xl = "text_encoder_2" in index
@@ -405,3 +403,70 @@ def from_components(
         )
     sched = DDIMScheduler.from_config(scheduler.config)
     return _bundle(vae, text_encoder, tokenizer, unet, sched, model_id, dev, dt, **second)
+
+
+# --- flow models (Stable Diffusion 3, FLUX; docs/flow.md) ---
+
+
+def load_flow(source: str, index: dict, dev: torch.device, dt: torch.dtype, kw: dict):
+    """A diffusers StableDiffusion3Pipeline or FluxPipeline folder (or hub id) as a FlowBundle."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    flux = index.get("_class_name") == "FluxPipeline"
+
+    def part(cls, name, **extra):
+        if not index.get(name) or index[name][0] is None:
+            return None
+        if cls is AutoTokenizer:
+            return cls.from_pretrained(source, subfolder=name)
+        return cls.from_pretrained(source, subfolder=name, torch_dtype=dt, **kw, **extra)
+
+    try:
+        if flux:
+            from diffusers import FluxTransformer2DModel as Transformer
+        else:
+            from diffusers import SD3Transformer2DModel as Transformer
+        parts = dict(
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw),
+            transformer=Transformer.from_pretrained(source, subfolder="transformer", torch_dtype=dt, **kw),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
+            text_encoder=part(CLIPTextModel if flux else CLIPTextModelWithProjection, "text_encoder"),
+            tokenizer=part(AutoTokenizer, "tokenizer"),
+            text_encoder_2=part(T5EncoderModel if flux else CLIPTextModelWithProjection, "text_encoder_2"),
+            tokenizer_2=part(AutoTokenizer, "tokenizer_2"),
+        )
+        if not flux:
+            parts.update(
+                text_encoder_3=part(T5EncoderModel, "text_encoder_3"),
+                tokenizer_3=part(AutoTokenizer, "tokenizer_3"),
+            )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {source}: {first}") from e
+    return flow_bundle(family="flux" if flux else "sd3", model_id=model_name(source), device=dev, dtype=dt,
+                       **parts)  # fmt: skip
+
+
+def flow_bundle(family: str, model_id: str = "in-memory", device=None, dtype=None, **parts):
+    """A FlowBundle from parts in memory (loaded, or built in code): on `device` in `dtype` (default:
+    the transformer's), frozen; the VAE in float32 when a float16 model's VAE config asks to upcast."""
+    from retouch.flows import FLOW_FAMILIES, FlowBundle
+
+    if family not in FLOW_FAMILIES:
+        raise ModelError(f"family must be one of {FLOW_FAMILIES}, got {family!r}")
+    tr = parts["transformer"]
+    dev = torch.device(device) if device is not None else next(tr.parameters()).device
+    dt = dtype if dtype is not None else next(tr.parameters()).dtype
+    for name in ("vae", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        m = parts.get(name)
+        if m is not None:
+            m.to(dev).eval().requires_grad_(False)
+            if next(m.parameters()).dtype != dt:
+                m.to(dtype=dt)
+    if dt == torch.float16 and getattr(parts["vae"].config, "force_upcast", False):
+        parts["vae"].to(dtype=torch.float32)
+    fp = fingerprint(parts["vae"], parts["text_encoder"], tr, parts["scheduler"], parts.get("text_encoder_2"))
+    length = 512 if family == "flux" and getattr(tr.config, "guidance_embeds", False) else 256
+    return FlowBundle(family=family, model_id=model_id, device=dev, dtype=dt, fingerprint=fp,
+                      max_sequence_length=length, **parts)  # fmt: skip

@@ -75,8 +75,24 @@ def text_to_image(
 
 
 def _pipeline(model):
-    """diffusers' StableDiffusionPipeline over the bundle's parts (DDIM), quiet."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    """diffusers' StableDiffusionPipeline over the bundle's parts (DDIM), quiet; a flow model's own
+    StableDiffusion3Pipeline (its Euler scheduler)."""
+    from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
+
+    if model.family == "sd3":
+        pipe = StableDiffusion3Pipeline(
+            transformer=model.transformer,
+            scheduler=model.scheduler,
+            vae=model.vae,
+            text_encoder=model.text_encoder,
+            tokenizer=model.tokenizer,
+            text_encoder_2=model.text_encoder_2,
+            tokenizer_2=model.tokenizer_2,
+            text_encoder_3=model.text_encoder_3,
+            tokenizer_3=model.tokenizer_3,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     pipe = StableDiffusionPipeline(
         vae=model.vae,
@@ -211,7 +227,8 @@ def model_report(
         by_n.setdefault(len(parse_caption(cap)[1]), []).append(good)
     report["t2i_faithful_by_objects"] = {k: float(np.mean(v)) for k, v in sorted(by_n.items())}
     report.update(concept_draws(model, judge, n_t2i))
-    report.update(word_grounding(model, n_ground))
+    if model.family in ("sd", "sdxl"):  # the UNet's cross-attention; a transformer's is joint attention
+        report.update(word_grounding(model, n_ground))
     to_input, to_vae = ddim_round_trip_psnr(model, n_inv)
     report["ddim_round_trip_psnr_db"] = to_input
     report["ddim_round_trip_vs_autoencoder_psnr_db"] = to_vae
@@ -269,7 +286,7 @@ def model_command(model_path, recon, t2i, inversions, grounding, grid, as_json):
     click.echo(f"autoencoder PSNR ({recon} held-out renders):       {report['autoencoder_psnr_db']:.2f} dB")
     click.echo(f"judge held-out accuracy:                           {json.dumps(j)}")
     click.echo(
-        f"text-to-image faithful ({t2i} captions, 50 DDIM, w=5): {report['t2i_faithful']:.1%}  "
+        f"text-to-image faithful ({t2i} captions, 50 steps, w=5): {report['t2i_faithful']:.1%}  "
         f"by object count {report['t2i_faithful_by_objects']}"
     )
     click.echo(
@@ -279,12 +296,13 @@ def model_command(model_path, recon, t2i, inversions, grounding, grid, as_json):
         f"bare background concepts ({t2i} draws, 'black background'): "
         f"{report['background_concept_holds']:.1%} have that background"
     )
+    if "word_attention_inside" in report:
+        click.echo(
+            f"object words' cross-attention inside their object ({grounding} captions): "
+            f"{report['word_attention_inside']:.1%} (the objects' area: {report['word_region_area']:.1%})"
+        )
     click.echo(
-        f"object words' cross-attention inside their object ({grounding} captions): "
-        f"{report['word_attention_inside']:.1%} (the objects' area: {report['word_region_area']:.1%})"
-    )
-    click.echo(
-        f"DDIM inversion round trip ({inversions} images, 50 steps): "
+        f"ODE (DDIM / Euler) round trip ({inversions} images, 50 steps): "
         f"{report['ddim_round_trip_psnr_db']:.2f} dB to the input, "
         f"{report['ddim_round_trip_vs_autoencoder_psnr_db']:.2f} dB to the autoencoder's"
     )

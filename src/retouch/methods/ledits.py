@@ -351,9 +351,10 @@ def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progre
         m = torch.stack([ones if mk is None else mk for mk in masks])[:, None]  # [B, 1, h, w]
         pin = invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
     eps = unet_eps(model, schedule, counter, (invs[0].height, invs[0].width))
-    size = concept_level(model.unet.config, *x.shape[-2:])
+    needs_maps = any(g.needs_maps for g in guides)
+    size = concept_level(model.unet.config, *x.shape[-2:]) if needs_maps else None
     last = {}
-    with level_maps(model.unet, size) if any(g.needs_maps for g in guides) else _nothing() as store:
+    with level_maps(model.unet, size) if needs_maps else _nothing() as store:
         many = sega_eps_many(eps, guides, None if store is None else lambda: store.take(size))
 
         def guided(x, t, states):

@@ -29,7 +29,8 @@ def _train_settings():
 
 @click.group(context_settings=CONTEXT)
 def train():
-    """Train the mini Stable Diffusion on ShapesWorld: vae, then unet, then export."""
+    """Train the mini Stable Diffusion on ShapesWorld: vae, then unet, then export; its flow-matching
+    sibling (a mini SD3): flow, then export-flow."""
 
 
 def _train_config(settings, work: Path | None = None, init: Path | None = None):
@@ -95,6 +96,39 @@ def train_unet_command(work, vae_work, init, threads, **settings):
     cfg = _train_config(settings, work, init)
     _train_logging(threads)
     train_unet(work, vae_work, cfg, init=init)
+
+
+@train.command("flow", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
+@click.argument("work", type=_folder)
+@_threads
+def train_flow_command(work, threads, **settings):
+    """The mini Stable Diffusion 3: transformer and two text encoders with the rectified-flow loss, on
+    the shipped autoencoder's latents, in WORK (checkpointed; rerun to resume)."""
+    from retouch.shapes.train_flow import train_flow
+
+    cfg = _train_config(settings)
+    _train_logging(threads)
+    train_flow(work, cfg)
+
+
+@train.command("export-flow", context_settings=CONTEXT)
+@click.argument("out", type=_folder)
+@click.option("--flow-work", type=_folder, required=True, help="The flow model's work folder.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float16",
+    show_default=True,
+    help="Precision of the stored transformer weights (they load in the dtype asked for).",
+)
+def train_export_flow_command(out, flow_work, dtype):
+    """Assemble the flow model's EMA weights into a StableDiffusion3Pipeline folder OUT."""
+    import torch
+
+    from retouch.shapes.train_flow import export_flow
+
+    _ckpt(flow_work, "ema_transformer.safetensors", "transformer")
+    click.echo(f"wrote {export_flow(out, flow_work, getattr(torch, dtype))}")
 
 
 @train.command("export", context_settings=CONTEXT)

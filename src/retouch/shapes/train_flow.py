@@ -270,28 +270,3 @@ def export_flow(out: Path, work: Path, dtype: torch.dtype = torch.float32) -> Pa
     step = json.loads((work / "ckpt" / "step.json").read_text())["step"]
     log.info("exported step %d to %s", step, out)
     return Path(out)
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("work", type=Path)
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--dataset-size", type=int, default=40_000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--export", type=Path, help="write the model folder from WORK's checkpoint instead")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    if a.export:
-        export_flow(a.export, a.work, torch.float16)
-        return
-    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, dataset_size=a.dataset_size)
-    train_flow(a.work, cfg)
-
-
-if __name__ == "__main__":
-    main()
