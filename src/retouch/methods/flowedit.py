@@ -138,18 +138,19 @@ def flowedit(
     """Edit `image` from the `source` text's description to the `target` text's with FlowEdit.
 
     Args:
-        model: a flow model (`retouch.load` of a Stable Diffusion 3 or FLUX folder, or "shapes-sd3").
-        image: a path, PIL image or array.
-        source: what the image shows now; may be "" (then the ∅ text).
-        target: what it should show.
-        config: a FlowEditConfig; None fields take the family's published values.
-        preset: none yet (FlowEdit's published settings are the defaults).
-        seed: seeds the fresh noises: the same seed gives the same image.
-        progress: progress(stage, done, total) after each step.
+        model (`FlowBundle`): a flow model (`retouch.load` of a Stable Diffusion 3 or FLUX folder,
+            or "shapes-sd3").
+        image (path, PIL image or array): the image to edit.
+        source (`str`): what the image shows now; may be "" (the ∅ text).
+        target (`str`): what it should show.
+        config (`FlowEditConfig`, *optional*): None fields take the family's published values.
+        preset (`str`, *optional*): none yet (FlowEdit's published settings are the defaults).
+        seed (`int`, defaults to 0): seeds the fresh noises; the same seed gives the same image.
+        progress (*optional*): progress(stage, done, total) after each step.
         **settings: any FlowEditConfig field by name.
 
     Returns:
-        EditResult with the image, unet_evals (transformer batch elements), the settings used.
+        `EditResult`: the image, unet_evals (transformer batch elements), the settings used.
     """
     return flowedit_many(model, image, source, [target], config, preset, seed, progress, **settings)[0]
 
@@ -166,7 +167,22 @@ def flowedit_many(
     **settings,
 ) -> list[EditResult]:
     """Several FlowEdit edits of one image (one per target text): the image is encoded once; each
-    edit draws its noises from `seed` as it would alone, so each equals its single edit."""
+    edit draws its noises from `seed` as it would alone, so each equals its single edit.
+
+    Args:
+        model (`FlowBundle`): a flow model.
+        image (path, PIL image or array): the image to edit.
+        source (`str`): what the image shows now; may be "".
+        targets (`list[str]`): one target text per edit.
+        config (`FlowEditConfig`, *optional*): None fields take the family's published values.
+        preset (`str`, *optional*): none yet.
+        seed (`int`, defaults to 0): seeds every edit's noises.
+        progress (*optional*): progress(stage, done, total) after each step.
+        **settings: any FlowEditConfig field by name.
+
+    Returns:
+        `list[EditResult]`: one per target, in order.
+    """
     check_flow_model(model, "flowedit")
     c = configured(config or FlowEditConfig(), PRESETS, preset, settings)
     c.check()
