@@ -304,6 +304,14 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False
 # --- the ceiling ----------------------------------------------------------------------------------
 
 
+def _flowedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
+    """FlowEdit at its family's published settings, from the source caption to the target caption."""
+    from retouch.methods.flowedit import flowedit
+
+    r = flowedit(ctx.model, case.input_image, case.source_caption, case.target_caption, seed=case.seed)
+    return Output(_image(r.image), None, r.unet_evals)
+
+
 def _autoencoder(ctx: Context, case: Case, s: Settings, prep) -> Output:
     from retouch.latents import decode, encode, load_image, to_image, to_pixels
 
@@ -317,6 +325,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("autoencoder", "none", _autoencoder, library="vae"),
+        Method("flowedit", "none", _flowedit),  # a flow model's (SD3, FLUX)
         Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
         Method(
             "diffedit_presets",
@@ -386,9 +395,14 @@ COUNTERPARTS = {
 }
 
 
+FLOW_ONLY = ("flowedit",)  # methods of a flow model, named to run
+
+
 def parse_methods(text: str) -> list[str]:
-    """'all' or a comma list of method names → the names, in the registry's order."""
-    names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    """'all' (every method but a flow model's) or a comma list of method names → the names, in the
+    registry's order."""
+    everything = [n for n in METHODS if n not in FLOW_ONLY]  # "all": what the SD model runs
+    names = everything if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; valid: all, {', '.join(METHODS)}")

@@ -1,0 +1,57 @@
+"""The shipped flow model (a mini Stable Diffusion 3 trained on ShapesWorld): diffusers' own
+StableDiffusion3Pipeline loads and samples it, and retouch's flow conditioning and velocity give that
+pipeline's result; its folder holds only safetensors, within 30 MB."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import retouch
+from retouch.models import SHIPPED_SD3
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return retouch.load("shapes-sd3", device="cpu")
+
+
+def test_the_shipped_flow_model_is_safetensors_within_30_mb():
+    files = [p for p in SHIPPED_SD3.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+
+
+def test_diffusers_sd3_pipeline_samples_it_as_retouch_does(sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    from retouch.denoiser import EvalCounter, cfg
+    from retouch.flows import encode_text, euler, levels, velocity_fn
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(SHIPPED_SD3, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    caption = "a red circle on a white background"
+    out = pipe(caption, height=64, width=64, num_inference_steps=6, guidance_scale=5.0, latents=noise,
+               output_type="latent").images  # fmt: skip
+    assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+    v_fn = velocity_fn(sd3, EvalCounter())
+    uncond, cond = encode_text(sd3, ["", caption]).split(1)
+    x, ts = noise.clone(), levels(sd3.scheduler, 6)
+    for t, s in zip(ts, ts[1:]):
+        v_u, v_c = v_fn(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+        x = euler(x, cfg(v_u, v_c, 5.0), t, s)
+    assert (x - out).abs().max().item() <= 1e-4
+
+
+def test_every_method_edits_with_the_shipped_flow_model(sd3):
+    from retouch.shapes.world import HELD_OUT_SEED, render, sample_scene
+
+    img = render(sample_scene(HELD_OUT_SEED + 7))
+    a = retouch.flowedit(sd3, img, "", "a green circle on a white background", num_inference_steps=10, n_max=7)
+    b = retouch.diffedit(sd3, img, query="a green circle", num_inference_steps=10)
+    c = retouch.ledits(sd3, img, add=["green circle"], num_inference_steps=10, skip=0.2)
+    for r in (a, b, c):
+        assert r.image.size == (64, 64) and torch.isfinite(r.latents).all()
+    assert sd3.family == "sd3" and a.unet_evals == 4 * 7
