@@ -49,9 +49,43 @@ def test_every_method_edits_with_the_shipped_flow_model(sd3):
     from retouch.shapes.world import HELD_OUT_SEED, render, sample_scene
 
     img = render(sample_scene(HELD_OUT_SEED + 7))
-    a = retouch.flowedit(sd3, img, "", "a green circle on a white background", num_inference_steps=10, n_max=7)
+    a = retouch.flowedit(
+        sd3, img, "", "a green circle on a white background", num_inference_steps=10, n_max=7
+    )
     b = retouch.diffedit(sd3, img, query="a green circle", num_inference_steps=10)
     c = retouch.ledits(sd3, img, add=["green circle"], num_inference_steps=10, skip=0.2)
     for r in (a, b, c):
         assert r.image.size == (64, 64) and torch.isfinite(r.latents).all()
     assert sd3.family == "sd3" and a.unet_evals == 4 * 7
+
+
+def test_the_command_line_runs_flowedit_on_the_shipped_flow_model(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from retouch.main import main
+    from retouch.shapes.world import HELD_OUT_SEED, render, sample_scene
+
+    src = tmp_path / "in.png"
+    Image.fromarray(render(sample_scene(HELD_OUT_SEED + 3))).save(src)
+    args = [
+        "edit",
+        "flowedit",
+        str(src),
+        "--model",
+        "shapes-sd3",
+        "--target",
+        "a blue square on a white background",
+    ]
+    ok = CliRunner().invoke(
+        main, [*args, "-o", str(tmp_path / "a.png"), "--num-inference-steps", "6", "--n-max", "4"]
+    )
+    assert ok.exit_code == 0, ok.output
+    with Image.open(tmp_path / "a.png") as out:
+        assert out.size == (64, 64)
+    bad = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b.png"), "--n-max", "99"])
+    assert bad.exit_code == 2 and "n_max" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b.png").exists()
+    on_sd = CliRunner().invoke(main, ["edit", "flowedit", str(src), "--target", "a blue square", "-o",
+                                      str(tmp_path / "c.png")])  # fmt: skip
+    assert on_sd.exit_code == 2 and "flow model" in on_sd.stderr and not (tmp_path / "c.png").exists()

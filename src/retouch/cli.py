@@ -57,6 +57,12 @@ def _ledits_settings():
     return setting_options({"ledits": LEditsConfig})
 
 
+def _flowedit_settings():
+    from retouch.methods.flowedit import FlowEditConfig
+
+    return setting_options({"flowedit": FlowEditConfig})
+
+
 def _mask_settings():
     from retouch.methods.diffedit import DiffEditConfig
 
@@ -320,6 +326,38 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
         )
 
     _edit_and_save("diffedit", run, output, preset, edit_with)
+
+
+@edit.command(
+    "flowedit",
+    cls=MethodCommand,
+    settings=_flowedit_settings,
+    context_settings=CONTEXT,
+    short_help="FlowEdit (SD3, FLUX): no inversion, from the source text's image to the target's.",
+)
+@_image_argument
+@_output("The edited image (a PNG carries its parameters).")
+@_input("--target", required=True, help="The text the edited image should fit.")
+@_input("--source", default="", help="The text of what the image shows now [default: empty].")
+@_run_options
+def flowedit_command(image, output, target, source, **options):
+    """FlowEdit (Kulikov et al. 2025) on a flow model (--model shapes-sd3, an SD3 or FLUX folder):
+    move IMAGE from SOURCE's velocity field to TARGET's, with no inversion; write OUTPUT. Unset
+    settings take the model family's published values (docs/flow.md)."""
+    from retouch.latents import load_image
+    from retouch.methods.flowedit import FlowEditConfig, flowedit
+
+    run = _Run.pop(options)
+    given = _given(options, None)
+    img = load_image(image)
+    (target,) = _texts([target], "target")
+    _check_config(FlowEditConfig, given).check()
+    check_output(output, [image])
+
+    def edit_with(bundle, progress, seed_kw):
+        return flowedit(bundle, img, source, target, progress=progress, **seed_kw, **given)
+
+    _edit_and_save("flowedit", run, output, None, edit_with)
 
 
 @edit.command(

@@ -126,11 +126,13 @@ class UNetCalls:
         self.first: torch.Tensor | None = None
         unet.forward = self._counted
 
-    def _counted(self, sample, *args, **kwargs):
+    def _counted(self, *args, **kwargs):
+        # the latents: a UNet's first argument, a transformer's hidden_states
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         if self.first is None:
             self.first = sample.detach().clone()
         self.sizes.append(sample.shape[0])
-        return self._forward(sample, *args, **kwargs)
+        return self._forward(*args, **kwargs)
 
     @property
     def evals(self) -> int:

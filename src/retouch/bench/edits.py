@@ -154,8 +154,12 @@ def warm_up(ctx: Context, methods: Sequence[str]) -> None:
     with torch.no_grad():
         z = encode(m, x)
         decode(m, z)
-        t = int(m.scheduler.config.num_train_timesteps // 2)
-        m.unet(z.to(m.dtype), t, encoder_hidden_states=encode_text(m, [""]).to(m.dtype))
+        from retouch.denoiser import EvalCounter, unet_eps
+        from retouch.schedule import Schedule
+
+        schedule = Schedule.from_scheduler(m.scheduler)
+        t = schedule.timesteps(2)[1]
+        unet_eps(m, schedule, EvalCounter())(z, t, encode_text(m, [""]))
     for name in methods:
         if METHODS[name].library == "diffusers":
             ctx.pipe(name.split("_", 1)[1].rstrip("+"))  # diffusers_ledits++: the LEDITS++ pipeline
