@@ -39,6 +39,7 @@ def _method(name: str):
 def _configs() -> list[tuple[str, str, type, str | None]]:
     """(title, a line on where its defaults come from, config class, method of its presets or None)."""
     from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.flowedit import FlowEditConfig
     from retouch.methods.ledits import LEditsConfig
     from retouch.shapes.train import TrainConfig
 
@@ -47,10 +48,15 @@ def _configs() -> list[tuple[str, str, type, str | None]]:
         "The papers: LEDITS (Tsaban & Passos 2023) with SEGA and edit-friendly DDPM inversion, at the "
         "values of its authors' demo ([ledits.md](ledits.md))."
     )
+    flowedit = (
+        "The paper: Kulikov et al., ICCV 2025; unset (none) takes the model family's published value"
+        " ([flow.md](flow.md))."
+    )
     train = "How the shipped model was trained (its model card); not a paper's method."
     return [
         ("DiffEdit: `retouch.DiffEditConfig`", diffedit, DiffEditConfig, "diffedit"),
         ("LEDITS: `retouch.LEditsConfig`", ledits, LEditsConfig, "ledits"),
+        ("FlowEdit (flow models): `retouch.FlowEditConfig`", flowedit, FlowEditConfig, None),
         (
             "ShapesWorld training: `retouch.shapes.train.TrainConfig` (`retouch train`)",
             train,
