@@ -440,7 +440,7 @@ def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeyp
     "args, says",
     [
         (["IMAGE", "-o", "out.png", "--method", "ledits"], "retouch edit ledits IMAGE -o OUT"),
-        (["IMAGE", "-o", "out.png", "--query", QUERY], "retouch edit diffedit|ledits IMAGE -o OUT"),
+        (["IMAGE", "-o", "out.png", "--query", QUERY], "retouch edit diffedit|flowedit|ledits IMAGE -o OUT"),
         (["magic", "IMAGE"], "(got 'magic')"),
     ],
 )
