@@ -180,12 +180,11 @@ def _diffedit(model, cache, req, image, seed, key, progress):
             image,
             req.query,
             req.reference,
-            None,
-            seed,
-            mask,
-            encoding,
-            progress,
-            req.preset,
+            seed=seed,
+            mask=mask,
+            encoding=encoding,
+            progress=progress,
+            preset=req.preset,
             **req.settings,
         )
     )
