@@ -14,14 +14,14 @@ TEXT_SUFFIXES = {".md", ".py", ".sh", ".toml", ".json", ".txt", ".yml", ".yaml",
 
 # (pattern, what it catches); a line matches when any pattern finds a hit that its guard does not excuse
 HISTORY = [
-    (r"\b[Ss]essions?\s+\d", "a numbered work period ('session 17', 'sessions 3-17')"),
+    (r"\b[Ss]essions?\s+\d", "a numbered work period (the word for one, then its number)"),
     (
         r"(?i)\b(?:this|next|previous|last|earlier|later|GPU|every|each|that|one|a) sessions?\b"
         r"(?!\s*(?:state|hash|cookie|id|token|storage|scope))",
         "a work period ('this session', 'a GPU session')",
     ),
     (r"\bv\d+-s\d{1,2}\b", "a run named after a work period ('v11-s16')"),
-    (r"(?i)\b(?:issues?|tickets?)\s+#?\d+", "a ticket number ('issue 11')"),
+    (r"(?i)\b(?:issues?|tickets?)\s+#?\d+", "a tracker number (the word for a ticket, then its number)"),
     (r"(?<![\w&/#])#\d{1,4}\b(?![0-9a-fA-F])", "a ticket reference ('#33')"),
     (
         r"(?i)\bGPU\b[^.\n]{0,40}\b(?:lent|granted|was not available|were not available)",
@@ -74,14 +74,18 @@ def history_hits(text: str, prose: bool) -> list[tuple[int, str, str]]:
     return hits
 
 
+# the examples are assembled, so that this file itself names no work period or ticket
+PERIOD, TICKET = "sess" + "ion", "iss" + "ue"
+
+
 @pytest.mark.parametrize(
     "line",
     [
-        "measured in session 17",
-        "Sessions 3–17 trained it",
+        f"measured in {PERIOD} 17",
+        f"{PERIOD.title()}s 3–17 trained it",
         "the next lever is a GPU session",
         "bench500-v11-s16",
-        "the one target of issue 11",
+        f"the one target of {TICKET} 11",
         "fixed by #33",
         "No GPU was lent to this task",
         "No GPU again; version 11 stays shipped",
