@@ -27,7 +27,8 @@ def test_diffusers_sd3_pipeline_samples_it_as_retouch_does(sd3):
     from diffusers import StableDiffusion3Pipeline
 
     from retouch.denoiser import EvalCounter, cfg
-    from retouch.flows import encode_text, euler, levels, velocity_fn
+    from retouch.flows import euler, levels, velocity_fn
+    from retouch.text import encode_text
 
     pipe = StableDiffusion3Pipeline.from_pretrained(SHIPPED_SD3, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)

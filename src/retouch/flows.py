@@ -13,7 +13,6 @@ zero-padded row, so every loop batches, splits and repeats it as one tensor.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,9 +95,6 @@ def is_flow(model) -> bool:
 
 # --- text ------------------------------------------------------------------------------------------
 
-_CACHE_LOCK = threading.Lock()
-CACHED_TEXTS = 256
-
 
 def _ids(tokenizer, text: str, length: int, device) -> torch.Tensor:
     return tokenizer(
@@ -148,20 +144,9 @@ def _encode_flux(bundle: FlowBundle, text: str) -> torch.Tensor:
     return _pack(t5, pooled.to(t5.dtype))
 
 
-@torch.inference_mode()
-def encode_text(bundle: FlowBundle, texts: list[str]) -> torch.Tensor:
-    """Conditions [B, L + 1, D] of `texts`, each encoded alone once and kept in the model's cache."""
-    found = {}
-    for text in dict.fromkeys(texts):
-        emb = bundle.text_cache.get(text)
-        if emb is None:
-            emb = (_encode_sd3 if bundle.family == "sd3" else _encode_flux)(bundle, text).to(bundle.dtype)
-            with _CACHE_LOCK:
-                bundle.text_cache[text] = emb
-                while len(bundle.text_cache) > CACHED_TEXTS:
-                    bundle.text_cache.pop(next(iter(bundle.text_cache)), None)
-        found[text] = emb
-    return torch.cat([found[t] for t in texts])
+def encode_one(bundle: FlowBundle, text: str) -> torch.Tensor:
+    """One text's condition [1, L + 1, D] (`retouch.text.encode_text` caches it)."""
+    return (_encode_sd3 if bundle.family == "sd3" else _encode_flux)(bundle, text).to(bundle.dtype)
 
 
 # --- the network -----------------------------------------------------------------------------------

@@ -47,22 +47,27 @@ def encode_text(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
     Each text is encoded alone, once: its embedding [1, L, D] is kept in the model's text cache, so
     an edit encodes each of its texts once and later edits (any visitor's) reuse them; alone, so
     that an embedding never depends on which texts it was encoded with."""
-    if bundle.family in ("sd3", "flux"):
-        from retouch.flows import encode_text as encode_flow
-
-        return encode_flow(bundle, texts)
     cache = bundle.text_cache
     found = {}
     for text in dict.fromkeys(texts):
         emb = cache.get(text)
         if emb is None:
-            emb = _encode_xl(bundle, text) if bundle.family == "sdxl" else _encode_sd(bundle, text)
+            emb = _encoder(bundle)(bundle, text)
             with _CACHE_LOCK:
                 cache[text] = emb
                 while len(cache) > CACHED_TEXTS:
                     cache.pop(next(iter(cache)), None)
         found[text] = emb
     return torch.cat([found[t] for t in texts])  # [B, L, D]
+
+
+def _encoder(bundle):
+    """The family's encoder of one text → [1, L, D] (a flow model's: docs/flow.md)."""
+    if bundle.family in ("sd3", "flux"):
+        from retouch.flows import encode_one
+
+        return encode_one
+    return _encode_xl if bundle.family == "sdxl" else _encode_sd
 
 
 def _ids(tokenizer, text: str, device) -> torch.Tensor:

@@ -14,11 +14,11 @@ import torch
 
 from retouch.denoiser import EvalCounter, cfg
 from retouch.errors import SettingError
-from retouch.flows import add_noise, check_flow_model, encode_text, euler, levels, velocity_fn
+from retouch.flows import add_noise, check_flow_model, euler, levels, velocity_fn
 from retouch.latents import decode, to_image
 from retouch.methods.common import Progress, check_finite, generator, prepare, stage
 from retouch.settings import check_number, configured, setting
-from retouch.text import check_prompt
+from retouch.text import check_prompt, encode_text
 from retouch.types import EditResult
 
 # The published settings per family (the paper's Tables and its reference code's defaults).
