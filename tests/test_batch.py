@@ -578,3 +578,77 @@ def test_a_ledits_pp_row_is_ledits_under_its_preset(tmp_path):
     assert (s["preset"], s["implicit_mask"], s["solver"], s["num_inference_steps"]) == (
         "ledits++", "intersect", "dpmsolver++", 10,
     )  # fmt: skip
+
+
+FLOW_ROW = dict(method="flowedit", source="", num_inference_steps=6, n_max=4)
+
+
+def test_flowedit_rows_on_a_flow_model_give_retouch_edit_flowedits_images(tmp_path):
+    """FlowEdit rows on the shipped mini SD3: a row's image is `retouch edit flowedit`'s with the same
+    seed and settings; --batch-size 2 runs the rows of one source, seed and settings as one
+    flowedit_many, with the same images; a row whose n_max exceeds its steps fails alone, unrun."""
+    img = one_image(tmp_path)
+    rows = [
+        dict(FLOW_ROW, image=img.name, target="a blue square on a white background", seed=4),
+        dict(FLOW_ROW, image=img.name, target="a green circle on a white background", seed=4),
+        dict(FLOW_ROW, image=img.name, target="a green circle", n_max=7),
+    ]
+    manifest = write_rows(tmp_path / "m.jsonl", rows)
+    outs = {}
+    for size in (1, 2):
+        outs[size] = tmp_path / f"out{size}"
+        run = batch_cli(manifest, outs[size], "--model", "shapes-sd3", "--batch-size", str(size))
+        assert run.exit_code == 1, run.output  # the bad row
+    one, two = ({r["row"]: r for r in results(outs[k])} for k in (1, 2))
+    assert one[2]["status"] == "failed" and one[2]["unet_evals"] == 0
+    assert "n_max must be <= num_inference_steps (6), got 7" in one[2]["error"]
+    args = ["edit", "flowedit", str(img), "--model", "shapes-sd3", "--target", rows[1]["target"], "--seed",
+            "4", "--num-inference-steps", "6", "--n-max", "4", "-o", str(tmp_path / "e.png")]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    paths = {"edit": tmp_path / "e.png"}
+    paths.update({f"{k}:{i}": d[i]["output"] for k, d in (("one", one), ("two", two)) for i in (0, 1)})
+    pixels = {}
+    for name, path in paths.items():
+        with Image.open(path) as im:
+            pixels[name] = np.asarray(im.convert("RGB"), int)
+    assert np.array_equal(pixels["edit"], pixels["one:1"])
+    assert np.abs(pixels["one:0"] - pixels["one:1"]).max() > 10  # another target, another image
+    for i in (0, 1):
+        assert np.abs(pixels[f"one:{i}"] - pixels[f"two:{i}"]).max() <= 1
+    params = read_params(one[0]["output"])
+    assert params["method"] == "flowedit" and params["seed"] == 4
+    assert (params["settings"]["n_max"], params["settings"]["target_guidance_scale"]) == (4, 13.5)
+    assert one[0]["unet_evals"] == one[1]["unet_evals"] == 4 * 4  # four branches a step
+    assert two[0]["unet_evals"] + two[1]["unet_evals"] == 2 * 4 * 4
+
+
+def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tmp_path):
+    """The model's family read from its folder: FlowEdit rows fail on Stable Diffusion, DiffEdit and
+    LEDITS rows on FLUX (and a FlowEdit row whose n_max exceeds FLUX's published 28 steps), each in
+    one line, when the manifest is checked; the batch's other rows run."""
+    from retouch.batch.manifest import resolve_rows
+    from retouch.models import family_of
+
+    assert (family_of(None), family_of("shapes-sd3"), family_of(tmp_path)) == ("sd", "sd3", None)
+    one_image(tmp_path)
+    raw = [
+        dict(TINY_ROW, image="red_circle.png"),
+        dict(image="red_circle.png", method="ledits", add=["a green circle"]),
+        dict(image="red_circle.png", method="flowedit", target="a green circle"),
+        dict(image="red_circle.png", method="flowedit", target="a green circle", n_max=30),
+        dict(image="red_circle.png", method="flowedit", source="a red circle"),
+    ]
+    errors = {
+        family: [r.error for r in resolve_rows(raw, tmp_path, tmp_path / "out", family=family)]
+        for family in ("sd", "sd3", "flux", None)
+    }
+    assert errors["sd3"] == errors[None] == [None] * 4 + ["a flowedit row needs a target text"]
+    assert errors["sd"][:2] == [None, None] and all("runs on a flow model" in e for e in errors["sd"][2:4])
+    assert all("use flowedit on FLUX" in e for e in errors["flux"][:2]) and errors["flux"][2] is None
+    assert "n_max must be <= num_inference_steps (28), got 30" in errors["flux"][3]
+    manifest = write_rows(tmp_path / "m.jsonl", [raw[0], raw[2]])
+    run = batch_cli(manifest, tmp_path / "out", "--json")  # the shipped Stable Diffusion model
+    assert run.exit_code == 1, run.output
+    res = {r["row"]: r for r in results(tmp_path / "out")}
+    assert res[0]["status"] == "ok" and res[1]["status"] == "failed" and res[1]["unet_evals"] == 0
+    assert res[1]["error"] == "flowedit runs on a flow model (Stable Diffusion 3, FLUX); this one is sd"

@@ -264,6 +264,24 @@ def _inferred_family(path: Path, hint: str) -> str:
     return DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
 
 
+def family_of(model: str | Path | None) -> str | None:
+    """The family a model to load is of ("sd", "sdxl", "sd3" or "flux"), read from its folder's
+    model_index.json without loading anything (None or "shapes-sd": the shipped model's); None when
+    only loading tells (a hub id, a single file, a folder that is not a diffusers one)."""
+    import json
+
+    folder = Path(str(SHIPPED if model is None else SHIPPED_NAMES.get(str(model), model))).expanduser()
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    if index.get("_class_name") in FLOW_PIPELINES:
+        return "flux" if index["_class_name"] == "FluxPipeline" else "sd3"
+    return "sdxl" if "text_encoder_2" in index else "sd"
+
+
 def _model_index(folder: Path) -> dict:
     """The folder's model_index.json (which parts, which family)."""
     import json

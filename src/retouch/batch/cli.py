@@ -27,9 +27,11 @@ from retouch.shell import CONTEXT, budget_options, model_options, on_terminal
 MANIFEST_HELP = (
     "A manifest holds one edit per row: JSON Lines, or CSV with a header row (add and remove split "
     "on ';'). For example:\n\n\b\n"
-    '  {"image": "photo.png", "method": "diffedit", "query": "...", "reference": "..."}\n\n'
+    '  {"image": "photo.png", "method": "diffedit", "query": "...", "reference": "..."}\n'
+    '  {"image": "photo.png", "method": "flowedit", "source": "...", "target": "...", "seed": 1}\n\n'
     f"Keys of every row: {', '.join(COMMON)} (image and mask relative to the manifest, output a "
-    "file name under --out, mask 'infer' for ledits); "
+    "file name under --out, mask 'infer' for ledits; method diffedit, ledits, ledits++ or flowedit, "
+    "the last on a flow model: --model shapes-sd3, an SD3 or FLUX folder); "
     + "; ".join(f"of {method} rows: {', '.join(keys)}" for method, keys in TEXTS.items())
     + "; and any setting of the method by its config name (`retouch edit METHOD --help-all`)."
 )
@@ -103,6 +105,7 @@ def batch(
 
     from retouch.batch.engine import run_batch
     from retouch.batch.manifest import read_manifest, resolve_rows
+    from retouch.models import family_of
     from retouch.shell import ModelLoader
 
     if ray_address is not None:
@@ -111,7 +114,7 @@ def batch(
         except ImportError as e:
             raise click.UsageError("--ray needs Ray: pip install 'retouch[cluster]'") from e
     raw = read_manifest(manifest)
-    rows = resolve_rows(raw, manifest.resolve().parent, out_dir)
+    rows = resolve_rows(raw, manifest.resolve().parent, out_dir, family=family_of(model))
     t0 = time.perf_counter()
     counts = {"failed": 0, "run_now": 0}
     with tqdm(

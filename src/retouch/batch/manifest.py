@@ -4,12 +4,15 @@
     {"image": "cat.png", "method": "ledits", "add": ["glasses"], "remove": ["beard"], "edit_scale": 5}
 
     {"image": "cat.png", "method": "ledits++", "add": ["glasses"]}
+    {"image": "cat.png", "method": "flowedit", "source": "a cat", "target": "a dog", "n_max": 30}
 
-Keys: image (a path relative to the manifest), method ("diffedit", "ledits", or "ledits++": ledits
-under its "ledits++" preset), the method's texts
-(query, reference; prompt, source, add, remove), mask (a mask file, or "infer" for ledits), seed,
-output (a file name under the output folder), preset (a name from the method's PRESETS), and any
-setting by its config name. A bad row does not stop the batch: it becomes a Row with its one-line error.
+Keys: image (a path relative to the manifest), method ("diffedit", "ledits", "ledits++": ledits
+under its "ledits++" preset, or "flowedit": on a flow model), the method's texts
+(query, reference; prompt, source, add, remove; source, target), mask (a mask file, or "infer" for
+ledits), seed, output (a file name under the output folder), preset (a name from the method's
+PRESETS), and any setting by its config name. A bad row does not stop the batch: it becomes a Row
+with its one-line error, as does a row of a method the batch's model cannot run (when its family is
+known before loading: `retouch.models.family_of`).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from retouch.files import image_format
 TEXTS = {
     "diffedit": ("query", "reference", "preset"),
     "ledits": ("prompt", "source", "add", "remove", "preset"),
+    "flowedit": ("source", "target"),
 }
 COMMON = ("image", "method", "mask", "seed", "output")
 ALIASES = {"ledits++": ("ledits", "ledits++")}  # a method name that is a method under a preset
+_ALL_TEXTS = {k for keys in TEXTS.values() for k in keys}
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def _from_csv(record: dict) -> dict:
             out[key] = [v.strip() for v in value.split(";") if v.strip()]
             continue
         try:
-            out[key] = json.loads(value) if key not in TEXTS["diffedit"] + TEXTS["ledits"] + COMMON else value
+            out[key] = json.loads(value) if key not in (*_ALL_TEXTS, *COMMON) else value
         except json.JSONDecodeError:
             out[key] = value
         if key == "seed":
@@ -123,17 +128,22 @@ RESULTS = "results.jsonl"
 def method_configs() -> dict:
     """The methods a row may name, with their config classes."""
     from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.flowedit import FlowEditConfig
     from retouch.methods.ledits import LEditsConfig
 
-    return {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
+    return {"diffedit": DiffEditConfig, "ledits": LEditsConfig, "flowedit": FlowEditConfig}
 
 
-def resolve_rows(raw: list[dict], base: Path, out_dir: Path, configs: dict | None = None) -> list[Row]:
+def resolve_rows(
+    raw: list[dict], base: Path, out_dir: Path, configs: dict | None = None, family: str | None = None
+) -> list[Row]:
     """Every row checked (`resolve`), then against the others, before any model work: a row whose
     output is any row's input (image or mask, however spelled: links and hard links too) or
-    another earlier row's output fails. Each row's key is a hash of its content and output."""
+    another earlier row's output fails. Each row's key is a hash of its content and output.
+    family: the batch's model's ("sd", "sdxl", "sd3", "flux"; None: not known before loading), so
+    that a row of a method it cannot run fails here."""
     configs = method_configs() if configs is None else configs
-    rows = [resolve(i, r, base, out_dir, configs) for i, r in enumerate(raw)]
+    rows = [resolve(i, r, base, out_dir, configs, family) for i, r in enumerate(raw)]
     inputs, root = _inputs(raw, base), out_dir.resolve()
     owners: dict[str, int] = {}
     checked, seen = [], {}
@@ -202,10 +212,13 @@ def _check_output(row: Row, inputs: dict, owners: dict, root: Path) -> None:
     owners[real] = row.index
 
 
-def resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) -> Row:
-    """Check one row against the manifest's folder, the output folder and the method's config."""
+def resolve(
+    index: int, raw: dict, base: Path, out_dir: Path, configs: dict, family: str | None = None
+) -> Row:
+    """Check one row against the manifest's folder, the output folder, the method's config and, when
+    the model's family is known, the methods that family runs."""
     try:
-        return _resolve(index, raw, base, out_dir, configs)
+        return _resolve(index, raw, base, out_dir, configs, family)
     except InputError as e:
         return Row(index, error=" ".join(str(e).split()))
     except (OSError, ValueError) as e:  # a name the system refuses
@@ -232,7 +245,7 @@ def _file_name(raw: dict, key: str) -> str:
     return name
 
 
-def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) -> Row:
+def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict, family: str | None) -> Row:
     if "_error" in raw:
         raise InputError(raw["_error"])
     method = raw.get("method")
@@ -250,6 +263,10 @@ def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) ->
     unknown = sorted(set(raw) - names - set(COMMON) - set(TEXTS[method]))
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} for {method}")
+    if method == "flowedit":
+        _check_flowedit(raw, {k: raw[k] for k in names if k in raw}, family)
+    elif family is not None:
+        _check_family(method, family)
     image = (base / _file_name(raw, "image")).resolve()
     if not image.is_file():
         raise InputError(f"cannot read image {raw['image']}: no such file")
@@ -265,6 +282,37 @@ def _resolve(index: int, raw: dict, base: Path, out_dir: Path, configs: dict) ->
     texts = {k: raw[k] for k in TEXTS[method] if k in raw}
     settings = {k: v for k, v in raw.items() if k in names}
     return Row(index, image, method, texts, settings, seed, mask, output)
+
+
+def _check_family(method: str, family: str) -> None:
+    """A method the family runs (DiffEdit and LEDITS: not on FLUX), else the method's own one-line
+    refusal (InputError)."""
+    from types import SimpleNamespace
+
+    from retouch.flows import refuse_flux
+
+    if family == "flux":
+        refuse_flux(SimpleNamespace(family=family), method)
+
+
+def _check_flowedit(raw: dict, settings: dict, family: str | None) -> None:
+    """A FlowEdit row: a target text, settings in range and, with the family known, a flow model and
+    settings that fit the family's published ones (n_max at most its steps)."""
+    from types import SimpleNamespace
+
+    from retouch.flows import check_flow_model
+    from retouch.methods.flowedit import FlowEditConfig
+
+    for key in ("source", "target"):
+        if key in raw and not isinstance(raw[key], str):
+            raise InputError(f"{key} must be text, got {raw[key]!r}")
+    if not str(raw.get("target", "")).strip():
+        raise InputError("a flowedit row needs a target text")
+    config = FlowEditConfig(**settings)
+    config.check()
+    if family is not None:
+        check_flow_model(SimpleNamespace(family=family), "flowedit")
+        config.resolved(family)
 
 
 def _output(index: int, raw: dict, image: Path, method: str, out_dir: Path) -> Path:

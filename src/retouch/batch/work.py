@@ -1,10 +1,12 @@
 """The per-image work of a batch, the same on a local worker and in a Ray actor: every row that
-edits one image, sharing one DDIM encoding (DiffEdit) or one inversion (LEDITS) per setting."""
+edits one image, sharing one DDIM encoding (DiffEdit) or one inversion (LEDITS) per setting; FlowEdit
+rows of one source text, seed and settings run as one `flowedit_many`."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 from retouch import __version__
@@ -15,9 +17,11 @@ from retouch.latents import fitted, load_image
 from retouch.methods.diffedit import GRID as DIFFEDIT_GRID
 from retouch.methods.diffedit import ddim_encoding, diffedit_many
 from retouch.methods.diffedit import edit_job as diffedit_job
+from retouch.methods.flowedit import checked_config, flowedit_many
 from retouch.methods.ledits import GRID as LEDITS_GRID
 from retouch.methods.ledits import INVERSION_FIELDS, invert, ledits_many
 from retouch.methods.ledits import edit_job as ledits_job
+from retouch.text import check_prompt
 from retouch.types import ModelBundle
 
 
@@ -30,10 +34,10 @@ def edit_image(
 ) -> list[dict]:
     """Run the rows (all of one image); a result dict per row (in their order), its PNG written
     atomically before the result is returned. Up to `batch_size` rows of one method and step grid
-    go through the UNet as one batch per step (`diffedit_many`, `ledits_many`). A row's bad input
-    fails that row only (a batch that fails is run again row by row). shared: the image's values
-    (encodings, inversions) made so far. tmp_dir: where the PNGs are written before they are
-    renamed into place (the batch's own folder; None: beside each output)."""
+    go through the UNet as one batch per step (`diffedit_many`, `ledits_many`, `flowedit_many`). A
+    row's bad input fails that row only (a batch that fails is run again row by row). shared: the
+    image's values (encodings, inversions) made so far. tmp_dir: where the PNGs are written before
+    they are renamed into place (the batch's own folder; None: beside each output)."""
     shared = {} if shared is None else shared
     done: dict[int, dict] = {}
     for group in _groups(model, rows, batch_size):
@@ -68,10 +72,21 @@ def _job(model: ModelBundle, row: Row):
     return (diffedit_job if row.method == "diffedit" else ledits_job)(model, _edit(row), None, None, {})
 
 
+def _flowedit(model, row: Row) -> tuple[str, str, object]:
+    """A FlowEdit row checked on the model: (source, target, its resolved FlowEditConfig)."""
+    cfg = checked_config(model, settings=row.settings)
+    source = check_prompt(model, row.texts.get("source", ""), "source", allow_empty=True)
+    return source, check_prompt(model, row.texts.get("target", ""), "target"), cfg
+
+
 def _grid(model: ModelBundle, row: Row):
-    """What the rows of one UNet batch must share: method and step grid; None for a row whose
-    settings or texts are bad (it runs alone, and fails alone, before any shared work)."""
+    """What the rows of one UNet batch must share: method and step grid (FlowEdit: source text,
+    seed and settings); None for a row whose settings or texts are bad (it runs alone, and fails
+    alone, before any shared work)."""
     try:
+        if row.method == "flowedit":
+            source, _, cfg = _flowedit(model, row)
+            return ("flowedit", source, row.seed, *astuple(cfg))
         cfg = _job(model, row).cfg
     except InputError:
         return None
@@ -94,9 +109,12 @@ def _run(model: ModelBundle, rows: list[Row], shared: dict, tmp_dir: Path | None
     """The rows as one batched call; their PNGs written; {row index: result dict}."""
     t0 = time.perf_counter()
     image, note = fitted(model, load_image(rows[0].image))
-    items, edits, made = zip(*[_inputs(model, row, image, shared) for row in rows])
-    many = diffedit_many if rows[0].method == "diffedit" else ledits_many
-    results = many(model, list(items), list(edits))
+    if rows[0].method == "flowedit":
+        results, made = _flowedit_many(model, rows, image), [0] * len(rows)
+    else:
+        items, edits, made = zip(*[_inputs(model, row, image, shared) for row in rows])
+        many = diffedit_many if rows[0].method == "diffedit" else ledits_many
+        results = many(model, list(items), list(edits))
     seconds = round((time.perf_counter() - t0) / len(rows), 4)
     out = {}
     for row, result, spent in zip(rows, results, made):
@@ -120,6 +138,13 @@ def _run(model: ModelBundle, rows: list[Row], shared: dict, tmp_dir: Path | None
             **({"note": note} if note else {}),
         )
     return out
+
+
+def _flowedit_many(model, rows: list[Row], image) -> list:
+    """FlowEdit rows of one image, source, seed and settings (`_grid`): one `flowedit_many`."""
+    checked = [_flowedit(model, row) for row in rows]
+    source, _, cfg = checked[0]
+    return flowedit_many(model, image, source, [t for _, t, _ in checked], cfg, seed=rows[0].seed)
 
 
 def _inputs(model: ModelBundle, row: Row, image, shared: dict):

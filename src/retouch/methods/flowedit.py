@@ -74,6 +74,14 @@ class FlowEditConfig:
 PRESETS: dict[str, dict] = {}
 
 
+def checked_config(model, config: FlowEditConfig | None = None, preset=None, settings=None) -> FlowEditConfig:
+    """The edit's settings on `model`: a flow model, then config, preset and settings, checked, each
+    unset one the family's published value (one-line errors, before any model work)."""
+    check_flow_model(model, "flowedit")
+    c = configured(config or FlowEditConfig(), PRESETS, preset, settings or {})
+    return c.resolved(model.family)
+
+
 def _velocity(model, v_fn, x: torch.Tensor, t: float, cond, uncond, scale: float) -> torch.Tensor:
     """The guided velocity of one text at x [B, C, h, w]: CFG over [∅, c] in one call (SD3), or the
     guidance embedding (FLUX)."""
@@ -183,10 +191,7 @@ def flowedit_many(
     Returns:
         `list[EditResult]`: one per target, in order.
     """
-    check_flow_model(model, "flowedit")
-    c = configured(config or FlowEditConfig(), PRESETS, preset, settings)
-    c.check()
-    c = c.resolved(model.family)
+    c = checked_config(model, config, preset, settings)
     source = check_prompt(model, source, "source", allow_empty=True)
     if not targets:
         raise SettingError("targets is empty: give at least one target text")
