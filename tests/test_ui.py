@@ -492,3 +492,74 @@ def test_the_page_says_sides_and_areas_apart():
     text = size_limits(4096)
     assert "Each side of an image from 8 to 4096 pixels" in text
     assert "more than 4096 pixels in all (64x64) is edited resized down" in text
+
+
+@pytest.fixture(scope="module")
+def sd3_model():
+    """The shipped mini Stable Diffusion 3 (a flow model)."""
+    import retouch
+
+    return retouch.load("shapes-sd3", device="cpu")
+
+
+def _radio(demo, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_flowedit_is_offered_on_a_flow_model_with_its_familys_published_settings(ui_model, sd3_model):
+    """On the mini SD3 the method choice shows FlowEdit (first), DiffEdit and LEDITS, FlowEdit's
+    settings pre-filled with SD3's published values; on FLUX FlowEdit alone (with FLUX's values);
+    on Stable Diffusion no FlowEdit."""
+    from types import SimpleNamespace
+
+    from retouch.methods.flowedit import PUBLISHED, FlowEditConfig
+    from retouch.settings import settings_fields
+    from retouch.ui.app import methods_for
+
+    demo = build_app(sd3_model)
+    choices = [c[1] if isinstance(c, tuple) else c for c in _radio(demo, "method").choices]
+    assert choices == ["flowedit", "diffedit", "ledits"] and _radio(demo, "method").value == "flowedit"
+    for s in settings_fields(FlowEditConfig):
+        assert _radio(demo, f"flowedit-{s.name}").value == PUBLISHED["sd3"][s.name], s.name
+    assert {"target", "flowedit-source"} <= {b.elem_id for b in demo.blocks.values() if hasattr(b, "elem_id")}
+    assert methods_for(SimpleNamespace(family="flux")) == ["flowedit"]
+    assert (
+        form_defaults("flowedit", "flux")["n_max"] == 24 and form_defaults("flowedit", "sd3")["n_max"] == 33
+    )
+    on_sd = [c[1] if isinstance(c, tuple) else c for c in _radio(build_app(ui_model), "method").choices]
+    assert on_sd == ["diffedit", "ledits"]
+
+
+def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on_sd3(sd3_model, image):
+    """The app's FlowEdit gives `retouch.flowedit`'s image for the same texts, seed and settings and
+    records them in its PNG; DiffEdit and LEDITS run on SD3 through the app."""
+    import retouch
+
+    values = {**form_defaults("flowedit", "sd3"), "num_inference_steps": 6, "n_max": 4}
+    texts = {"flowedit_source": CAPTION, "target": QUERY}
+    forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
+    out = run_edit(sd3_model, None, image, "flowedit", texts, 3, forms["diffedit"], forms["ledits"],
+                   flowedit_values=values)  # fmt: skip
+    assert out[3].startswith("edit: ") and "UNet evaluations: 16" in out[3], out[3]
+    lib = retouch.flowedit(sd3_model, image, CAPTION, QUERY, seed=3, num_inference_steps=6, n_max=4)
+    assert np.array_equal(np.asarray(out[1]), np.asarray(lib.image))
+    with Image.open(out[2]) as png:
+        params = json.loads(png.text[PNG_KEY])
+    assert params["method"] == "flowedit" and params["settings"]["target"] == QUERY
+    assert params["settings"]["target_guidance_scale"] == 13.5 and params["seed"] == 3
+    diff = edit(sd3_model, None, image, "diffedit")
+    assert diff["result"].size == (64, 64) and "mask area" in diff["status"]
+    led = edit(sd3_model, None, image, "ledits")
+    assert led["result"].size == (64, 64) and "inversion: " in led["status"]
+
+
+def test_flowedit_on_a_stable_diffusion_model_is_a_message(ui_model, image):
+    """A method the model does not run (the page does not offer it) is refused in one line."""
+    forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
+    with pytest.warns(UserWarning):
+        out = run_edit(ui_model, None, image, "flowedit", {"target": QUERY}, 0, forms["diffedit"],
+                       forms["ledits"], flowedit_values=form_defaults("flowedit"))  # fmt: skip
+    assert (
+        out[1] is None
+        and out[3] == "Error: method must be one of diffedit, ledits on this model, got 'flowedit'"
+    )

@@ -1,12 +1,14 @@
 """The web app (Gradio): upload an image, pick a method, write the texts, edit, download.
 
-The settings form is derived from the methods' config dataclasses (one field per setting, the
-dataclass default pre-filled). Work is bounded for every visitor: uploads in file size
-(MAX_FILE_SIZE) and in pixels (retouch.latents' limits, checked from the header before decoding;
-larger than the app's pixel budget, the model's native area by default, they are resized down with
-a message), each edit by a time limit, and a visitor can stop their edit; `concurrency` edits run at
-once and the rest wait in the queue. Each visitor's inversions live in their own gr.State. The app
-only reads files Gradio received as uploads and only writes its own result files.
+The methods offered are those the loaded model runs (`methods_for`: DiffEdit and LEDITS on Stable
+Diffusion; FlowEdit, DiffEdit and LEDITS on SD3; FlowEdit on FLUX). The settings form is derived
+from the methods' config dataclasses (one field per setting, the dataclass default pre-filled;
+FlowEdit's, the published values of the model's family). Work is bounded for every visitor: uploads
+in file size (MAX_FILE_SIZE) and in pixels (retouch.latents' limits, checked from the header before
+decoding; larger than the app's pixel budget, the model's native area by default, they are resized
+down with a message), each edit by a time limit, and a visitor can stop their edit; `concurrency`
+edits run at once and the rest wait in the queue. Each visitor's inversions live in their own
+gr.State. The app only reads files Gradio received as uploads and only writes its own result files.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from retouch.errors import InputError, SettingError
 from retouch.files import save_image
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
+from retouch.methods.flowedit import PUBLISHED as FLOWEDIT_PUBLISHED
+from retouch.methods.flowedit import FlowEditConfig
 from retouch.methods.ledits import LEditsConfig
 from retouch.models import check_budget
 from retouch.presets import BY_METHOD, aims
@@ -38,7 +42,8 @@ MAX_FILE_SIZE = "10mb"
 TIME_LIMIT_S = 120.0  # per edit; the edit stops at its next step past it
 CONCURRENCY = 2  # edits at once (a long one does not hold everyone); the rest are queued
 _STOPS: set[str] = set()  # sessions whose visitor pressed Stop during their edit
-CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig}
+CONFIGS = {"diffedit": DiffEditConfig, "ledits": LEditsConfig, "flowedit": FlowEditConfig}
+LABELS = {"diffedit": "DiffEdit", "ledits": "LEDITS", "flowedit": "FlowEdit"}
 PRESETS = BY_METHOD  # each method's named settings (retouch.presets)
 # the fields a method's presets set: a preset fills them (its values, the defaults for those it leaves)
 PRESET_FIELDS = {
@@ -61,14 +66,28 @@ def shown(s: Setting, value=None):
     return value
 
 
-def form_defaults(method: str) -> dict:
-    """The settings form's initial values for a method: its config's defaults."""
-    return {s.name: shown(s) for s in settings_fields(CONFIGS[method])}
+def methods_for(model) -> list[str]:
+    """The methods the app offers on `model`, the first chosen at start: FlowEdit, DiffEdit and
+    LEDITS on SD3; FlowEdit alone on FLUX (a distilled model has no ∅ branch: the library refuses
+    the others there); DiffEdit and LEDITS on Stable Diffusion."""
+    family = getattr(model, "family", "sd")
+    if family == "flux":
+        return ["flowedit"]
+    return ["flowedit", "diffedit", "ledits"] if family == "sd3" else ["diffedit", "ledits"]
 
 
-def _field(method: str, s: Setting):
-    """The form component of one config field."""
+def form_defaults(method: str, family: str | None = None) -> dict:
+    """The settings form's initial values for a method: its config's defaults (FlowEdit's: the
+    published values of the model's family, when given)."""
+    published = FLOWEDIT_PUBLISHED.get(family, {}) if method == "flowedit" else {}
+    return {s.name: shown(s, published.get(s.name)) for s in settings_fields(CONFIGS[method])}
+
+
+def _field(method: str, s: Setting, value=None):
+    """The form component of one config field (its value: the default's, or `value`)."""
     kw = dict(label=s.label, info=s.description or None, elem_id=f"{method}-{s.name}")
+    if value is not None:
+        return gr.Number(value=value, precision=0 if s.kind == "int" else None, **kw)
     if s.kind == "bool":
         return gr.Checkbox(value=s.default, **kw)
     if s.kind == "str" and s.choices:
@@ -168,16 +187,22 @@ def run_edit(
     progress=None,
     time_limit: float = TIME_LIMIT_S,
     stopped: Callable[[], bool] = lambda: False,
+    flowedit_values: dict | None = None,
 ):
     """The Edit button: returns (mask over the image, result, download file, status, cache).
     Each method's values: its settings' form fields and its "preset" (the edit's record names it).
-    Bad input, the time limit or stopped() give a warning and the reason in the status box; the
-    server keeps serving."""
+    FlowEdit's texts: "flowedit_source" and "target". Bad input, a method the model does not run
+    (`methods_for`), the time limit or stopped() give a warning and the reason in the status box;
+    the server keeps serving."""
     cache = cache if cache is not None else Cache()
     steps = guarded(_stage_progress(progress), time.monotonic() + time_limit, time_limit, stopped)
     try:
+        offered = methods_for(model)
+        if method not in offered:
+            raise SettingError(f"method must be one of {', '.join(offered)} on this model, got {method!r}")
         image = _uploaded(image)
-        values = diffedit_values if method == "diffedit" else ledits_values
+        values = {"diffedit": diffedit_values, "ledits": ledits_values}.get(method, flowedit_values or {})
+        flow = method == "flowedit"
         req = EditRequest(
             image=image,
             method=method,
@@ -186,7 +211,8 @@ def run_edit(
             query=_text(texts.get("query"), "Query"),
             reference=_text(texts.get("reference"), "Reference"),
             prompt=_text(texts.get("prompt"), "Prompt"),
-            source=_text(texts.get("source"), "Source"),
+            source=_text(texts.get("flowedit_source" if flow else "source"), "Source"),
+            target=_text(texts.get("target"), "Target"),
             add=_concepts(_text(texts.get("add"), "Add")),
             remove=_concepts(_text(texts.get("remove"), "Remove")),
             mask=_text(texts.get("mask"), "Mask") or "none",
@@ -255,11 +281,11 @@ def build_app(
     check_number("time_limit", time_limit, low=0, low_open=True)
     check_number("concurrency", concurrency, low=1, integer=True)
     model = app_model(model, max_pixels)
+    offered = methods_for(model)
     with gr.Blocks(title="retouch", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
         gr.Markdown(
-            "# retouch\nEdit an image with text: **DiffEdit** changes only where the query and "
-            "the reference disagree; **LEDITS** inverts the image once and then adds or removes "
-            f"concepts. {size_limits(model.pixel_budget)} An edit stops after {time_limit:g} s."
+            f"# retouch\nEdit an image with text: {_intro(offered)} {size_limits(model.pixel_budget)} "
+            f"An edit stops after {time_limit:g} s."
         )
         cache = gr.State(None, time_to_live=3600)
         with gr.Row():  # the three images side by side, one width: the same image shown alike
@@ -289,8 +315,15 @@ def build_app(
             )
         with gr.Row():
             with gr.Column(scale=1):
-                method = gr.Radio(list(CONFIGS), value="diffedit", label="Method", elem_id="method")
-                with gr.Group(visible=True) as diffedit_box:
+                method = gr.Radio(offered, value=offered[0], label="Method", elem_id="method")
+                with gr.Group(visible=offered[0] == "flowedit") as flowedit_box:
+                    flowedit_source = gr.Textbox(
+                        label="Source", info="What the image shows now (optional)", elem_id="flowedit-source"
+                    )
+                    target = gr.Textbox(
+                        label="Target", info="What the edited image should show", elem_id="target"
+                    )
+                with gr.Group(visible=offered[0] == "diffedit") as diffedit_box:
                     query = gr.Textbox(
                         label="Query", info="What the edited image should show", elem_id="query"
                     )
@@ -334,23 +367,28 @@ def build_app(
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 fields = {}
                 for name, cls in CONFIGS.items():
+                    published = name == "flowedit" and model.family in FLOWEDIT_PUBLISHED
+                    start = form_defaults(name, model.family) if published else {}
                     with gr.Accordion(
-                        f"{'DiffEdit' if name == 'diffedit' else 'LEDITS'} settings",
+                        f"{LABELS[name]} settings"
+                        + (f" (published for {model.family})" if published else ""),
                         open=False,
-                        visible=name == "diffedit",
+                        visible=name == offered[0],
                     ) as box:
-                        fields[name] = {s.name: _field(name, s) for s in settings_fields(cls)}
+                        fields[name] = {
+                            s.name: _field(name, s, start.get(s.name)) for s in settings_fields(cls)
+                        }
                     fields[name]["_box"] = box
             with gr.Column(scale=1):
                 download = gr.File(label="Download (PNG with its parameters)", elem_id="download")
                 status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="status")
         gr.Examples(
             _example_images(model.native_size),
-            inputs=[image, reference, source],
+            inputs=[image, reference, source, flowedit_source],
             label="ShapesWorld examples",
         )
 
-        boxes = [diffedit_box, ledits_box, fields["diffedit"]["_box"], fields["ledits"]["_box"]]
+        boxes = [diffedit_box, ledits_box, flowedit_box, *(fields[m]["_box"] for m in CONFIGS)]
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
         for name, dropdown in (("ledits", preset), ("diffedit", diffedit_preset)):
             targets = [fields[name][n] for n in PRESET_FIELDS[name]]
@@ -366,6 +404,8 @@ def build_app(
             "add": add,
             "remove": remove,
             "mask": mask,
+            "flowedit_source": flowedit_source,
+            "target": target,
         }
 
         def on_edit(data, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio injects these)
@@ -383,6 +423,7 @@ def build_app(
                 progress,
                 time_limit,
                 lambda: visitor in _STOPS,
+                {k: data[c] for k, c in form["flowedit"].items()},
             )
 
         def on_stop(request: gr.Request):
@@ -398,6 +439,7 @@ def build_app(
             *texts.values(),
             *form["diffedit"].values(),
             *form["ledits"].values(),
+            *form["flowedit"].values(),
         }
         # preprocess=False: the handler gets the upload's payload, not Gradio's decoding of it
         editing = edit_button.click(
@@ -411,10 +453,21 @@ def build_app(
     return demo
 
 
+def _intro(offered: list[str]) -> str:
+    """The page's first line: what each offered method does."""
+    what = {
+        "flowedit": "**FlowEdit** moves the image from the source text's flow to the target's, with no "
+        "inversion;",
+        "diffedit": "**DiffEdit** changes only where the query and the reference disagree;",
+        "ledits": "**LEDITS** inverts the image once and then adds or removes concepts;",
+    }
+    return " ".join(what[m] for m in offered).rstrip(";") + "."
+
+
 def _show_method(method: str):
-    """Visibility of [diffedit texts, ledits texts, diffedit settings, ledits settings]."""
-    d, m = method == "diffedit", method == "ledits"
-    return [gr.update(visible=d), gr.update(visible=m), gr.update(visible=d), gr.update(visible=m)]
+    """Visibility of [diffedit texts, ledits texts, flowedit texts, then each method's settings]."""
+    shown_ = [method == m for m in ("diffedit", "ledits", "flowedit", *CONFIGS)]
+    return [gr.update(visible=v) for v in shown_]
 
 
 def _preset_values(method: str, preset: str) -> list:

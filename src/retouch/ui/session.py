@@ -18,6 +18,7 @@ from PIL import Image
 from retouch.errors import InputError, SettingError
 from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
+from retouch.methods.flowedit import flowedit
 from retouch.methods.ledits import LEditsConfig, invert, ledits
 from retouch.presets import DIFFEDIT, LEDITS, reads_mask
 from retouch.settings import check_seed, configured
@@ -51,13 +52,14 @@ class EditRequest:
     (one of the method's PRESETS, or None), which the edit's record names."""
 
     image: Image.Image
-    method: str  # "diffedit" or "ledits"
+    method: str  # "diffedit", "ledits" or "flowedit"
     settings: dict
     seed: int = 0
     query: str = ""
     reference: str = ""
     prompt: str = ""
-    source: str = ""
+    source: str = ""  # LEDITS' caption, or FlowEdit's source text
+    target: str = ""  # FlowEdit's target text
     add: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
     mask: str = "none"  # ledits: "none" or "infer"
@@ -140,8 +142,15 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
         result, steps, made = _diffedit(model, cache, req, image, seed, key, progress)
     elif req.method == "ledits":
         result, steps, made = _ledits(model, cache, req, image, seed, key, progress)
+    elif req.method == "flowedit":  # no inversion, nothing to reuse
+        result, t = _timed(
+            lambda: flowedit(
+                model, image, req.source, req.target, seed=seed, progress=progress, **req.settings
+            )
+        )
+        steps, made = [("edit", t)], []
     else:
-        raise SettingError(f"method must be diffedit or ledits, got {req.method!r}")
+        raise SettingError(f"method must be diffedit, ledits or flowedit, got {req.method!r}")
     overlay = image if result.mask is None else result.mask.overlay(image)
     params = {
         "model": model.model_id,
