@@ -480,10 +480,17 @@ def kill_parent_only(proc: subprocess.Popen, workers: set[int]) -> None:
     deadline = time.time() + 10
     while alive(workers) and time.time() < deadline:
         time.sleep(0.1)
-    left = alive(workers)
+    left = {pid: command(pid) for pid in alive(workers)}
     for pid in left:  # (clean up before failing)
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their parent by 10 s"
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
@@ -502,6 +509,39 @@ def test_workers_die_with_their_parent(tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None and workers, "the batch ended before it could be killed"
     kill_parent_only(proc, workers | children(proc.pid))
+
+
+def descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        new = children(todo.pop()) - found
+        found |= new
+        todo += new
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_ray_local_processes_die_with_the_batch(tmp_path):
+    """kill -9 of a `--ray local` batch alone, once a row is done: every process started under it
+    (Ray's GCS server, raylet, agents, log monitor, workers, the actor) is gone 10 s later."""
+    pytest.importorskip("ray")
+    manifest = make_manifest(tmp_path, images=4, bad=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "retouch", "batch", str(manifest), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(
+        [*cmd, "--ray", "local", "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline, started = time.time() + 240, {}
+    while time.time() < deadline and proc.poll() is None and not result_lines(out):
+        started |= {pid: command(pid) for pid in descendants(proc.pid)}  # (a process's latest title)
+        time.sleep(0.1)
+    started |= {pid: command(pid) for pid in descendants(proc.pid)}
+    assert proc.poll() is None and result_lines(out), "the batch ended before it could be killed"
+    names = " ".join(started.values())
+    for name in ("gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::_Actor"):
+        assert name in names, (name, started)
+    kill_parent_only(proc, set(started))
 
 
 def result_lines(out: Path) -> list[dict]:
