@@ -1,5 +1,6 @@
-"""Loading a Stable Diffusion 1.x/2.x or SDXL model into a ModelBundle: a diffusers folder, a hub id, or
-a single-file checkpoint in the original (CompVis/SGM) layout, as model sites share them."""
+"""Loading a Stable Diffusion 1.x/2.x or SDXL model into a ModelBundle, or an SD3 or FLUX model into a
+FlowBundle: a diffusers folder, a hub id, or (SD 1.x/2.x, SDXL, SD3) a single-file checkpoint in the
+original (CompVis/SGM/SD3) layout, as model sites share them (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ EDITABLE_FAMILIES = ("v1", "v2", "xl_base")  # diffusers' names of the single-fi
 SHIPPED_SD3 = Path(__file__).parent / "weights" / "shapes-sd3"
 SHIPPED_NAMES = {"shapes-sd": SHIPPED, "shapes-sd3": SHIPPED_SD3}
 FLOW_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")  # diffusers' classes of flow models
+SD3_FAMILIES = ("sd3", "sd35_medium", "sd35_large")  # diffusers' names of the SD3 single-file families
+# where the original SD3 layout keeps each text encoder (in transformers' names under the prefix)
+SD3_FILE_ENCODERS = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.clip_g.transformer.",
+    "text_encoder_3": "text_encoders.t5xxl.transformer.",
+}
+FLUX_REFUSED = (
+    "retouch loads FLUX from a diffusers folder or hub id (--model FOLDER, e.g. "
+    "black-forest-labs/FLUX.1-dev); its single files are not read"
+)
 
 
 def default_device() -> torch.device:
@@ -58,8 +70,9 @@ def load(
 
     Args:
         model (`str` or `Path`, *optional*): a local diffusers folder (Stable Diffusion 1.x/2.x,
-            SDXL, SD3, FLUX), a hub id, or a single-file checkpoint (`.safetensors` in the original
-            layout; `load_single_file`); None or "shapes-sd" for the shipped ShapesWorld model,
+            SDXL, SD3, FLUX), a hub id, or a single-file checkpoint of SD 1.x/2.x, SDXL or SD3
+            (`.safetensors` in the original layout; `load_single_file`); None or "shapes-sd" for the
+            shipped ShapesWorld model,
             "shapes-sd3" for its flow-matching sibling.
         device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU.
         dtype (`str` or `torch.dtype`, *optional*): defaults to float16 on a GPU, float32 on a CPU.
@@ -76,8 +89,9 @@ def load(
             with the file's weights.
 
     Returns:
-        `ModelBundle`: the model's parts (UNet, VAE, text encoders, scheduler) on its device, with
-        its family, native size, pixel budget and fingerprint.
+        `ModelBundle` (or `FlowBundle` for SD3 and FLUX): the model's parts (UNet or transformer, VAE,
+        text encoders, scheduler) on its device, with its family, native size, pixel budget and
+        fingerprint.
     """
     check_budget(max_pixels)
     source = str(SHIPPED if model is None else SHIPPED_NAMES.get(str(model), model))
@@ -165,20 +179,22 @@ def load_single_file(
     dev: torch.device,
     dt: torch.dtype,
     allow_pickle: bool = False,
-) -> ModelBundle:
-    """A single-file checkpoint in the original (CompVis/SGM) layout, through diffusers'
-    `from_single_file`, offline: the weights from the file, everything else (configs, tokenizers,
-    scheduler) from `config`, a local diffusers folder or cached hub id of the same family; without
-    one, from the cached default of the family diffusers infers from the file's keys."""
+):
+    """A single-file checkpoint in the original (CompVis/SGM/SD3) layout, offline: the weights from the
+    file, everything else (configs, tokenizers, scheduler) from `config`, a local diffusers folder or
+    cached hub id of the same family; without one, from the cached default of the family diffusers
+    infers from the file's keys. SD 1.x/2.x and SDXL through diffusers' `from_single_file` (a
+    ModelBundle); SD3 part by part (`load_sd3_single_file`, a FlowBundle); FLUX refused."""
     path = Path(path).expanduser()
     _check_single_file(path, allow_pickle)
+    layout = _file_layout(path)
+    if layout == "flux":
+        raise ModelError(f"cannot load model {path.name}: a FLUX single-file checkpoint; {FLUX_REFUSED}")
     folder = _config_folder(path, config)
     index = _model_index(folder)
-    if "unet" not in index or "text_encoder" not in index:
-        raise ModelError(
-            f"cannot load model {path.name}: its config {folder.name} is a {index.get('_class_name')}; "
-            "retouch edits Stable Diffusion 1.x/2.x and SDXL models"
-        )
+    _check_same_family(path, layout, folder, index)
+    if layout == "sd3":
+        return load_sd3_single_file(path, folder, index, dev, dt)
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     xl = "text_encoder_2" in index
@@ -189,8 +205,9 @@ def load_single_file(
             str(path), config=str(folder), local_files_only=True, torch_dtype=dt, **extra
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot load model {path.name} with the config of {folder.name}: {first}") from e
+        raise ModelError(
+            f"cannot load model {path.name} with the config of {folder.name}: {_first(e)}"
+        ) from e
     second = {}
     if xl:
         second = dict(
@@ -203,6 +220,137 @@ def load_single_file(
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     parts = (pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, sched)
     return _bundle(*parts, model_name(str(path)), dev, dt, **second)
+
+
+def _first(e: Exception) -> str:
+    """An exception's first line (its type's name when it has no message)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _file_layout(path: Path) -> str:
+    """Which network the file's keys are: "sd3" (MMDiT joint blocks), "flux" (double-stream blocks) or
+    "sd" (anything else: a UNet, or keys diffusers will judge)."""
+    if path.suffix.lower() == SINGLE_FILE:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as e:  # noqa: BLE001 - not a safetensors file: one line, whatever the cause
+            raise ModelError(
+                f"cannot load model {path.name}: not a readable .safetensors file ({_first(e)})"
+            ) from e
+    else:
+        keys = list(_checkpoint(path))
+    if any(".joint_blocks." in k or k.startswith("joint_blocks.") for k in keys):
+        return "sd3"
+    if any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys):
+        return "flux"
+    return "sd"
+
+
+def _checkpoint(path: Path) -> dict:
+    """The file's tensors by their original names (diffusers' reader: safetensors, or a pickle the
+    caller has allowed)."""
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    try:
+        return load_single_file_checkpoint(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable in any way: one line
+        raise ModelError(f"cannot load model {path.name}: cannot read its weights ({_first(e)})") from e
+
+
+def _check_same_family(path: Path, layout: str, folder: Path, index: dict) -> None:
+    """The file's network and the config's pipeline are of one family, else one line saying which."""
+    cls = index.get("_class_name")
+    config_layout = "sd3" if cls == "StableDiffusion3Pipeline" else "flux" if cls == "FluxPipeline" else "sd"
+    names = {"sd3": "a Stable Diffusion 3", "flux": "a FLUX", "sd": "a Stable Diffusion 1.x/2.x or SDXL"}
+    if config_layout == "flux":
+        raise ModelError(f"cannot load model {path.name}: its config {folder.name} is FLUX's; {FLUX_REFUSED}")
+    if config_layout == "sd" and ("unet" not in index or "text_encoder" not in index):
+        raise ModelError(
+            f"cannot load model {path.name}: its config {folder.name} is a {cls}; retouch edits Stable "
+            "Diffusion 1.x/2.x, SDXL, SD3 and FLUX models"
+        )
+    if layout != config_layout:
+        raise ModelError(
+            f"cannot load model {path.name}: its weights are {names[layout]} model's and its config "
+            f"{folder.name} is {names[config_layout]} model's; give config= (--model-config) a folder of "
+            "the file's family"
+        )
+
+
+def load_sd3_single_file(path: Path, folder: Path, index: dict, dev: torch.device, dt: torch.dtype):
+    """An SD3 checkpoint in the original layout as a FlowBundle, part by part through diffusers'
+    single-file conversions: the MMDiT from `model.diffusion_model.*`; the VAE from
+    `first_stage_model.*`, else `folder`'s; each text encoder from `text_encoders.*` (SD3_FILE_ENCODERS),
+    else `folder`'s, except T5, absent when the file has none (as SD3 runs without it). Configs,
+    tokenizers and the scheduler come from `folder`."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import AutoTokenizer
+
+    checkpoint = _checkpoint(path)
+    where = dict(config=str(folder), local_files_only=True, torch_dtype=dt)
+    try:
+        parts = dict(
+            transformer=SD3Transformer2DModel.from_single_file(
+                dict(checkpoint), subfolder="transformer", **where
+            ),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+        )
+        has_vae = any(k.startswith("first_stage_model.") for k in checkpoint)
+        parts["vae"] = (
+            AutoencoderKL.from_single_file(dict(checkpoint), subfolder="vae", **where)
+            if has_vae
+            else AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dt, use_safetensors=True)
+        )
+        for name, prefix in SD3_FILE_ENCODERS.items():
+            parts[name] = _sd3_encoder(path, checkpoint, name, prefix, folder, index, dt)
+            token = "tokenizer" + name.removeprefix("text_encoder")
+            if parts[name] is not None:
+                parts[token] = AutoTokenizer.from_pretrained(folder, subfolder=token)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(
+            f"cannot load model {path.name} with the config of {folder.name}: {_first(e)}"
+        ) from e
+    return flow_bundle(family="sd3", model_id=model_name(str(path)), device=dev, dtype=dt, **parts)
+
+
+def _sd3_encoder(path: Path, checkpoint: dict, name: str, prefix: str, folder: Path, index: dict, dt):
+    """One SD3 text encoder: from the file's weights under `prefix` with `folder`'s config (CLIP-L
+    without a projection in the file gets the identity, its pooled output unprojected, as diffusers
+    reads SD3's files); without such weights `folder`'s own, or None for T5."""
+    import transformers
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
+    cls_name = (index.get(name) or [None, None])[1]
+    in_file = any(k.startswith(prefix) for k in checkpoint)
+    if not in_file:
+        if name == "text_encoder_3" or cls_name is None:
+            return None
+        return getattr(transformers, cls_name).from_pretrained(folder, subfolder=name, torch_dtype=dt,
+                                                               use_safetensors=True)  # fmt: skip
+    if cls_name is None:
+        raise ModelError(
+            f"cannot load model {path.name}: it has a {prefix.split('.')[1]} text encoder and its config "
+            f"{folder.name} has no {name} to configure it; give config= a folder with one"
+        )
+    cls = getattr(transformers, cls_name)
+    config = cls.config_class.from_pretrained(folder, subfolder=name)
+    # the prefix taken off; each tensor copied out of the file's buffer, whose odd offsets would send
+    # the matrix products down other SIMD paths (another rounding than the folder's weights give)
+    state = {k: v.clone() for k, v in convert_ldm_clip_checkpoint(checkpoint, prefix).items()}
+    if name == "text_encoder" and "text_projection.weight" not in state:
+        state["text_projection.weight"] = torch.eye(config.hidden_size)
+    model, info = cls.from_pretrained(None, config=config, state_dict=state, torch_dtype=dt,
+                                      output_loading_info=True)  # fmt: skip
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ModelError(
+            f"cannot load model {path.name}: its {prefix.rstrip('.')} lacks {len(missing)} of the weights "
+            f"{folder.name}/{name} configures (first: {missing[0]})"
+        )
+    return model
 
 
 def _check_single_file(path: Path, allow_pickle: bool) -> None:
@@ -244,7 +392,7 @@ def _config_folder(path: Path, config: str | Path | None) -> Path:
 
 def _inferred_family(path: Path, hint: str) -> str:
     """The hub id of the diffusers pipeline whose configs fit the checkpoint's keys; a family
-    retouch does not edit (SD3, Flux, an inpainting UNet, ...) is refused here, by its name."""
+    retouch does not read from one file (FLUX, an inpainting UNet, ...) is refused here, by its name."""
     from diffusers.loaders.single_file_utils import (
         DIFFUSERS_DEFAULT_PIPELINE_PATHS,
         infer_diffusers_model_type,
@@ -256,10 +404,10 @@ def _inferred_family(path: Path, hint: str) -> str:
     except Exception as e:  # noqa: BLE001 - unreadable, or keys of no family diffusers knows
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {path.name}: its family is not known ({first}); {hint}") from e
-    if family not in EDITABLE_FAMILIES:
+    if family not in EDITABLE_FAMILIES + SD3_FAMILIES:
         raise ModelError(
-            f"cannot load model {path.name}: its weights are diffusers' {family!r} family; retouch edits "
-            "Stable Diffusion 1.x/2.x and SDXL models"
+            f"cannot load model {path.name}: its weights are diffusers' {family!r} family; retouch reads "
+            "single files of Stable Diffusion 1.x/2.x, SDXL and SD3 models"
         )
     return DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
 
