@@ -659,7 +659,8 @@ def test_flowedit_rows_on_a_flow_model_give_retouch_edit_flowedits_images(tmp_pa
     assert params["method"] == "flowedit" and params["seed"] == 4
     assert (params["settings"]["n_max"], params["settings"]["target_guidance_scale"]) == (4, 13.5)
     assert one[0]["unet_evals"] == one[1]["unet_evals"] == 4 * 4  # four branches a step
-    assert two[0]["unet_evals"] + two[1]["unet_evals"] == 2 * 4 * 4
+    # one flowedit_many: a step is [∅, source] once and [∅, target] for each row
+    assert two[0]["unet_evals"] + two[1]["unet_evals"] == 4 * (2 + 2 * 2)
 
 
 def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tmp_path):

@@ -157,7 +157,60 @@ def test_same_seed_same_image_and_many_equals_single(sd3):
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert not torch.equal(a.latents, c.latents)
     many = flowedit_many(sd3, IMAGE, "a red circle", ["a blue square", "a green circle"], seed=1, **kw)
-    assert torch.equal(many[1].latents, a.latents)
+    assert (many[1].latents - a.latents).abs().max().item() <= 1e-5
+
+
+TARGETS = ["a blue square", "a green circle", "a yellow triangle"]
+
+
+@pytest.mark.parametrize("n_min,n_avg", [(0, 1), (2, 2)])
+def test_many_targets_are_one_transformer_call_a_step_and_each_equals_its_single_edit(sd3, n_min, n_avg):
+    """flowedit_many of 3 targets: one transformer call a step of n_avg·(2 + 2·3) batch elements
+    (the source branch shared), then 2·3 in the n_min plain steps; each edit's latents are its own
+    flowedit's with the same seed (float rounding); max_batch splits each step, same latents."""
+    from retouch.denoiser import UNetCalls
+
+    kw = dict(num_inference_steps=8, n_max=6, n_min=n_min, n_avg=n_avg, seed=7)
+    calls = UNetCalls(sd3.transformer)
+    try:
+        many = flowedit_many(sd3, IMAGE, "a red circle", TARGETS, **kw)
+        sizes, calls.sizes = calls.sizes, []
+        split = flowedit_many(sd3, IMAGE, "a red circle", TARGETS, max_batch=5, **kw)
+        split_sizes, calls.sizes = calls.sizes, []
+        alone = [flowedit(sd3, IMAGE, "a red circle", t, **kw) for t in TARGETS]
+        alone_sizes = calls.sizes
+    finally:
+        calls.unwrap()
+    edit_steps = 6 - n_min
+    assert sizes == [n_avg * (2 + 2 * 3)] * edit_steps + [2 * 3] * n_min
+    assert len(alone_sizes) == 3 * 6 and sum(alone_sizes) == 3 * (4 * edit_steps * n_avg + 2 * n_min)
+    assert sum(r.unet_evals for r in many) == sum(sizes)
+    assert many[1].unet_evals == many[2].unet_evals == 2 * n_avg * edit_steps + 2 * n_min
+    assert max(split_sizes) == 5 and sum(split_sizes) == sum(sizes)
+    for m, s, a in zip(many, split, alone):
+        assert (m.latents - a.latents).abs().max().item() <= 1e-5
+        assert (s.latents - m.latents).abs().max().item() <= 1e-5
+        assert m.settings["target"] == a.settings["target"]
+    assert (many[0].latents - many[1].latents).abs().max() > 1e-2  # the targets differ
+
+
+def test_many_targets_on_flux_are_one_call_a_step_and_each_equals_its_single_edit(flux):
+    from retouch.denoiser import UNetCalls
+
+    kw = dict(num_inference_steps=7, n_max=5, seed=5)
+    calls = UNetCalls(flux.transformer)
+    try:
+        many = flowedit_many(flux, IMAGE, "a red circle", TARGETS[:2], **kw)
+    finally:
+        calls.unwrap()
+    assert calls.sizes == [1 + 2] * 5 and sum(r.unet_evals for r in many) == 15
+    for m, t in zip(many, TARGETS[:2]):
+        assert (m.latents - flowedit(flux, IMAGE, "a red circle", t, **kw).latents).abs().max().item() <= 1e-5
+
+
+def test_max_batch_is_a_whole_number_of_at_least_one(sd3):
+    with pytest.raises(InputError, match="max_batch"):
+        flowedit_many(sd3, IMAGE, "a red circle", TARGETS, num_inference_steps=4, n_max=2, max_batch=0)
 
 
 def test_non_square_size_kept_and_half_precision_finite():

@@ -82,51 +82,83 @@ def checked_config(model, config: FlowEditConfig | None = None, preset=None, set
     return c.resolved(model.family)
 
 
-def _velocity(model, v_fn, x: torch.Tensor, t: float, cond, uncond, scale: float) -> torch.Tensor:
-    """The guided velocity of one text at x [B, C, h, w]: CFG over [∅, c] in one call (SD3), or the
-    guidance embedding (FLUX)."""
-    if model.family == "flux":
-        return v_fn(x, t, cond.expand(x.shape[0], -1, -1), guidance=scale)
-    v = v_fn(torch.cat([x, x]), t, torch.cat([uncond, cond]).repeat_interleave(x.shape[0], 0))
-    v_u, v_c = v.chunk(2)
-    return cfg(v_u, v_c, scale)
+def _chunked(v_fn, max_batch: int | None):
+    """v_fn over at most `max_batch` batch elements a call (None: every element in one call): the
+    same velocities, in ⌈B / max_batch⌉ transformer calls."""
+    if max_batch is None:
+        return v_fn
+
+    def chunked(x, t, cond, guidance=None):
+        parts = []
+        for i in range(0, x.shape[0], max_batch):
+            g = guidance[i : i + max_batch] if torch.is_tensor(guidance) and guidance.dim() else guidance
+            parts.append(v_fn(x[i : i + max_batch], t, cond[i : i + max_batch], guidance=g))
+        return torch.cat(parts)
+
+    return chunked
 
 
-def _edit_direction(model, v_fn, z, x_src, t, conds, c: FlowEditConfig, gen) -> torch.Tensor:
-    """V = mean over n_avg fresh ε of v_tar(Z + Z_src − x_src) − v_src(Z_src), Z_src = (1 − t)·x_src + t·ε:
-    every branch of one noise in ONE network call (SD3: [∅, c_src] on Z_src, [∅, c_tar] on Z_tar)."""
-    uncond, src, tar = conds
-    direction = torch.zeros_like(z)
-    for _ in range(c.n_avg):
-        noise = torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype)
-        z_src = add_noise(x_src, noise, t)  # [1, C, h, w]
-        z_tar = z + z_src - x_src
-        if model.family == "flux":  # two branches, each with its own guidance embedding
-            g = torch.tensor([c.source_guidance_scale, c.target_guidance_scale], device=z.device)
-            v_src, v_tar = v_fn(torch.cat([z_src, z_tar]), t, torch.cat([src, tar]), guidance=g).chunk(2)
-        else:
-            x = torch.cat([z_src, z_src, z_tar, z_tar])  # [4, C, h, w]
-            v_su, v_sc, v_tu, v_tc = v_fn(x, t, torch.cat([uncond, src, uncond, tar])).chunk(4)
-            v_src, v_tar = cfg(v_su, v_sc, c.source_guidance_scale), cfg(v_tu, v_tc, c.target_guidance_scale)
-        direction += (v_tar - v_src) / c.n_avg
+def _edit_directions(model, v_fn, zs, x_src, t, conds, c: FlowEditConfig, gen) -> torch.Tensor:
+    """V_k = mean over n_avg fresh ε of v_tar_k(Z_k + Z_src − x_src) − v_src(Z_src) with
+    Z_src = (1 − t)·x_src + t·ε, for every target k: zs [K, C, h, w] → [K, C, h, w]. Every edit of
+    one seed draws the same ε, so Z_src and its source velocity are the targets' shared branch: ONE
+    network call of n_avg·(2 + 2K) batch elements on SD3 ([∅, c_src] on Z_src, [∅, c_tar_k] on each
+    Z_tar_k), n_avg·(1 + K) on FLUX (guidance embeddings, no ∅)."""
+    uncond, src, tars = conds  # [1, L, D], [1, L, D], [K, L, D]
+    k, a = zs.shape[0], c.n_avg
+    noises = [
+        torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype) for _ in range(a)
+    ]
+    z_src = torch.cat([add_noise(x_src, n, t) for n in noises])  # [A, C, h, w]
+    z_tar = (zs[None] + (z_src - x_src)[:, None]).flatten(0, 1)  # [A·K, C, h, w], noise-major
+    tar_conds = tars.repeat(a, 1, 1)  # [A·K, L, D]
+    if model.family == "flux":  # one branch per text, each with its own guidance embedding
+        g = torch.tensor(
+            [c.source_guidance_scale] * a + [c.target_guidance_scale] * (a * k), device=zs.device
+        )
+        v = v_fn(torch.cat([z_src, z_tar]), t, torch.cat([src.expand(a, -1, -1), tar_conds]), guidance=g)
+        v_src, v_tar = v[:a], v[a:]
+    else:
+        x = torch.cat([z_src, z_src, z_tar, z_tar])  # [2A + 2AK, C, h, w]
+        cond = torch.cat(
+            [uncond.expand(a, -1, -1), src.expand(a, -1, -1), uncond.expand(a * k, -1, -1), tar_conds]
+        )
+        v_su, v_sc, v_tu, v_tc = v_fn(x, t, cond).split([a, a, a * k, a * k])
+        v_src, v_tar = cfg(v_su, v_sc, c.source_guidance_scale), cfg(v_tu, v_tc, c.target_guidance_scale)
+    v_tar = v_tar.view(a, k, *zs.shape[1:])  # [A, K, C, h, w]
+    direction = torch.zeros_like(zs)
+    for i in range(a):
+        direction += (v_tar[i] - v_src[i : i + 1]) / a
     return direction
 
 
+def _target_velocities(model, v_fn, xs, t, conds, c: FlowEditConfig) -> torch.Tensor:
+    """Each target's guided velocity at its own xs [K, C, h, w]: CFG over [∅, c_tar_k] (SD3, 2K batch
+    elements) or the guidance embedding (FLUX, K), in one call."""
+    uncond, _, tars = conds
+    if model.family == "flux":
+        return v_fn(xs, t, tars, guidance=c.target_guidance_scale)
+    k = xs.shape[0]
+    v_u, v_c = v_fn(torch.cat([xs, xs]), t, torch.cat([uncond.expand(k, -1, -1), tars])).chunk(2)
+    return cfg(v_u, v_c, c.target_guidance_scale)
+
+
 def flowedit_loop(model, v_fn, x_src, ts: list[float], conds, c: FlowEditConfig, gen, callback=None):
-    """FlowEdit's loop (the paper's Algorithm 1) over levels ts (T + 1, ending at 0): the edit runs
-    the last n_max steps; its last n_min steps sample plainly under the target from
-    X = Z + (x_src noised to that level) − x_src. x_src [1, C, h, w] → the edited latent."""
+    """FlowEdit's loop (the paper's Algorithm 1) over levels ts (T + 1, ending at 0) for K targets at
+    once (conds: ∅ [1, L, D], source [1, L, D], targets [K, L, D]; one network call a step): the edit
+    runs the last n_max steps; its last n_min steps sample plainly under each target from
+    X = Z + (x_src noised to that level) − x_src. x_src [1, C, h, w] → the edited latents [K, C, h, w]."""
     steps = len(ts) - 1
-    z, x = x_src.clone(), None
+    z, x = x_src.repeat(conds[2].shape[0], 1, 1, 1), None  # [K, C, h, w]
     for i in range(steps - c.n_max, steps):
         t, s = ts[i], ts[i + 1]
         if steps - i > c.n_min:
-            z = euler(z, _edit_direction(model, v_fn, z, x_src, t, conds, c, gen), t, s)
+            z = euler(z, _edit_directions(model, v_fn, z, x_src, t, conds, c, gen), t, s)
         else:
             if x is None:  # entering the last n_min steps: leave the edit path for plain sampling
                 noise = torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype)
-                x = z + add_noise(x_src, noise, t) - x_src
-            x = euler(x, _velocity(model, v_fn, x, t, conds[2], conds[0], c.target_guidance_scale), t, s)
+                x = z + add_noise(x_src, noise, t) - x_src  # [K, C, h, w]
+            x = euler(x, _target_velocities(model, v_fn, x, t, conds, c), t, s)
         if callback:
             callback(i - (steps - c.n_max) + 1, c.n_max)
     return z if x is None else x
@@ -172,10 +204,13 @@ def flowedit_many(
     preset: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    max_batch: int | None = None,
     **settings,
 ) -> list[EditResult]:
-    """Several FlowEdit edits of one image (one per target text): the image is encoded once; each
-    edit draws its noises from `seed` as it would alone, so each equals its single edit.
+    """Several FlowEdit edits of one image (one per target text) as ONE transformer call a step:
+    the image is encoded once; each edit draws its noises from `seed` as it would alone, so the
+    noised image Z_src and its source velocity are shared, and each edit equals its single edit (to
+    float rounding). A step's batch: n_avg·(2 + 2K) elements on SD3, n_avg·(1 + K) on FLUX.
 
     Args:
         model (`FlowBundle`): a flow model.
@@ -186,32 +221,41 @@ def flowedit_many(
         preset (`str`, *optional*): none yet.
         seed (`int`, defaults to 0): seeds every edit's noises.
         progress (*optional*): progress(stage, done, total) after each step.
+        max_batch (`int`, *optional*): at most this many batch elements a transformer call (a
+            step's batch split into ⌈B / max_batch⌉ calls, the same results); None: one call.
         **settings: any FlowEditConfig field by name.
 
     Returns:
-        `list[EditResult]`: one per target, in order.
+        `list[EditResult]`: one per target, in order; their unet_evals add up to the edit's
+        transformer batch elements, the shared source branch counted in the first's.
     """
     c = checked_config(model, config, preset, settings)
     source = check_prompt(model, source, "source", allow_empty=True)
     if not targets:
         raise SettingError("targets is empty: give at least one target text")
+    if max_batch is not None:
+        check_number("max_batch", max_batch, 1, None, integer=True)
     targets = [check_prompt(model, t, "target") for t in targets]
     prep = prepare(model, image)
     x_src = prep.x0  # [1, C, h, w]
     ts = levels(model.scheduler, c.num_inference_steps, tuple(x_src.shape[-2:]))
+    counter = EvalCounter()
+    v_fn = _chunked(velocity_fn(model, counter), max_batch)
+    uncond, src, *tars = encode_text(model, ["", source, *targets]).split(1)  # [1, L, D] each
+    conds = (uncond, src, torch.cat(tars))  # ∅, c_src, the targets' [K, L, D]
+    zs = flowedit_loop(model, v_fn, x_src, ts, conds, c, generator(model, seed), stage(progress, "edit"))
+    zs = check_finite(zs, "the guidance scales")
+    shared = (c.n_max - c.n_min) * c.n_avg * (1 if model.family == "flux" else 2)  # the source branch
+    own = (counter.n - shared) // len(targets)
     results = []
-    for target in targets:
-        counter = EvalCounter()
-        v_fn = velocity_fn(model, counter)
-        conds = list(encode_text(model, ["", source, target]).split(1))  # ∅, c_src, c_tar: [1, L, D] each
-        z = flowedit_loop(model, v_fn, x_src, ts, conds, c, generator(model, seed), stage(progress, "edit"))
-        z = check_finite(z, "the guidance scales")
+    for k, target in enumerate(targets):
+        z = zs[k : k + 1]  # [1, C, h, w]
         img = to_image(decode(model, z), prep.pixels.height, prep.pixels.width)
         results.append(
             EditResult(
                 img,
                 None,
-                counter.n,
+                own + (shared if k == 0 else 0),
                 {"method": "flowedit", "source": source, "target": target, **asdict(c)},
                 seed,
                 latents=z,
