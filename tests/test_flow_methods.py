@@ -83,6 +83,25 @@ def test_diffedit_encoding_on_sd3_runs_the_flow_ode_backwards_to_its_levels(sd3)
     assert enc.unet_evals == 5
 
 
+def test_a_diffedit_encoding_of_another_family_is_refused_in_one_line_naming_both(sd3, tiny_eps):
+    """An Encoding records its family; DiffEdit refuses one made on another family before any network
+    call, naming both (before the weights' check, which would say only "another model")."""
+    from retouch.denoiser import UNetCalls
+
+    kw = dict(num_inference_steps=6, encode_ratio=0.5)
+    flow_enc, sd_enc = (retouch.ddim_encoding(m, IMAGE, **kw) for m in (sd3, tiny_eps))
+    assert (flow_enc.family, sd_enc.family) == ("sd3", "sd")
+    for model, enc, words in ((tiny_eps, flow_enc, "an sd3 model, this is sd"),
+                              (sd3, sd_enc, "an sd model, this is sd3")):  # fmt: skip
+        calls = UNetCalls(model.unet)
+        try:
+            with pytest.raises(InputError) as e:
+                retouch.diffedit(model, IMAGE, query="a green circle", encoding=enc, **kw)
+        finally:
+            calls.unwrap()
+        assert str(e.value) == f"encoding was made with {words}" and calls.sizes == []
+
+
 @pytest.mark.parametrize(
     "call",
     [

@@ -115,6 +115,7 @@ class Encoding:
     unet_evals: int
     image_hash: str
     fingerprint: str
+    family: str = "sd"  # the model family it was made with: "sd", "sdxl" or "sd3" (a flow model)
 
 
 @dataclass(frozen=True)

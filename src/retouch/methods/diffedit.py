@@ -296,10 +296,16 @@ def _encode(model, prep: Prepared, cfg: DiffEditConfig, progress) -> Encoding:
         counter.n,
         prep.hash,
         model.fingerprint,
+        model.family,
     )
 
 
 def _check_encoding(enc: Encoding, prep: Prepared, model, cfg: DiffEditConfig) -> None:
+    """An Encoding against the edit (SettingError, one line): made on this model's family (first,
+    so that a value of another family is named as such), with its weights, from this image, on the
+    edit's steps and this scheduler's timesteps, with finite latents of the image's shape."""
+    if enc.family != model.family:
+        raise SettingError(f"encoding was made with an {enc.family} model, this is {model.family}")
     if enc.fingerprint != model.fingerprint:
         raise SettingError("encoding was made with another model")
     if enc.image_hash != prep.hash:
