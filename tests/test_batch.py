@@ -678,12 +678,21 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
         dict(image="red_circle.png", method="flowedit", target="a green circle"),
         dict(image="red_circle.png", method="flowedit", target="a green circle", n_max=30),
         dict(image="red_circle.png", method="flowedit", source="a red circle"),
+        dict(image="red_circle.png", method="flowedit", target="a green circle", mask="infer"),
     ]
     errors = {
         family: [r.error for r in resolve_rows(raw, tmp_path, tmp_path / "out", family=family)]
         for family in ("sd", "sd3", "flux", None)
     }
-    assert errors["sd3"] == errors[None] == [None] * 4 + ["a flowedit row needs a target text"]
+    assert (
+        errors["sd3"]
+        == errors[None]
+        == [None] * 4
+        + [
+            "a flowedit row needs a target text",
+            "a flowedit row takes no mask (FlowEdit edits the whole image)",
+        ]
+    )
     assert errors["sd"][:2] == [None, None] and all("runs on a flow model" in e for e in errors["sd"][2:4])
     assert all("use flowedit on FLUX" in e for e in errors["flux"][:2]) and errors["flux"][2] is None
     assert "n_max must be <= num_inference_steps (28), got 30" in errors["flux"][3]

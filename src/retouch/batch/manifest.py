@@ -308,6 +308,8 @@ def _check_flowedit(raw: dict, settings: dict, family: str | None) -> None:
             raise InputError(f"{key} must be text, got {raw[key]!r}")
     if not str(raw.get("target", "")).strip():
         raise InputError("a flowedit row needs a target text")
+    if raw.get("mask") is not None:
+        raise InputError("a flowedit row takes no mask (FlowEdit edits the whole image)")
     config = FlowEditConfig(**settings)
     config.check()
     if family is not None:
