@@ -9,12 +9,13 @@ benchmarks/compare_*.py scripts share it), with the workarounds their current re
   `mask_prompts_in_order` swaps the pair back while generate_mask runs. Given the VAE posterior
   MEAN as latents (not pixels) it draws no posterior sample, so the same seed gives it the same n
   mask noises as retouch (its first `torch.randn` of [n, C, h, w]).
-* LEditsPPPipelineStableDiffusion: with a DDIMScheduler its invert() crashes in 0.42.1 (float
-  timesteps reach add_noise), so it runs with its default DPM-Solver++ 2M SDE scheduler. It keeps
-  the inversion on the pipeline ("edits the last inverted image") and replaces the UNet's attention
-  processors (AttnProcessor while inverting, its attention-storing one while editing):
-  `own_attention_processors` restores them afterwards, so a UNet shared with retouch is left as
-  it was. Its N total / K edited steps: num_inversion_steps = K, skip = their_skip(N, K).
+* LEditsPPPipelineStableDiffusion (and its SDXL sibling, for an SDXL bundle): with a
+  DDIMScheduler its invert() crashes in 0.42.1 (float timesteps reach add_noise), so it runs with
+  its default DPM-Solver++ 2M SDE scheduler. It keeps the inversion on the pipeline ("edits the
+  last inverted image") and replaces the UNet's attention processors (AttnProcessor while
+  inverting, its attention-storing one while editing): `own_attention_processors` restores them
+  afterwards, so a UNet shared with retouch is left as it was. Its N total / K edited steps:
+  num_inversion_steps = K, skip = their_skip(N, K).
 
 Pipelines are built either from a retouch ModelBundle (sharing its modules: the same weights,
 no second copy) or from a diffusers folder.
@@ -81,9 +82,31 @@ def ledits_pipeline(source: ModelBundle | Path | str, device=None, final_sigmas_
             config, algorithm_type="sde-dpmsolver++", solver_order=2, final_sigmas_type=final_sigmas_type
         )
 
+    if isinstance(source, ModelBundle) and source.family == "sdxl":
+        return _ledits_xl_pipeline(source, dpm(source.scheduler.config), device)
     bundle_scheduler = dpm(source.scheduler.config) if isinstance(source, ModelBundle) else None
     pipe = _components(source, LEditsPPPipelineStableDiffusion, scheduler=bundle_scheduler)
     pipe.scheduler = dpm(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device if device is not None else pipe.unet.device)
+
+
+def _ledits_xl_pipeline(bundle: ModelBundle, scheduler, device=None):
+    """diffusers' LEDITS++ SDXL pipeline on an SDXL bundle's modules (no watermark: an edit's pixels
+    are compared)."""
+    from diffusers import LEditsPPPipelineStableDiffusionXL
+
+    pipe = LEditsPPPipelineStableDiffusionXL(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoder,
+        text_encoder_2=bundle.text_encoder_2,
+        tokenizer=bundle.tokenizer,
+        tokenizer_2=bundle.tokenizer_2,
+        unet=bundle.unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=bundle.empty_is_zeros,
+        add_watermarker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device if device is not None else pipe.unet.device)
 
@@ -191,7 +214,9 @@ def their_skip(n: int, k: int) -> float:
 @torch.no_grad()
 def ledits_invert(pipe, image, source: str, source_guidance_scale: float, n: int, k: int, seed: int):
     """LEDITS++'s inversion of a PIL image over N total steps, K of them edited (kept on `pipe`).
-    Returns its output (resized images and the VAE round trip)."""
+    The SDXL pipeline keeps every noise map (its default zeroes the last three: not an exact
+    inversion). Returns its output (resized images and the VAE round trip)."""
+    xl = {"num_zero_noise_steps": 0} if hasattr(pipe, "text_encoder_2") else {}
     with own_attention_processors(pipe.unet):
         out = pipe.invert(
             image=image,
@@ -200,6 +225,7 @@ def ledits_invert(pipe, image, source: str, source_guidance_scale: float, n: int
             num_inversion_steps=k,
             skip=their_skip(n, k),
             generator=torch.Generator(pipe.device).manual_seed(seed),
+            **xl,
         )
     if len(pipe.scheduler.timesteps) != n or len(pipe.inversion_steps) != k:
         raise RuntimeError(

@@ -193,9 +193,15 @@ def save_pipeline(folder: Path, components: dict) -> Path:
 # SDXL base's scheduler config (its EulerDiscreteScheduler's betas and spacing; we step it with DDIM math)
 SDXL_SCHEDULER = {**SD1_SCHEDULER}
 SDXL_SIZES = {
-    # tiny: for tests; full: SDXL base 1.0's configs (sd_xl_base.yaml / the diffusers folder's)
+    # tiny, tiny3: for tests; full: SDXL base 1.0's configs (sd_xl_base.yaml / the diffusers folder's)
     "tiny": dict(
         vae=(8, 16), unet=(16, 32), heads=(4, 8), depth=(1, 1), text=(16, 24), text_layers=2,
+        projection=20, time_dim=8, sample=32, layers=1, groups=8,
+    ),
+    # three levels as SDXL's, the lowest with two transformer layers: cross-attention at latent/4,
+    # where LEDITS++'s masks read it
+    "tiny3": dict(
+        vae=(8, 16), unet=(16, 32, 32), heads=(2, 4, 4), depth=(1, 1, 2), text=(16, 24), text_layers=2,
         projection=20, time_dim=8, sample=32, layers=1, groups=8,
     ),
     "full": dict(
