@@ -561,3 +561,16 @@ def test_the_command_line_takes_an_sd3_file_with_its_config(shipped_sd3, tmp_pat
     assert folder.exit_code == single.exit_code == 0, single.output
     a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
     assert np.array_equal(a, b)
+
+
+def test_a_pickled_sd3_checkpoint_loads_only_when_asked_by_name(shipped_sd3, tmp_path):
+    from retouch.models import SHIPPED_SD3
+
+    parts, folder_model = shipped_sd3
+    path = tmp_path / "shapes-sd3.ckpt"
+    torch.save({"state_dict": sd3_original_layout(parts)}, path)
+    with pytest.raises(ModelError, match="pickled checkpoint.*allow_pickle=True") as e:
+        retouch.load(path, device="cpu", config=SHIPPED_SD3)
+    assert "\n" not in str(e.value)
+    model = retouch.load(path, device="cpu", config=SHIPPED_SD3, allow_pickle=True)
+    assert model.family == "sd3" and model.fingerprint == folder_model.fingerprint
