@@ -31,13 +31,13 @@ by default; each is used by a preset or measured where it helps ([experiments.md
 
 
 def _method(name: str):
-    from retouch.methods import diffedit, ledits
+    from retouch.methods import diffedit, flowedit, ledits
 
-    return {"diffedit": diffedit, "ledits": ledits}[name]
+    return {"diffedit": diffedit, "ledits": ledits, "flowedit": flowedit}[name]
 
 
 def _configs() -> list[tuple[str, str, type, str | None]]:
-    """(title, a line on where its defaults come from, config class, method of its presets or None)."""
+    """(title, a line on where its defaults come from, config class, its method or None: not a paper's)."""
     from retouch.methods.diffedit import DiffEditConfig
     from retouch.methods.flowedit import FlowEditConfig
     from retouch.methods.ledits import LEditsConfig
@@ -56,7 +56,7 @@ def _configs() -> list[tuple[str, str, type, str | None]]:
     return [
         ("DiffEdit: `retouch.DiffEditConfig`", diffedit, DiffEditConfig, "diffedit"),
         ("LEDITS: `retouch.LEditsConfig`", ledits, LEditsConfig, "ledits"),
-        ("FlowEdit (flow models): `retouch.FlowEditConfig`", flowedit, FlowEditConfig, None),
+        ("FlowEdit (flow models): `retouch.FlowEditConfig`", flowedit, FlowEditConfig, "flowedit"),
         (
             "ShapesWorld training: `retouch.shapes.train.TrainConfig` (`retouch train`)",
             train,
@@ -97,7 +97,8 @@ def _presets(s: Setting, method: str | None) -> str:
     """The presets that set it, with their values (and the method's --fast)."""
     if method is None:
         return ""
-    named = [(n, p) for n, p in presets.BY_METHOD[method].items()] + [("--fast", _method(method).FAST)]
+    fast = getattr(_method(method), "FAST", None)
+    named = list(presets.BY_METHOD.get(method, {}).items()) + ([("--fast", fast)] if fast else [])
     return ", ".join(f"`{n}` {_shown(p[s.name])}" for n, p in named if s.name in p)
 
 

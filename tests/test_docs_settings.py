@@ -51,6 +51,24 @@ def test_settings_page_lists_every_setting_with_its_origin_and_presets():
     assert "`style` 0.92" in row and "`background` 0.3" in row
 
 
+def test_flowedit_settings_are_the_papers():
+    """FlowEdit's settings are all Kulikov et al.'s: the page says so, with the values each takes."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import make_settings
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    from retouch.methods.flowedit import FlowEditConfig
+
+    rows = make_settings.table(FlowEditConfig, "flowedit").splitlines()[2:]
+    assert len(rows) == len(settings_fields(FlowEditConfig)) == 6
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4] == "the paper's", row
+        assert cells[3] != "any, or none", row
+    assert all(row in make_settings.render() for row in rows)
+
+
 def _valid(cls, base: dict, name: str, value) -> bool:
     try:
         cfg = cls(**{**base, name: value})
@@ -60,15 +78,17 @@ def _valid(cls, base: dict, name: str, value) -> bool:
     return True
 
 
-@pytest.mark.parametrize("config", ["diffedit", "ledits", "train"])
+@pytest.mark.parametrize("config", ["diffedit", "ledits", "flowedit", "train"])
 def test_each_settings_documented_values_are_what_its_config_accepts(config):
     """For every number whose values read as an interval: the bounds pass or fail as written, a
     value past them fails, and a fraction fails where it must be whole."""
     from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.flowedit import FlowEditConfig
     from retouch.methods.ledits import LEditsConfig
     from retouch.shapes.train import TrainConfig
 
     cls, base = {
+        "flowedit": (FlowEditConfig, {}),
         "diffedit": (DiffEditConfig, {"encode_ratio": 1.0}),  # one step of N = 1 is still a step
         "ledits": (LEditsConfig, {"skip": 0}),
         "train": (TrainConfig, {}),
@@ -90,4 +110,4 @@ def test_each_settings_documented_values_are_what_its_config_accepts(config):
         if whole:
             assert not _valid(cls, base, s.name, low + 1.5), s.name
         checked += 1
-    assert checked >= {"diffedit": 12, "ledits": 6, "train": 15}[config]
+    assert checked >= {"diffedit": 12, "ledits": 6, "flowedit": 6, "train": 15}[config]

@@ -35,12 +35,24 @@ class FlowEditConfig:
     """Every FlowEdit setting, once; None: the published value for the model's family (PUBLISHED:
     SD3 T = 50, n_max = 33, w_src = 3.5, w_tar = 13.5; FLUX T = 28, n_max = 24, w_src = 1.5, w_tar = 5.5)."""
 
-    num_inference_steps: int | None = setting(None, "T, the scheduler's steps (SD3 50, FLUX 28)")
-    n_max: int | None = setting(None, "the edit runs the last n_max of the T steps (SD3 33, FLUX 24)")
-    n_min: int | None = setting(None, "the last n_min steps sample plainly under the target (0)")
-    n_avg: int | None = setting(None, "noises averaged per step for the edit direction (1)")
-    source_guidance_scale: float | None = setting(None, "w_src, CFG on the source text (SD3 3.5, FLUX 1.5)")
-    target_guidance_scale: float | None = setting(None, "w_tar, CFG on the target text (SD3 13.5, FLUX 5.5)")
+    num_inference_steps: int | None = setting(
+        None, "T, the scheduler's steps (SD3 50, FLUX 28)", values="[1, 1000], whole"
+    )
+    n_max: int | None = setting(
+        None, "the edit runs the last n_max of the T steps (SD3 33, FLUX 24)", values="[0, 1000], whole"
+    )
+    n_min: int | None = setting(
+        None, "the last n_min steps sample plainly under the target (0)", values="[0, 1000], whole"
+    )
+    n_avg: int | None = setting(
+        None, "noises averaged per step for the edit direction (1)", values="[1, 100], whole"
+    )
+    source_guidance_scale: float | None = setting(
+        None, "w_src, CFG on the source text (SD3 3.5, FLUX 1.5)", values="[0, 100]"
+    )
+    target_guidance_scale: float | None = setting(
+        None, "w_tar, CFG on the target text (SD3 13.5, FLUX 5.5)", values="[0, 100]"
+    )
 
     def resolved(self, family: str) -> FlowEditConfig:
         """The config with every None replaced by the family's published value, checked."""
