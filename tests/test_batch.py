@@ -701,4 +701,7 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
     assert run.exit_code == 1, run.output
     res = {r["row"]: r for r in results(tmp_path / "out")}
     assert res[0]["status"] == "ok" and res[1]["status"] == "failed" and res[1]["unet_evals"] == 0
-    assert res[1]["error"] == "flowedit runs on a flow model (Stable Diffusion 3, FLUX); this one is sd"
+    assert (
+        res[1]["error"]
+        == "flowedit runs on a flow model (Stable Diffusion 3, FLUX; shipped: shapes-sd3); this one is sd"
+    )

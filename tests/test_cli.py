@@ -119,6 +119,23 @@ def count_options(help_text: str) -> int:
     return sum(line.startswith("  -") for line in help_text.splitlines())
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["edit", "diffedit"], ["edit", "ledits"], ["edit", "flowedit"], ["invert"], ["mask"], ["batch"], ["ui"]],
+)
+def test_every_commands_model_help_names_the_families_and_the_shipped_models(command):
+    """--model takes SD 1.x/2.x, SDXL, SD3 and FLUX, and the shipped names; flowedit's default is the
+    shipped flow model (the shipped SD model is no flow model)."""
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    model = text[text.index("--model FOLDER|HUB_ID|FILE") :]
+    model = model[: model.index("]") + 1]
+    assert all(word in model for word in ("SDXL", "SD3", "FLUX", "shapes-sd ", "shapes-sd3")), model
+    default = "shapes-sd3" if command == ["edit", "flowedit"] else "shapes-sd"
+    assert model.endswith(f"[default: {default}]"), model
+
+
 @pytest.mark.parametrize("method", ["diffedit", "ledits"])
 def test_each_method_lists_its_own_settings_the_papers_by_default(method):
     """`retouch edit METHOD --help`: at most 25 options, the paper's settings, none of ours and none
@@ -276,6 +293,7 @@ def test_edit_ledits_target_prompt_human_summary(image, tmp_path, model_args):
     result = edit(image, tmp_path / "out.png", model_args, "ledits", "--prompt", QUERY)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote {tmp_path / 'out.png'} (ledits")
+    assert " UNet evaluations, " in result.stdout  # a Stable Diffusion model's network
 
 
 def test_mask_writes_mask_and_overlay(image, tmp_path, model_args):

@@ -60,10 +60,21 @@ def test_every_method_edits_with_the_shipped_flow_model(sd3):
     assert sd3.family == "sd3" and a.unet_evals == 4 * 7
 
 
+def test_load_is_annotated_with_both_bundles(sd3):
+    import typing
+
+    from retouch.flows import FlowBundle
+    from retouch.types import ModelBundle
+
+    assert isinstance(sd3, FlowBundle)
+    assert set(typing.get_args(typing.get_type_hints(retouch.load)["return"])) == {ModelBundle, FlowBundle}
+
+
 def test_the_command_line_runs_flowedit_on_the_shipped_flow_model(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
 
+    from retouch.files import read_params
     from retouch.main import main
     from retouch.shapes.world import HELD_OUT_SEED, render, sample_scene
 
@@ -82,11 +93,17 @@ def test_the_command_line_runs_flowedit_on_the_shipped_flow_model(tmp_path):
         main, [*args, "-o", str(tmp_path / "a.png"), "--num-inference-steps", "6", "--n-max", "4"]
     )
     assert ok.exit_code == 0, ok.output
+    assert "16 transformer evaluations" in ok.stdout and "UNet" not in ok.stdout, ok.stdout
     with Image.open(tmp_path / "a.png") as out:
         assert out.size == (64, 64)
     bad = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b.png"), "--n-max", "99"])
     assert bad.exit_code == 2 and "n_max" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b.png").exists()
-    on_sd = CliRunner().invoke(main, ["edit", "flowedit", str(src), "--target", "a blue square", "-o",
-                                      str(tmp_path / "c.png")])  # fmt: skip
-    assert on_sd.exit_code == 2 and "flow model" in on_sd.stderr and not (tmp_path / "c.png").exists()
+    plain = ["edit", "flowedit", str(src), "--target", "a blue square", "--num-inference-steps", "6"]
+    default = CliRunner().invoke(main, [*plain, "--n-max", "4", "-o", str(tmp_path / "c.png")])
+    assert default.exit_code == 0, default.output  # no --model: the shipped flow model
+    same = (read_params(tmp_path / p)["fingerprint"] for p in ("a.png", "c.png"))
+    assert next(same) == next(same)
+    on_sd = CliRunner().invoke(main, [*plain, "--model", "shapes-sd", "-o", str(tmp_path / "d.png")])
+    assert on_sd.exit_code == 2 and "flow model" in on_sd.stderr and "shapes-sd3" in on_sd.stderr
+    assert len(on_sd.stderr.strip().splitlines()) == 1 and not (tmp_path / "d.png").exists()

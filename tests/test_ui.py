@@ -540,7 +540,7 @@ def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on
     forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
     out = run_edit(sd3_model, None, image, "flowedit", texts, 3, forms["diffedit"], forms["ledits"],
                    flowedit_values=values)  # fmt: skip
-    assert out[3].startswith("edit: ") and "UNet evaluations: 16" in out[3], out[3]
+    assert out[3].startswith("edit: ") and "transformer evaluations: 16" in out[3], out[3]
     lib = retouch.flowedit(sd3_model, image, CAPTION, QUERY, seed=3, num_inference_steps=6, n_max=4)
     assert np.array_equal(np.asarray(out[1]), np.asarray(lib.image))
     with Image.open(out[2]) as png:

@@ -124,8 +124,11 @@ class _Run:
             click.echo(line)
 
 
-def _run_options(fn):
-    """--model/--device/--dtype, the pixel budget, --threads, --seed, --json, -q, --no-progress."""
+def _run_options(fn=None, *, shipped: str | None = None):
+    """--model/--device/--dtype, the pixel budget, --threads, --seed, --json, -q, --no-progress;
+    shipped: the command's default model (None: the library's)."""
+    if fn is None:
+        return lambda f: _run_options(f, shipped=shipped)
     fn = click.option(
         "--no-progress",
         is_flag=True,
@@ -140,7 +143,7 @@ def _run_options(fn):
     fn = click.option("--seed", type=int, default=None, help="Random seed [default: 0].")(fn)
     fn = threads_option(fn)
     fn = budget_options(fn)
-    return model_options(fn)
+    return model_options(fn, shipped=shipped)
 
 
 def _input(*decls, **kwargs):
@@ -186,6 +189,13 @@ def _texts(values: Sequence[str], name: str) -> list[str]:
         if not v.strip():
             raise InputError(f"{name} is empty")
     return [v.strip() for v in values]
+
+
+def _network(bundle) -> str:
+    """The model's denoising network as the summary line names it ("UNet", or "transformer")."""
+    from retouch.flows import network_name
+
+    return network_name(bundle)
 
 
 def _read_mask(mask: str | None, image, label: str = "image"):
@@ -274,7 +284,7 @@ def _edit_and_save(
     note = f" — {result.message}" if result.message else ""
     run.report(
         summary,
-        f"wrote {output} ({method}{label}, {result.unet_evals} UNet evaluations, "
+        f"wrote {output} ({method}{label}, {result.unet_evals} {_network(bundle)} evaluations, "
         f"{sum(timings.values()):.1f} s){note}",
     )
 
@@ -339,9 +349,9 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
 @_output("The edited image (a PNG carries its parameters).")
 @_input("--target", required=True, help="The text the edited image should fit.")
 @_input("--source", default="", help="The text of what the image shows now [default: empty].")
-@_run_options
+@_run_options(shipped="shapes-sd3")  # the default SD model is no flow model
 def flowedit_command(image, output, target, source, **options):
-    """FlowEdit (Kulikov et al. 2025) on a flow model (--model shapes-sd3, an SD3 or FLUX folder):
+    """FlowEdit (Kulikov et al. 2025) on a flow model (the shipped shapes-sd3, an SD3 or FLUX folder):
     move IMAGE from SOURCE's velocity field to TARGET's, with no inversion; write OUTPUT. Unset
     settings take the model family's published values (docs/flow.md)."""
     from retouch.latents import load_image
@@ -532,7 +542,8 @@ def mask(image, output, query, reference, preset, **options):
     }
     run.report(
         summary,
-        f"wrote {output} and {overlay_path} (mask area {m.area:.1%}, {m.unet_evals} UNet evaluations)",
+        f"wrote {output} and {overlay_path} (mask area {m.area:.1%}, {m.unet_evals} "
+        f"{_network(bundle)} evaluations)",
     )
 
 
@@ -572,6 +583,6 @@ def invert(image, output, source, fast, **options):
     }
     run.report(
         summary,
-        f"wrote {output} ({len(inv.timesteps)} steps, {inv.unet_evals} UNet "
+        f"wrote {output} ({len(inv.timesteps)} steps, {inv.unet_evals} {_network(bundle)} "
         f"evaluations, {sum(timings.values()):.1f} s)",
     )

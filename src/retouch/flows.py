@@ -93,6 +93,11 @@ def is_flow(model) -> bool:
     return getattr(model, "family", None) in FLOW_FAMILIES
 
 
+def network_name(model) -> str:
+    """The model's denoising network as messages name it: "transformer" (SD3, FLUX) or "UNet"."""
+    return "transformer" if is_flow(model) else "UNet"
+
+
 # --- text ------------------------------------------------------------------------------------------
 
 
@@ -306,7 +311,10 @@ def check_flow_model(model, method: str) -> None:
     """A flow bundle, else a one-line error."""
     if not is_flow(model):
         family = getattr(model, "family", type(model).__name__)
-        raise ModelError(f"{method} runs on a flow model (Stable Diffusion 3, FLUX); this one is {family}")
+        raise ModelError(
+            f"{method} runs on a flow model (Stable Diffusion 3, FLUX; shipped: shapes-sd3); "
+            f"this one is {family}"
+        )
 
 
 def check_carried_over(model, method: str, cfg) -> None:

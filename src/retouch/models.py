@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from retouch.errors import ModelError, SettingError
+from retouch.flows import FlowBundle
 from retouch.latents import MIN_SIDE
 from retouch.types import ModelBundle
 
@@ -65,7 +66,7 @@ def load(
     resize: bool = True,
     compile: bool = False,  # noqa: A002 - torch's word
     config: str | Path | None = None,
-) -> ModelBundle:
+) -> ModelBundle | FlowBundle:
     """Load a model once, to reuse for every edit.
 
     Args:
@@ -89,9 +90,9 @@ def load(
             with the file's weights.
 
     Returns:
-        `ModelBundle` (or `FlowBundle` for SD3 and FLUX): the model's parts (UNet or transformer, VAE,
-        text encoders, scheduler) on its device, with its family, native size, pixel budget and
-        fingerprint.
+        `ModelBundle` for Stable Diffusion 1.x/2.x and SDXL (a UNet), `FlowBundle` for SD3 and FLUX
+        (a transformer): the model's parts (VAE, text encoders, scheduler) on its device, with its
+        family, native size, pixel budget and fingerprint.
     """
     check_budget(max_pixels)
     source = str(SHIPPED if model is None else SHIPPED_NAMES.get(str(model), model))
@@ -140,7 +141,7 @@ def check_budget(max_pixels) -> None:
         raise SettingError(f"max_pixels must be a whole number ≥ {MIN_SIDE**2}, got {max_pixels!r}")
 
 
-def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBundle:
+def _load(source: str, dev: torch.device, dt: torch.dtype, kw: dict) -> ModelBundle | FlowBundle:
     from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

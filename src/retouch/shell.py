@@ -283,9 +283,12 @@ def file_option(name: str, default=None):
     return ctx.meta.get(FILE_OPTIONS, {}).get(name, default) if ctx is not None else default
 
 
-def model_options(fn):
+def model_options(fn=None, *, shipped: str | None = None):
     """--model, --device and --dtype; --model-config and --allow-pickle for a single-file checkpoint
-    (advanced: a method's --help-all lists them)."""
+    (advanced: a method's --help-all lists them). shipped: the command's default model, a shipped
+    name (None: the library's default, shapes-sd)."""
+    if fn is None:
+        return lambda f: model_options(f, shipped=shipped)
     fn = click.option(
         "--allow-pickle",
         is_flag=True,
@@ -312,10 +315,10 @@ def model_options(fn):
     fn = click.option("--device", default=None, help="cpu, cuda, cuda:1... [default: cuda if available]")(fn)
     fn = click.option(
         "--model",
-        default=None,
+        default=shipped,
         metavar="FOLDER|HUB_ID|FILE",
-        help="A Stable Diffusion 1.x/2.x or SDXL model: a diffusers folder, a hub id, or a single-file "
-        ".safetensors checkpoint [default: the shipped ShapesWorld model]",
+        help="SD 1.x/2.x, SDXL, SD3 or FLUX: a diffusers folder or hub id, a single-file .safetensors "
+        f"checkpoint, or a shipped model, shapes-sd or shapes-sd3 [default: {shipped or 'shapes-sd'}]",
     )(fn)
     return fn
 

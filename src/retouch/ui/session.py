@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from retouch.errors import InputError, SettingError
+from retouch.flows import network_name
 from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.flowedit import flowedit
@@ -77,6 +78,7 @@ class Outcome:
     unet_evals: int  # this request's, reused values cost nothing
     params: dict[str, Any]
     note: str = ""  # the upload was resized to the app's pixel budget
+    network: str = "UNet"  # the model's denoising network: "UNet", or "transformer" on SD3 and FLUX
 
     @property
     def status(self) -> str:
@@ -84,7 +86,7 @@ class Outcome:
         lines += [
             f"{name}: skipped (reused)" if t is None else f"{name}: {t:.1f} s" for name, t in self.steps
         ]
-        lines.append(f"UNet evaluations: {self.unet_evals}")
+        lines.append(f"{self.network} evaluations: {self.unet_evals}")
         if self.result.mask is not None:
             lines.append(f"mask area: {self.result.mask.area:.0%}")
         if self.result.message:
@@ -160,7 +162,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
         "seed": result.seed,
     }
     evals = result.unet_evals + sum(v.unet_evals for v in made)
-    return Outcome(result, overlay, tuple(steps), evals, params, note)
+    return Outcome(result, overlay, tuple(steps), evals, params, note, network_name(model))
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
