@@ -444,6 +444,7 @@ def test_unwritable_output_is_one_line_before_loading(image, tmp_path, model_arg
         ("ledits", ["--add", "red circle", "--prompt", "  "], "prompt is empty"),
         ("diffedit", ["--query", QUERY, "--mode", "nope"], "Invalid value for '--mode'"),
         ("diffedit", ["--query", QUERY, "--mask", "missing.png"], "no such file"),
+        ("diffedit", ["--query", QUERY, "--mask-guidance-scale", "0"], "mask_guidance_scale must be > 0"),
     ],
 )
 def test_bad_usage_fails_fast_with_one_line(image, tmp_path, model_args, monkeypatch, method, args, why):

@@ -570,6 +570,7 @@ BAD = [
     ("n 2.5", {"mask_samples": 2.5}, SettingError, "mask_samples"),
     ("nan w", {"guidance_scale": float("nan")}, SettingError, "guidance_scale"),
     ("nan mask w", {"mask_guidance_scale": float("nan")}, SettingError, "mask_guidance_scale"),
+    ("mask w 0", {"mask_guidance_scale": 0.0}, SettingError, "mask_guidance_scale must be > 0"),
     ("negative w_R", {"reference_guidance_scale": -1.0}, SettingError, "reference_guidance_scale"),
     ("nan w_R", {"reference_guidance_scale": float("nan")}, SettingError, "reference_guidance_scale"),
     ("negative word scale", {"changed_word_scale": -0.5}, SettingError, "changed_word_scale"),

@@ -553,6 +553,13 @@ def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on
     assert led["result"].size == (64, 64) and "inversion: " in led["status"]
 
 
+def test_a_mask_guidance_scale_of_0_is_refused_in_one_line(ui_model, image):
+    """At 0 both sides of the mask are ε(∅): the app says so instead of an empty mask's unchanged image."""
+    with pytest.warns(UserWarning):
+        out = edit(ui_model, None, image, "diffedit", mask_guidance_scale=0)
+    assert out["result"] is None and out["status"] == "Error: mask_guidance_scale must be > 0, got 0"
+
+
 def test_flowedit_on_a_stable_diffusion_model_is_a_message(ui_model, image):
     """A method the model does not run (the page does not offer it) is refused in one line."""
     forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}

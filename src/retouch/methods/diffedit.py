@@ -65,7 +65,7 @@ class DiffEditConfig:
         None,
         "diffusers' CFG on both mask sides; None: the paper's conditional predictions",
         ours=True,
-        values="≥ 0",
+        values="> 0",
     )
     mask_refine_radius: float = setting(
         0.0,
@@ -129,7 +129,7 @@ class DiffEditConfig:
         check_number("mask_refine_radius", self.mask_refine_radius, 0, 64)
         check_number("mask_keep_ratio", self.mask_keep_ratio, 0, 1)
         if self.mask_guidance_scale is not None:
-            check_number("mask_guidance_scale", self.mask_guidance_scale, 0)
+            check_number("mask_guidance_scale", self.mask_guidance_scale, 0, low_open=True)
         check_number("feather", self.feather, 0, 64)
         if self.mode not in MODES:
             raise SettingError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
