@@ -350,6 +350,26 @@ def test_invert_once_then_edit_from_the_inversion(image, tmp_path, model_args):
         assert np.array_equal(np.asarray(x), np.asarray(y))  # same seed: the very same edit
 
 
+def test_ledits_records_skip_as_a_step_count_however_it_was_given(image, tmp_path, model_args):
+    """skip as a fraction (0.2 of 10 steps) is recorded as the 2 steps it means, by a plain edit and
+    by an edit from an inversion alike, and the recorded settings give the same image."""
+    steps = ["--num-inference-steps", "10", "--skip", "0.2"]
+    inv = tmp_path / "scene.safetensors"
+    assert run("invert", image, "-o", inv, *steps, *model_args, "-q").exit_code == 0
+    common = ["--add", "red circle", *model_args, "-q"]
+    for name, args in [
+        ("a", steps),
+        ("b", ["--inversion", inv]),
+        ("c", ["--num-inference-steps", "10", "--skip", "2"]),
+    ]:
+        result = run("edit", "ledits", image, "-o", tmp_path / f"{name}.png", *args, *common)
+        assert result.exit_code == 0, result.output
+    recorded = [read_params(tmp_path / f"{n}.png")["settings"]["skip"] for n in "abc"]
+    assert recorded == [2, 2, 2] and all(isinstance(v, int) for v in recorded)
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "c.png") as c:
+        assert np.array_equal(np.asarray(a), np.asarray(c))
+
+
 def test_inversion_of_another_image_or_other_steps_is_refused(image, tmp_path, model_args):
     inv = tmp_path / "scene.safetensors"
     assert run("invert", image, "-o", inv, *FAST["ledits"], *model_args, "-q").exit_code == 0

@@ -588,7 +588,8 @@ def _invert_all(model, jobs: list[_Job], given: list, source: str, progress):
 
 
 def _record(model, job: _Job, item, source: str) -> dict:
-    """What an edit's result records of how it was made."""
+    """What an edit's result records of how it was made: skip as a step count (the default's form,
+    and an Inversion's), however it was given."""
     return {
         "method": "ledits",
         "prompt": job.prompt,
@@ -596,6 +597,7 @@ def _record(model, job: _Job, item, source: str) -> dict:
         "remove": list(job.remove),
         "source": item.source if isinstance(item, Inversion) else source,
         **asdict(job.cfg),
+        "skip": job.cfg.skip_steps,
         "preset": job.preset,
         "model": model.model_id,
     }
