@@ -281,3 +281,32 @@ def test_diffusers_refuses_sizes_off_32_pixels_ours_edits_them(mini_random):
     assert (
         out.image.size == (72, 40) and torch.isfinite(out.latents).all() and 0 < out.concept_masks[0].area < 1
     )
+
+
+# --- implicit_keep (ours) -------------------------------------------------------------------------------
+
+
+def test_keep_pins_the_latents_outside_every_mask_so_far(mini_random, image):
+    inv = retouch.invert(mini_random, image, **_pp(12, 2))
+    edit = dict(add=["green circle"], remove=["red square"], preset="ledits++")
+    kept = retouch.ledits(mini_random, inv, **edit, implicit_keep=True)
+    free = retouch.ledits(mini_random, inv, **edit)
+    never = torch.stack([m.scores for m in kept.concept_masks]).amax(0).eq(0)  # [h, w]
+    assert 0 < never.float().mean() < 1
+    diff = (kept.latents - inv.x0).abs()[0].amax(0)  # [h, w]
+    assert diff[never].max() == 0 and diff[~never].max() > 0.01
+    assert (free.latents - inv.x0).abs()[0].amax(0)[never].max() > 0.01  # without it they drift
+
+
+def test_keep_in_a_batch_is_each_edits_own(mini_random, image):
+    inv = retouch.invert(mini_random, image, **_pp(12, 2))
+    edits = [
+        dict(add=["green circle"], preset="ledits++", implicit_keep=True),
+        dict(add=["green circle"], preset="ledits++"),
+        dict(add=["green circle"], preset="ledits++", mask=np.pad(np.ones((32, 32)), 16)),
+    ]
+    batch = retouch.ledits_many(mini_random, inv, edits)
+    for e, b in zip(edits, batch):
+        one = retouch.ledits(mini_random, inv, **e)
+        assert torch.allclose(b.latents, one.latents, atol=1e-4)
+    assert not torch.allclose(batch[0].latents, batch[1].latents, atol=1e-3)

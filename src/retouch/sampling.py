@@ -61,9 +61,10 @@ def ddpm_sample(
 
     guided(x, t, state) → (ε̃, state) is the guided noise function with its explicit state (SEGA's
     momentum); zs [K, B, C, h, w] (or [K, C, h, w] for B = 1) one map per step. With a mask
-    [h, w] (or [B, 1, h, w]), latents outside it are pinned to the trajectory pin [K+1, B, C, h, w]
-    (pin[i+1] at the level step i reaches). solver "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M)
-    SDE steps (docs/ledits.md, DPM-Solver++), for inversions made with it. Returns x0."""
+    [h, w] (or [B, 1, h, w]; or mask(state) giving one after each step), latents outside it are
+    pinned to the trajectory pin [K+1, B, C, h, w] (pin[i+1] at the level step i reaches). solver
+    "dpmsolver++": μ_t, σ_t of DPM-Solver++(2M) SDE steps (docs/ledits.md, DPM-Solver++), for
+    inversions made with it. Returns x0."""
     prev = None
     for i, (t, t_next) in enumerate(pairs(timesteps)):
         eps, state = guided(x, t, state)
@@ -73,7 +74,8 @@ def ddpm_sample(
             mu, sigma, prev = schedule.dpmpp_2m(x, eps, t, t_next, prev, sde=True)
         x = mu + sigma * _at(zs, i, x)
         if mask is not None:
-            x = mask * x + (1 - mask) * _at(pin, i + 1, x)
+            m = mask(state) if callable(mask) else mask
+            x = m * x + (1 - m) * _at(pin, i + 1, x)
         if progress:
             progress(i + 1, len(timesteps))
     return x

@@ -103,6 +103,12 @@ class LEditsConfig:
         IMPLICIT,
         advanced=True,
     )
+    implicit_keep: bool = setting(
+        False,
+        "with implicit masks: the latents outside every concept's mask so far follow the "
+        "inversion's trajectory, as outside a given mask",
+        ours=True,
+    )
     implicit_tokens: str = setting(
         "sequence",
         "whose attention the cross-attention mask sums: sequence (every token after the start "
@@ -336,7 +342,7 @@ def _tokens(model, text: str, cfg: LEditsConfig) -> int:
     return model.tokenizer.model_max_length - 2
 
 
-def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress):
+def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progress, keep: list[bool]):
     """DDPM sampling of every edit from its inversion's x_{t_start} with its z maps and guided ε̃
     (docs/ledits.md, step 3), all edits as ONE batch per step; with a mask, guidance only inside and
     latents outside pinned to the inversion's trajectory. With LEDITS++'s masks, the UNet's
@@ -346,10 +352,12 @@ def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progre
     x = torch.cat([inv.trajectory[:1] for inv in invs])  # [B, C, h, w]
     zs = invs[0].zs if len(invs) == 1 else torch.stack([inv.zs for inv in invs], dim=1)  # [K, B, C, h, w]
     m = pin = None
-    if any(mk is not None for mk in masks):
+    if any(keep):
+        m, pin = _kept_outside(guides, keep, masks, x), _trajectories(invs)
+    elif any(mk is not None for mk in masks):
         ones = torch.ones(x.shape[-2:], device=x.device)
         m = torch.stack([ones if mk is None else mk for mk in masks])[:, None]  # [B, 1, h, w]
-        pin = invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
+        pin = _trajectories(invs)
     eps = unet_eps(model, schedule, counter, (invs[0].height, invs[0].width))
     needs_maps = any(g.needs_maps for g in guides)
     size = concept_level(model.unet.config, *x.shape[-2:]) if needs_maps else None
@@ -375,6 +383,29 @@ def _edit(model, invs: list[Inversion], guides: list[Guide], masks: list, progre
         )
     z = check_finite(z, "the guidance scales (target_guidance_scale, edit_scale, momentum_scale)")
     return z, counter.n, last["states"]
+
+
+def _trajectories(invs: list[Inversion]) -> torch.Tensor:
+    """The inversions' trajectories: [K+1, C, h, w] for one, [K+1, B, C, h, w] for several."""
+    return invs[0].trajectory if len(invs) == 1 else torch.stack([inv.trajectory for inv in invs], dim=1)
+
+
+def _kept_outside(guides: list[Guide], keep: list[bool], given: list, x: torch.Tensor):
+    """The mask of each step (ours, implicit_keep): mask(states) → [B, 1, h, w], for an edit that
+    keeps, 1 where its concepts have been inside their implicit masks at any step so far (their
+    summed masks > 0), 0 elsewhere (pinned to the trajectory); for another, its given mask [h, w]
+    or 1 everywhere."""
+    ones = torch.ones(x.shape[-2:], device=x.device)  # [h, w]
+
+    def row(g: Guide, k: bool, mk, st: SegaState) -> torch.Tensor:
+        if not k or g.implicit is None:
+            return ones if mk is None else mk
+        return 0 * ones if st.mask_sum is None else (st.mask_sum.sum(0) > 0).float()
+
+    def mask(states) -> torch.Tensor:
+        return torch.stack([row(*a) for a in zip(guides, keep, given, states)])[:, None]  # [B, 1, h, w]
+
+    return mask
 
 
 @contextlib.contextmanager
@@ -505,7 +536,8 @@ def ledits_many(
                 _guide(model, invs[i], jobs[i].prompt, jobs[i].concepts, jobs[i].cfg, m)
                 for i, m in zip(live, latents)
             ]
-            z, spent, states = _edit(model, [invs[i] for i in live], guides, latents, progress)
+            keep = [jobs[i].cfg.implicit_keep and jobs[i].cfg.implicit_mask != "none" for i in live]
+            z, spent, states = _edit(model, [invs[i] for i in live], guides, latents, progress, keep)
             out = decode(model, z)
     results = []
     for i, job in enumerate(jobs):
