@@ -621,3 +621,23 @@ def test_ledits_pp_row_is_the_preset_under_the_runs_settings(tiny_eps):
         calls.unwrap()
     assert (prep.evals, edit.evals) == (14, 28)
     assert out.image.shape == case.source_image.shape and out.mask.shape == (32, 32) and out.mask.any()
+
+
+def test_flowedit_settings_given_to_the_bench_reach_its_rows(judge_path, tmp_path):
+    """A FlowEdit flag lays over the family's published values (FlowEdit on the shipped mini SD3
+    at n_max = 4: 4·n_max = 16 transformer evaluations, not the published 132); --steps leaves
+    FlowEdit's T alone while setting DiffEdit's and LEDITS'."""
+    s = make_settings({"target_guidance_scale": 5.0, "n_max": 4}, 10, "caption")
+    assert (s.flowedit.target_guidance_scale, s.flowedit.n_max, s.flowedit.num_inference_steps) == (
+        5.0,
+        4,
+        None,
+    )
+    assert (s.ledits.target_guidance_scale, s.diffedit.num_inference_steps) == (5.0, 10)
+    out = tmp_path / "flow"
+    common = ["--cases", "1", "--kinds", "recolor", "--methods", "flowedit", "--model", "shapes-sd3"]
+    common += ["--judge", str(judge_path), "--device", "cpu", "--no-progress", "--grid-cases", "0"]
+    rows = _bench(["--out", str(out), *common, "--n-max", "4", "--target-guidance-scale", "5"], out)
+    (row,) = [r for r in rows if r["method"] == "flowedit"]
+    assert row["unet_evals"] == 16
+    assert "FlowEdit n_max=4 target_guidance_scale=5.0" in (out / "summary.md").read_text()

@@ -353,22 +353,29 @@ def settings_line(s: Settings) -> str:
         f"DiffEdit N={d.num_inference_steps} r={d.encode_ratio} n={d.mask_samples} w={d.guidance_scale}; "
         f"LEDITS N={c.num_inference_steps} skip={c.skip_steps} w_src={c.source_guidance_scale} "
         f"w_tar={c.target_guidance_scale} s={c.edit_scale} δ={c.edit_warmup} λ={c.edit_threshold} "
-        f"momentum={c.momentum_scale}; source={s.source}"
+        f"momentum={c.momentum_scale}; source={s.source}" + _flowedit_line(s.flowedit)
     )
 
 
+def _flowedit_line(f) -> str:
+    """FlowEdit's settings given to the run ('' when every one is the family's published value)."""
+    given = {k: v for k, v in vars(f).items() if v is not None}
+    return "; FlowEdit " + " ".join(f"{k}={v}" for k, v in given.items()) if given else ""
+
+
 def make_settings(given: dict, steps: int | None, source: str) -> Settings:
-    """Settings from the flags given: fields of DiffEditConfig and LEditsConfig (a field both
-    have applies to both), --steps for both methods' num_inference_steps."""
+    """Settings from the flags given: fields of DiffEditConfig, LEditsConfig and FlowEditConfig (a
+    field several have applies to each), --steps for DiffEdit's and LEDITS' num_inference_steps
+    (FlowEdit's T and n_max stay the family's published pair)."""
     from retouch.settings import with_settings
 
     base = Settings(source=source)
     if steps is not None:
         given = {**given, "num_inference_steps": steps}
     configs = {}
-    for name in ("diffedit", "ledits"):
+    for name in ("diffedit", "ledits", "flowedit"):
         cfg = getattr(base, name)
-        names = {f.name for f in fields(cfg)}
+        names = {f.name for f in fields(cfg)} - ({"num_inference_steps"} if name == "flowedit" else set())
         configs[name] = with_settings(cfg, {k: v for k, v in given.items() if k in names})
         configs[name].check()
     return replace(base, **configs, given=tuple(sorted(given)))
@@ -430,10 +437,11 @@ def _float_list(text: str | None, default: Sequence[float]) -> tuple[float, ...]
 
 def _settings_options():
     from retouch.methods.diffedit import DiffEditConfig
+    from retouch.methods.flowedit import FlowEditConfig
     from retouch.methods.ledits import LEditsConfig
 
     return setting_options(
-        {"diffedit": DiffEditConfig, "ledits": LEditsConfig},
+        {"diffedit": DiffEditConfig, "ledits": LEditsConfig, "flowedit": FlowEditConfig},
         keep=lambda n: n not in ("mode", "num_inference_steps"),
     )
 

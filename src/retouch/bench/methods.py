@@ -31,6 +31,7 @@ from retouch.bench import diffusers_pipelines as dp
 from retouch.bench.cases import Case
 from retouch.denoiser import UNetCalls
 from retouch.methods.diffedit import DiffEditConfig
+from retouch.methods.flowedit import FlowEditConfig
 from retouch.methods.ledits import LEditsConfig
 from retouch.timing import timed
 from retouch.types import ModelBundle
@@ -38,10 +39,11 @@ from retouch.types import ModelBundle
 
 @dataclass(frozen=True)
 class Settings:
-    """One benchmark configuration: both methods' configs and the LEDITS source text."""
+    """One benchmark configuration: the methods' configs and the LEDITS source text."""
 
     diffedit: DiffEditConfig = field(default_factory=DiffEditConfig)
     ledits: LEditsConfig = field(default_factory=lambda: LEditsConfig(skip=0.36))
+    flowedit: FlowEditConfig = field(default_factory=FlowEditConfig)  # None: the family's published
     source: str = "caption"  # LEDITS inversions (both libraries): "caption" or "empty"
     given: tuple[str, ...] = ()  # the settings the run was given: they override a preset, as elsewhere
 
@@ -305,10 +307,13 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False
 
 
 def _flowedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
-    """FlowEdit at its family's published settings, from the source caption to the target caption."""
+    """FlowEdit from the source caption to the target caption, each setting not given the family's
+    published one."""
     from retouch.methods.flowedit import flowedit
 
-    r = flowedit(ctx.model, case.input_image, case.source_caption, case.target_caption, seed=case.seed)
+    r = flowedit(
+        ctx.model, case.input_image, case.source_caption, case.target_caption, s.flowedit, seed=case.seed
+    )
     return Output(_image(r.image), None, r.unet_evals)
 
 
