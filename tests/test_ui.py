@@ -22,6 +22,7 @@ from fuzz import CAPTION, QUERY, build_corpus, scene
 
 gr = importlib.import_module("gradio") if in_ci() else pytest.importorskip("gradio")
 
+from retouch.errors import InputError  # noqa: E402
 from retouch.files import PNG_KEY  # noqa: E402
 from retouch.ui.app import (  # noqa: E402
     PRESET_FIELDS,
@@ -558,6 +559,22 @@ def test_a_mask_guidance_scale_of_0_is_refused_in_one_line(ui_model, image):
     with pytest.warns(UserWarning):
         out = edit(ui_model, None, image, "diffedit", mask_guidance_scale=0)
     assert out["result"] is None and out["status"] == "Error: mask_guidance_scale must be > 0, got 0"
+
+
+def test_an_optional_number_left_empty_is_none_as_a_browser_sends_it(ui_model, image):
+    """An optional number with no default (DiffEdit's mask_guidance_scale) is a text field: a browser's
+    empty number field would send 0 (an empty mask); empty text is none, a number is that number."""
+    from retouch.ui.app import form_settings
+
+    assert form_defaults("diffedit")["mask_guidance_scale"] == ""
+    values = {**form_defaults("diffedit"), **FAST["diffedit"]}
+    assert form_settings("diffedit", values)["mask_guidance_scale"] is None
+    assert form_settings("diffedit", {**values, "mask_guidance_scale": " 2.5 "})["mask_guidance_scale"] == 2.5
+    with pytest.raises(InputError, match="not a number"):
+        form_settings("diffedit", {**values, "mask_guidance_scale": "two"})
+    out = edit(ui_model, None, image, "diffedit")
+    area = float(out["status"].split("mask area: ")[1].split("%")[0])
+    assert out["result"] is not None and area > 0
 
 
 def test_flowedit_on_a_stable_diffusion_model_is_a_message(ui_model, image):

@@ -61,8 +61,8 @@ CSS = (
 def shown(s: Setting, value=None):
     """A setting's value (its default if None) as the form shows it (per-concept fields are text)."""
     value = s.default if value is None else value
-    if s.kind == "per_concept":
-        return "" if value is None else str(value)
+    if s.kind == "per_concept" or (s.kind in ("int", "float") and value is None):
+        return "" if value is None else str(value)  # text fields, empty = none
     return value
 
 
@@ -97,6 +97,9 @@ def _field(method: str, s: Setting, value=None):
     if s.kind == "per_concept":
         kw["info"] = f"{s.description} — one value, or one per concept separated by commas".lstrip(" —")
         return gr.Textbox(value=shown(s), **kw)
+    if s.default is None:  # a browser's empty number field sends 0, not "none": text, empty = none
+        kw["info"] = f"{s.description} — empty: none".lstrip(" —")
+        return gr.Textbox(value="", **kw)
     return gr.Number(value=s.default, precision=0 if s.kind == "int" else None, **kw)
 
 
@@ -113,10 +116,24 @@ def form_settings(method: str, values: dict) -> dict:
                 raise InputError(f"{s.label}: {text!r} is not a number or a comma list of numbers") from None
             if v is None and not s.optional:
                 raise InputError(f"{s.label} is empty")
+        elif s.kind in ("int", "float") and isinstance(v, str):  # an optional number's text field
+            v = _optional_number(s, v)
         elif s.kind in ("int", "float") and v is None and not s.optional:
             raise InputError(f"{s.label} is empty")
         out[s.name] = v
     return out
+
+
+def _optional_number(s: Setting, text: str):
+    """An optional number's text as its value: empty or "none" → None, else the number (one-line
+    InputError if it is not one)."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return int(text) if s.kind == "int" else float(text)
+    except ValueError:
+        raise InputError(f"{s.label}: {text!r} is not a number (empty: none)") from None
 
 
 def _seed(value) -> int:
