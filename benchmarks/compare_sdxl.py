@@ -66,18 +66,12 @@ def theirs(model):
     with its default scheduler."""
     from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusionXL
 
-    pipe = LEditsPPPipelineStableDiffusionXL(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        text_encoder_2=model.text_encoder_2,
-        tokenizer=model.tokenizer,
-        tokenizer_2=model.tokenizer_2,
-        unet=model.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(
-            model.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
-        ),
+    from retouch.bench.diffusers_pipelines import pipeline_on
+
+    scheduler = DPMSolverMultistepScheduler.from_config(
+        model.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline_on(model, LEditsPPPipelineStableDiffusionXL, scheduler=scheduler)
     return pipe
 
 

@@ -43,20 +43,31 @@ def random_model_folder(folder: Path, size: str = "mini") -> Path:
     return folder
 
 
+def pipeline_on(bundle, pipeline_cls, **overrides):
+    """diffusers' `pipeline_cls` on a retouch bundle's own modules (one copy of the weights): each
+    component the class takes is the bundle's attribute of that name (None where the bundle has
+    none: a safety checker, SD3's absent T5), `overrides` (a scheduler, …) replacing them; quiet."""
+    components, options = pipeline_cls._get_signature_keys(pipeline_cls)
+    kwargs = {name: getattr(bundle, name, None) for name in components}
+    names = set(options)
+    if "requires_safety_checker" in names:
+        kwargs["requires_safety_checker"] = False
+    if "force_zeros_for_empty_prompt" in names:
+        kwargs["force_zeros_for_empty_prompt"] = getattr(bundle, "empty_is_zeros", True)
+    if "add_watermarker" in names:
+        kwargs["add_watermarker"] = False  # an edit's pixels are compared
+    kwargs.update(overrides)
+    pipe = pipeline_cls(**kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _components(source: ModelBundle | Path | str, pipeline_cls, scheduler=None, **extra):
     """The pipeline class on a bundle's modules (with `scheduler`, default the bundle's), or
     loaded (float32) from a folder."""
-    common = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if isinstance(source, ModelBundle):
-        return pipeline_cls(
-            vae=source.vae,
-            text_encoder=source.text_encoder,
-            tokenizer=source.tokenizer,
-            unet=source.unet,
-            scheduler=scheduler or source.scheduler,
-            **common,
-            **extra,
-        )
+        return pipeline_on(source, pipeline_cls, scheduler=scheduler or source.scheduler, **extra)
+    common = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipeline_cls.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True, **common)
 
 
@@ -96,18 +107,7 @@ def _ledits_xl_pipeline(bundle: ModelBundle, scheduler, device=None):
     are compared)."""
     from diffusers import LEditsPPPipelineStableDiffusionXL
 
-    pipe = LEditsPPPipelineStableDiffusionXL(
-        vae=bundle.vae,
-        text_encoder=bundle.text_encoder,
-        text_encoder_2=bundle.text_encoder_2,
-        tokenizer=bundle.tokenizer,
-        tokenizer_2=bundle.tokenizer_2,
-        unet=bundle.unet,
-        scheduler=scheduler,
-        force_zeros_for_empty_prompt=bundle.empty_is_zeros,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline_on(bundle, LEditsPPPipelineStableDiffusionXL, scheduler=scheduler)
     return pipe.to(device if device is not None else pipe.unet.device)
 
 

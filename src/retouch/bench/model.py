@@ -79,33 +79,13 @@ def _pipeline(model):
     StableDiffusion3Pipeline (its Euler scheduler)."""
     from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
-    if model.family == "sd3":
-        pipe = StableDiffusion3Pipeline(
-            transformer=model.transformer,
-            scheduler=model.scheduler,
-            vae=model.vae,
-            text_encoder=model.text_encoder,
-            tokenizer=model.tokenizer,
-            text_encoder_2=model.text_encoder_2,
-            tokenizer_2=model.tokenizer_2,
-            text_encoder_3=model.text_encoder_3,
-            tokenizer_3=model.tokenizer_3,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    from retouch.bench.diffusers_pipelines import pipeline_on
 
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    if model.family == "sd3":
+        return pipeline_on(model, StableDiffusion3Pipeline)
+    return pipeline_on(
+        model, StableDiffusionPipeline, scheduler=DDIMScheduler.from_config(model.scheduler.config)
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def generate(
