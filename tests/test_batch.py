@@ -84,6 +84,7 @@ def test_a_manifest_with_two_bad_rows_completes_with_one_result_per_row(tmp_path
         if r["status"] == "ok":
             params = read_params(r["output"])
             assert Path(r["output"]).parent == out.resolve() and params["method"] in ("diffedit", "ledits")
+            assert params["family"] == "sd" and params["retouch"]
             assert r["unet_evals"] > 0
     again = CliRunner().invoke(main, ["batch", str(manifest), "--out", str(out), "--json", "--no-progress"])
     # resumed: only the two failed rows are tried again (and fail again); one line per row still

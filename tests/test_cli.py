@@ -254,7 +254,7 @@ def test_edit_ledits_concepts_preset_and_per_concept_settings(image, tmp_path, m
     assert s["add"] == ["red circle"] and s["remove"] == ["purple circle"]
     assert s["edit_scale"] == [9, 4]  # the flag beats the preset
     assert s["edit_warmup"] == 5 and s["preset"] == "object"  # the preset beats the default
-    assert read_params(out)["method"] == "ledits"
+    assert read_params(out)["method"] == "ledits" and read_params(out)["family"] == "sd"
 
 
 def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_path, model_args):

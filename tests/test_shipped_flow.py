@@ -103,7 +103,7 @@ def test_the_command_line_runs_flowedit_on_the_shipped_flow_model(tmp_path):
     default = CliRunner().invoke(main, [*plain, "--n-max", "4", "-o", str(tmp_path / "c.png")])
     assert default.exit_code == 0, default.output  # no --model: the shipped flow model
     same = (read_params(tmp_path / p)["fingerprint"] for p in ("a.png", "c.png"))
-    assert next(same) == next(same)
+    assert next(same) == next(same) and read_params(tmp_path / "a.png")["family"] == "sd3"
     on_sd = CliRunner().invoke(main, [*plain, "--model", "shapes-sd", "-o", str(tmp_path / "d.png")])
     assert on_sd.exit_code == 2 and "flow model" in on_sd.stderr and "shapes-sd3" in on_sd.stderr
     assert len(on_sd.stderr.strip().splitlines()) == 1 and not (tmp_path / "d.png").exists()

@@ -547,6 +547,7 @@ def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on
     with Image.open(out[2]) as png:
         params = json.loads(png.text[PNG_KEY])
     assert params["method"] == "flowedit" and params["settings"]["target"] == QUERY
+    assert params["family"] == "sd3" and params["retouch"]
     assert params["settings"]["target_guidance_scale"] == 13.5 and params["seed"] == 3
     diff = edit(sd3_model, None, image, "diffedit")
     assert diff["result"].size == (64, 64) and "mask area" in diff["status"]

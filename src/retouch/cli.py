@@ -24,9 +24,9 @@ from pathlib import Path
 
 import click
 
-from retouch import __version__, presets
+from retouch import presets
 from retouch.errors import InputError
-from retouch.files import check_output, image_saver, write_all_atomic
+from retouch.files import check_output, edit_params, image_saver, write_all_atomic
 from retouch.shell import (
     CONTEXT,
     MethodCommand,
@@ -252,14 +252,7 @@ def _edit_and_save(
     with progress_bars(run.progress) as progress:
         result = edit_with(bundle, progress, run.seed_kw)
     timings = {"load": t_load, **result.timings}
-    params = {
-        "model": bundle.model_id,
-        "fingerprint": bundle.fingerprint,
-        "method": method,
-        "settings": result.settings,
-        "seed": result.seed,
-        "retouch": __version__,
-    }
+    params = edit_params(bundle, method, result.settings, result.seed)
     if save_mask is not None and result.mask is None:
         raise InputError(f"the edit made no mask to write to {save_mask}")
     t0 = time.perf_counter()
@@ -516,14 +509,7 @@ def mask(image, output, query, reference, preset, **options):
         "preset": preset,
         "model": bundle.model_id,
     }
-    params = {
-        "model": bundle.model_id,
-        "fingerprint": bundle.fingerprint,
-        "method": "diffedit_mask",
-        "settings": settings_out,
-        "seed": run.seed or 0,
-        "retouch": __version__,
-    }
+    params = edit_params(bundle, "diffedit_mask", settings_out, run.seed or 0)
     saves = {
         output: image_saver(m.image(), output, params),
         overlay_path: image_saver(m.overlay(img), overlay_path, params),

@@ -108,6 +108,22 @@ def save_image(img, path, params: dict | None = None, tmp=None) -> None:
     write_atomic(path, image_saver(img, path, params), tmp)
 
 
+def edit_params(model, method: str, settings: dict, seed) -> dict:
+    """What an output PNG records of the edit that made it: the model (its id, family and weights'
+    fingerprint), the method, its settings and seed, and retouch's version."""
+    from retouch import __version__
+
+    return {
+        "model": model.model_id,
+        "family": model.family,
+        "fingerprint": model.fingerprint,
+        "method": method,
+        "settings": settings,
+        "seed": seed,
+        "retouch": __version__,
+    }
+
+
 def read_params(path) -> dict:
     """The parameters retouch wrote into a PNG's text chunk."""
     from PIL import Image

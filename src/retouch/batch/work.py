@@ -9,10 +9,9 @@ import time
 from dataclasses import astuple
 from pathlib import Path
 
-from retouch import __version__
 from retouch.batch.manifest import Row
 from retouch.errors import InputError
-from retouch.files import save_image
+from retouch.files import edit_params, save_image
 from retouch.latents import fitted, load_image
 from retouch.methods.diffedit import GRID as DIFFEDIT_GRID
 from retouch.methods.diffedit import ddim_encoding, diffedit_many
@@ -118,14 +117,7 @@ def _run(model: ModelBundle, rows: list[Row], shared: dict, tmp_dir: Path | None
     seconds = round((time.perf_counter() - t0) / len(rows), 4)
     out = {}
     for row, result, spent in zip(rows, results, made):
-        params = {
-            "model": model.model_id,
-            "fingerprint": model.fingerprint,
-            "method": row.method,
-            "settings": result.settings,
-            "seed": result.seed,
-            "retouch": __version__,
-        }
+        params = edit_params(model, row.method, result.settings, result.seed)
         row.output.parent.mkdir(parents=True, exist_ok=True)
         tmp = None if tmp_dir is None else tmp_dir / f"{row.key or row.index}.{os.getpid()}.tmp"
         save_image(result.image, row.output, params, tmp)

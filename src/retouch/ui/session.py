@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from retouch.errors import InputError, SettingError
+from retouch.files import edit_params
 from retouch.flows import network_name
 from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
@@ -154,13 +155,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
     else:
         raise SettingError(f"method must be diffedit, ledits or flowedit, got {req.method!r}")
     overlay = image if result.mask is None else result.mask.overlay(image)
-    params = {
-        "model": model.model_id,
-        "fingerprint": model.fingerprint,
-        "method": req.method,
-        "settings": result.settings,
-        "seed": result.seed,
-    }
+    params = edit_params(model, req.method, result.settings, result.seed)
     evals = result.unet_evals + sum(v.unet_evals for v in made)
     return Outcome(result, overlay, tuple(steps), evals, params, note, network_name(model))
 
