@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 
 import retouch
+from ledits_pp_parity import max_difference, theirs_inverted
 from retouch.attention import concept_level
 from retouch.bench import diffusers_pipelines as dp
 from retouch.denoiser import unet_calls
 from retouch.errors import InputError
 from retouch.guidance import SegaState, attention_mask, implicit_mask, noise_mask, smooth3
-from retouch.methods.ledits import LEditsConfig, _concept_masks, edit_job
+from retouch.methods.ledits import _concept_masks, edit_job
 from retouch.models import from_components
-from retouch.schedule import Schedule
 from retouch.shapes.architecture import SD1_SCHEDULER, build_components
 
 torch.set_num_threads(1)
@@ -163,63 +163,18 @@ def _pp(n: int, skip: int) -> dict:
     return dict(num_inference_steps=n, skip=skip, solver="dpmsolver++")
 
 
-def _theirs_inverted(model, image, n: int, k: int, seed: int = 3):
-    pipe = dp.ledits_pipeline(model)
-    dp.ledits_invert(pipe, Image.fromarray(image), "", 3.5, n, k, seed)
-    return pipe
-
-
-def _ours_from_theirs(model, image, pipe, n: int, k: int):
-    """Our Inversion carrying diffusers' start latent, noise maps and timesteps."""
-    inv = retouch.invert(model, image, **_pp(n, n - k))
-    x = pipe.init_latents.float()  # [1, C, h, w]
-    return dataclasses.replace(
-        inv,
-        trajectory=torch.cat([x, torch.zeros(k, *x.shape[1:])]),
-        zs=pipe.zs[:, 0].float(),  # [K, C, h, w]
-        timesteps=tuple(int(t) for t in pipe.inversion_steps),
-    )
-
-
 @pytest.mark.parametrize("mode", ["intersect", "attention", "noise"])
 def test_edit_equals_diffusers_given_its_inversion(mini_zero_end, image, mode, monkeypatch, record_property):
-    mini_random = mini_zero_end
     n, k = 30, 20  # diffusers' timesteps from 641 down: below 800, where it uses M¹ alone
-    pipe = _theirs_inverted(mini_random, image, n, k)
+    pipe = theirs_inverted(mini_zero_end, image, n, k)
     assert max(int(t) for t in pipe.inversion_steps) <= 800
-    # the model's scheduler as diffusers' DPM-Solver spaces it (retouch checks an inversion's steps)
-    theirs_steps = [int(t) for t in pipe.scheduler.timesteps]
-    monkeypatch.setattr(Schedule, "timesteps", lambda self, num: theirs_steps)
-    add, remove, scale, q, warm = ["green circle"], ["red square"], 8.0, 0.8, 1
-    flags = dict(intersect=(True, False), attention=(False, True), noise=(False, False))[mode]
-    with dp.own_attention_processors(pipe.unet):
-        theirs = pipe(
-            editing_prompt=[*add, *remove],
-            reverse_editing_direction=[False, True],
-            edit_guidance_scale=[scale] * 2,
-            edit_threshold=[q] * 2,
-            edit_warmup_steps=[warm] * 2,
-            use_intersect_mask=flags[0],
-            use_cross_attn_mask=flags[1],
-            output_type="latent",
-        ).images
-    inv = _ours_from_theirs(mini_random, image, pipe, n, k)
-    cfg = LEditsConfig(
-        **_pp(n, n - k),
-        implicit_mask=mode,
-        edit_scale=scale,
-        edit_threshold=q,
-        edit_warmup=warm,
-        momentum_scale=0.0,
-    )
-    ours = retouch.ledits(mini_random, inv, add=add, remove=remove, config=cfg)
-    err = float((ours.latents - theirs.float()).abs().max())
+    err = max_difference(mini_zero_end, image, pipe, n, k, mode, monkeypatch)
     record_property("max_abs_difference", err)
     assert err <= 1e-4, err
 
 
 def test_diffusers_needs_cross_attention_at_latent_over_four_ours_does_not(tiny_eps, image):
-    pipe = _theirs_inverted(tiny_eps, image, 12, 10)
+    pipe = theirs_inverted(tiny_eps, image, 12, 10)
     with dp.own_attention_processors(pipe.unet), pytest.raises(ValueError, match="non-empty list"):
         pipe(editing_prompt=["green circle"], edit_guidance_scale=5.0, output_type="latent")
     out = retouch.ledits(

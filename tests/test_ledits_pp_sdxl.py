@@ -27,9 +27,8 @@ import torch
 from PIL import Image
 
 import retouch
+from ledits_pp_parity import max_difference, theirs_inverted
 from retouch.bench import diffusers_pipelines as dp
-from retouch.methods.ledits import LEditsConfig
-from retouch.schedule import Schedule
 
 torch.set_num_threads(1)
 # numpy 2 on diffusers' DPM-Solver scheduler, which makes an array of a tensor
@@ -66,53 +65,13 @@ def _image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
-def _ours_from_theirs(model, image, pipe, n: int, k: int):
-    """Our Inversion carrying diffusers' start latent, noise maps and timesteps."""
-    inv = retouch.invert(model, image, num_inference_steps=n, skip=n - k, solver="dpmsolver++")
-    x = pipe.init_latents.float()  # [1, C, h, w]
-    return dataclasses.replace(
-        inv,
-        trajectory=torch.cat([x, torch.zeros(k, *x.shape[1:])]),
-        zs=pipe.zs[:, 0].float(),  # [K, C, h, w]
-        timesteps=tuple(int(t) for t in pipe.inversion_steps),
-    )
-
-
 @pytest.mark.parametrize("mode", ["intersect", "attention", "noise"])
 def test_sdxl_edit_equals_diffusers_given_its_inversion(xl3_zero_end, mode, monkeypatch, record_property):
     model, image = xl3_zero_end, _image()
     n, k = 30, 27  # diffusers' timesteps from 865 down
-    pipe = dp.ledits_pipeline(model)
-    dp.ledits_invert(pipe, Image.fromarray(image), "", 3.5, n, k, seed=3)
+    pipe = theirs_inverted(model, image, n, k)
     assert max(int(t) for t in pipe.inversion_steps) > 800 and bool(pipe.zs[-2].any())  # none zeroed
-    theirs_steps = [int(t) for t in pipe.scheduler.timesteps]
-    monkeypatch.setattr(Schedule, "timesteps", lambda self, num: theirs_steps)
-    add, remove, scale, q, warm = ["green circle"], ["red square"], 8.0, 0.8, 1
-    flags = dict(intersect=(True, False), attention=(False, True), noise=(False, False))[mode]
-    with dp.own_attention_processors(pipe.unet):
-        theirs = pipe(
-            editing_prompt=[*add, *remove],
-            reverse_editing_direction=[False, True],
-            edit_guidance_scale=[scale] * 2,
-            edit_threshold=[q] * 2,
-            edit_warmup_steps=[warm] * 2,
-            use_intersect_mask=flags[0],
-            use_cross_attn_mask=flags[1],
-            output_type="latent",
-        ).images
-    cfg = LEditsConfig(
-        num_inference_steps=n,
-        skip=n - k,
-        solver="dpmsolver++",
-        implicit_mask=mode,
-        edit_scale=scale,
-        edit_threshold=q,
-        edit_warmup=warm,
-        momentum_scale=0.0,
-    )
-    inv = _ours_from_theirs(model, image, pipe, n, k)
-    ours = retouch.ledits(model, inv, add=add, remove=remove, config=cfg)
-    err = float((ours.latents - theirs.float()).abs().max())
+    err = max_difference(model, image, pipe, n, k, mode, monkeypatch)
     record_property("max_abs_difference", err)
     assert err <= 1e-4, err
 
