@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import retouch
 from retouch.files import read_params
 from retouch.main import main
 from retouch.shapes.world import HELD_OUT_SEED, caption, render, sample_scene
@@ -706,3 +707,46 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
         res[1]["error"]
         == "flowedit runs on a flow model (Stable Diffusion 3, FLUX; shipped: shapes-sd3); this one is sd"
     )
+
+
+def test_a_flux_folder_edits_end_to_end_in_a_batch_on_the_command_line_and_in_python(tmp_path):
+    """A FLUX folder (tiny, random) through every shell: a flowedit batch row gives the command
+    line's and the library's image for the same seed, its PNG names the family; a LEDITS row on it
+    fails alone in one line."""
+    from diffusers import FluxPipeline
+
+    from flow_tiny import flux_parts
+
+    folder = tmp_path / "flux"
+    FluxPipeline(**flux_parts()).save_pretrained(folder)
+    img = one_image(tmp_path)
+    edit = dict(source="a red circle", target="a green circle", num_inference_steps=4, n_max=3, seed=1)
+    rows = [
+        dict(image=img.name, method="flowedit", **edit),
+        dict(image=img.name, method="ledits", add=["a cat"]),
+    ]
+    run = batch_cli(
+        write_rows(tmp_path / "m.jsonl", rows), tmp_path / "out", "--model", str(folder), "--json"
+    )
+    assert run.exit_code == 1, run.output
+    res = {r["row"]: r for r in results(tmp_path / "out")}
+    assert (
+        res[0]["status"] == "ok"
+        and res[1]["status"] == "failed"
+        and "use flowedit on FLUX" in res[1]["error"]
+    )
+    params = read_params(res[0]["output"])
+    assert params["family"] == "flux" and params["method"] == "flowedit" and params["seed"] == 1
+    flags = ["--source", "a red circle", "--target", "a green circle", "--num-inference-steps", "4"]
+    cli = CliRunner().invoke(
+        main, ["edit", "flowedit", str(img), *flags, "--n-max", "3", "--seed", "1", "--model", str(folder),
+               "-o", str(tmp_path / "c.png")],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    lib = retouch.flowedit(
+        retouch.load(folder, device="cpu", dtype="float32"), np.asarray(Image.open(img)), **edit
+    )
+    with Image.open(res[0]["output"]) as a, Image.open(tmp_path / "c.png") as c:
+        assert np.array_equal(np.asarray(a), np.asarray(c)) and np.array_equal(
+            np.asarray(a), np.asarray(lib.image)
+        )
