@@ -4,6 +4,7 @@ function documents each argument and what it returns (`Args:` / `Returns:`, as d
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,14 @@ def test_every_public_function_documents_its_arguments_and_what_it_returns(name)
 def test_the_public_functions_are_all_there():
     assert {"load", "diffedit", "diffedit_many", "diffedit_mask", "ddim_encoding", "ledits", "ledits_many",
             "invert"} <= set(PUBLIC)  # fmt: skip
+
+
+def test_the_version_is_one_everywhere():
+    """`retouch.__version__`, what an output PNG records and pyproject.toml's version agree."""
+    import tomllib
+
+    from retouch.files import edit_params
+
+    stated = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    model = type("M", (), dict(model_id="m", family="sd", fingerprint="f"))()
+    assert retouch.__version__ == stated == edit_params(model, "ledits", {}, 0)["retouch"]

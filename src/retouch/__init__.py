@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from retouch.version import __version__ as __version__
 
 _LAZY = {
     "load": "retouch.models",

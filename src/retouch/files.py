@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retouch.errors import OutputError
+from retouch.version import __version__
 
 PNG_KEY = "retouch"  # the PNG text chunk holding an output's parameters, as JSON
 
@@ -111,8 +112,6 @@ def save_image(img, path, params: dict | None = None, tmp=None) -> None:
 def edit_params(model, method: str, settings: dict, seed) -> dict:
     """What an output PNG records of the edit that made it: the model (its id, family and weights'
     fingerprint), the method, its settings and seed, and retouch's version."""
-    from retouch import __version__
-
     return {
         "model": model.model_id,
         "family": model.family,
