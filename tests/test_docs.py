@@ -76,6 +76,7 @@ def history_hits(text: str, prose: bool) -> list[tuple[int, str, str]]:
 
 # the examples are assembled, so that this file itself names no work period or ticket
 PERIOD, TICKET = "sess" + "ion", "iss" + "ue"
+LOANED, JOB = "le" + "nt", "ta" + "sk"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ PERIOD, TICKET = "sess" + "ion", "iss" + "ue"
         "bench500-v11-s16",
         f"the one target of {TICKET} 11",
         "fixed by #33",
-        "No GPU was lent to this " + "ta" + "sk",
+        f"No GPU was {LOANED} to this {JOB}",
         "No GPU again; version 11 stays shipped",
         "as METHODS §2 states it",
         "(s14 → s15)",
