@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import retouch
+from retouch.bench import diffusers_pipelines as dp
 from retouch.denoiser import UNetCalls
 from retouch.latents import decode, encode, to_image, to_pixels
 from retouch.shapes.architecture import build_sdxl_components, save_pipeline
@@ -61,20 +62,6 @@ def peak_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
 
 
-def theirs(model):
-    """diffusers' LEDITS++ XL on the bundle's own modules (one copy of the weights in memory),
-    with its default scheduler."""
-    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusionXL
-
-    from retouch.bench.diffusers_pipelines import pipeline_on
-
-    scheduler = DPMSolverMultistepScheduler.from_config(
-        model.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
-    )
-    pipe = pipeline_on(model, LEditsPPPipelineStableDiffusionXL, scheduler=scheduler)
-    return pipe
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,7 +78,7 @@ def main(argv=None) -> None:
     else:
         folder = save_pipeline(work / "model", build_sdxl_components("tiny", work / "tok"))
         model = retouch.load(str(folder), device=args.device, dtype=dtype)
-    pipe = theirs(model)
+    pipe = dp.ledits_pipeline(model)  # its SDXL pipeline on the bundle's modules, its default scheduler
     n_params = sum(p.numel() for p in model.unet.parameters())
     kind = "base architecture" if args.full_size else "tiny"
     built = time.perf_counter() - t0
