@@ -641,3 +641,29 @@ def test_flowedit_settings_given_to_the_bench_reach_its_rows(judge_path, tmp_pat
     (row,) = [r for r in rows if r["method"] == "flowedit"]
     assert row["unet_evals"] == 16
     assert "FlowEdit n_max=4 target_guidance_scale=5.0" in (out / "summary.md").read_text()
+
+
+def test_bench_model_draws_sd3_without_t5_as_diffusers_does_with_its_zero_rows_given_once():
+    """`bench model` hands diffusers' StableDiffusion3Pipeline one zero row weighed as 256
+    (flows.ZeroRunAttention): the same images as the pipeline's own 256 zero rows."""
+    from unittest import mock
+
+    from flow_tiny import bundle
+    from retouch import flows
+    from retouch.bench.model import _pipeline, generate
+
+    model = bundle("sd3")
+    pipe = _pipeline(model)
+    seen = []
+    hook = model.transformer.context_embedder.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].shape[1])
+    )
+    kw = dict(captions=["a red circle", "a blue square"], steps=3, guidance=5.0, seed=7, batch=2, size=32)
+    try:
+        once = generate(pipe, model, **kw)
+        with mock.patch.object(flows, "zero_tokens", return_value=1):
+            whole = generate(pipe, model, **kw)
+    finally:
+        hook.remove()
+    assert set(seen[:3]) == {77 + 1} and set(seen[3:]) == {77 + 256}
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(once, whole)) <= 1

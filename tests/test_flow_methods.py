@@ -151,3 +151,62 @@ def test_an_sd3_folder_in_bfloat16_edits_a_768_by_512_image_at_its_own_size_with
     for r in results:
         assert r.image.size == (768, 512)
         assert torch.isfinite(r.latents).all()
+
+
+def _context_lengths(model):
+    """Every context length the transformer's context embedder sees, recorded by a hook."""
+    seen = []
+    embedder = model.transformer.context_embedder
+    hook = embedder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    return seen, hook
+
+
+def test_sd3_without_t5_gives_its_zero_tokens_once_and_the_velocity_is_unchanged(sd3):
+    """The absent T5's 256 zero rows reach the transformer as one row weighed 256 times
+    (flows.ZeroRunAttention); the velocity equals the transformer's on the full context."""
+    from retouch.flows import velocity_fn
+    from retouch.text import encode_text
+
+    cond = encode_text(sd3, ["a red circle", ""])  # [2, 77 + 256 + 1, D]
+    x = torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(0))
+    counter = type("Counter", (), {"n": 0})()
+    seen, hook = _context_lengths(sd3)
+    try:
+        v = velocity_fn(sd3, counter)(x, 0.6, cond)
+        tr = sd3.transformer
+        full = tr(
+            hidden_states=x, encoder_hidden_states=cond[:, :-1], pooled_projections=cond[:, -1, :32],
+            timestep=torch.full((2,), 600.0),
+        ).sample  # fmt: skip
+    finally:
+        hook.remove()
+    assert seen == [cond.shape[1] - 1 - 255, cond.shape[1] - 1]
+    assert (v - full).abs().max().item() <= 1e-5 * full.abs().max().item()
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    assert all(type(p) is JointAttnProcessor2_0 for p in tr.attn_processors.values())  # restored
+
+
+def test_sd3_zero_tokens_stay_whole_with_t5_in_half_precision_or_a_users_processor(sd3):
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from retouch.flows import velocity_fn
+    from retouch.text import encode_text
+
+    class Mine(JointAttnProcessor2_0):
+        pass
+
+    counter = type("Counter", (), {"n": 0})()
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    for model in (bundle("sd3", t5=True), bundle("sd3", dtype=torch.bfloat16), sd3):
+        own = dict(model.transformer.attn_processors)
+        if model is sd3:
+            model.transformer.set_attn_processor(Mine())
+        cond = encode_text(model, ["a red circle"])
+        seen, hook = _context_lengths(model)
+        try:
+            velocity_fn(model, counter)(x, 0.5, cond)
+        finally:
+            hook.remove()
+            model.transformer.set_attn_processor(own)
+        assert seen == [cond.shape[1] - 1]

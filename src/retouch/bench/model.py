@@ -100,23 +100,29 @@ def generate(
 ):
     """Images (uint8 (H, W, 3)) generated from the captions, image i with seed + i, at `size`
     pixels a side (default: the model's native size)."""
+    from retouch.flows import is_flow, one_for_many, zero_tokens
+
     size = size or model.native_size
     n = len(captions)
     images = []
+    copies = zero_tokens(model) if is_flow(model) else 1  # SD3 without T5: its zero rows given once
+    fewer = {"max_sequence_length": 1} if copies > 1 else {}  # (the same images: docs/flow.md, "Speed")
     for i in range(0, n, batch):
         gens = [
             torch.Generator(model.device).manual_seed(seed + i + j)
             for j in range(len(captions[i : i + batch]))
         ]
-        out = pipe(
-            captions[i : i + batch],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gens,
-            output_type="np",
-            height=size,
-            width=size,
-        )
+        with one_for_many(model.unet, copies):
+            out = pipe(
+                captions[i : i + batch],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                output_type="np",
+                height=size,
+                width=size,
+                **fewer,
+            )
         images.extend((out.images * 255).round().astype(np.uint8))
     return images
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from retouch.flows import ZeroRunAttention
 from retouch.shapes import world
 from retouch.shapes.train import TrainConfig, _logged, _loop, _scene_of, _tokenize
 from retouch.shapes.world import HELD_OUT_SEED
@@ -92,47 +92,6 @@ def build_sd3_components(tokenizer_dir: Path, seed: int = 0, size: dict = MINI_S
         tokenizer_2=tok,
         scheduler=scheduler,
     )
-
-
-class _ZeroTokensAttention:
-    """SD3's joint attention where the context's last token stands for `copies` identical ones.
-
-    The absent T5's `T5_ZERO_TOKENS` zero tokens stay identical through every block (same input, same
-    keys), so attending to them equals attending to one of them with log(copies) added to its logit:
-    training sees exactly what the pipeline computes, at a fraction of the cost."""
-
-    def __init__(self, copies: int):
-        self.bias = math.log(copies)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **_):
-        b, n = hidden_states.shape[:2]
-
-        def heads(x):  # [B, T, H·d] → [B, H, T, d]
-            return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        q, k, v = (
-            heads(attn.to_q(hidden_states)),
-            heads(attn.to_k(hidden_states)),
-            heads(attn.to_v(hidden_states)),
-        )
-        if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
-        cq = heads(attn.add_q_proj(encoder_hidden_states))
-        ck = heads(attn.add_k_proj(encoder_hidden_states))
-        cv = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
-        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
-        bias = torch.zeros(
-            1, 1, 1, k.shape[2], dtype=q.dtype
-        )  # [1, 1, 1, T_all]: log(copies) on the last key
-        bias[..., -1] = self.bias
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])  # [B, T_all, H·d]
-        img, ctx = out[:, :n], out[:, n:]
-        if not attn.context_pre_only:
-            ctx = attn.to_add_out(ctx)
-        return attn.to_out[1](attn.to_out[0](img)), ctx
 
 
 def encode_captions(te1, te2, ids: torch.Tensor, zero_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +167,7 @@ def train_flow(work: Path, cfg: TrainConfig) -> None:
     latents, seeds, shift, scale = _flow_latents(work, vae, cfg)
     scenes = [_scene_of(s, cfg) for s in seeds.tolist()]
     log.info("dataset %s shift %.4f scaling factor %.4f", tuple(latents.shape), shift, scale)
-    tr.set_attn_processor(_ZeroTokensAttention(T5_ZERO_TOKENS))
+    tr.set_attn_processor(ZeroRunAttention(T5_ZERO_TOKENS))  # what the pipeline computes, faster
     empty_ids = _tokenize(tok, [""])[0]
     ema = build_sd3_components(work / "tokenizer", seed=cfg.seed)
     pairs = [(ema[n], parts[n]) for n in ("transformer", "text_encoder", "text_encoder_2")]
