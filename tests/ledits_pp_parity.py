@@ -36,9 +36,9 @@ def ours_from_theirs(model, image, pipe, n: int, k: int):
     )
 
 
-def max_difference(model, image, pipe, n: int, k: int, mode: str, monkeypatch) -> float:
+def max_difference(model, image, pipe, n: int, k: int, mode: str, monkeypatch, **ours) -> float:
     """Both edits of the inverted image, one concept added and one removed, under the implicit mask
-    `mode`: the max absolute difference of their final latents."""
+    `mode` (and our settings `ours`): the max absolute difference of their final latents."""
     # the model's scheduler as diffusers' DPM-Solver spaces it (retouch checks an inversion's steps)
     theirs_steps = [int(t) for t in pipe.scheduler.timesteps]
     monkeypatch.setattr(Schedule, "timesteps", lambda self, num: theirs_steps)
@@ -64,6 +64,7 @@ def max_difference(model, image, pipe, n: int, k: int, mode: str, monkeypatch) -
         edit_threshold=q,
         edit_warmup=warm,
         momentum_scale=0.0,
+        **ours,
     )
     ours = retouch.ledits(
         model, ours_from_theirs(model, image, pipe, n, k), add=add, remove=remove, config=cfg

@@ -142,6 +142,8 @@ def test_a_concept_never_applied_or_never_masked_is_said(mini_random, image):
         (dict(edit_threshold=1.0), "(0, 1)"),
         (dict(edit_threshold=0.0), "(0, 1)"),
         (dict(implicit_mask="everywhere"), "implicit_mask"),
+        (dict(attention_alone_above=float("nan")), "attention_alone_above must be finite"),
+        (dict(attention_alone_above=-1), "attention_alone_above must be >= 0"),
     ],
 )
 def test_bad_settings_fail_before_any_unet_call(mini_random, image, settings, words):
@@ -171,6 +173,21 @@ def test_edit_equals_diffusers_given_its_inversion(mini_zero_end, image, mode, m
     err = max_difference(mini_zero_end, image, pipe, n, k, mode, monkeypatch)
     record_property("max_abs_difference", err)
     assert err <= 1e-4, err
+
+
+def test_from_above_t_800_the_edit_equals_diffusers_with_its_attention_alone_rule(
+    mini_zero_end, image, monkeypatch
+):
+    """diffusers uses the attention mask alone at timesteps above 800; `attention_alone_above=800`
+    follows it (parity from t ≈ 930 down), the paper's intersection at every step does not."""
+    n, k = 30, 28
+    pipe = theirs_inverted(mini_zero_end, image, n, k)
+    assert max(int(t) for t in pipe.inversion_steps) > 800
+    rule = max_difference(
+        mini_zero_end, image, pipe, n, k, "intersect", monkeypatch, attention_alone_above=800
+    )
+    paper = max_difference(mini_zero_end, image, pipe, n, k, "intersect", monkeypatch)
+    assert rule <= 1e-4 < 1e-2 < paper, (rule, paper)
 
 
 def test_diffusers_needs_cross_attention_at_latent_over_four_ours_does_not(tiny_eps, image):

@@ -185,6 +185,7 @@ class Guide:
     mask: torch.Tensor | None = None
     implicit: str | None = None
     tokens: tuple[int, ...] = ()
+    attention_alone_above: float = 1000.0  # "intersect": M¹ alone at timesteps above it (diffusers: 800)
 
     @property
     def conds(self) -> list[torch.Tensor]:
@@ -196,16 +197,19 @@ class Guide:
         """Whether a step needs the concepts' cross-attention maps."""
         return self.implicit in ("intersect", "attention") and bool(self.concepts)
 
-    def combine(self, eps: list[torch.Tensor], x: torch.Tensor, state: SegaState, maps=None):
-        """ε̃ and the new state from this edit's branch outputs (each [1, C, h, w]); maps: the
-        branches' cross-attention maps [k_b, h', w', L] when `needs_maps`."""
+    def combine(self, eps: list[torch.Tensor], x: torch.Tensor, state: SegaState, maps=None, t=None):
+        """ε̃ and the new state from this edit's branch outputs (each [1, C, h, w]) at timestep t;
+        maps: the branches' cross-attention maps [k_b, h', w', L] when `needs_maps`."""
         e = cfg(eps[0], eps[1], self.base_scale) if self.base is not None else eps[0]
         if not self.concepts:
             return e, SegaState(state.step + 1, state.momentum)
         k = len(self.concepts)
         if self.implicit is not None:
+            mode = self.implicit
+            if mode == "intersect" and t is not None and t > self.attention_alone_above:
+                mode = "attention"
             gamma, masks = ledits_pp_step(
-                eps[0], eps[-k:], list(self.concepts), state.step, self.implicit,
+                eps[0], eps[-k:], list(self.concepts), state.step, mode,
                 None if maps is None else maps[-k:], list(self.tokens), self.mask,
             )  # fmt: skip
             return e + gamma, _with_masks(state, masks, x)
@@ -250,7 +254,7 @@ def sega_eps_many(eps_fn: EpsFn, guides: list[Guide], maps=None):
         out, new, i = [], [], 0
         for b, (g, k) in enumerate(zip(guides, sizes)):
             own = attn[i : i + k] if attn is not None and g.needs_maps else None
-            e, state = g.combine(list(eps[i : i + k]), x[b : b + 1], states[b], own)
+            e, state = g.combine(list(eps[i : i + k]), x[b : b + 1], states[b], own, t)
             out.append(e)
             new.append(state)
             i += k

@@ -109,6 +109,13 @@ class LEditsConfig:
         "inversion's trajectory, as outside a given mask",
         ours=True,
     )
+    attention_alone_above: float = setting(
+        1000.0,
+        "with intersect masks: the cross-attention mask alone at timesteps above this one "
+        "(diffusers' LEDITS++ pipeline: 800); 1000: the intersection at every step (the paper's)",
+        ours=True,
+        values="[0, 1000]",
+    )
     implicit_tokens: str = setting(
         "sequence",
         "whose attention the cross-attention mask sums: sequence (every token after the start "
@@ -129,6 +136,7 @@ class LEditsConfig:
         check_number("momentum_scale", self.momentum_scale, 0)
         check_number("momentum_beta", self.momentum_beta, 0, 1)
         check_number("feather", self.feather, 0, 64)
+        check_number("attention_alone_above", self.attention_alone_above, 0, 1000)
         if self.solver not in SOLVERS:
             raise SettingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.implicit_tokens not in ("sequence", "words"):
@@ -332,6 +340,7 @@ def _guide(model, inv: Inversion, prompt: str, concepts, cfg: LEditsConfig, mask
         mask,
         implicit,
         tuple(_tokens(model, c.text, cfg) for c in concepts) if implicit else (),
+        cfg.attention_alone_above,
     )
 
 
