@@ -239,9 +239,8 @@ def zero_tokens(bundle: FlowBundle) -> int:
     return s if stock else 1
 
 
-def _zero_run(bundle: FlowBundle, states: torch.Tensor) -> int:
-    """`zero_tokens` where the context [B, L, D] does end in that many zero rows, else 1."""
-    s = zero_tokens(bundle)
+def _zero_run(s: int, states: torch.Tensor) -> int:
+    """s (the model's `zero_tokens`) where the context [B, L, D] does end in that many zero rows, else 1."""
     if s == 1 or states.shape[1] <= s or states.dtype != torch.float32 or states[:, -s:].any():
         return 1
     return s
@@ -267,6 +266,7 @@ def velocity_fn(bundle: FlowBundle, counter) -> VFn:
     counting its batch elements in `counter`. FLUX: `guidance` is the guidance embedding's scale, a
     number or one per batch element [B]."""
     tr, dt = bundle.transformer, bundle.dtype
+    zeros = zero_tokens(bundle) if bundle.family == "sd3" else 1  # once per edit, not per call
 
     @torch.inference_mode()
     def v_fn(x_t: torch.Tensor, t: float, cond: torch.Tensor, guidance=None) -> torch.Tensor:
@@ -275,7 +275,7 @@ def velocity_fn(bundle: FlowBundle, counter) -> VFn:
         if bundle.family == "sd3":
             states, pooled = unpack(cond, tr.config.pooled_projection_dim)
             ts = torch.full((b,), t * 1000.0, device=x_t.device, dtype=dt)
-            copies = _zero_run(bundle, states)
+            copies = _zero_run(zeros, states)
             with one_for_many(tr, copies):
                 out = tr(
                     hidden_states=x_t.to(dt),
