@@ -340,6 +340,32 @@ def test_diffedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it(t
     assert (prep.evals, edit.evals) == (3, 8)
 
 
+def test_diffedit_presets_on_a_flow_model_run_each_preset_less_its_word_weights():
+    """On SD3 a recolour runs the recolor preset less its word weights (which weigh a UNet's
+    cross-attention): to pure noise inside the fitted mask (N=3: encode 3, decode 2·3, mask 2), the
+    same image as DiffEdit given the rest of the preset by hand."""
+    from flow_tiny import bundle
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.diffedit import DiffEditConfig, diffedit
+
+    model = bundle("sd3")
+    s = Settings(diffedit=DiffEditConfig(num_inference_steps=3, mask_samples=1))
+    case = make_case(HELD_OUT_SEED, "recolor")
+    calls = UNetCalls(model.unet)
+    try:
+        out, prep, edit = run_method(Context(model), calls, METHODS["diffedit_presets"], case, s, {})
+    finally:
+        calls.unwrap()
+    assert (prep.evals, edit.evals) == (3, 8)
+    by_hand = diffedit(
+        model, case.input_image, case.target_caption, case.source_caption, seed=case.seed,
+        num_inference_steps=3, mask_samples=1, encode_ratio=1.0, mask_refine_radius=3.0,
+        mask_keep_ratio=0.8,
+    )  # fmt: skip
+    assert np.array_equal(out.image, np.asarray(by_hand.image.convert("RGB")))
+
+
 def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):
     """diffedit_concepts: a recolour is DiffEdit given "green circle" against "red circle" (the
     library's own edit with those texts, not the captions'); a removal has no phrase to add, so it

@@ -120,7 +120,24 @@ def test_options_of_stable_diffusions_path_are_refused_on_a_flow_model(sd3):
     with pytest.raises(InputError, match="solver"):
         retouch.invert(sd3, IMAGE, solver="dpmsolver++")
     with pytest.raises(InputError, match="word"):
-        retouch.diffedit(sd3, IMAGE, query="a green circle", preset="recolor")
+        retouch.diffedit(sd3, IMAGE, query="a green circle", changed_word_scale=3.0)
+
+
+@pytest.mark.parametrize("preset", ["recolor", "remove"])
+def test_a_diffedit_preset_on_a_flow_model_keeps_all_but_the_word_weights(sd3, preset):
+    """The word weights weigh a UNet's cross-attention: on SD3 a preset leaves them out, and an edit
+    with it is the edit with the rest of the preset given by hand."""
+    from retouch.presets import DIFFEDIT, UNET_ONLY
+
+    rest = {k: v for k, v in DIFFEDIT[preset].items() if k not in UNET_ONLY}
+    left_out = {"shared_word_scale", "changed_word_scale"} if preset == "recolor" else {"shared_word_scale"}
+    assert set(DIFFEDIT[preset]) - set(rest) == left_out
+    kw = dict(query="a green circle", reference="a red circle", num_inference_steps=6, seed=3)
+    by_preset = retouch.diffedit(sd3, IMAGE, preset=preset, **kw)
+    by_hand = retouch.diffedit(sd3, IMAGE, **rest, **kw)
+    assert by_preset.settings == {**by_hand.settings, "preset": preset}
+    assert by_preset.settings["shared_word_scale"] == 1.0 and by_preset.settings["encode_ratio"] == 1.0
+    assert torch.equal(by_preset.latents, by_hand.latents)
 
 
 def test_sd3_and_flux_folders_load_as_flow_models(tmp_path):

@@ -270,6 +270,10 @@ def test_presets_fill_the_form():
     )
     assert _preset_values("diffedit", "background") == filled(mode="no_mask", encode_ratio=0.9)
     assert _preset_values("diffedit", "none") == filled()
+    # on a flow model the word weights stay at 1 (they weigh a UNet's cross-attention)
+    assert _preset_values("diffedit", "recolor", flow=True) == filled(
+        mask_refine_radius=3.0, mask_keep_ratio=0.8, encode_ratio=1.0
+    )
 
 
 @pytest.mark.parametrize(

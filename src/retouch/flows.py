@@ -420,7 +420,7 @@ def check_carried_over(model, method: str, cfg) -> None:
     if getattr(cfg, "weighs_words", False):
         raise SettingError(
             "changed_word_scale and shared_word_scale weigh a UNet's cross-attention: keep them at 1 on a"
-            " flow model (the recolor preset sets them)"
+            " flow model (its presets leave them out)"
         )
 
 

@@ -78,6 +78,20 @@ LEDITS = {
 
 BY_METHOD = {"diffedit": DIFFEDIT, "ledits": LEDITS}
 
+# Settings that weigh a UNet's cross-attention, which a flow model (SD3, FLUX: joint attention) has
+# not: on a flow model a preset leaves them out and keeps the rest (BENCHMARKS.md, flow models).
+UNET_ONLY = ("changed_word_scale", "shared_word_scale")
+
+
+def on_model(method: str, flow: bool) -> dict:
+    """A method's presets as they apply to a model: all of each on a UNet model, less the UNet-only
+    settings on a flow model (`flow`)."""
+    table = BY_METHOD[method]
+    if not flow:
+        return table
+    return {name: {k: v for k, v in s.items() if k not in UNET_ONLY} for name, s in table.items()}
+
+
 # What each preset is for, in a few words (the app's preset menus)
 AIMS = {
     "diffedit": {

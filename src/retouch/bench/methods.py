@@ -136,16 +136,20 @@ KIND_PRESETS = {
 }
 
 
-def _preset_for(case: Case, s: Settings) -> Settings:
-    from retouch.methods.diffedit import PRESETS
+def _preset_for(ctx: Context, case: Case, s: Settings) -> Settings:
+    """The settings with the DiffEdit preset of the case's kind as it applies to the model (on a
+    flow model less the word weights: retouch.presets.on_model), the run's own laid over it."""
+    from retouch.flows import is_flow
+    from retouch.presets import on_model
     from retouch.settings import with_preset, with_settings
 
     name = KIND_PRESETS["diffedit"].get(case.kind)
-    return replace(s, diffedit=with_settings(with_preset(s.diffedit, PRESETS, name), s.given_in(s.diffedit)))
+    table = on_model("diffedit", is_flow(ctx.model))
+    return replace(s, diffedit=with_settings(with_preset(s.diffedit, table, name), s.given_in(s.diffedit)))
 
 
 def _diffedit_preset(ctx: Context, case: Case, s: Settings, encoding) -> Output:
-    return _diffedit(None)(ctx, case, _preset_for(case, s), encoding)
+    return _diffedit(None)(ctx, case, _preset_for(ctx, case, s), encoding)
 
 
 def _diffedit(mode: str | None, concepts: bool = False) -> Callable:
@@ -336,7 +340,7 @@ METHODS: dict[str, Method] = {
             "diffedit_presets",
             "diffedit",
             _diffedit_preset,
-            lambda ctx, case, s: _ddim_encoding(ctx, case, _preset_for(case, s)),
+            lambda ctx, case, s: _ddim_encoding(ctx, case, _preset_for(ctx, case, s)),
             lambda s: ("presets", *_ddim_key(s)),  # the encoding of one case under its preset
             has_mask=True,
         ),

@@ -20,12 +20,12 @@ import torch
 from retouch.attention import masked_word_scales, word_scales
 from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
 from retouch.errors import SettingError
-from retouch.flows import check_carried_over
+from retouch.flows import check_carried_over, is_flow
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
 from retouch.methods.common import Prepared, Progress, check_finite, check_model, generator, prepare, stage
-from retouch.presets import DIFFEDIT
+from retouch.presets import DIFFEDIT, on_model
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
 from retouch.settings import check_number, check_seed, configured, setting
@@ -151,9 +151,10 @@ class DiffEditConfig:
         return self.mode in ("diffedit", "no_mask")
 
 
-def _config(config: DiffEditConfig | None, preset: str | None, settings: dict) -> DiffEditConfig:
-    """The config, then a preset's settings (PRESETS), then the explicit settings, checked."""
-    cfg = configured(config or DiffEditConfig(), PRESETS, preset, settings)
+def _config(model, config: DiffEditConfig | None, preset: str | None, settings: dict) -> DiffEditConfig:
+    """The config, then a preset's settings (PRESETS; on a flow model less the word weights, which
+    weigh a UNet's cross-attention), then the explicit settings, checked."""
+    cfg = configured(config or DiffEditConfig(), on_model("diffedit", is_flow(model)), preset, settings)
     # the check accepts whole-number floats (10.0); store them as ints, which size and index tensors
     return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
 
@@ -191,7 +192,7 @@ def diffedit_mask(
         scores [h, w], its area and the UNet evaluations it cost (2n).
     """
     check_model(model)
-    cfg = _config(config, preset, settings)
+    cfg = _config(model, config, preset, settings)
     check_carried_over(model, "diffedit", cfg)
     query, reference = check_prompt(model, query, "query"), check_prompt(model, reference, "reference", True)
     return _infer_mask(model, prepare(model, image, x0=x0), query, reference, cfg, check_seed(seed))
@@ -278,7 +279,7 @@ def ddim_encoding(
         (encoding=) for any number of edits of the same image.
     """
     check_model(model)
-    cfg = _config(config, preset, settings)
+    cfg = _config(model, config, preset, settings)
     check_carried_over(model, "diffedit", cfg)
     return _encode(model, prepare(model, image), cfg, progress)
 
@@ -428,7 +429,7 @@ def edit_job(model, edit: dict, config, preset, settings: dict) -> _Job:
         edit.get("mask"),
         edit.get("encoding"),
         preset,
-        _config(config, preset, {**steps, **settings, **own}),
+        _config(model, config, preset, {**steps, **settings, **own}),
     )
 
 

@@ -27,13 +27,14 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.files import save_image
+from retouch.flows import is_flow
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.flowedit import PUBLISHED as FLOWEDIT_PUBLISHED
 from retouch.methods.flowedit import FlowEditConfig
 from retouch.methods.ledits import LEditsConfig
 from retouch.models import check_budget
-from retouch.presets import BY_METHOD, aims
+from retouch.presets import BY_METHOD, aims, on_model
 from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
 from retouch.ui.session import Cache, EditRequest, guarded, run
@@ -409,7 +410,7 @@ def build_app(
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
         for name, dropdown in (("ledits", preset), ("diffedit", diffedit_preset)):
             targets = [fields[name][n] for n in PRESET_FIELDS[name]]
-            fill = functools.partial(_preset_values, name)
+            fill = functools.partial(_preset_values, name, flow=is_flow(model))
             dropdown.change(fill, inputs=dropdown, outputs=targets, queue=False)
 
         form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
@@ -487,11 +488,12 @@ def _show_method(method: str):
     return [gr.update(visible=v) for v in shown_]
 
 
-def _preset_values(method: str, preset: str) -> list:
-    """The form's values of the fields `method`'s presets set (PRESET_FIELDS), for a preset: its
-    values, the config's defaults for the fields it leaves ("none": the defaults)."""
+def _preset_values(method: str, preset: str, flow: bool = False) -> list:
+    """The form's values of the fields `method`'s presets set (PRESET_FIELDS), for a preset as it
+    applies to the model (`flow`: a flow model's, retouch.presets.on_model): its values, the
+    config's defaults for the fields it leaves ("none": the defaults)."""
     fields = {s.name: s for s in settings_fields(CONFIGS[method])}
-    chosen = {k: shown(fields[k], v) for k, v in PRESETS[method].get(preset, {}).items()}
+    chosen = {k: shown(fields[k], v) for k, v in on_model(method, flow).get(preset, {}).items()}
     values = {**form_defaults(method), **chosen}  # both as the form shows them
     return [values[n] for n in PRESET_FIELDS[method]]
 

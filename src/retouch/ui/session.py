@@ -17,12 +17,12 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.files import edit_params
-from retouch.flows import network_name
+from retouch.flows import is_flow, network_name
 from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.flowedit import flowedit
 from retouch.methods.ledits import LEditsConfig, invert, ledits
-from retouch.presets import DIFFEDIT, LEDITS, reads_mask
+from retouch.presets import LEDITS, on_model, reads_mask
 from retouch.settings import check_seed, configured
 from retouch.types import EditResult, ModelBundle
 
@@ -161,7 +161,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
-    cfg = configured(DiffEditConfig(), DIFFEDIT, req.preset, req.settings)
+    cfg = configured(DiffEditConfig(), on_model("diffedit", is_flow(model)), req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
     if cfg.uses_mask:
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if reads_mask(k))
