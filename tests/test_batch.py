@@ -709,6 +709,31 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
     )
 
 
+def test_a_flowedit_rows_preset_is_checked_for_the_models_family_and_its_settings_run(tmp_path):
+    """A FlowEdit row names a preset of its family's (SD3's; FLUX has none), checked with the manifest:
+    a bad name fails that row alone; a good one runs, recorded, its settings under the row's own."""
+    from retouch.batch.manifest import resolve_rows
+
+    one_image(tmp_path)
+    raw = [
+        dict(image="red_circle.png", method="flowedit", target="a green circle", preset="stronger"),
+        dict(image="red_circle.png", method="flowedit", target="a green circle", preset="recolor"),
+    ]
+    errors = {
+        family: [r.error for r in resolve_rows(raw, tmp_path, tmp_path / "out", family=family)]
+        for family in ("sd3", "flux", None)
+    }
+    assert errors["sd3"][0] is None and errors[None][0] is None
+    assert errors["sd3"][1] == errors[None][1] == "preset must be one of stronger, background, got 'recolor'"
+    assert errors["flux"][0] == "FlowEdit has no presets on flux (they are measured on SD3)"
+    row = dict(raw[0], num_inference_steps=6, n_max=2, seed=1)
+    run = batch_cli(write_rows(tmp_path / "m.jsonl", [row]), tmp_path / "out", "--model", "shapes-sd3")
+    assert run.exit_code == 0, run.output
+    (res,) = results(tmp_path / "out")
+    settings = read_params(res["output"])["settings"]
+    assert (settings["preset"], settings["n_max"], settings["target_guidance_scale"]) == ("stronger", 2, 7.0)
+
+
 def test_a_flux_folder_edits_end_to_end_in_a_batch_on_the_command_line_and_in_python(tmp_path):
     """A FLUX folder (tiny, random) through every shell: a flowedit batch row gives the command
     line's and the library's image for the same seed, its PNG names the family; a LEDITS row on it

@@ -366,6 +366,35 @@ def test_diffedit_presets_on_a_flow_model_run_each_preset_less_its_word_weights(
     assert np.array_equal(out.image, np.asarray(by_hand.image.convert("RGB")))
 
 
+def test_flowedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it():
+    """flowedit_presets: a background under "background" (n_max 45 of 50: 4·45 evaluations), the
+    other kinds under "stronger" (4·40), each the library's edit under that preset; a setting the
+    run was given lays over it."""
+    from flow_tiny import bundle
+    from retouch.bench.methods import KIND_PRESETS, METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.flowedit import PRESETS, flowedit
+
+    assert set(KIND_PRESETS["flowedit"].values()) <= set(PRESETS)
+    model = bundle("sd3")
+    ctx, method, calls = Context(model), METHODS["flowedit_presets"], UNetCalls(model.unet)
+    try:
+        runs = {
+            kind: run_method(ctx, calls, method, make_case(HELD_OUT_SEED, kind), Settings(), {})
+            for kind in ("background", "recolor")
+        }
+        given = make_settings({"n_max": 3}, None, "caption")
+        small = run_method(ctx, calls, method, make_case(HELD_OUT_SEED, "add"), given, {})
+    finally:
+        calls.unwrap()
+    assert runs["background"][2].evals == 4 * 45 and runs["recolor"][2].evals == 4 * 40
+    assert small[2].evals == 4 * 3
+    case = make_case(HELD_OUT_SEED, "recolor")
+    by_hand = flowedit(model, case.input_image, case.source_caption, case.target_caption, seed=case.seed,
+                       preset="stronger")  # fmt: skip
+    assert np.array_equal(runs["recolor"][0].image, np.asarray(by_hand.image.convert("RGB")))
+
+
 def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):
     """diffedit_concepts: a recolour is DiffEdit given "green circle" against "red circle" (the
     library's own edit with those texts, not the captions'); a removal has no phrase to add, so it

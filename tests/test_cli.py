@@ -176,6 +176,7 @@ def test_every_config_field_is_a_flag():
     options = params("edit", "diffedit")
     assert list(options["preset"].type.choices) == list(diffedit.PRESETS)
     assert list(params("edit", "ledits")["preset"].type.choices) == list(ledits.PRESETS)
+    assert list(params("edit", "flowedit")["preset"].type.choices) == ["stronger", "background"]
     mask_presets = {
         n for n, p in diffedit.PRESETS.items() if all(k in MASK_FIELDS or "mask_" in k for k in p)
     }
@@ -255,6 +256,17 @@ def test_edit_ledits_concepts_preset_and_per_concept_settings(image, tmp_path, m
     assert s["edit_scale"] == [9, 4]  # the flag beats the preset
     assert s["edit_warmup"] == 5 and s["preset"] == "object"  # the preset beats the default
     assert read_params(out)["method"] == "ledits" and read_params(out)["family"] == "sd"
+
+
+def test_edit_flowedit_with_a_preset_under_an_explicit_flag_on_the_shipped_sd3(image, tmp_path):
+    out = tmp_path / "out.png"
+    args = ["edit", "flowedit", str(image), "-o", str(out), "--model", "shapes-sd3", "--target", QUERY,
+            "--source", CAPTION, "--preset", "stronger", "--n-min", "38", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)["settings"]
+    assert (s["preset"], s["n_max"], s["target_guidance_scale"], s["n_min"]) == ("stronger", 40, 7.0, 38)
+    assert read_params(out)["settings"]["preset"] == "stronger"
 
 
 def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_path, model_args):

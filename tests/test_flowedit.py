@@ -160,6 +160,26 @@ def test_same_seed_same_image_and_many_equals_single(sd3):
     assert (many[1].latents - a.latents).abs().max().item() <= 1e-5
 
 
+def test_a_preset_is_its_families_settings_under_the_explicit_ones(sd3, flux):
+    """SD3's presets (retouch.presets.FLOWEDIT_BY_FAMILY): an edit under one is the edit given its
+    settings by hand, and names it; an explicit setting overrides it; FLUX has none (one line)."""
+    from retouch.presets import FLOWEDIT_BY_FAMILY
+
+    stronger = FLOWEDIT_BY_FAMILY["sd3"]["stronger"]
+    kw = dict(seed=3, n_min=stronger["n_max"] - 2)  # the last n_min steps plain: a short test
+    a = flowedit(sd3, IMAGE, "a red circle", "a green circle", preset="stronger", **kw)
+    b = flowedit(sd3, IMAGE, "a red circle", "a green circle", **stronger, **kw)
+    assert torch.equal(a.latents, b.latents) and a.settings == {**b.settings, "preset": "stronger"}
+    assert (a.settings["n_max"], a.settings["target_guidance_scale"]) == (40, 7.0)
+    c = flowedit(sd3, IMAGE, "a red circle", "a green circle", preset="stronger", n_max=3, n_min=0)
+    assert (c.settings["n_max"], c.settings["target_guidance_scale"]) == (3, 7.0)
+    with pytest.raises(InputError, match="preset must be one of stronger, background"):
+        flowedit(sd3, IMAGE, "a red circle", "a green circle", preset="recolor")
+    with pytest.raises(InputError, match="no presets on flux") as e:
+        flowedit(flux, IMAGE, "a red circle", "a green circle", preset="stronger")
+    assert "\n" not in str(e.value)
+
+
 TARGETS = ["a blue square", "a green circle", "a yellow triangle"]
 
 

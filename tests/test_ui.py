@@ -271,7 +271,7 @@ def test_presets_fill_the_form():
     assert _preset_values("diffedit", "background") == filled(mode="no_mask", encode_ratio=0.9)
     assert _preset_values("diffedit", "none") == filled()
     # on a flow model the word weights stay at 1 (they weigh a UNet's cross-attention)
-    assert _preset_values("diffedit", "recolor", flow=True) == filled(
+    assert _preset_values("diffedit", "recolor", family="sd3") == filled(
         mask_refine_radius=3.0, mask_keep_ratio=0.8, encode_ratio=1.0
     )
 
@@ -527,6 +527,8 @@ def test_flowedit_is_offered_on_a_flow_model_with_its_familys_published_settings
     for s in settings_fields(FlowEditConfig):
         assert _radio(demo, f"flowedit-{s.name}").value == PUBLISHED["sd3"][s.name], s.name
     assert {"target", "flowedit-source"} <= {b.elem_id for b in demo.blocks.values() if hasattr(b, "elem_id")}
+    presets = [c[1] if isinstance(c, tuple) else c for c in _radio(demo, "flowedit-preset").choices]
+    assert presets == ["none", "stronger", "background"]
     assert methods_for(SimpleNamespace(family="flux")) == ["flowedit"]
     assert (
         form_defaults("flowedit", "flux")["n_max"] == 24 and form_defaults("flowedit", "sd3")["n_max"] == 33
@@ -553,6 +555,16 @@ def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on
     assert params["method"] == "flowedit" and params["settings"]["target"] == QUERY
     assert params["family"] == "sd3" and params["retouch"]
     assert params["settings"]["target_guidance_scale"] == 13.5 and params["seed"] == 3
+    # its preset fills the form with SD3's settings and is recorded
+    fill = dict(zip(PRESET_FIELDS["flowedit"], _preset_values("flowedit", "stronger", family="sd3")))
+    assert fill == {"n_max": 40, "target_guidance_scale": 7.0}
+    assert _preset_values("flowedit", "none", family="sd3") == [33, 13.5]
+    values = {**form_defaults("flowedit", "sd3"), **fill, "n_min": 38, "preset": "stronger"}
+    pre = run_edit(sd3_model, None, image, "flowedit", texts, 3, forms["diffedit"], forms["ledits"],
+                   flowedit_values=values)  # fmt: skip
+    with Image.open(pre[2]) as png:
+        settings = json.loads(png.text[PNG_KEY])["settings"]
+    assert (settings["preset"], settings["n_max"], settings["target_guidance_scale"]) == ("stronger", 40, 7.0)
     diff = edit(sd3_model, None, image, "diffedit")
     assert diff["result"].size == (64, 64) and "mask area" in diff["status"]
     led = edit(sd3_model, None, image, "ledits")

@@ -342,25 +342,26 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
 @_output("The edited image (a PNG carries its parameters).")
 @_input("--target", required=True, help="The text the edited image should fit.")
 @_input("--source", default="", help="The text of what the image shows now [default: empty].")
+@_preset_option("flowedit")
 @_run_options(shipped="shapes-sd3")  # the default SD model is no flow model
-def flowedit_command(image, output, target, source, **options):
+def flowedit_command(image, output, target, source, preset, **options):
     """FlowEdit (Kulikov et al. 2025) on a flow model (the shipped shapes-sd3, an SD3 or FLUX folder):
     move IMAGE from SOURCE's velocity field to TARGET's, with no inversion; write OUTPUT. Unset
     settings take the model family's published values (docs/flow.md)."""
     from retouch.latents import load_image
-    from retouch.methods.flowedit import FlowEditConfig, flowedit
+    from retouch.methods.flowedit import PRESETS, FlowEditConfig, flowedit
 
     run = _Run.pop(options)
     given = _given(options, None)
     img = load_image(image)
     (target,) = _texts([target], "target")
-    _check_config(FlowEditConfig, given).check()
+    _check_config(FlowEditConfig, given, preset, PRESETS).check()
     check_output(output, [image])
 
     def edit_with(bundle, progress, seed_kw):
-        return flowedit(bundle, img, source, target, progress=progress, **seed_kw, **given)
+        return flowedit(bundle, img, source, target, preset=preset, progress=progress, **seed_kw, **given)
 
-    _edit_and_save("flowedit", run, output, None, edit_with)
+    _edit_and_save("flowedit", run, output, preset, edit_with)
 
 
 @edit.command(

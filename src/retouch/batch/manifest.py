@@ -33,7 +33,7 @@ from retouch.files import image_format
 TEXTS = {
     "diffedit": ("query", "reference", "preset"),
     "ledits": ("prompt", "source", "add", "remove", "preset"),
-    "flowedit": ("source", "target"),
+    "flowedit": ("source", "target", "preset"),
 }
 COMMON = ("image", "method", "mask", "seed", "output")
 ALIASES = {"ledits++": ("ledits", "ledits++")}  # a method name that is a method under a preset
@@ -301,7 +301,9 @@ def _check_flowedit(raw: dict, settings: dict, family: str | None) -> None:
     from types import SimpleNamespace
 
     from retouch.flows import check_flow_model
-    from retouch.methods.flowedit import FlowEditConfig
+    from retouch.methods.flowedit import FlowEditConfig, checked_config
+    from retouch.presets import FLOWEDIT
+    from retouch.settings import with_preset
 
     for key in ("source", "target"):
         if key in raw and not isinstance(raw[key], str):
@@ -312,9 +314,13 @@ def _check_flowedit(raw: dict, settings: dict, family: str | None) -> None:
         raise InputError("a flowedit row takes no mask (FlowEdit edits the whole image)")
     config = FlowEditConfig(**settings)
     config.check()
+    preset = raw.get("preset")
     if family is not None:
-        check_flow_model(SimpleNamespace(family=family), "flowedit")
-        config.resolved(family)
+        model = SimpleNamespace(family=family)
+        check_flow_model(model, "flowedit")
+        checked_config(model, None, preset, settings)  # the family's preset, then the row's settings
+    elif preset is not None:
+        with_preset(config, FLOWEDIT, preset)
 
 
 def _output(index: int, raw: dict, image: Path, method: str, out_dir: Path) -> Path:

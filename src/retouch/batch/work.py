@@ -73,7 +73,7 @@ def _job(model: ModelBundle, row: Row):
 
 def _flowedit(model, row: Row) -> tuple[str, str, object]:
     """A FlowEdit row checked on the model: (source, target, its resolved FlowEditConfig)."""
-    cfg = checked_config(model, settings=row.settings)
+    cfg = checked_config(model, preset=row.texts.get("preset"), settings=row.settings)
     source = check_prompt(model, row.texts.get("source", ""), "source", allow_empty=True)
     return source, check_prompt(model, row.texts.get("target", ""), "target"), cfg
 
@@ -136,7 +136,10 @@ def _flowedit_many(model, rows: list[Row], image) -> list:
     """FlowEdit rows of one image, source, seed and settings (`_grid`): one `flowedit_many`."""
     checked = [_flowedit(model, row) for row in rows]
     source, _, cfg = checked[0]
-    return flowedit_many(model, image, source, [t for _, t, _ in checked], cfg, seed=rows[0].seed)
+    results = flowedit_many(model, image, source, [t for _, t, _ in checked], cfg, seed=rows[0].seed)
+    for row, r in zip(rows, results):
+        r.settings["preset"] = row.texts.get("preset")  # each row's own (their settings are one)
+    return results
 
 
 def _inputs(model: ModelBundle, row: Row, image, shared: dict):

@@ -15,6 +15,8 @@ preset "ledits++": LEDITS++'s implicit masks on the exact DPM-Solver++ inversion
 diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledits
 (LEditsPPPipelineStableDiffusion at LEDITS's settings, concepts only: LEDITS++ has no target
 prompt), diffusers_ledits++ (the same pipeline at the "ledits++" preset's settings).
+flowedit (a flow model's: FlowEdit at its family's published settings), flowedit_presets (with the
+preset a user picks for the edit's kind).
 autoencoder: the VAE round trip alone, the ceiling of preservation.
 """
 
@@ -133,18 +135,24 @@ def _ddim_encoding(ctx: Context, case: Case, s: Settings):
 KIND_PRESETS = {
     "diffedit": {"recolor": "recolor", "remove": "remove", "background": "background", "add": "add"},
     "ledits": {"recolor": "object", "reshape": "object", "remove": "object", "background": "background"},
+    "flowedit": {
+        "recolor": "stronger",
+        "reshape": "stronger",
+        "remove": "stronger",
+        "add": "stronger",
+        "background": "background",
+    },
 }
 
 
 def _preset_for(ctx: Context, case: Case, s: Settings) -> Settings:
     """The settings with the DiffEdit preset of the case's kind as it applies to the model (on a
     flow model less the word weights: retouch.presets.on_model), the run's own laid over it."""
-    from retouch.flows import is_flow
     from retouch.presets import on_model
     from retouch.settings import with_preset, with_settings
 
     name = KIND_PRESETS["diffedit"].get(case.kind)
-    table = on_model("diffedit", is_flow(ctx.model))
+    table = on_model("diffedit", ctx.model.family)
     return replace(s, diffedit=with_settings(with_preset(s.diffedit, table, name), s.given_in(s.diffedit)))
 
 
@@ -321,6 +329,18 @@ def _flowedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
     return Output(_image(r.image), None, r.unet_evals)
 
 
+def _flowedit_preset(ctx: Context, case: Case, s: Settings, prep) -> Output:
+    """FlowEdit with the preset of the case's kind (KIND_PRESETS), the settings the run was given
+    laid over it."""
+    from retouch.methods.flowedit import flowedit
+
+    r = flowedit(
+        ctx.model, case.input_image, case.source_caption, case.target_caption,
+        preset=KIND_PRESETS["flowedit"][case.kind], seed=case.seed, **s.given_in(s.flowedit),
+    )  # fmt: skip
+    return Output(_image(r.image), None, r.unet_evals)
+
+
 def _autoencoder(ctx: Context, case: Case, s: Settings, prep) -> Output:
     from retouch.latents import decode, encode, load_image, to_image, to_pixels
 
@@ -335,6 +355,7 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("autoencoder", "none", _autoencoder, library="vae"),
         Method("flowedit", "none", _flowedit),  # a flow model's (SD3, FLUX)
+        Method("flowedit_presets", "none", _flowedit_preset),
         Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
         Method(
             "diffedit_presets",
@@ -404,7 +425,7 @@ COUNTERPARTS = {
 }
 
 
-FLOW_ONLY = ("flowedit",)  # methods of a flow model, named to run
+FLOW_ONLY = ("flowedit", "flowedit_presets")  # methods of a flow model, named to run
 
 
 def parse_methods(text: str) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from retouch.attention import masked_word_scales, word_scales
 from retouch.denoiser import EvalCounter, branch_order, guided_eps, unet_eps
 from retouch.errors import SettingError
-from retouch.flows import check_carried_over, is_flow
+from retouch.flows import check_carried_over
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
 from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
@@ -154,7 +154,7 @@ class DiffEditConfig:
 def _config(model, config: DiffEditConfig | None, preset: str | None, settings: dict) -> DiffEditConfig:
     """The config, then a preset's settings (PRESETS; on a flow model less the word weights, which
     weigh a UNet's cross-attention), then the explicit settings, checked."""
-    cfg = configured(config or DiffEditConfig(), on_model("diffedit", is_flow(model)), preset, settings)
+    cfg = configured(config or DiffEditConfig(), on_model("diffedit", model.family), preset, settings)
     # the check accepts whole-number floats (10.0); store them as ints, which size and index tensors
     return replace(cfg, num_inference_steps=int(cfg.num_inference_steps), mask_samples=int(cfg.mask_samples))
 

@@ -17,6 +17,7 @@ from retouch.errors import SettingError
 from retouch.flows import add_noise, check_flow_model, euler, levels, velocity_fn
 from retouch.latents import decode, to_image
 from retouch.methods.common import Progress, check_finite, generator, prepare, stage
+from retouch.presets import FLOWEDIT, on_model
 from retouch.settings import check_number, configured, setting
 from retouch.text import check_prompt, encode_text
 from retouch.types import EditResult
@@ -83,14 +84,17 @@ class FlowEditConfig:
                 raise SettingError(f"n_min must be <= n_max ({self.n_max}), got {self.n_min}")
 
 
-PRESETS: dict[str, dict] = {}
+PRESETS = FLOWEDIT  # SD3's (retouch.presets.FLOWEDIT_BY_FAMILY: a preset's steps are its family's)
 
 
 def checked_config(model, config: FlowEditConfig | None = None, preset=None, settings=None) -> FlowEditConfig:
-    """The edit's settings on `model`: a flow model, then config, preset and settings, checked, each
-    unset one the family's published value (one-line errors, before any model work)."""
+    """The edit's settings on `model`: a flow model, then config, its family's preset and settings,
+    checked, each unset one the family's published value (one-line errors, before any model work)."""
     check_flow_model(model, "flowedit")
-    c = configured(config or FlowEditConfig(), PRESETS, preset, settings or {})
+    table = on_model("flowedit", model.family)
+    if preset is not None and not table:
+        raise SettingError(f"FlowEdit has no presets on {model.family} (they are measured on SD3)")
+    c = configured(config or FlowEditConfig(), table, preset, settings or {})
     return c.resolved(model.family)
 
 
@@ -196,7 +200,8 @@ def flowedit(
         source (`str`): what the image shows now; may be "" (the ∅ text).
         target (`str`): what it should show.
         config (`FlowEditConfig`, *optional*): None fields take the family's published values.
-        preset (`str`, *optional*): none yet (FlowEdit's published settings are the defaults).
+        preset (`str`, *optional*): one of `PRESETS` ("stronger", "background"; SD3's, ours:
+            the published settings are the defaults), under the explicit settings.
         seed (`int`, defaults to 0): seeds the fresh noises; the same seed gives the same image.
         progress (*optional*): progress(stage, done, total) after each step.
         **settings: any FlowEditConfig field by name.
@@ -230,7 +235,7 @@ def flowedit_many(
         source (`str`): what the image shows now; may be "".
         targets (`list[str]`): one target text per edit.
         config (`FlowEditConfig`, *optional*): None fields take the family's published values.
-        preset (`str`, *optional*): none yet.
+        preset (`str`, *optional*): one of `PRESETS` (SD3's), under the explicit settings.
         seed (`int`, defaults to 0): seeds every edit's noises.
         progress (*optional*): progress(stage, done, total) after each step.
         max_batch (`int`, *optional*): at most this many batch elements a transformer call (a
@@ -268,7 +273,7 @@ def flowedit_many(
                 img,
                 None,
                 own + (shared if k == 0 else 0),
-                {"method": "flowedit", "source": source, "target": target, **asdict(c)},
+                {"method": "flowedit", "source": source, "target": target, **asdict(c), "preset": preset},
                 seed,
                 latents=z,
                 message=prep.note,

@@ -27,7 +27,6 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.files import save_image
-from retouch.flows import is_flow
 from retouch.latents import MAX_SIDE, MIN_SIDE
 from retouch.methods.diffedit import DiffEditConfig
 from retouch.methods.flowedit import PUBLISHED as FLOWEDIT_PUBLISHED
@@ -341,6 +340,15 @@ def build_app(
                     target = gr.Textbox(
                         label="Target", info="What the edited image should show", elem_id="target"
                     )
+                    flowedit_presets = on_model("flowedit", model.family)  # its family's (SD3's)
+                    flowedit_preset = gr.Dropdown(
+                        ["none", *flowedit_presets],
+                        value="none",
+                        label="Preset",
+                        info=aims("flowedit", list(flowedit_presets)) if flowedit_presets else None,
+                        visible=bool(flowedit_presets),
+                        elem_id="flowedit-preset",
+                    )
                 with gr.Group(visible=offered[0] == "diffedit") as diffedit_box:
                     query = gr.Textbox(
                         label="Query", info="What the edited image should show", elem_id="query"
@@ -408,9 +416,13 @@ def build_app(
 
         boxes = [diffedit_box, ledits_box, flowedit_box, *(fields[m]["_box"] for m in CONFIGS)]
         method.change(_show_method, inputs=method, outputs=boxes, queue=False)
-        for name, dropdown in (("ledits", preset), ("diffedit", diffedit_preset)):
+        for name, dropdown in (
+            ("ledits", preset),
+            ("diffedit", diffedit_preset),
+            ("flowedit", flowedit_preset),
+        ):
             targets = [fields[name][n] for n in PRESET_FIELDS[name]]
-            fill = functools.partial(_preset_values, name, flow=is_flow(model))
+            fill = functools.partial(_preset_values, name, family=model.family)
             dropdown.change(fill, inputs=dropdown, outputs=targets, queue=False)
 
         form = {name: {k: c for k, c in f.items() if k != "_box"} for name, f in fields.items()}
@@ -441,7 +453,7 @@ def build_app(
                 progress,
                 time_limit,
                 lambda: visitor in _STOPS,
-                {k: data[c] for k, c in form["flowedit"].items()},
+                {k: data[c] for k, c in form["flowedit"].items()} | {"preset": data[flowedit_preset]},
             )
 
         def on_stop(request: gr.Request):
@@ -454,6 +466,7 @@ def build_app(
             seed,
             diffedit_preset,
             preset,
+            flowedit_preset,
             *texts.values(),
             *form["diffedit"].values(),
             *form["ledits"].values(),
@@ -488,13 +501,13 @@ def _show_method(method: str):
     return [gr.update(visible=v) for v in shown_]
 
 
-def _preset_values(method: str, preset: str, flow: bool = False) -> list:
+def _preset_values(method: str, preset: str, family: str = "sd") -> list:
     """The form's values of the fields `method`'s presets set (PRESET_FIELDS), for a preset as it
-    applies to the model (`flow`: a flow model's, retouch.presets.on_model): its values, the
-    config's defaults for the fields it leaves ("none": the defaults)."""
+    applies to a model of `family` (retouch.presets.on_model): its values, the form's start values
+    for the fields it leaves ("none": the start values; FlowEdit's: the family's published)."""
     fields = {s.name: s for s in settings_fields(CONFIGS[method])}
-    chosen = {k: shown(fields[k], v) for k, v in on_model(method, flow).get(preset, {}).items()}
-    values = {**form_defaults(method), **chosen}  # both as the form shows them
+    chosen = {k: shown(fields[k], v) for k, v in on_model(method, family).get(preset, {}).items()}
+    values = {**form_defaults(method, family), **chosen}  # both as the form shows them
     return [values[n] for n in PRESET_FIELDS[method]]
 
 

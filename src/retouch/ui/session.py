@@ -17,7 +17,7 @@ from PIL import Image
 
 from retouch.errors import InputError, SettingError
 from retouch.files import edit_params
-from retouch.flows import is_flow, network_name
+from retouch.flows import network_name
 from retouch.latents import fitted, image_hash
 from retouch.methods.diffedit import DiffEditConfig, ddim_encoding, diffedit, diffedit_mask
 from retouch.methods.flowedit import flowedit
@@ -148,7 +148,14 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
     elif req.method == "flowedit":  # no inversion, nothing to reuse
         result, t = _timed(
             lambda: flowedit(
-                model, image, req.source, req.target, seed=seed, progress=progress, **req.settings
+                model,
+                image,
+                req.source,
+                req.target,
+                preset=req.preset,
+                seed=seed,
+                progress=progress,
+                **req.settings,
             )
         )
         steps, made = [("edit", t)], []
@@ -161,7 +168,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
 
 
 def _diffedit(model, cache, req, image, seed, key, progress):
-    cfg = configured(DiffEditConfig(), on_model("diffedit", is_flow(model)), req.preset, req.settings)
+    cfg = configured(DiffEditConfig(), on_model("diffedit", model.family), req.preset, req.settings)
     steps, made, mask, encoding = [], [], None, None
     if cfg.uses_mask:
         mask_settings = tuple((k, v) for k, v in asdict(cfg).items() if reads_mask(k))
