@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from retouch.errors import ModelError, SettingError
+from retouch.presets import FLOW_FAMILIES  # "sd3", "flux" (named there, where no torch is imported)
 
-FLOW_FAMILIES = ("sd3", "flux")
 VFn = Callable[..., torch.Tensor]
 
 
