@@ -318,27 +318,23 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False
 # --- the ceiling ----------------------------------------------------------------------------------
 
 
-def _flowedit(ctx: Context, case: Case, s: Settings, prep) -> Output:
+def _flowedit(presets: bool = False) -> Callable:
     """FlowEdit from the source caption to the target caption, each setting not given the family's
-    published one."""
-    from retouch.methods.flowedit import flowedit
+    published one; with `presets`, under the preset of the case's kind (KIND_PRESETS), the settings
+    the run was given laid over it."""
 
-    r = flowedit(
-        ctx.model, case.input_image, case.source_caption, case.target_caption, s.flowedit, seed=case.seed
-    )
-    return Output(_image(r.image), None, r.unet_evals)
+    def edit(ctx: Context, case: Case, s: Settings, prep) -> Output:
+        from retouch.methods.flowedit import flowedit
 
+        preset = KIND_PRESETS["flowedit"][case.kind] if presets else None
+        given = s.given_in(s.flowedit) if preset else {}
+        r = flowedit(
+            ctx.model, case.input_image, case.source_caption, case.target_caption, s.flowedit,
+            preset=preset, seed=case.seed, **given,
+        )  # fmt: skip
+        return Output(_image(r.image), None, r.unet_evals)
 
-def _flowedit_preset(ctx: Context, case: Case, s: Settings, prep) -> Output:
-    """FlowEdit with the preset of the case's kind (KIND_PRESETS), the settings the run was given
-    laid over it."""
-    from retouch.methods.flowedit import flowedit
-
-    r = flowedit(
-        ctx.model, case.input_image, case.source_caption, case.target_caption,
-        preset=KIND_PRESETS["flowedit"][case.kind], seed=case.seed, **s.given_in(s.flowedit),
-    )  # fmt: skip
-    return Output(_image(r.image), None, r.unet_evals)
+    return edit
 
 
 def _autoencoder(ctx: Context, case: Case, s: Settings, prep) -> Output:
@@ -354,8 +350,8 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("autoencoder", "none", _autoencoder, library="vae"),
-        Method("flowedit", "none", _flowedit),  # a flow model's (SD3, FLUX)
-        Method("flowedit_presets", "none", _flowedit_preset),
+        Method("flowedit", "none", _flowedit()),  # a flow model's (SD3, FLUX)
+        Method("flowedit_presets", "none", _flowedit(presets=True)),
         Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
         Method(
             "diffedit_presets",
