@@ -665,6 +665,43 @@ def test_flowedit_rows_on_a_flow_model_give_retouch_edit_flowedits_images(tmp_pa
     assert two[0]["unet_evals"] + two[1]["unet_evals"] == 4 * (2 + 2 * 2)
 
 
+def test_flowedit_rows_with_masks_give_retouch_edit_flowedits_images(tmp_path):
+    """A FlowEdit row's mask ("infer", or a file) is `retouch edit flowedit --mask`'s; rows with and
+    without masks run as one flowedit_many (--batch-size 3) with the images they give alone."""
+    img = one_image(tmp_path)
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    target = "a green circle on a white background"
+    rows = [
+        dict(FLOW_ROW, image=img.name, target=target, seed=2, mask=m) for m in ("infer", "left.png", None)
+    ]
+    manifest = write_rows(tmp_path / "m.jsonl", rows)
+    outs = {}
+    for size in (1, 3):
+        outs[size] = tmp_path / f"out{size}"
+        run = batch_cli(manifest, outs[size], "--model", "shapes-sd3", "--batch-size", str(size))
+        assert run.exit_code == 0, run.output
+    one, three = ({r["row"]: r for r in results(outs[k])} for k in (1, 3))
+    pixels = {}
+    for i, mask in enumerate(("infer", str(tmp_path / "left.png"))):
+        out = tmp_path / f"e{i}.png"
+        args = ["edit", "flowedit", str(img), "--model", "shapes-sd3", "--target", target, "--seed", "2",
+                "--num-inference-steps", "6", "--n-max", "4", "--mask", mask, "-o", str(out)]  # fmt: skip
+        assert CliRunner().invoke(main, args).exit_code == 0
+        pixels[f"edit:{i}"] = out
+    pixels.update({f"{k}:{i}": d[i]["output"] for k, d in (("one", one), ("three", three)) for i in range(3)})
+    for name, path in pixels.items():
+        with Image.open(path) as im:
+            pixels[name] = np.asarray(im.convert("RGB"), int)
+    for i in (0, 1):
+        assert np.array_equal(pixels[f"edit:{i}"], pixels[f"one:{i}"])
+    for i in range(3):
+        assert np.abs(pixels[f"one:{i}"] - pixels[f"three:{i}"]).max() <= 1
+    assert read_params(one[0]["output"])["settings"]["mask"] == "infer"
+    assert one[0]["unet_evals"] > one[2]["unet_evals"] == one[1]["unet_evals"]  # the inferred mask's cost
+
+
 def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tmp_path):
     """The model's family read from its folder: FlowEdit rows fail on Stable Diffusion, DiffEdit and
     LEDITS rows on FLUX (and a FlowEdit row whose n_max exceeds FLUX's published 28 steps), each in
@@ -680,7 +717,7 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
         dict(image="red_circle.png", method="flowedit", target="a green circle"),
         dict(image="red_circle.png", method="flowedit", target="a green circle", n_max=30),
         dict(image="red_circle.png", method="flowedit", source="a red circle"),
-        dict(image="red_circle.png", method="flowedit", target="a green circle", mask="infer"),
+        dict(image="red_circle.png", method="flowedit", target="a green circle", mask="no_such_mask.png"),
     ]
     errors = {
         family: [r.error for r in resolve_rows(raw, tmp_path, tmp_path / "out", family=family)]
@@ -692,7 +729,7 @@ def test_a_row_of_a_method_the_model_cannot_run_fails_alone_before_model_work(tm
         == [None] * 4
         + [
             "a flowedit row needs a target text",
-            "a flowedit row takes no mask (FlowEdit edits the whole image)",
+            "cannot read mask no_such_mask.png: no such file",
         ]
     )
     assert errors["sd"][:2] == [None, None] and all("runs on a flow model" in e for e in errors["sd"][2:4])

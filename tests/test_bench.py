@@ -395,6 +395,28 @@ def test_flowedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it()
     assert np.array_equal(runs["recolor"][0].image, np.asarray(by_hand.image.convert("RGB")))
 
 
+def test_flowedit_masked_is_the_presets_edit_inside_diffedits_mask():
+    """flowedit_masked: the library's FlowEdit under the kind's preset with mask="infer" (DiffEdit's
+    mask of the target caption against the source's: its 2·10 evaluations in the edit's); the mask
+    is reported for the mask IoU."""
+    from flow_tiny import bundle
+    from retouch.bench.methods import METHODS, Context, Settings, run_method
+    from retouch.denoiser import UNetCalls
+    from retouch.methods.flowedit import flowedit
+
+    model, case = bundle("sd3"), make_case(HELD_OUT_SEED, "recolor")
+    calls = UNetCalls(model.unet)
+    try:
+        out, _, edit = run_method(Context(model), calls, METHODS["flowedit_masked"], case, Settings(), {})
+    finally:
+        calls.unwrap()
+    assert edit.evals == 4 * 40 + 2 * 10 and METHODS["flowedit_masked"].has_mask
+    by_hand = flowedit(model, case.input_image, case.source_caption, case.target_caption, seed=case.seed,
+                       preset="stronger", mask="infer")  # fmt: skip
+    assert np.array_equal(out.image, np.asarray(by_hand.image.convert("RGB")))
+    assert np.array_equal(out.mask, by_hand.mask.latent.numpy() > 0.5)
+
+
 def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):
     """diffedit_concepts: a recolour is DiffEdit given "green circle" against "red circle" (the
     library's own edit with those texts, not the captions'); a removal has no phrase to add, so it

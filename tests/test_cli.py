@@ -269,6 +269,34 @@ def test_edit_flowedit_with_a_preset_under_an_explicit_flag_on_the_shipped_sd3(i
     assert read_params(out)["settings"]["preset"] == "stronger"
 
 
+def test_edit_flowedit_inside_a_mask_on_the_shipped_sd3(image, tmp_path):
+    """--mask infer --save-mask: the edit inside DiffEdit's mask of target against source, the mask
+    written beside it, the edit's settings say so; a mask file of another size, or --save-mask with
+    no mask: one line, nothing written."""
+    from PIL import Image
+
+    out, saved = tmp_path / "out.png", tmp_path / "mask.png"
+    base = ["edit", "flowedit", str(image), "--model", "shapes-sd3", "--target", QUERY, "--source", CAPTION,
+            "--num-inference-steps", "10", "--n-max", "6"]  # fmt: skip
+    result = CliRunner().invoke(
+        main, [*base, "-o", str(out), "--mask", "infer", "--save-mask", str(saved), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["mask"] == "infer" and 0 < summary["mask_area"] < 1
+    with Image.open(saved) as m, Image.open(image) as src:
+        assert m.size == src.size and m.getextrema()[1] == 255
+    small = tmp_path / "small.png"
+    Image.new("L", (8, 8), 255).save(small)
+    for extra, word in (
+        (["--mask", str(small)], "mask"),
+        (["--save-mask", str(tmp_path / "m2.png")], "--save-mask"),
+    ):
+        bad = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "bad.png"), *extra])
+        assert bad.exit_code != 0 and word in one_error_line(bad)
+        assert not (tmp_path / "bad.png").exists() and not (tmp_path / "m2.png").exists()
+
+
 def test_diffedit_presets_set_their_settings_under_explicit_flags(image, tmp_path, model_args):
     """--preset remove/tight-mask give diffedit their settings (recorded in the PNG), an explicit flag
     beats the preset, the mask command takes tight-mask; a preset of the other method: one line."""

@@ -264,3 +264,63 @@ def test_bad_settings_are_one_line_errors_before_model_work(sd3, bad, word):
 def test_an_sd_model_is_refused_in_one_line(tiny_eps):
     with pytest.raises(InputError, match="flow model"):
         flowedit(tiny_eps, IMAGE, "a red circle", "a green circle")
+
+
+@pytest.mark.parametrize("n_min", [0, 2])
+def test_a_mask_keeps_the_latent_outside_it_and_a_full_mask_is_the_paper(sd3, n_min):
+    """Ours, mask=: outside the mask the edited latent is the image's (that of an edit whose mask
+    is empty); a mask of the whole image gives the paper's edit exactly; the mask is the result's."""
+    kw = dict(num_inference_steps=8, n_max=6, n_min=n_min, seed=4)
+    half = np.zeros(IMAGE.shape[:2], np.uint8)
+    half[:, :24] = 255  # the left half of the 48-pixel-wide image
+    paper = flowedit(sd3, IMAGE, "a red circle", "a green circle", **kw)
+    full = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=np.full_like(half, 255), **kw)
+    none = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=np.zeros_like(half), **kw)
+    left = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=half, **kw)
+    assert torch.equal(full.latents, paper.latents) and paper.mask is None
+    assert full.unet_evals == paper.unet_evals and left.settings["mask"] == "given"
+    m = left.mask.latent.bool()  # [h, w]
+    assert m.any() and not m.all() and m[:, 0].all() and not m[:, -1].any()
+    assert torch.equal(left.latents[..., ~m], none.latents[..., ~m])
+    assert (left.latents[..., m] - none.latents[..., m]).abs().max() > 1e-2  # edited inside
+    assert (none.latents - _x_src(sd3)).abs().max().item() <= 1e-4  # an empty mask: the image
+
+
+def test_an_inferred_mask_is_diffedits_of_the_target_against_the_source(sd3):
+    """mask="infer": DiffEdit's mask of the target (query) against the source (reference) from the
+    edit's seed, its cost in the edit's; the same seed gives the same edit; in flowedit_many each
+    target's own mask, each edit equal to its single edit."""
+    from retouch.methods.diffedit import diffedit_mask
+
+    kw = dict(num_inference_steps=6, n_max=4, seed=2)
+    a = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask="infer", **kw)
+    b = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask="infer", **kw)
+    paper = flowedit(sd3, IMAGE, "a red circle", "a green circle", **kw)
+    ref = diffedit_mask(sd3, IMAGE, "a green circle", "a red circle", seed=2)
+    assert torch.equal(a.mask.latent, ref.latent) and a.settings["mask"] == "infer"
+    assert a.unet_evals == paper.unet_evals + ref.unet_evals and ref.unet_evals > 0
+    assert torch.equal(a.latents, b.latents)
+    given = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=ref, **kw)  # paid for before
+    assert torch.equal(given.latents, a.latents) and given.unet_evals == paper.unet_evals
+    many = flowedit_many(sd3, IMAGE, "a red circle", TARGETS[:2], mask=["infer", None], **kw)
+    assert many[1].mask is None and (many[1].latents - flowedit(
+        sd3, IMAGE, "a red circle", TARGETS[1], **kw).latents).abs().max().item() <= 1e-5  # fmt: skip
+    alone = flowedit(sd3, IMAGE, "a red circle", TARGETS[0], mask="infer", **kw)
+    assert (many[0].latents - alone.latents).abs().max().item() <= 1e-5
+    assert torch.equal(many[0].mask.latent, alone.mask.latent)
+
+
+@pytest.mark.parametrize(
+    "mask,word",
+    [
+        (np.zeros((8, 8), np.uint8), "mask is 8x8"),
+        (["infer"] * 3, "3 masks for 1 targets"),
+        ("no/such/mask.png", "cannot read mask"),
+    ],
+)
+def test_a_bad_mask_is_a_one_line_error(sd3, mask, word):
+    with pytest.raises(InputError, match=word) as e:
+        flowedit_many(
+            sd3, IMAGE, "a red circle", ["a green circle"], num_inference_steps=4, n_max=2, mask=mask
+        )
+    assert "\n" not in str(e.value)

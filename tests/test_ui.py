@@ -571,6 +571,28 @@ def test_a_flowedit_through_the_app_is_the_librarys_and_the_other_methods_run_on
     assert led["result"].size == (64, 64) and "inversion: " in led["status"]
 
 
+def test_a_flowedit_inside_an_inferred_mask_through_the_app_is_the_librarys(sd3_model, image):
+    """The FlowEdit mask choice "infer" gives `retouch.flowedit(mask="infer")`'s image, the mask over
+    the input beside it; a mask that is neither none nor infer (a server path) is refused in one line."""
+    import retouch
+
+    values = {**form_defaults("flowedit", "sd3"), "num_inference_steps": 6, "n_max": 4}
+    texts = {"flowedit_source": CAPTION, "target": QUERY, "flowedit_mask": "infer"}
+    forms = {m: {**form_defaults(m), **FAST[m]} for m in FAST}
+    out = run_edit(sd3_model, None, image, "flowedit", texts, 3, forms["diffedit"], forms["ledits"],
+                   flowedit_values=values)  # fmt: skip
+    lib = retouch.flowedit(
+        sd3_model, image, CAPTION, QUERY, seed=3, num_inference_steps=6, n_max=4, mask="infer"
+    )
+    assert np.array_equal(np.asarray(out[1]), np.asarray(lib.image))
+    assert not np.array_equal(np.asarray(out[0].convert("RGB")), image)  # the mask over the input
+    bad = {**texts, "flowedit_mask": "/etc/hostname"}
+    with pytest.warns(UserWarning):
+        out = run_edit(sd3_model, None, image, "flowedit", bad, 3, forms["diffedit"], forms["ledits"],
+                       flowedit_values=values)  # fmt: skip
+    assert out[1] is None and out[3] == "Error: mask must be none or infer, got '/etc/hostname'"
+
+
 def test_a_mask_guidance_scale_of_0_is_refused_in_one_line(ui_model, image):
     """At 0 both sides of the mask are ε(∅): the app says so instead of an empty mask's unchanged image."""
     with pytest.warns(UserWarning):

@@ -343,8 +343,21 @@ def diffedit_command(image, output, query, reference, preset, fast, mask, **opti
 @_input("--target", required=True, help="The text the edited image should fit.")
 @_input("--source", default="", help="The text of what the image shows now [default: empty].")
 @_preset_option("flowedit")
+@_input(
+    "--mask",
+    metavar="FILE|infer",
+    help="Ours: edit only inside this mask (nonzero = edit); 'infer': DiffEdit's mask of TARGET "
+    "against SOURCE [default: no mask, as the paper].",
+)
+@click.option(
+    "--save-mask",
+    cls=Option,
+    section="advanced",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the edit's mask (PNG, white = edited): the given or inferred one.",
+)
 @_run_options(shipped="shapes-sd3")  # the default SD model is no flow model
-def flowedit_command(image, output, target, source, preset, **options):
+def flowedit_command(image, output, target, source, preset, mask, save_mask, **options):
     """FlowEdit (Kulikov et al. 2025) on a flow model (the shipped shapes-sd3, an SD3 or FLUX folder):
     move IMAGE from SOURCE's velocity field to TARGET's, with no inversion; write OUTPUT. Unset
     settings take the model family's published values (docs/flow.md)."""
@@ -356,12 +369,20 @@ def flowedit_command(image, output, target, source, preset, **options):
     img = load_image(image)
     (target,) = _texts([target], "target")
     _check_config(FlowEditConfig, given, preset, PRESETS).check()
-    check_output(output, [image])
+    user_mask = _read_mask(mask, img)
+    inputs = [image, mask if mask != "infer" else None]
+    check_output(output, inputs)
+    if save_mask is not None:
+        if user_mask is None:
+            raise InputError("--save-mask needs a mask: --mask FILE|infer")
+        check_output(save_mask, [*inputs, output])
 
     def edit_with(bundle, progress, seed_kw):
-        return flowedit(bundle, img, source, target, preset=preset, progress=progress, **seed_kw, **given)
+        return flowedit(
+            bundle, img, source, target, preset=preset, progress=progress, mask=user_mask, **seed_kw, **given
+        )
 
-    _edit_and_save("flowedit", run, output, preset, edit_with)
+    _edit_and_save("flowedit", run, output, preset, edit_with, save_mask)
 
 
 @edit.command(

@@ -9,7 +9,7 @@
 Keys: image (a path relative to the manifest), method ("diffedit", "ledits", "ledits++": ledits
 under its "ledits++" preset, or "flowedit": on a flow model), the method's texts
 (query, reference; prompt, source, add, remove; source, target), mask (a mask file, or "infer" for
-ledits), seed, output (a file name under the output folder), preset (a name from the method's
+ledits and flowedit), seed, output (a file name under the output folder), preset (a name from the method's
 PRESETS), and any setting by its config name. A bad row does not stop the batch: it becomes a Row
 with its one-line error, as does a row of a method the batch's model cannot run (when its family is
 known before loading: `retouch.models.family_of`).
@@ -310,8 +310,6 @@ def _check_flowedit(raw: dict, settings: dict, family: str | None) -> None:
             raise InputError(f"{key} must be text, got {raw[key]!r}")
     if not str(raw.get("target", "")).strip():
         raise InputError("a flowedit row needs a target text")
-    if raw.get("mask") is not None:
-        raise InputError("a flowedit row takes no mask (FlowEdit edits the whole image)")
     config = FlowEditConfig(**settings)
     config.check()
     preset = raw.get("preset")

@@ -136,7 +136,8 @@ def _flowedit_many(model, rows: list[Row], image) -> list:
     """FlowEdit rows of one image, source, seed and settings (`_grid`): one `flowedit_many`."""
     checked = [_flowedit(model, row) for row in rows]
     source, _, cfg = checked[0]
-    results = flowedit_many(model, image, source, [t for _, t, _ in checked], cfg, seed=rows[0].seed)
+    targets, masks = [t for _, t, _ in checked], [row.mask for row in rows]  # a path, "infer" or None
+    results = flowedit_many(model, image, source, targets, cfg, seed=rows[0].seed, mask=masks)
     for row, r in zip(rows, results):
         r.settings["preset"] = row.texts.get("preset")  # each row's own (their settings are one)
     return results

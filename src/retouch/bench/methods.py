@@ -16,7 +16,8 @@ diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledit
 (LEditsPPPipelineStableDiffusion at LEDITS's settings, concepts only: LEDITS++ has no target
 prompt), diffusers_ledits++ (the same pipeline at the "ledits++" preset's settings).
 flowedit (a flow model's: FlowEdit at its family's published settings), flowedit_presets (with the
-preset a user picks for the edit's kind).
+preset a user picks for the edit's kind), flowedit_masked (the same, inside DiffEdit's mask of the
+target caption against the source's under the run's mask settings: mask="infer" at the defaults).
 autoencoder: the VAE round trip alone, the ceiling of preservation.
 """
 
@@ -318,21 +319,28 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False
 # --- the ceiling ----------------------------------------------------------------------------------
 
 
-def _flowedit(presets: bool = False) -> Callable:
+def _flowedit(presets: bool = False, masked: bool = False) -> Callable:
     """FlowEdit from the source caption to the target caption, each setting not given the family's
     published one; with `presets`, under the preset of the case's kind (KIND_PRESETS), the settings
-    the run was given laid over it."""
+    the run was given laid over it; `masked`: inside DiffEdit's mask (mask="infer")."""
 
     def edit(ctx: Context, case: Case, s: Settings, prep) -> Output:
+        from retouch.methods.diffedit import diffedit_mask
         from retouch.methods.flowedit import flowedit
 
         preset = KIND_PRESETS["flowedit"][case.kind] if presets else None
         given = s.given_in(s.flowedit) if preset else {}
+        mask = None  # masked: DiffEdit's mask of the captions under the run's mask settings
+        if masked:
+            texts = (case.target_caption, case.source_caption)
+            mask = diffedit_mask(ctx.model, case.input_image, *texts, config=s.diffedit, seed=case.seed)
         r = flowedit(
             ctx.model, case.input_image, case.source_caption, case.target_caption, s.flowedit,
-            preset=preset, seed=case.seed, **given,
+            preset=preset, seed=case.seed, mask=mask, **given,
         )  # fmt: skip
-        return Output(_image(r.image), None, r.unet_evals)
+        return Output(
+            _image(r.image), _mask(r) if masked else None, r.unet_evals + (mask.unet_evals if mask else 0)
+        )
 
     return edit
 
@@ -352,6 +360,7 @@ METHODS: dict[str, Method] = {
         Method("autoencoder", "none", _autoencoder, library="vae"),
         Method("flowedit", "none", _flowedit()),  # a flow model's (SD3, FLUX)
         Method("flowedit_presets", "none", _flowedit(presets=True)),
+        Method("flowedit_masked", "none", _flowedit(presets=True, masked=True), has_mask=True),
         Method("diffedit", "diffedit", _diffedit("diffedit"), _ddim_encoding, _ddim_key, has_mask=True),
         Method(
             "diffedit_presets",
@@ -421,7 +430,7 @@ COUNTERPARTS = {
 }
 
 
-FLOW_ONLY = ("flowedit", "flowedit_presets")  # methods of a flow model, named to run
+FLOW_ONLY = ("flowedit", "flowedit_presets", "flowedit_masked")  # methods of a flow model, named to run
 
 
 def parse_methods(text: str) -> list[str]:

@@ -4,6 +4,8 @@ inversion-free editing on a flow model (docs/flow.md).
 Z starts at the image's latent and follows the difference of two velocity fields: the target text's at
 Z + Z_src − x_src and the source text's at Z_src, a fresh noising of the image at each level. No
 inversion, so no reconstruction error; the average over n_avg noises smooths the direction.
+Beyond the paper: `mask="infer"` (DiffEdit's mask of the target against the source) or a given mask
+confines the edit: Z moves only inside it and stays the image's latent outside.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import torch
 from retouch.denoiser import EvalCounter, cfg
 from retouch.errors import SettingError
 from retouch.flows import add_noise, check_flow_model, euler, levels, velocity_fn
-from retouch.latents import decode, to_image
+from retouch.latents import decode, to_image, upsample_mask
+from retouch.masks import user_mask
 from retouch.methods.common import Progress, check_finite, generator, prepare, stage
+from retouch.methods.diffedit import diffedit_mask
 from retouch.presets import FLOWEDIT, on_model
 from retouch.settings import check_number, configured, setting
 from retouch.text import check_prompt, encode_text
-from retouch.types import EditResult
+from retouch.types import EditResult, Mask
 
 # The published settings per family (the paper's Tables and its reference code's defaults).
 PUBLISHED = {
@@ -159,25 +163,58 @@ def _target_velocities(model, v_fn, xs, t, conds, c: FlowEditConfig) -> torch.Te
     return cfg(v_u, v_c, c.target_guidance_scale)
 
 
-def flowedit_loop(model, v_fn, x_src, ts: list[float], conds, c: FlowEditConfig, gen, callback=None):
+def flowedit_loop(
+    model, v_fn, x_src, ts: list[float], conds, c: FlowEditConfig, gen, callback=None, masks=None
+):
     """FlowEdit's loop (the paper's Algorithm 1) over levels ts (T + 1, ending at 0) for K targets at
     once (conds: ∅ [1, L, D], source [1, L, D], targets [K, L, D]; one network call a step): the edit
     runs the last n_max steps; its last n_min steps sample plainly under each target from
-    X = Z + (x_src noised to that level) − x_src. x_src [1, C, h, w] → the edited latents [K, C, h, w]."""
+    X = Z + (x_src noised to that level) − x_src. x_src [1, C, h, w] → the edited latents [K, C, h, w].
+    masks [K, 1, h, w] (ours, optional; 1 = edit): each edit's direction is kept inside its mask
+    only, so Z stays x_src outside it; in the last n_min steps X outside it follows the noised x_src."""
     steps = len(ts) - 1
     z, x = x_src.repeat(conds[2].shape[0], 1, 1, 1), None  # [K, C, h, w]
     for i in range(steps - c.n_max, steps):
         t, s = ts[i], ts[i + 1]
         if steps - i > c.n_min:
-            z = euler(z, _edit_directions(model, v_fn, z, x_src, t, conds, c, gen), t, s)
+            v = _edit_directions(model, v_fn, z, x_src, t, conds, c, gen)  # [K, C, h, w]
+            z = euler(z, v if masks is None else masks * v, t, s)
         else:
             if x is None:  # entering the last n_min steps: leave the edit path for plain sampling
                 noise = torch.randn(x_src.shape, generator=gen, device=x_src.device, dtype=x_src.dtype)
                 x = z + add_noise(x_src, noise, t) - x_src  # [K, C, h, w]
             x = euler(x, _target_velocities(model, v_fn, x, t, conds, c), t, s)
+            if masks is not None:
+                x = masks * x + (1 - masks) * add_noise(x_src, noise, s)
         if callback:
             callback(i - (steps - c.n_max) + 1, c.n_max)
     return z if x is None else x
+
+
+def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int) -> list[tuple]:
+    """(Mask or None, evaluations spent on it here, "infer"/"given"/None) for each edit: None (the
+    paper: the whole image); "infer": DiffEdit's mask of the target against the source, from the
+    same seed (2n evaluations); a Mask (paid for before: 0); or a mask of the image's size (path,
+    image or array; nonzero = edit). A list gives one per target."""
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(targets)
+    if len(masks) != len(targets):
+        raise SettingError(f"mask: {len(masks)} masks for {len(targets)} targets")
+    px, (h, w), out = prep.pixels, prep.x0.shape[-2:], []
+    for target, m in zip(targets, masks):
+        if m is None:
+            out.append((None, 0, None))
+            continue
+        if isinstance(m, str) and m == "infer":
+            m = diffedit_mask(model, image, target, source, seed=seed, x0=prep.x0)
+            out.append((m, m.unet_evals, "infer"))
+            continue
+        if not isinstance(m, Mask):
+            latent = user_mask(m, px.height, px.width, (h, w), model.vae_scale_factor, model.pixel_budget)
+            m = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, 1.0))
+        if tuple(m.latent.shape) != (h, w):
+            raise SettingError(f"mask is {tuple(m.latent.shape)} at latent resolution, the image {(h, w)}")
+        out.append((m, 0, "given"))
+    return out
 
 
 def flowedit(
@@ -189,6 +226,7 @@ def flowedit(
     preset: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    mask=None,
     **settings,
 ) -> EditResult:
     """Edit `image` from the `source` text's description to the `target` text's with FlowEdit.
@@ -204,12 +242,18 @@ def flowedit(
             the published settings are the defaults), under the explicit settings.
         seed (`int`, defaults to 0): seeds the fresh noises; the same seed gives the same image.
         progress (*optional*): progress(stage, done, total) after each step.
+        mask (*optional*; ours): None (the paper: the whole image may change); "infer": DiffEdit's
+            mask of the target against the source; a `Mask` from `diffedit_mask`; or a mask of the
+            image's size (nonzero = edit). The latent outside it stays the image's.
         **settings: any FlowEditConfig field by name.
 
     Returns:
-        `EditResult`: the image, unet_evals (transformer batch elements), the settings used.
+        `EditResult`: the image, the mask used (or None), unet_evals (transformer batch elements,
+        an inferred mask's included), the settings used.
     """
-    return flowedit_many(model, image, source, [target], config, preset, seed, progress, **settings)[0]
+    return flowedit_many(
+        model, image, source, [target], config, preset, seed, progress, mask=mask, **settings
+    )[0]
 
 
 def flowedit_many(
@@ -222,6 +266,7 @@ def flowedit_many(
     seed: int = 0,
     progress: Progress | None = None,
     max_batch: int | None = None,
+    mask=None,
     **settings,
 ) -> list[EditResult]:
     """Several FlowEdit edits of one image (one per target text) as ONE transformer call a step:
@@ -240,6 +285,7 @@ def flowedit_many(
         progress (*optional*): progress(stage, done, total) after each step.
         max_batch (`int`, *optional*): at most this many batch elements a transformer call (a
             step's batch split into ⌈B / max_batch⌉ calls, the same results); None: one call.
+        mask (*optional*; ours): as `flowedit`'s, for every target, or a list of one per target.
         **settings: any FlowEditConfig field by name.
 
     Returns:
@@ -255,29 +301,42 @@ def flowedit_many(
     targets = [check_prompt(model, t, "target") for t in targets]
     prep = prepare(model, image)
     x_src = prep.x0  # [1, C, h, w]
+    masks = _masks(model, image, prep, source, targets, mask, seed)
+    stacked = None
+    if any(m is not None for m, _, _ in masks):  # [K, 1, h, w], 1 = edit
+        ones = torch.ones(x_src.shape[-2:], device=x_src.device)
+        stacked = torch.stack([ones if m is None else m.latent.to(x_src) for m, _, _ in masks])[:, None]
     ts = levels(model.scheduler, c.num_inference_steps, tuple(x_src.shape[-2:]))
     counter = EvalCounter()
     v_fn = _chunked(velocity_fn(model, counter), max_batch)
     uncond, src, *tars = encode_text(model, ["", source, *targets]).split(1)  # [1, L, D] each
     conds = (uncond, src, torch.cat(tars))  # ∅, c_src, the targets' [K, L, D]
-    zs = flowedit_loop(model, v_fn, x_src, ts, conds, c, generator(model, seed), stage(progress, "edit"))
+    gen = generator(model, seed)
+    zs = flowedit_loop(model, v_fn, x_src, ts, conds, c, gen, stage(progress, "edit"), stacked)
     zs = check_finite(zs, "the guidance scales")
     shared = (c.n_max - c.n_min) * c.n_avg * (1 if model.family == "flux" else 2)  # the source branch
     own = (counter.n - shared) // len(targets)
     results = []
-    for k, target in enumerate(targets):
+    for k, (target, (m, spent, masked)) in enumerate(zip(targets, masks)):
         z = zs[k : k + 1]  # [1, C, h, w]
         img = to_image(decode(model, z), prep.pixels.height, prep.pixels.width)
         results.append(
             EditResult(
                 img,
-                None,
-                own + (shared if k == 0 else 0),
-                {"method": "flowedit", "source": source, "target": target, **asdict(c), "preset": preset},
+                m,
+                own + (shared if k == 0 else 0) + spent,
+                {
+                    "method": "flowedit",
+                    "source": source,
+                    "target": target,
+                    **asdict(c),
+                    "preset": preset,
+                    "mask": masked,
+                },
                 seed,
                 latents=z,
                 message=prep.note,
-            )  # fmt: skip
+            )
         )
     return results
 

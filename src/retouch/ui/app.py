@@ -208,9 +208,9 @@ def run_edit(
 ):
     """The Edit button: returns (mask over the image, result, download file, status, cache).
     Each method's values: its settings' form fields and its "preset" (the edit's record names it).
-    FlowEdit's texts: "flowedit_source" and "target". Bad input, a method the model does not run
-    (`methods_for`), the time limit or stopped() give a warning and the reason in the status box;
-    the server keeps serving."""
+    FlowEdit's texts: "flowedit_source", "target" and "flowedit_mask". Bad input, a method the model
+    does not run (`methods_for`), the time limit or stopped() give a warning and the reason in the
+    status box; the server keeps serving."""
     cache = cache if cache is not None else Cache()
     steps = guarded(_stage_progress(progress), time.monotonic() + time_limit, time_limit, stopped)
     try:
@@ -232,7 +232,7 @@ def run_edit(
             target=_text(texts.get("target"), "Target"),
             add=_concepts(_text(texts.get("add"), "Add")),
             remove=_concepts(_text(texts.get("remove"), "Remove")),
-            mask=_text(texts.get("mask"), "Mask") or "none",
+            mask=_text(texts.get("flowedit_mask" if flow else "mask"), "Mask") or "none",
             preset=None if values.get("preset") in (None, "", "none") else str(values["preset"]),
         )
         outcome = run(model, cache, req, steps)
@@ -349,6 +349,13 @@ def build_app(
                         visible=bool(flowedit_presets),
                         elem_id="flowedit-preset",
                     )
+                    flowedit_mask = gr.Radio(
+                        ["none", "infer"],
+                        value="none",
+                        label="Mask",
+                        info="infer (ours): edit only inside DiffEdit's mask of target against source",
+                        elem_id="flowedit-mask",
+                    )
                 with gr.Group(visible=offered[0] == "diffedit") as diffedit_box:
                     query = gr.Textbox(
                         label="Query", info="What the edited image should show", elem_id="query"
@@ -436,6 +443,7 @@ def build_app(
             "mask": mask,
             "flowedit_source": flowedit_source,
             "target": target,
+            "flowedit_mask": flowedit_mask,
         }
 
         def on_edit(data, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio injects these)

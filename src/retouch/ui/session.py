@@ -64,7 +64,7 @@ class EditRequest:
     target: str = ""  # FlowEdit's target text
     add: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
-    mask: str = "none"  # ledits: "none" or "infer"
+    mask: str = "none"  # ledits and flowedit: "none" or "infer"
     preset: str | None = None
 
 
@@ -135,6 +135,14 @@ def guarded(
     return step
 
 
+def _mask_choice(choice: str) -> str | None:
+    """The form's mask ("none" or "infer") as the methods take it; anything else (a path would name
+    a file on the server) is refused in one line."""
+    if choice not in ("none", "infer"):
+        raise SettingError(f"mask must be none or infer, got {choice!r}")
+    return None if choice == "none" else choice
+
+
 def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress | None = None) -> Outcome:
     """Run one edit, reusing the visitor's cached inversion/encoding/mask when they fit. An image
     over the model's pixel budget is resized to it (Outcome.note says so) or refused."""
@@ -155,6 +163,7 @@ def run(model: ModelBundle, cache: Cache, req: EditRequest, progress: Progress |
                 preset=req.preset,
                 seed=seed,
                 progress=progress,
+                mask=_mask_choice(req.mask),
                 **req.settings,
             )
         )
@@ -227,7 +236,7 @@ def _ledits(model, cache, req, image, seed, key, progress):
             prompt=req.prompt,
             preset=req.preset,
             seed=seed,
-            mask="infer" if req.mask == "infer" else None,
+            mask=_mask_choice(req.mask),
             image=image,
             progress=progress,
             **req.settings,
