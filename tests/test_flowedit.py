@@ -287,16 +287,17 @@ def test_a_mask_keeps_the_latent_outside_it_and_a_full_mask_is_the_paper(sd3, n_
 
 
 def test_an_inferred_mask_is_diffedits_of_the_target_against_the_source(sd3):
-    """mask="infer": DiffEdit's mask of the target (query) against the source (reference) from the
-    edit's seed, its cost in the edit's; the same seed gives the same edit; in flowedit_many each
-    target's own mask, each edit equal to its single edit."""
+    """mask="infer": DiffEdit's mask of the target (query) against the source (reference), fitted to
+    the image's edges (INFERRED_MASK), from the edit's seed, its cost in the edit's; the same seed
+    gives the same edit; in flowedit_many each target's own mask, each edit equal to its single edit."""
     from retouch.methods.diffedit import diffedit_mask
+    from retouch.methods.flowedit import INFERRED_MASK
 
     kw = dict(num_inference_steps=6, n_max=4, seed=2)
     a = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask="infer", **kw)
     b = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask="infer", **kw)
     paper = flowedit(sd3, IMAGE, "a red circle", "a green circle", **kw)
-    ref = diffedit_mask(sd3, IMAGE, "a green circle", "a red circle", seed=2)
+    ref = diffedit_mask(sd3, IMAGE, "a green circle", "a red circle", seed=2, **INFERRED_MASK)
     assert torch.equal(a.mask.latent, ref.latent) and a.settings["mask"] == "infer"
     assert a.unet_evals == paper.unet_evals + ref.unet_evals and ref.unet_evals > 0
     assert torch.equal(a.latents, b.latents)

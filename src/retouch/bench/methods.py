@@ -16,8 +16,9 @@ diffusers: diffusers_diffedit (StableDiffusionDiffEditPipeline), diffusers_ledit
 (LEditsPPPipelineStableDiffusion at LEDITS's settings, concepts only: LEDITS++ has no target
 prompt), diffusers_ledits++ (the same pipeline at the "ledits++" preset's settings).
 flowedit (a flow model's: FlowEdit at its family's published settings), flowedit_presets (with the
-preset a user picks for the edit's kind), flowedit_masked (the same, inside DiffEdit's mask of the
-target caption against the source's under the run's mask settings: mask="infer" at the defaults).
+preset a user picks for the edit's kind), flowedit_masked (the same with mask="infer": inside
+DiffEdit's mask of the target caption against the source's, fitted to the image's edges; no mask
+for new backgrounds, which DiffEdit's mask cannot hold).
 autoencoder: the VAE round trip alone, the ceiling of preservation.
 """
 
@@ -322,25 +323,19 @@ def _their_ledits(ctx: Context, case: Case, s: Settings, token, pp: bool = False
 def _flowedit(presets: bool = False, masked: bool = False) -> Callable:
     """FlowEdit from the source caption to the target caption, each setting not given the family's
     published one; with `presets`, under the preset of the case's kind (KIND_PRESETS), the settings
-    the run was given laid over it; `masked`: inside DiffEdit's mask (mask="infer")."""
+    the run was given laid over it; `masked`: mask="infer" but for new backgrounds."""
 
     def edit(ctx: Context, case: Case, s: Settings, prep) -> Output:
-        from retouch.methods.diffedit import diffedit_mask
         from retouch.methods.flowedit import flowedit
 
         preset = KIND_PRESETS["flowedit"][case.kind] if presets else None
         given = s.given_in(s.flowedit) if preset else {}
-        mask = None  # masked: DiffEdit's mask of the captions under the run's mask settings
-        if masked:
-            texts = (case.target_caption, case.source_caption)
-            mask = diffedit_mask(ctx.model, case.input_image, *texts, config=s.diffedit, seed=case.seed)
+        mask = "infer" if masked and case.kind != "background" else None  # (it cannot hold a background)
         r = flowedit(
             ctx.model, case.input_image, case.source_caption, case.target_caption, s.flowedit,
             preset=preset, seed=case.seed, mask=mask, **given,
         )  # fmt: skip
-        return Output(
-            _image(r.image), _mask(r) if masked else None, r.unet_evals + (mask.unet_evals if mask else 0)
-        )
+        return Output(_image(r.image), _mask(r), r.unet_evals)
 
     return edit
 

@@ -4,7 +4,8 @@ inversion-free editing on a flow model (docs/flow.md).
 Z starts at the image's latent and follows the difference of two velocity fields: the target text's at
 Z + Z_src − x_src and the source text's at Z_src, a fresh noising of the image at each level. No
 inversion, so no reconstruction error; the average over n_avg noises smooths the direction.
-Beyond the paper: `mask="infer"` (DiffEdit's mask of the target against the source) or a given mask
+Beyond the paper: `mask="infer"` (DiffEdit's mask of the target against the source, fitted to the
+image's edges: INFERRED_MASK) or a given mask
 confines the edit: Z moves only inside it and stays the image's latent outside.
 """
 
@@ -87,6 +88,12 @@ class FlowEditConfig:
             if self.n_min > self.n_max:
                 raise SettingError(f"n_min must be <= n_max ({self.n_max}), got {self.n_min}")
 
+
+# mask="infer": DiffEdit's mask fitted to the image's edges, less its regions of under 0.8 of the
+# strongest one's summed score (the mask of DiffEdit's recolor and remove presets). On 60 fresh
+# recolours, reshapes and removals (shapes-sd3 version 4, the stronger preset): 30 edits at 31.45 dB
+# of background, 30 at 28.25 dB inside the paper's mask, 29 at 25.17 dB with no mask.
+INFERRED_MASK = dict(mask_refine_radius=3.0, mask_keep_ratio=0.8)
 
 PRESETS = FLOWEDIT  # SD3's (retouch.presets.FLOWEDIT_BY_FAMILY: a preset's steps are its family's)
 
@@ -193,9 +200,9 @@ def flowedit_loop(
 
 def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int) -> list[tuple]:
     """(Mask or None, evaluations spent on it here, "infer"/"given"/None) for each edit: None (the
-    paper: the whole image); "infer": DiffEdit's mask of the target against the source, from the
-    same seed (2n evaluations); a Mask (paid for before: 0); or a mask of the image's size (path,
-    image or array; nonzero = edit). A list gives one per target."""
+    paper: the whole image); "infer": DiffEdit's mask of the target against the source, fitted
+    (INFERRED_MASK), from the same seed (2n evaluations); a Mask (paid for before: 0); or a mask
+    of the image's size (path, image or array; nonzero = edit). A list gives one per target."""
     masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(targets)
     if len(masks) != len(targets):
         raise SettingError(f"mask: {len(masks)} masks for {len(targets)} targets")
@@ -205,7 +212,7 @@ def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int)
             out.append((None, 0, None))
             continue
         if isinstance(m, str) and m == "infer":
-            m = diffedit_mask(model, image, target, source, seed=seed, x0=prep.x0)
+            m = diffedit_mask(model, image, target, source, seed=seed, x0=prep.x0, **INFERRED_MASK)
             out.append((m, m.unet_evals, "infer"))
             continue
         if not isinstance(m, Mask):
@@ -243,8 +250,9 @@ def flowedit(
         seed (`int`, defaults to 0): seeds the fresh noises; the same seed gives the same image.
         progress (*optional*): progress(stage, done, total) after each step.
         mask (*optional*; ours): None (the paper: the whole image may change); "infer": DiffEdit's
-            mask of the target against the source; a `Mask` from `diffedit_mask`; or a mask of the
-            image's size (nonzero = edit). The latent outside it stays the image's.
+            mask of the target against the source, fitted to the image's edges (INFERRED_MASK);
+            a `Mask` from `diffedit_mask`; or a mask of the image's size (nonzero = edit). The
+            latent outside it stays the image's.
         **settings: any FlowEditConfig field by name.
 
     Returns:
