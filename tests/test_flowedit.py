@@ -320,6 +320,13 @@ def test_an_inferred_mask_is_diffedits_of_the_target_against_the_source(sd3):
     ],
 )
 def test_a_bad_mask_is_a_one_line_error(sd3, mask, word):
+    """A mask of another size, one mask too many, a missing file; on FLUX "infer" (DiffEdit's mask needs
+    the ∅ branch a distilled model has not), before any transformer call."""
+    if isinstance(mask, str):
+        with pytest.raises(InputError, match="FLUX") as e:
+            flowedit(bundle("flux"), IMAGE, "a red circle", "a green circle", num_inference_steps=4, n_max=2,
+                     mask="infer")  # fmt: skip
+        assert "\n" not in str(e.value)
     with pytest.raises(InputError, match=word) as e:
         flowedit_many(
             sd3, IMAGE, "a red circle", ["a green circle"], num_inference_steps=4, n_max=2, mask=mask

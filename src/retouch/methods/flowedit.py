@@ -206,6 +206,11 @@ def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int)
     masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(targets)
     if len(masks) != len(targets):
         raise SettingError(f"mask: {len(masks)} masks for {len(targets)} targets")
+    if model.family == "flux" and any(isinstance(m, str) and m == "infer" for m in masks):
+        raise SettingError(
+            "mask='infer' needs DiffEdit's mask, which FLUX (a distilled model, no ∅ branch) cannot "
+            "infer: give a mask file"
+        )
     px, (h, w), out = prep.pixels, prep.x0.shape[-2:], []
     for target, m in zip(targets, masks):
         if m is None:
