@@ -5,8 +5,8 @@ Z starts at the image's latent and follows the difference of two velocity fields
 Z + Z_src − x_src and the source text's at Z_src, a fresh noising of the image at each level. No
 inversion, so no reconstruction error; the average over n_avg noises smooths the direction.
 Beyond the paper: `mask="infer"` (DiffEdit's mask of the target against the source, fitted to the
-image's edges: INFERRED_MASK) or a given mask
-confines the edit: Z moves only inside it and stays the image's latent outside.
+image's edges: INFERRED_MASK) or a given mask confines the edit: Z moves only inside it and stays
+the image's latent outside.
 """
 
 from __future__ import annotations
