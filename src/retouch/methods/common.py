@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from retouch.errors import InputError, SettingError
-from retouch.latents import Pixels, encode, fitted, image_hash, to_pixels
-from retouch.types import ModelBundle
+from retouch.latents import Pixels, encode, fitted, image_hash, to_pixels, upsample_mask
+from retouch.masks import user_mask
+from retouch.types import Mask, ModelBundle
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called after each step of a stage ("mask", "encode", "decode",
@@ -63,3 +64,15 @@ def check_finite(latents: torch.Tensor, scales: str) -> torch.Tensor:
     if not torch.isfinite(latents).all():
         raise SettingError(f"the edit overflowed (non-finite latents): lower {scales}")
     return latents
+
+
+def given_mask(bundle: ModelBundle, mask, prep: Prepared, feather: float) -> Mask:
+    """A mask the caller gives: a Mask (kept), or a mask of the image's size (path, image or array;
+    nonzero = edit) at latent resolution; one of another latent size is a one-line error."""
+    px, (h, w) = prep.pixels, prep.x0.shape[-2:]
+    if not isinstance(mask, Mask):
+        latent = user_mask(mask, px.height, px.width, (h, w), bundle.vae_scale_factor, bundle.pixel_budget)
+        mask = Mask(latent, upsample_mask(latent, bundle.vae_scale_factor, px.height, px.width, feather))
+    if tuple(mask.latent.shape) != (h, w):
+        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {(h, w)}")
+    return mask

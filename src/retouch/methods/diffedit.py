@@ -23,8 +23,17 @@ from retouch.errors import SettingError
 from retouch.flows import check_carried_over
 from retouch.inversion import ddim_encode
 from retouch.latents import decode, paste_back, to_image, upsample_mask
-from retouch.masks import binarize, difference_map, refined_scores, strongest_regions, user_mask
-from retouch.methods.common import Prepared, Progress, check_finite, check_model, generator, prepare, stage
+from retouch.masks import binarize, difference_map, refined_scores, strongest_regions
+from retouch.methods.common import (
+    Prepared,
+    Progress,
+    check_finite,
+    check_model,
+    generator,
+    given_mask,
+    prepare,
+    stage,
+)
 from retouch.presets import DIFFEDIT, on_model
 from retouch.sampling import ddim_sample
 from retouch.schedule import Schedule
@@ -239,15 +248,7 @@ def _resolve_mask(model, prep: Prepared, mask, query, reference, cfg, seed) -> t
     if mask is None:
         m = _infer_mask(model, prep, query, reference, cfg, seed)
         return m, m.unet_evals
-    if not isinstance(mask, Mask):
-        px, (h, w) = prep.pixels, prep.x0.shape[-2:]
-        latent = user_mask(mask, px.height, px.width, (h, w), model.vae_scale_factor, model.pixel_budget)
-        mask = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, cfg.feather))
-    if tuple(mask.latent.shape) != tuple(prep.x0.shape[-2:]):
-        raise SettingError(
-            f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {tuple(prep.x0.shape[-2:])}"
-        )
-    return mask, 0
+    return given_mask(model, mask, prep, cfg.feather), 0
 
 
 # --- Step 2: the encoding (§3.1) ---------------------------------------------------------------

@@ -18,14 +18,13 @@ import torch
 from retouch.denoiser import EvalCounter, cfg
 from retouch.errors import SettingError
 from retouch.flows import add_noise, check_flow_model, euler, levels, velocity_fn
-from retouch.latents import decode, to_image, upsample_mask
-from retouch.masks import user_mask
-from retouch.methods.common import Progress, check_finite, generator, prepare, stage
+from retouch.latents import decode, to_image
+from retouch.methods.common import Progress, check_finite, generator, given_mask, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
 from retouch.presets import FLOWEDIT, on_model
 from retouch.settings import check_number, configured, setting
 from retouch.text import check_prompt, encode_text
-from retouch.types import EditResult, Mask
+from retouch.types import EditResult
 
 # The published settings per family (the paper's Tables and its reference code's defaults).
 PUBLISHED = {
@@ -211,7 +210,7 @@ def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int)
             "mask='infer' needs DiffEdit's mask, which FLUX (a distilled model, no ∅ branch) cannot "
             "infer: give a mask file"
         )
-    px, (h, w), out = prep.pixels, prep.x0.shape[-2:], []
+    out = []
     for target, m in zip(targets, masks):
         if m is None:
             out.append((None, 0, None))
@@ -220,12 +219,7 @@ def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int)
             m = diffedit_mask(model, image, target, source, seed=seed, x0=prep.x0, **INFERRED_MASK)
             out.append((m, m.unet_evals, "infer"))
             continue
-        if not isinstance(m, Mask):
-            latent = user_mask(m, px.height, px.width, (h, w), model.vae_scale_factor, model.pixel_budget)
-            m = Mask(latent, upsample_mask(latent, model.vae_scale_factor, px.height, px.width, 1.0))
-        if tuple(m.latent.shape) != (h, w):
-            raise SettingError(f"mask is {tuple(m.latent.shape)} at latent resolution, the image {(h, w)}")
-        out.append((m, 0, "given"))
+        out.append((given_mask(model, m, prep, feather=1.0), 0, "given"))
     return out
 
 

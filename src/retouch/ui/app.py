@@ -36,7 +36,7 @@ from retouch.models import check_budget
 from retouch.presets import BY_METHOD, aims, on_model
 from retouch.settings import Setting, check_number, parse_numbers, settings_fields
 from retouch.types import ModelBundle
-from retouch.ui.session import Cache, EditRequest, guarded, run
+from retouch.ui.session import MASK_CHOICES, Cache, EditRequest, guarded, run
 
 MAX_FILE_SIZE = "10mb"
 TIME_LIMIT_S = 120.0  # per edit; the edit stops at its next step past it
@@ -350,7 +350,7 @@ def build_app(
                         elem_id="flowedit-preset",
                     )
                     flowedit_mask = gr.Radio(
-                        ["none", "infer"],
+                        list(MASK_CHOICES),
                         value="none",
                         label="Mask",
                         info="infer (ours): edit only inside DiffEdit's mask of target against source",
@@ -388,7 +388,7 @@ def build_app(
                             elem_id="preset",
                         )
                         mask = gr.Radio(
-                            ["none", "infer"],
+                            list(MASK_CHOICES),
                             value="none",
                             label="Mask",
                             info="infer: edit only inside DiffEdit's mask",

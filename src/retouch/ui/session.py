@@ -135,10 +135,13 @@ def guarded(
     return step
 
 
+MASK_CHOICES = ("none", "infer")  # the form's mask choice (LEDITS, FlowEdit)
+
+
 def _mask_choice(choice: str) -> str | None:
     """The form's mask ("none" or "infer") as the methods take it; anything else (a path would name
     a file on the server) is refused in one line."""
-    if choice not in ("none", "infer"):
+    if choice not in MASK_CHOICES:
         raise SettingError(f"mask must be none or infer, got {choice!r}")
     return None if choice == "none" else choice
 
