@@ -395,22 +395,22 @@ def test_flowedit_presets_edits_each_kind_under_the_preset_a_user_picks_for_it()
     assert np.array_equal(runs["recolor"][0].image, np.asarray(by_hand.image.convert("RGB")))
 
 
-def test_flowedit_masked_is_the_presets_edit_inside_the_inferred_mask_but_for_backgrounds():
+def test_flowedit_masked_is_the_presets_edit_inside_the_inferred_mask_but_for_additions_and_backgrounds():
     """flowedit_masked: the library's FlowEdit under the kind's preset with mask="infer" (its 2·10
-    mask evaluations in the edit's), the mask reported for the mask IoU; a new background has no
-    mask (DiffEdit's mask cannot hold it): flowedit_presets' edit."""
+    mask evaluations in the edit's), the mask reported for the mask IoU; an addition and a new
+    background have no mask (DiffEdit's mask cannot place or hold them): flowedit_presets' edit."""
     from flow_tiny import bundle
     from retouch.bench.methods import METHODS, Context, Settings, run_method
     from retouch.denoiser import UNetCalls
     from retouch.methods.flowedit import flowedit
 
     model, case = bundle("sd3"), make_case(HELD_OUT_SEED, "recolor")
-    background = make_case(HELD_OUT_SEED, "background")
+    unmasked = [make_case(HELD_OUT_SEED, kind) for kind in ("add", "background")]
     ctx, calls = Context(model), UNetCalls(model.unet)
     try:
         out, _, edit = run_method(ctx, calls, METHODS["flowedit_masked"], case, Settings(), {})
-        bg = {m: run_method(ctx, calls, METHODS[m], background, Settings(), {})[0]
-              for m in ("flowedit_masked", "flowedit_presets")}  # fmt: skip
+        plain = [{m: run_method(ctx, calls, METHODS[m], c, Settings(), {})[0]
+                  for m in ("flowedit_masked", "flowedit_presets")} for c in unmasked]  # fmt: skip
     finally:
         calls.unwrap()
     assert edit.evals == 4 * 40 + 2 * 10 and METHODS["flowedit_masked"].has_mask
@@ -418,8 +418,9 @@ def test_flowedit_masked_is_the_presets_edit_inside_the_inferred_mask_but_for_ba
                        preset="stronger", mask="infer")  # fmt: skip
     assert np.array_equal(out.image, np.asarray(by_hand.image.convert("RGB")))
     assert np.array_equal(out.mask, by_hand.mask.latent.numpy() > 0.5)
-    assert bg["flowedit_masked"].mask is None
-    assert np.array_equal(bg["flowedit_masked"].image, bg["flowedit_presets"].image)
+    for bg in plain:
+        assert bg["flowedit_masked"].mask is None
+        assert np.array_equal(bg["flowedit_masked"].image, bg["flowedit_presets"].image)
 
 
 def test_diffedit_concepts_edits_with_the_edits_own_phrases_where_it_has_them(tiny_eps):

@@ -390,6 +390,28 @@ def test_invert_once_then_edit_from_the_inversion(image, tmp_path, model_args):
         assert np.array_equal(np.asarray(x), np.asarray(y))  # same seed: the very same edit
 
 
+def test_invert_under_a_preset_makes_the_inversion_the_presets_edit_runs_on(image, tmp_path, model_args):
+    """`retouch invert --preset ledits++` inverts on LEDITS++'s steps, skip and solver; editing from
+    it under the preset gives the image a fresh edit under the preset gives."""
+    from retouch.methods.ledits import PRESETS
+
+    inv = tmp_path / "scene.safetensors"
+    made = run("invert", image, "-o", inv, "--preset", "ledits++", *model_args, "--json", "--no-progress")
+    assert made.exit_code == 0, made.output
+    want = {k: PRESETS["ledits++"][k] for k in ("num_inference_steps", "skip", "solver")}
+    got = json.loads(made.stdout)["settings"]
+    assert {k: got[k] for k in want} == want and want["solver"] == "dpmsolver++"
+    concepts = ["--add", "red circle", "--preset", "ledits++", "--seed", "0", *model_args, "--json"]
+    reused = run(
+        "edit", "ledits", image, "-o", tmp_path / "a.png", "--inversion", inv, *concepts, "--no-progress"
+    )
+    fresh = run("edit", "ledits", image, "-o", tmp_path / "b.png", *concepts, "--no-progress")
+    assert reused.exit_code == 0, reused.output
+    assert json.loads(reused.stdout)["unet_evals"] < json.loads(fresh.stdout)["unet_evals"]
+    with Image.open(tmp_path / "a.png") as x, Image.open(tmp_path / "b.png") as y:
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_ledits_records_skip_as_a_step_count_however_it_was_given(image, tmp_path, model_args):
     """skip as a fraction (0.2 of 10 steps) is recorded as the 2 steps it means, by a plain edit and
     by an edit from an inversion alike, and the recorded settings give the same image."""
@@ -1153,6 +1175,29 @@ def test_threads_default_to_the_idle_cores_and_the_flag_sets_them(image, tmp_pat
 def test_presets_are_an_attribute_of_the_package():
     code = "import retouch; assert retouch.presets.DIFFEDIT['tight-mask'] and 'presets' in retouch.__all__"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["bench", "edits"], ["train", "unet"], ["train", "flow"], ["edit", "ledits"], ["edit", "flowedit"]],
+)
+def test_no_option_states_two_defaults(command):
+    """An option's help gives one default: a help that states its own gets no second."""
+    result = run(*command, "--help-all" if command[0] == "edit" else "--help")
+    assert result.exit_code == 0, result.output
+    options = re.split(r"\n  (?=-)", result.output)
+    assert len(options) > 10
+    assert [o for o in options if o.count("[default:") > 1] == []
+
+
+def test_the_benchs_skip_shows_the_benchs_default():
+    """bench edits runs LEDITS at skip 0.36·N whatever --steps is; its help says so, not 36."""
+    from retouch.bench.methods import Settings
+
+    text = " ".join(run("bench", "edits", "--help").output.split())
+    skip = text[text.index("--skip FLOAT") :]
+    assert skip[: skip.index("]") + 1].endswith("[default: 0.36·N, 36 of LEDITS' 100 steps]"), skip[:200]
+    assert Settings().ledits.skip == 0.36
 
 
 def test_batch_help_lists_a_manifests_fields():

@@ -559,24 +559,26 @@ def mask(image, output, query, reference, preset, **options):
 @_image_argument
 @_output("The inversion (.safetensors), for `retouch edit ledits --inversion`.")
 @_input("--source", default="", help="The image's caption [default: empty].")
+@_preset_option("ledits")
 @_fast
 @_run_options
-def invert(image, output, source, fast, **options):
-    """Invert IMAGE once (edit-friendly DDPM inversion), to edit it many times with ledits."""
+def invert(image, output, source, preset, fast, **options):
+    """Invert IMAGE once (edit-friendly DDPM inversion), to edit it many times with ledits; with
+    --preset, over the steps, skip and solver of the preset the edits will name."""
     from retouch.latents import load_image
-    from retouch.methods.ledits import FAST, LEditsConfig
+    from retouch.methods.ledits import FAST, PRESETS, LEditsConfig
     from retouch.methods.ledits import invert as invert_image
 
     run = _Run.pop(options)
     given = _given(options, FAST if fast else None)
-    _check_config(LEditsConfig, given)
+    _check_config(LEditsConfig, given, preset, PRESETS)
     img = load_image(image)
     check_output(output, [image], image=False)
     bundle, t_load = run.load()
     img = fit_image(bundle, img, run.quiet)
     t0 = time.perf_counter()
     with progress_bars(run.progress) as progress:
-        inv = invert_image(bundle, img, source, progress=progress, **run.seed_kw, **given)
+        inv = invert_image(bundle, img, source, progress=progress, preset=preset, **run.seed_kw, **given)
     timings = {"load": t_load, "invert": time.perf_counter() - t0}
     inv.save(output)
     summary = {
@@ -584,7 +586,13 @@ def invert(image, output, source, fast, **options):
         "method": "invert",
         "model": bundle.model_id,
         "source": inv.source,
-        "settings": {**given, "num_inference_steps": inv.num_inference_steps, "skip": inv.skip},
+        "settings": {
+            **given,
+            "num_inference_steps": inv.num_inference_steps,
+            "skip": inv.skip,
+            "solver": inv.solver,
+        },
+        "preset": preset,
         "seed": inv.seed,
         "unet_evals": inv.unet_evals,
         "timings": timings,

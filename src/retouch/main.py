@@ -27,7 +27,7 @@ COMMANDS = {
 @click.group(cls=Group, context_settings=CONTEXT, lazy=COMMANDS)
 @click.version_option(__version__, prog_name="retouch")
 def main():
-    """Edit images with text using diffusion models: DiffEdit and LEDITS."""
+    """Edit images with text using diffusion models: DiffEdit, LEDITS (and LEDITS++), FlowEdit."""
 
 
 if __name__ == "__main__":

@@ -147,11 +147,17 @@ class Option(click.Option):
         self.section = section
 
 
-def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lambda name: True):
+def setting_options(
+    configs: dict[str, type],
+    keep: Callable[[str], bool] = lambda name: True,
+    shown: dict[str, str] | None = None,
+):
     """click Options for the fields of the config classes ({label: class}); a field several
     classes share is one flag whose help gives each class's default. Every option defaults to
     None (not given): the library's own defaults apply unless a flag is given. A setting of ours
-    says so in its help and, with the paper's rarely changed ones, is in the "advanced" section."""
+    says so in its help and, with the paper's rarely changed ones, is in the "advanced" section.
+    `shown`: {name: the default to print} where the command's own default differs from the
+    classes'; a help that states its default itself gets no second one."""
     merged: dict[str, tuple[Setting, dict[str, Any]]] = {}
     choices: dict[str, list] = {}
     for label, cls in configs.items():
@@ -161,13 +167,16 @@ def setting_options(configs: dict[str, type], keep: Callable[[str], bool] = lamb
                 choices.setdefault(s.name, []).extend(c for c in s.choices if c not in choices[s.name])
     options = []
     for s, defaults in merged.values():
-        shown = {k: _shown(v) for k, v in defaults.items()}
-        if len(configs) == 1 or len(set(map(str, shown.values()))) == 1:
-            default = str(next(iter(shown.values())))
+        each = {k: _shown(v) for k, v in defaults.items()}
+        if s.name in (shown or {}):
+            default = shown[s.name]
+        elif len(configs) == 1 or len(set(map(str, each.values()))) == 1:
+            default = str(next(iter(each.values())))
         else:
-            default = ", ".join(f"{v} for {k}" for k, v in shown.items())
+            default = ", ".join(f"{v} for {k}" for k, v in each.items())
         only = "" if len(defaults) == len(configs) else f" ({', '.join(defaults)} only)"
-        help_text = f"{s.description}{only} [default: {default}]"
+        stated = "[default:" in s.description
+        help_text = f"{s.description}{only}" + ("" if stated else f" [default: {default}]")
         section = "advanced" if s.advanced else "settings"
         if s.kind == "bool":
             decl = f"{s.flag}/--no-{s.flag[2:]}"

@@ -30,7 +30,8 @@ MANIFEST_HELP = (
     '  {"image": "photo.png", "method": "diffedit", "query": "...", "reference": "..."}\n'
     '  {"image": "photo.png", "method": "flowedit", "source": "...", "target": "...", "seed": 1}\n\n'
     f"Keys of every row: {', '.join(COMMON)} (image and mask relative to the manifest, output a "
-    "file name under --out, mask 'infer' for ledits; method diffedit, ledits, ledits++ or flowedit, "
+    "file name under --out, mask 'infer' for ledits and flowedit; method diffedit, ledits, ledits++ or "
+    "flowedit, "
     "the last on a flow model: --model shapes-sd3, an SD3 or FLUX folder); "
     + "; ".join(f"of {method} rows: {', '.join(keys)}" for method, keys in TEXTS.items())
     + "; and any setting of the method by its config name (`retouch edit METHOD --help-all`)."

@@ -443,6 +443,7 @@ def _settings_options():
     return setting_options(
         {"diffedit": DiffEditConfig, "ledits": LEditsConfig, "flowedit": FlowEditConfig},
         keep=lambda n: n not in ("mode", "num_inference_steps"),
+        shown={"skip": "0.36·N, 36 of LEDITS' 100 steps"},
     )
 
 

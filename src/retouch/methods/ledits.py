@@ -224,6 +224,7 @@ def invert(
     config: LEditsConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    preset: str | None = None,
     **settings,
 ) -> Inversion:
     """Edit-friendly DDPM inversion of `image` (docs/ledits.md, step 1) over the steps editing will run.
@@ -237,6 +238,8 @@ def invert(
         seed (`int`, defaults to 0): the seed of the inversion's noises.
         progress (`Callable[[str, int, int], None]`, *optional*): called as progress("invert",
             done, total) after each step.
+        preset (`str`, *optional*): one of `PRESETS` (e.g. "ledits++"), the inversion its edits
+            will run on: its steps, skip and solver, `settings` laid over them.
         **settings: any `LEditsConfig` field; the inversion reads num_inference_steps, skip,
             source_guidance_scale and solver.
 
@@ -245,7 +248,7 @@ def invert(
         `Inversion.save(path)` / `Inversion.load(path)` keep it on disk.
     """
     check_model(model)
-    cfg = _config(config, None, settings)
+    cfg = _config(config, preset, settings)
     check_carried_over(model, "ledits", cfg)
     source = check_prompt(model, source, "source", allow_empty=True)
     seed = check_seed(seed)
