@@ -286,6 +286,21 @@ def test_a_mask_keeps_the_latent_outside_it_and_a_full_mask_is_the_paper(sd3, n_
     assert (none.latents - _x_src(sd3)).abs().max().item() <= 1e-4  # an empty mask: the image
 
 
+def test_a_mask_given_as_nested_lists_is_one_mask_for_every_target(sd3):
+    """A mask as a list of rows (as JSON gives it) is one mask, not one per target: flowedit and
+    flowedit_many edit as with the same mask as an array."""
+    kw = dict(num_inference_steps=6, n_max=4, seed=1)
+    half = np.zeros(IMAGE.shape[:2], np.uint8)
+    half[:, :24] = 1
+    rows = half.tolist()  # 48 rows of 48 numbers
+    one = flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=rows, **kw)
+    assert torch.equal(
+        one.latents, flowedit(sd3, IMAGE, "a red circle", "a green circle", mask=half, **kw).latents
+    )
+    many = flowedit_many(sd3, IMAGE, "a red circle", TARGETS[:2], mask=rows, **kw)
+    assert all(torch.equal(r.mask.latent, one.mask.latent) for r in many)
+
+
 def test_an_inferred_mask_is_diffedits_of_the_target_against_the_source(sd3):
     """mask="infer": DiffEdit's mask of the target (query) against the source (reference), fitted to
     the image's edges (INFERRED_MASK), from the edit's seed, its cost in the edit's; the same seed

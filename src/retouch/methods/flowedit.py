@@ -11,6 +11,7 @@ the image's latent outside.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -197,12 +198,23 @@ def flowedit_loop(
     return z if x is None else x
 
 
+def _per_target(mask) -> bool:
+    """Whether `mask` is a list of masks, one per target, rather than one mask given as nested
+    lists of rows (whose first item is a row of numbers)."""
+    if not isinstance(mask, (list, tuple)):
+        return False
+    first = mask[0] if mask else None
+    row = isinstance(first, (list, tuple)) and bool(first) and isinstance(first[0], numbers.Number)
+    return not row
+
+
 def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int) -> list[tuple]:
     """(Mask or None, evaluations spent on it here, "infer"/"given"/None) for each edit: None (the
     paper: the whole image); "infer": DiffEdit's mask of the target against the source, fitted
     (INFERRED_MASK), from the same seed (2n evaluations); a Mask (paid for before: 0); or a mask
-    of the image's size (path, image or array; nonzero = edit). A list gives one per target."""
-    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(targets)
+    of the image's size (path, image, array or nested list of rows; nonzero = edit). A list of
+    masks gives one per target."""
+    masks = list(mask) if _per_target(mask) else [mask] * len(targets)
     if len(masks) != len(targets):
         raise SettingError(f"mask: {len(masks)} masks for {len(targets)} targets")
     if model.family == "flux" and any(isinstance(m, str) and m == "infer" for m in masks):
