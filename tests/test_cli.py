@@ -1190,6 +1190,23 @@ def test_no_option_states_two_defaults(command):
     assert [o for o in options if o.count("[default:") > 1] == []
 
 
+def test_train_flow_offers_only_the_settings_it_reads():
+    """`train flow` lists no autoencoder or UNet setting (it would be silently ignored): none of
+    them is read by the flow training, and each is refused as no such option."""
+    import inspect
+
+    from retouch.shapes import train_flow
+    from retouch.shapes.cli import NOT_FLOW
+
+    source = inspect.getsource(train_flow)
+    text = run("train", "flow", "--help").output
+    for name in NOT_FLOW:
+        flag = "--" + name.replace("_", "-")
+        assert f"cfg.{name}" not in source and flag not in text, name
+    assert "--whole-caption-share" in text and "--steps" in text
+    assert run("train", "flow", "runs/x", "--architecture", "mini").exit_code == 2
+
+
 def test_the_benchs_skip_shows_the_benchs_default():
     """bench edits runs LEDITS at skip 0.36·N whatever --steps is; its help says so, not 36."""
     from retouch.bench.methods import Settings

@@ -27,6 +27,24 @@ def _train_settings():
     return setting_options({"train": TrainConfig})
 
 
+# what the flow model's training does not read: the autoencoder's and the UNet's own settings
+NOT_FLOW = (
+    "kl_weight",
+    "decoder_only",
+    "min_snr_gamma",
+    "architecture",
+    "grown_lr_scale",
+    "grounding_weight",
+    "image_size",
+)
+
+
+def _flow_settings():
+    from retouch.shapes.train import TrainConfig
+
+    return setting_options({"train": TrainConfig}, keep=lambda name: name not in NOT_FLOW)
+
+
 @click.group(context_settings=CONTEXT)
 def train():
     """Train the mini Stable Diffusion on ShapesWorld: vae, then unet, then export; its flow-matching
@@ -98,7 +116,7 @@ def train_unet_command(work, vae_work, init, threads, **settings):
     train_unet(work, vae_work, cfg, init=init)
 
 
-@train.command("flow", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
+@train.command("flow", cls=SettingsCommand, settings=_flow_settings, context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @_threads
 def train_flow_command(work, threads, **settings):
