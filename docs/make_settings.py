@@ -110,8 +110,9 @@ def table(config_cls, method: str | None) -> str:
     """One config's settings as a Markdown table."""
     rows = ["| setting | flag | default | values | origin | what it does | set by |", "|---" * 7 + "|"]
     for s in settings_fields(config_cls):
-        cells = [f"`{s.name}`", f"`{s.flag}`", _shown(s.default), _values(s), _origin(s, method), s.help,
-                 _presets(s, method)]  # fmt: skip
+        default = s.shown or _shown(s.default)
+        cells = [f"`{s.name}`", f"`{s.flag}`", default, _values(s), _origin(s, method), s.help]
+        cells.append(_presets(s, method))
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(rows)
 

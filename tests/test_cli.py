@@ -191,26 +191,25 @@ def test_every_config_field_is_a_flag():
     assert options["num_inference_steps"].help.endswith("[default: 50]")
     assert params("edit", "ledits")["num_inference_steps"].help.endswith("[default: 100]")
     assert options["changed_word_scale"].help.startswith("ours: inside the mask")
-    train_help = run("train", "vae", "--help").output
+    train_help = run("train", "vae", "--help").output + run("train", "unet", "--help").output
     for s in settings_fields(TrainConfig):
         assert s.flag in train_help
-    train_options = {p.name: p for p in main.get_command(None, "train").get_command(None, "unet").params}
-    assert train_options["bare_background_share"].help.endswith("[default: 0.1667]")  # 1/6, readable
-    assert train_options["kl_weight"].help.endswith("[default: 1e-06]")  # small floats keep their value
+    assert params("train", "unet")["bare_background_share"].help.endswith("[default: 0.1667]")  # 1/6
+    assert params("train", "vae")["kl_weight"].help.endswith("[default: 1e-06]")  # small floats kept
 
 
 @pytest.mark.parametrize(
-    "flag, value, says",
+    "stage, flag, value, says",
     [
-        ("--bare-background-share", "1.5", "bare_background_share must be <= 1"),
-        ("--lr", "nan", "lr must be finite"),
-        ("--steps", "0", "steps must be >= 1"),
-        ("--caption-dropout", "-0.1", "caption_dropout must be >= 0"),
+        ("flow", "--bare-background-share", "1.5", "bare_background_share must be <= 1"),
+        ("vae", "--lr", "nan", "lr must be finite"),
+        ("vae", "--steps", "0", "steps must be >= 1"),
+        ("flow", "--caption-dropout", "-0.1", "caption_dropout must be >= 0"),
     ],
 )
-def test_train_refuses_a_bad_setting_before_writing_anything(tmp_path, flag, value, says):
+def test_train_refuses_a_bad_setting_before_writing_anything(tmp_path, stage, flag, value, says):
     work = tmp_path / "work"
-    result = run("train", "vae", str(work), flag, value)
+    result = run("train", stage, str(work), flag, value)
     assert result.exit_code == 2 and says in result.output, result.output
     assert not work.exists()
 
@@ -1190,6 +1189,14 @@ def test_no_option_states_two_defaults(command):
     assert [o for o in options if o.count("[default:") > 1] == []
 
 
+def test_a_default_that_depends_on_other_settings_is_stated_as_such():
+    """`--architecture`'s default is the resumed run's own: help says so, not a bare "mini"."""
+    text = " ".join(run("train", "unet", "--help").output.split())
+    arch = text[text.index("--architecture") :]
+    arch = arch[: arch.index("]", arch.index("[default:")) + 1]
+    assert arch.endswith("[default: a resumed run's own, else --init's, else mini]"), arch
+
+
 def test_train_flow_offers_only_the_settings_it_reads():
     """`train flow` lists no autoencoder or UNet setting (it would be silently ignored): none of
     them is read by the flow training, and each is refused as no such option."""
@@ -1205,6 +1212,31 @@ def test_train_flow_offers_only_the_settings_it_reads():
         assert f"cfg.{name}" not in source and flag not in text, name
     assert "--whole-caption-share" in text and "--steps" in text
     assert run("train", "flow", "runs/x", "--architecture", "mini").exit_code == 2
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_each_training_stage_offers_only_the_settings_it_reads(stage):
+    """`train vae` lists no UNet setting, `train unet` no autoencoder one: a setting not offered is
+    not read by that stage (and is refused as no such option); one offered is read."""
+    import inspect
+
+    from retouch.settings import settings_fields
+    from retouch.shapes import train
+    from retouch.shapes.train import TrainConfig
+
+    stage_fn = train.train_vae if stage == "vae" else train.train_unet
+    source = inspect.getsource(stage_fn)
+    if stage == "unet":  # and the helpers it calls with cfg
+        source += inspect.getsource(train._latent_dataset) + inspect.getsource(train._scene_of)
+    source += inspect.getsource(train._loop) + inspect.getsource(train._lr_at)
+    text = run("train", stage, "--help").output
+    offered = [s.name for s in settings_fields(TrainConfig) if "--" + s.name.replace("_", "-") + " " in text]
+    hidden = [s.name for s in settings_fields(TrainConfig) if s.name not in offered]
+    assert hidden and offered
+    assert [n for n in hidden if f"cfg.{n}" in source] == []
+    assert [n for n in offered if f"cfg.{n}" not in source] == []
+    flag = "--" + hidden[0].replace("_", "-")
+    assert run("train", stage, "runs/x", flag, "1").exit_code == 2
 
 
 def test_the_benchs_skip_shows_the_benchs_default():

@@ -299,6 +299,22 @@ def test_a_mask_given_as_nested_lists_is_one_mask_for_every_target(sd3):
     )
     many = flowedit_many(sd3, IMAGE, "a red circle", TARGETS[:2], mask=rows, **kw)
     assert all(torch.equal(r.mask.latent, one.mask.latent) for r in many)
+    rgb = np.repeat(half[..., None], 3, axis=-1).tolist()  # 48 rows of 48 pixels of 3 numbers
+    many = flowedit_many(sd3, IMAGE, "a red circle", TARGETS[:2], mask=rgb, **kw)
+    assert all(torch.equal(r.mask.latent, one.mask.latent) for r in many)
+
+
+def test_a_list_of_masks_as_nested_lists_gives_each_target_its_own():
+    """Nested lists three deep are one [H][W] mask per target when there is one per target and the
+    innermost lists are rows (not 1, 3 or 4 channels); paths, arrays and None are always per target."""
+    from retouch.methods.flowedit import _per_target
+
+    rows = np.zeros((48, 48), np.uint8).tolist()
+    assert not _per_target(rows, 2) and not _per_target(np.zeros((48, 48)), 1)
+    assert _per_target([rows, rows], 2) and not _per_target([rows, rows, rows], 2)  # [C][H][W]
+    rgb = np.zeros((48, 48, 3), np.uint8).tolist()
+    assert not _per_target(rgb, 48) and _per_target([rgb, rgb], 2)
+    assert _per_target([None, rows], 2) and _per_target(["a.png", "b.png"], 2)
 
 
 def test_an_inferred_mask_is_diffedits_of_the_target_against_the_source(sd3):

@@ -27,15 +27,17 @@ def setting(
     values: str = "",
     ours: bool = False,
     advanced: bool = False,
+    shown: str = "",
 ):
     """A config field with its default, the help shown by every shell and, for text, its choices.
 
     values: the numbers it takes, as the docs write them ("(0, 1]", "≥ 0, whole"), which its
     config's check() enforces; ours: an addition of retouch's, not the paper's (its default leaves
     the paper's method as it is); advanced: a setting of the paper's rarely changed. The command
-    line lists both under --help-all.
+    line lists both under --help-all. shown: the default as help states it, where the field's
+    value alone would mislead (a default that depends on other settings).
     """
-    meta = {"help": help, "choices": tuple(choices), "values": values, "ours": ours}
+    meta = {"help": help, "choices": tuple(choices), "values": values, "ours": ours, "shown": shown}
     meta["advanced"] = advanced or ours
     return field(default=default, metadata=meta)
 
@@ -104,6 +106,7 @@ class Setting:
     values: str = ""  # the numbers it takes, as the docs write them: "(0, 1]", "≥ 0, whole"
     ours: bool = False
     advanced: bool = False
+    shown: str = ""  # the default as help states it, if not the value itself
 
     @property
     def flag(self) -> str:
@@ -145,6 +148,7 @@ def settings_fields(config_cls) -> list[Setting]:
             f.metadata.get("values", ""),
             f.metadata.get("ours", False),
             f.metadata.get("advanced", False),
+            f.metadata.get("shown", ""),
         )
         for f in fields(config_cls)
     ]

@@ -157,7 +157,7 @@ def setting_options(
     None (not given): the library's own defaults apply unless a flag is given. A setting of ours
     says so in its help and, with the paper's rarely changed ones, is in the "advanced" section.
     `shown`: {name: the default to print} where the command's own default differs from the
-    classes'; a help that states its default itself gets no second one."""
+    classes' (a field's own `shown` metadata says the same from its config)."""
     merged: dict[str, tuple[Setting, dict[str, Any]]] = {}
     choices: dict[str, list] = {}
     for label, cls in configs.items():
@@ -170,13 +170,14 @@ def setting_options(
         each = {k: _shown(v) for k, v in defaults.items()}
         if s.name in (shown or {}):
             default = shown[s.name]
+        elif s.shown:
+            default = s.shown
         elif len(configs) == 1 or len(set(map(str, each.values()))) == 1:
             default = str(next(iter(each.values())))
         else:
             default = ", ".join(f"{v} for {k}" for k, v in each.items())
         only = "" if len(defaults) == len(configs) else f" ({', '.join(defaults)} only)"
-        stated = "[default:" in s.description
-        help_text = f"{s.description}{only}" + ("" if stated else f" [default: {default}]")
+        help_text = f"{s.description}{only} [default: {default}]"
         section = "advanced" if s.advanced else "settings"
         if s.kind == "bool":
             decl = f"{s.flag}/--no-{s.flag[2:]}"

@@ -198,14 +198,21 @@ def flowedit_loop(
     return z if x is None else x
 
 
-def _per_target(mask) -> bool:
-    """Whether `mask` is a list of masks, one per target, rather than one mask given as nested
-    lists of rows (whose first item is a row of numbers)."""
-    if not isinstance(mask, (list, tuple)):
+def _per_target(mask, n: int) -> bool:
+    """Whether `mask` is a list of masks, one per target (of `n`), rather than one mask given as
+    nested lists of numbers: rows [H][W], or with channels [H][W][C] (C 1, 3 or 4) or [C][H][W],
+    as an array of the same shape would be read. Nested lists three deep are one mask with channels
+    unless they hold one [H][W] mask per target."""
+    if not isinstance(mask, (list, tuple)) or not mask:
         return False
-    first = mask[0] if mask else None
-    row = isinstance(first, (list, tuple)) and bool(first) and isinstance(first[0], numbers.Number)
-    return not row
+    depth, inner, item = 0, mask, mask
+    while isinstance(item, (list, tuple)) and item:
+        depth, inner, item = depth + 1, item, item[0]
+    if not isinstance(item, numbers.Number):
+        return True  # paths, images, arrays or None, one per target
+    if depth == 3:
+        return len(mask) == n and len(inner) not in (1, 3, 4)
+    return depth > 3
 
 
 def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int) -> list[tuple]:
@@ -214,7 +221,7 @@ def _masks(model, image, prep, source: str, targets: list[str], mask, seed: int)
     (INFERRED_MASK), from the same seed (2n evaluations); a Mask (paid for before: 0); or a mask
     of the image's size (path, image, array or nested list of rows; nonzero = edit). A list of
     masks gives one per target."""
-    masks = list(mask) if _per_target(mask) else [mask] * len(targets)
+    masks = list(mask) if _per_target(mask, len(targets)) else [mask] * len(targets)
     if len(masks) != len(targets):
         raise SettingError(f"mask: {len(masks)} masks for {len(targets)} targets")
     if model.family == "flux" and any(isinstance(m, str) and m == "infer" for m in masks):

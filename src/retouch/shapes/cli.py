@@ -21,10 +21,17 @@ from retouch.errors import InputError
 from retouch.shell import CONTEXT, SettingsCommand, given_settings, set_threads, setting_options
 
 
-def _train_settings():
-    from retouch.shapes.train import TrainConfig
+def _stage_settings(other: str):
+    """The settings of one training stage: all but those whose help names the `other` stage."""
 
-    return setting_options({"train": TrainConfig})
+    def options():
+        from retouch.settings import settings_fields
+        from retouch.shapes.train import TrainConfig
+
+        skip = {s.name for s in settings_fields(TrainConfig) if s.help.startswith(other + ":")}
+        return setting_options({"train": TrainConfig}, keep=lambda name: name not in skip)
+
+    return options
 
 
 # what the flow model's training does not read: the autoencoder's and the UNet's own settings
@@ -84,7 +91,7 @@ _threads = click.option(
 )
 
 
-@train.command("vae", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
+@train.command("vae", cls=SettingsCommand, settings=_stage_settings("unet"), context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @click.option("--init", type=_folder, help="Start from this folder's vae.safetensors.")
 @_threads
@@ -99,7 +106,7 @@ def train_vae_command(work, init, threads, **settings):
     train_vae(work, cfg, init=init)
 
 
-@train.command("unet", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
+@train.command("unet", cls=SettingsCommand, settings=_stage_settings("autoencoder"), context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
 @click.option("--init", type=_folder, help="Fine-tune from this trained model folder (diffusers format).")

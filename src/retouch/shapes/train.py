@@ -75,9 +75,9 @@ class TrainConfig:
     architecture: str = setting(
         "mini",
         "unet: the architecture (retouch.shapes.architecture.SIZES); from --init of a smaller one, the model"
-        " grows into it: the new blocks start as the identity, so training starts from its function"
-        " [default: a resumed run's own, else --init's, else mini]",
+        " grows into it: the new blocks start as the identity, so training starts from its function",
         choices=ARCHITECTURES,
+        shown="a resumed run's own, else --init's, else mini",
     )
     grown_lr_scale: float = setting(
         1.0,
