@@ -99,6 +99,21 @@ def test_masked_edit_keeps_the_background_exactly(tiny_eps, inv_fast):
     assert float((out.latents[..., inside] - inv_fast.x0[..., inside]).abs().max()) > 1e-2
 
 
+def test_a_mask_given_is_checked_against_the_inversions_size(tiny_eps, inv_fast):
+    """A Mask of another latent size is refused in one line before any UNet call, as DiffEdit's and
+    FlowEdit's are; one of the inversion's size is used as given."""
+    from retouch.types import Mask
+
+    small = Mask(torch.ones(4, 4), torch.ones(32, 32))  # [h, w] of a 32-pixel image
+    with unet_calls(tiny_eps) as sizes, pytest.raises(SettingError, match="at latent resolution"):
+        retouch.ledits(tiny_eps, inv_fast, add=["green circle"], mask=small, **FAST)
+    assert sizes == []
+    latent = user_mask(_box_mask(), 64, 64, tuple(inv_fast.x0.shape[-2:]), tiny_eps.vae_scale_factor)
+    given = Mask(latent, torch.ones(64, 64))
+    out = retouch.ledits(tiny_eps, inv_fast, add=["green circle"], mask=given, edit_warmup=0, **FAST)
+    assert out.mask is given
+
+
 def test_paste_back_keeps_the_input_pixels_outside_the_mask(tiny_eps, inv_fast):
     edit = dict(add=["green circle"], remove=["red circle"], mask=_box_mask(), edit_scale=15.0, **FAST)
     with unet_calls(tiny_eps) as sizes:

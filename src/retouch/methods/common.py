@@ -69,10 +69,16 @@ def check_finite(latents: torch.Tensor, scales: str) -> torch.Tensor:
 def given_mask(bundle: ModelBundle, mask, prep: Prepared, feather: float) -> Mask:
     """A mask the caller gives: a Mask (kept), or a mask of the image's size (path, image or array;
     nonzero = edit) at latent resolution; one of another latent size is a one-line error."""
-    px, (h, w) = prep.pixels, prep.x0.shape[-2:]
+    px = prep.pixels
+    return mask_for(bundle, mask, px.height, px.width, tuple(prep.x0.shape[-2:]), feather)
+
+
+def mask_for(bundle: ModelBundle, mask, height: int, width: int, latent_hw: tuple, feather: float) -> Mask:
+    """`given_mask` for an image of (height, width) pixels whose latent is `latent_hw` (h, w)."""
     if not isinstance(mask, Mask):
-        latent = user_mask(mask, px.height, px.width, (h, w), bundle.vae_scale_factor, bundle.pixel_budget)
-        mask = Mask(latent, upsample_mask(latent, bundle.vae_scale_factor, px.height, px.width, feather))
-    if tuple(mask.latent.shape) != (h, w):
-        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {(h, w)}")
+        latent = user_mask(mask, height, width, latent_hw, bundle.vae_scale_factor, bundle.pixel_budget)
+        mask = Mask(latent, upsample_mask(latent, bundle.vae_scale_factor, height, width, feather))
+    hw = tuple(latent_hw)
+    if tuple(mask.latent.shape) != hw:
+        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {hw}")
     return mask

@@ -28,8 +28,7 @@ from retouch.flows import check_carried_over
 from retouch.guidance import MASK_MODES, Concept, Guide, SegaState, sega_eps_many
 from retouch.inversion import check_inversion, ddpm_invert
 from retouch.latents import decode, fitted, image_hash, paste_back, to_image, to_pixels, upsample_mask
-from retouch.masks import user_mask
-from retouch.methods.common import Progress, check_finite, check_model, generator, prepare, stage
+from retouch.methods.common import Progress, check_finite, check_model, generator, mask_for, prepare, stage
 from retouch.methods.diffedit import diffedit_mask
 from retouch.presets import LEDITS
 from retouch.sampling import ddpm_sample
@@ -293,9 +292,6 @@ def _edit_mask(model, image, inv: Inversion, job: _Job) -> tuple[Mask | None, in
     mask, concepts = job.mask, job.concepts
     if mask is None:
         return None, 0
-    if isinstance(mask, Mask):
-        return mask, 0
-    h, w = inv.x0.shape[-2:]
     if isinstance(mask, str) and mask == "infer":
         if image is None:
             raise SettingError("mask='infer' needs the image: pass image= with the inversion")
@@ -305,9 +301,7 @@ def _edit_mask(model, image, inv: Inversion, job: _Job) -> tuple[Mask | None, in
             model, image, query or reference, reference if query else "", seed=job.seed, x0=inv.x0
         )  # the inversion's (its image was checked by hash): no VAE pass
         return m, m.unet_evals
-    latent = user_mask(mask, inv.height, inv.width, (h, w), model.vae_scale_factor, model.pixel_budget)
-    soft = upsample_mask(latent, model.vae_scale_factor, inv.height, inv.width, job.cfg.feather)
-    return Mask(latent, soft), 0
+    return mask_for(model, mask, inv.height, inv.width, tuple(inv.x0.shape[-2:]), job.cfg.feather), 0
 
 
 def _resolve_inversion(model, image_or_inversion, image, source, cfg, seed, progress):
