@@ -1214,6 +1214,55 @@ def test_train_flow_offers_only_the_settings_it_reads():
     assert run("train", "flow", "runs/x", "--architecture", "mini").exit_code == 2
 
 
+def test_train_flow_goes_on_from_a_model_folder_and_refuses_one_that_does_not_fit(tmp_path):
+    """--init starts the transformer and both text encoders from a trained mini SD3 and keeps its
+    latent shift and scale: at a learning rate of ~0, the export is the model it started from. A
+    folder with another autoencoder, or a transformer of other weights' names, is refused in one line
+    and leaves no work folder."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from retouch.models import SHIPPED, SHIPPED_SD3
+
+    args = ["--steps", "1", "--batch-size", "2", "--dataset-size", "8", "--threads", "1", "--warmup", "0"]
+    result = run("train", "flow", tmp_path / "w", "--init", SHIPPED_SD3, *args, "--lr", "1e-12")
+    assert result.exit_code == 0, result.output
+    log = (tmp_path / "w" / "train.log").read_text()  # the flow stage's own lines too
+    assert f"init {SHIPPED_SD3}" in log and "dataset (8, 4, 16, 16)" in log
+    result = run("train", "export-flow", tmp_path / "out", "--flow-work", tmp_path / "w")
+    assert result.exit_code == 0, result.output
+    for part, file in [("transformer", "diffusion_pytorch_model"), ("text_encoder_2", "model")]:
+        ours = load_file(tmp_path / "out" / part / f"{file}.safetensors")
+        shipped = load_file(SHIPPED_SD3 / part / f"{file}.safetensors")
+        assert ours.keys() == shipped.keys()
+        for k in shipped:
+            assert torch.allclose(ours[k].float(), shipped[k].float(), atol=1e-3), (part, k)
+    config = json.loads((tmp_path / "out" / "vae" / "config.json").read_text())
+    shipped_config = json.loads((SHIPPED_SD3 / "vae" / "config.json").read_text())
+    for key in ("shift_factor", "scaling_factor"):
+        assert config[key] == pytest.approx(shipped_config[key], rel=1e-6)
+
+    other = tmp_path / "other"
+    shutil.copytree(SHIPPED_SD3, other)
+    vae = other / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(vae)
+    key = next(iter(state))
+    save_file({**state, key: state[key] + 1}, vae)
+    result = run("train", "flow", tmp_path / "w2", "--init", other, *args)
+    assert result.exit_code != 0 and "autoencoder is not the shipped" in result.output
+    assert not (tmp_path / "w2").exists()
+    shutil.copy(SHIPPED / "vae" / "diffusion_pytorch_model.safetensors", vae)
+    weights = other / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if not k.startswith("proj_out")}, weights)
+    result = run("train", "flow", tmp_path / "w3", "--init", other, *args)
+    assert result.exit_code != 0 and "its transformer does not fit" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "w3").exists()
+    result = run("train", "flow", tmp_path / "w4", "--init", SHIPPED, *args)
+    assert result.exit_code != 0 and "SD3 transformer" in result.output
+
+
 @pytest.mark.parametrize("stage", ["vae", "unet"])
 def test_each_training_stage_offers_only_the_settings_it_reads(stage):
     """`train vae` lists no UNet setting, `train unet` no autoencoder one: a setting not offered is

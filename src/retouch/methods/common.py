@@ -78,7 +78,7 @@ def mask_for(bundle: ModelBundle, mask, height: int, width: int, latent_hw: tupl
     if not isinstance(mask, Mask):
         latent = user_mask(mask, height, width, latent_hw, bundle.vae_scale_factor, bundle.pixel_budget)
         mask = Mask(latent, upsample_mask(latent, bundle.vae_scale_factor, height, width, feather))
-    hw = tuple(latent_hw)
-    if tuple(mask.latent.shape) != hw:
-        raise SettingError(f"mask is {tuple(mask.latent.shape)} at latent resolution, the image {hw}")
+    shape, hw = tuple(mask.latent.shape), tuple(latent_hw)
+    if shape != hw:
+        raise SettingError(f"mask is {shape} at latent resolution, the image {hw}")
     return mask

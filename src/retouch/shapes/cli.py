@@ -21,15 +21,15 @@ from retouch.errors import InputError
 from retouch.shell import CONTEXT, SettingsCommand, given_settings, set_threads, setting_options
 
 
-def _stage_settings(other: str):
-    """The settings of one training stage: all but those whose help names the `other` stage."""
+def _stage_settings(skip):
+    """The settings one training stage offers: every `TrainConfig` setting but those `skip(setting)`."""
 
     def options():
         from retouch.settings import settings_fields
         from retouch.shapes.train import TrainConfig
 
-        skip = {s.name for s in settings_fields(TrainConfig) if s.help.startswith(other + ":")}
-        return setting_options({"train": TrainConfig}, keep=lambda name: name not in skip)
+        hidden = {s.name for s in settings_fields(TrainConfig) if skip(s)}
+        return setting_options({"train": TrainConfig}, keep=lambda name: name not in hidden)
 
     return options
 
@@ -44,12 +44,9 @@ NOT_FLOW = (
     "grounding_weight",
     "image_size",
 )
-
-
-def _flow_settings():
-    from retouch.shapes.train import TrainConfig
-
-    return setting_options({"train": TrainConfig}, keep=lambda name: name not in NOT_FLOW)
+_VAE_SETTINGS = _stage_settings(lambda s: s.help.startswith("unet:"))
+_UNET_SETTINGS = _stage_settings(lambda s: s.help.startswith("autoencoder:"))
+_FLOW_SETTINGS = _stage_settings(lambda s: s.name in NOT_FLOW)
 
 
 @click.group(context_settings=CONTEXT)
@@ -91,7 +88,7 @@ _threads = click.option(
 )
 
 
-@train.command("vae", cls=SettingsCommand, settings=_stage_settings("unet"), context_settings=CONTEXT)
+@train.command("vae", cls=SettingsCommand, settings=_VAE_SETTINGS, context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @click.option("--init", type=_folder, help="Start from this folder's vae.safetensors.")
 @_threads
@@ -106,7 +103,7 @@ def train_vae_command(work, init, threads, **settings):
     train_vae(work, cfg, init=init)
 
 
-@train.command("unet", cls=SettingsCommand, settings=_stage_settings("autoencoder"), context_settings=CONTEXT)
+@train.command("unet", cls=SettingsCommand, settings=_UNET_SETTINGS, context_settings=CONTEXT)
 @click.argument("work", type=_folder)
 @click.option("--vae-work", type=_folder, required=True, help="The autoencoder's work folder.")
 @click.option("--init", type=_folder, help="Fine-tune from this trained model folder (diffusers format).")
@@ -123,17 +120,20 @@ def train_unet_command(work, vae_work, init, threads, **settings):
     train_unet(work, vae_work, cfg, init=init)
 
 
-@train.command("flow", cls=SettingsCommand, settings=_flow_settings, context_settings=CONTEXT)
+@train.command("flow", cls=SettingsCommand, settings=_FLOW_SETTINGS, context_settings=CONTEXT)
 @click.argument("work", type=_folder)
+@click.option("--init", type=_folder, help="Go on from this trained mini-SD3 folder (diffusers format).")
 @_threads
-def train_flow_command(work, threads, **settings):
+def train_flow_command(work, init, threads, **settings):
     """The mini Stable Diffusion 3: transformer and two text encoders with the rectified-flow loss, on
     the shipped autoencoder's latents, in WORK (checkpointed; rerun to resume)."""
     from retouch.shapes.train_flow import train_flow
 
+    if init is not None and not (init / "transformer" / "diffusion_pytorch_model.safetensors").is_file():
+        raise InputError(f"--init {init} is not a diffusers model folder with an SD3 transformer")
     cfg = _train_config(settings)
     _train_logging(threads)
-    train_flow(work, cfg)
+    train_flow(work, cfg, init=init)
 
 
 @train.command("export-flow", context_settings=CONTEXT)

@@ -216,9 +216,10 @@ def _logged(stage: Callable) -> Callable:
         work.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(work / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        level = log.level
-        log.setLevel(logging.INFO)  # the file gets every line, whatever the app logs
+        shapes = logging.getLogger("retouch.shapes")  # every stage's module logs under it
+        shapes.addHandler(handler)
+        level = shapes.level
+        shapes.setLevel(logging.INFO)  # the file gets every line, whatever the app logs
         refused = False
         try:
             return stage(work, *args, **kwargs)
@@ -226,8 +227,8 @@ def _logged(stage: Callable) -> Callable:
             refused = fresh and not (work / "ckpt").exists()
             raise
         finally:
-            log.removeHandler(handler)
-            log.setLevel(level)
+            shapes.removeHandler(handler)
+            shapes.setLevel(level)
             handler.close()
             if refused:
                 shutil.rmtree(work, ignore_errors=True)

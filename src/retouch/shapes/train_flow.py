@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from retouch.errors import ModelError
 from retouch.flows import ZeroRunAttention
 from retouch.shapes import world
 from retouch.shapes.train import TrainConfig, _logged, _loop, _scene_of, _tokenize
@@ -108,12 +109,20 @@ def encode_captions(te1, te2, ids: torch.Tensor, zero_tokens: int) -> tuple[torc
 
 
 @torch.no_grad()
-def _flow_latents(work: Path, vae, cfg: TrainConfig):
-    """Latent means of `dataset_size` training scenes, shifted and scaled (SD3's convention), cached."""
+def _flow_latents(work: Path, vae, cfg: TrainConfig, norm: tuple[float, float] | None = None):
+    """Latent means of `dataset_size` training scenes, shifted and scaled (SD3's convention), cached.
+    `norm`: the (shift, scale) to use, e.g. a model's that training goes on from; else measured."""
     path = work / f"latents_{cfg.dataset_size}.safetensors"
     if path.exists():
         d = load_file(path)
-        return d["latents"], d["seeds"], float(d["shift"]), float(d["scale"])
+        shift, scale = float(d["shift"]), float(d["scale"])
+        if norm is None or norm == (shift, scale):
+            return d["latents"], d["seeds"], shift, scale
+        raw = d["latents"] / scale + shift  # [N, 4, 16, 16]
+        d = {"latents": (raw - norm[0]) * norm[1], "seeds": d["seeds"]}
+        d.update(shift=torch.tensor(norm[0]), scale=torch.tensor(norm[1]))
+        save_file({k: v.contiguous() for k, v in d.items()}, path)
+        return d["latents"], d["seeds"], *norm
     seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
     raw = []
     for i in range(0, cfg.dataset_size, 256):
@@ -123,8 +132,7 @@ def _flow_latents(work: Path, vae, cfg: TrainConfig):
         if i % 10240 == 0:
             log.info("encoding dataset %d/%d", i, cfg.dataset_size)
     z = torch.cat(raw)
-    shift = float(z.mean())
-    scale = float(1.0 / (z - shift).std())
+    shift, scale = norm or (float(z.mean()), float(1.0 / (z - z.mean()).std()))
     d = {
         "latents": (z - shift) * scale,
         "seeds": torch.from_numpy(seeds),
@@ -150,10 +158,37 @@ def _init_text(te1) -> None:
         raise RuntimeError(f"the shipped text encoder does not fit: {missing} {unexpected}")
 
 
+FLOW_PARTS = {
+    "transformer": "diffusion_pytorch_model.safetensors",
+    "text_encoder": "model.safetensors",
+    "text_encoder_2": "model.safetensors",
+}
+
+
+def _init_flow(parts: dict, vae, folder: Path) -> tuple[float, float]:
+    """Start from a trained mini-SD3 folder (diffusers format): its transformer and two text
+    encoders. Its autoencoder must be the one training encodes with. Returns its (shift, scale)."""
+    theirs = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    ours = vae.state_dict()
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float(), ours[k]) for k in ours):
+        raise ModelError(
+            f"--init {folder}: its autoencoder is not the shipped SD model's, which training uses"
+        )
+    for name, file in FLOW_PARTS.items():
+        try:
+            parts[name].load_state_dict(load_file(folder / name / file))
+        except (FileNotFoundError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ModelError(f"--init {folder}: its {name} does not fit the mini SD3 ({first})") from None
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    return float(config["shift_factor"]), float(config["scaling_factor"])
+
+
 @_logged
-def train_flow(work: Path, cfg: TrainConfig) -> None:
-    """The mini SD3's transformer and text encoders: rectified-flow loss, caption dropout, EMA."""
-    log.info("train flow %s", asdict(cfg))
+def train_flow(work: Path, cfg: TrainConfig, init: Path | None = None) -> None:
+    """The mini SD3's transformer and text encoders: rectified-flow loss, caption dropout, EMA.
+    `init`: a trained mini-SD3 folder to go on from (its latent shift and scale kept)."""
+    log.info("train flow %s init %s", asdict(cfg), init)
     vae = _shipped_vae()
     parts = build_sd3_components(work / "tokenizer", seed=cfg.seed)
     tr, te1, te2, tok = (
@@ -162,9 +197,13 @@ def train_flow(work: Path, cfg: TrainConfig) -> None:
         parts["text_encoder_2"],
         parts["tokenizer"],
     )
+    norm = None  # a resumed run reads its own from the cache it wrote
     if not (work / "ckpt").exists():
-        _init_text(te1)
-    latents, seeds, shift, scale = _flow_latents(work, vae, cfg)
+        if init is None:
+            _init_text(te1)
+        else:
+            norm = _init_flow(parts, vae, Path(init))
+    latents, seeds, shift, scale = _flow_latents(work, vae, cfg, norm)
     scenes = [_scene_of(s, cfg) for s in seeds.tolist()]
     log.info("dataset %s shift %.4f scaling factor %.4f", tuple(latents.shape), shift, scale)
     tr.set_attn_processor(ZeroRunAttention(T5_ZERO_TOKENS))  # what the pipeline computes, faster
