@@ -1261,6 +1261,10 @@ def test_train_flow_goes_on_from_a_model_folder_and_refuses_one_that_does_not_fi
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "w3").exists()
     result = run("train", "flow", tmp_path / "w4", "--init", SHIPPED, *args)
     assert result.exit_code != 0 and "SD3 transformer" in result.output
+    vae.unlink()
+    result = run("train", "flow", tmp_path / "w5", "--init", other, *args)
+    assert result.exit_code != 0 and "no autoencoder weights" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "w5").exists()
 
 
 @pytest.mark.parametrize("stage", ["vae", "unet"])

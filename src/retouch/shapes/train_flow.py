@@ -121,7 +121,7 @@ def _flow_latents(work: Path, vae, cfg: TrainConfig, norm: tuple[float, float] |
         raw = d["latents"] / scale + shift  # [N, 4, 16, 16]
         d = {"latents": (raw - norm[0]) * norm[1], "seeds": d["seeds"]}
         d.update(shift=torch.tensor(norm[0]), scale=torch.tensor(norm[1]))
-        save_file({k: v.contiguous() for k, v in d.items()}, path)
+        _save_cache(d, path)
         return d["latents"], d["seeds"], *norm
     seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
     raw = []
@@ -139,8 +139,15 @@ def _flow_latents(work: Path, vae, cfg: TrainConfig, norm: tuple[float, float] |
         "shift": torch.tensor(shift),
         "scale": torch.tensor(scale),
     }
-    save_file({k: v.contiguous() for k, v in d.items()}, path)
+    _save_cache(d, path)
     return d["latents"], d["seeds"], shift, scale
+
+
+def _save_cache(tensors: dict, path: Path) -> None:
+    """Written beside, then moved into place: a stopped run leaves the old cache or the new one."""
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    tmp.replace(path)
 
 
 def _shipped_vae():
@@ -168,7 +175,10 @@ FLOW_PARTS = {
 def _init_flow(parts: dict, vae, folder: Path) -> tuple[float, float]:
     """Start from a trained mini-SD3 folder (diffusers format): its transformer and two text
     encoders. Its autoencoder must be the one training encodes with. Returns its (shift, scale)."""
-    theirs = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    try:
+        theirs = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    except (FileNotFoundError, OSError) as e:
+        raise ModelError(f"--init {folder}: no autoencoder weights to check ({e})") from None
     ours = vae.state_dict()
     if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float(), ours[k]) for k in ours):
         raise ModelError(
