@@ -13,6 +13,10 @@ from retouch.bench import diffusers_pipelines as dp
 from retouch.methods.ledits import LEditsConfig
 from retouch.schedule import Schedule
 
+# Parity with diffusers' pipeline: float32 rounding only. The same operations in another order (torch's
+# threads, the CPU's vector width) move a 28-step edit's latents by up to ~1e-4; a difference of method
+# is 1e-2 or more (the paper's rule against diffusers' above t = 800: 2.4).
+PARITY = 5e-4
 MASK_FLAGS = dict(intersect=(True, False), attention=(False, True), noise=(False, False))  # diffusers'
 
 
