@@ -118,11 +118,25 @@ def _flow_latents(work: Path, vae, cfg: TrainConfig, norm: tuple[float, float] |
         shift, scale = float(d["shift"]), float(d["scale"])
         if norm is None or norm == (shift, scale):
             return d["latents"], d["seeds"], shift, scale
-        raw = d["latents"] / scale + shift  # [N, 4, 16, 16]
-        d = {"latents": (raw - norm[0]) * norm[1], "seeds": d["seeds"]}
-        d.update(shift=torch.tensor(norm[0]), scale=torch.tensor(norm[1]))
-        _save_cache(d, path)
-        return d["latents"], d["seeds"], *norm
+        z, seeds = d["latents"] / scale + shift, d["seeds"]  # [N, 4, 16, 16], normalised again below
+    else:
+        z, seeds = _encode_dataset(vae, cfg)
+    if norm is None:
+        mean = z.mean()
+        norm = float(mean), float(1.0 / (z - mean).std())
+    shift, scale = norm
+    d = {
+        "latents": (z - shift) * scale,
+        "seeds": seeds,
+        "shift": torch.tensor(shift),
+        "scale": torch.tensor(scale),
+    }
+    _save_cache(d, path)
+    return d["latents"], d["seeds"], shift, scale
+
+
+def _encode_dataset(vae, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The autoencoder's latent means [N, 4, 16, 16] of `dataset_size` training scenes, and their seeds."""
     seeds = np.random.default_rng(cfg.seed + 1).choice(HELD_OUT_SEED, cfg.dataset_size, replace=False)
     raw = []
     for i in range(0, cfg.dataset_size, 256):
@@ -131,16 +145,7 @@ def _flow_latents(work: Path, vae, cfg: TrainConfig, norm: tuple[float, float] |
         raw.append(vae.encode(x.float() / 127.5 - 1).latent_dist.mean)  # [B, 4, 16, 16]
         if i % 10240 == 0:
             log.info("encoding dataset %d/%d", i, cfg.dataset_size)
-    z = torch.cat(raw)
-    shift, scale = norm or (float(z.mean()), float(1.0 / (z - z.mean()).std()))
-    d = {
-        "latents": (z - shift) * scale,
-        "seeds": torch.from_numpy(seeds),
-        "shift": torch.tensor(shift),
-        "scale": torch.tensor(scale),
-    }
-    _save_cache(d, path)
-    return d["latents"], d["seeds"], shift, scale
+    return torch.cat(raw), torch.from_numpy(seeds)
 
 
 def _save_cache(tensors: dict, path: Path) -> None:
