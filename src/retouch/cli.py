@@ -302,7 +302,7 @@ def _edit_and_save(
 @_input("--mask", metavar="FILE", help="A mask image (nonzero = edit) instead of inferring one.")
 @_run_options
 def diffedit_command(image, output, query, reference, preset, fast, mask, **options):
-    """DiffEdit (Couairon et al. 2023): infer where QUERY and REFERENCE disagree, encode IMAGE with
+    """DiffEdit (Couairon et al. 2022): infer where QUERY and REFERENCE disagree, encode IMAGE with
     DDIM and decode it under QUERY inside that mask; write the result to OUTPUT."""
     from retouch.latents import load_image
     from retouch.methods.diffedit import FAST, PRESETS, DiffEditConfig, diffedit
