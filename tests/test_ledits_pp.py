@@ -200,13 +200,13 @@ def test_diffusers_needs_cross_attention_at_latent_over_four_ours_does_not(tiny_
     assert np.isfinite(np.asarray(out.image)).all() and out.concept_masks[0].area > 0
 
 
-# --- SDXL in float16, at 768×512 -----------------------------------------------------------------------
+# --- SDXL in float16, at 384×256 -----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def xl_fp16(tmp_path_factory):
     """A tiny SDXL (both text encoders, text_time conditioning) whose VAE downsamples by 8 as SDXL's
-    does, so that a 768×512 image has a 96×64 latent; float16, its VAE upcast to float32."""
+    does, so that a 384×256 image has a 48×32 latent; float16, its VAE upcast to float32."""
     from diffusers import AutoencoderKL
 
     from retouch.shapes.architecture import build_sdxl_components, save_pipeline
@@ -229,17 +229,17 @@ def xl_fp16(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sdxl_float16_768x512_edits_and_its_no_op_reconstructs(xl_fp16, record_property):
-    img = (np.random.default_rng(1).random((512, 768, 3)) * 255).astype(np.uint8)
+def test_sdxl_float16_384x256_edits_and_its_no_op_reconstructs(xl_fp16, record_property):
+    img = (np.random.default_rng(1).random((256, 384, 3)) * 255).astype(np.uint8)
     inv = retouch.invert(xl_fp16, img, **_pp(12, 2))
-    assert inv.x0.shape == (1, 4, 64, 96) and xl_fp16.unet.dtype == torch.float16
+    assert inv.x0.shape == (1, 4, 32, 48) and xl_fp16.unet.dtype == torch.float16
     same = retouch.ledits(xl_fp16, inv, add=["green circle"], preset="ledits++", edit_scale=0.0)
     err = float((same.latents - inv.x0).abs().max())
     record_property("max_abs_error", err)
     assert err < 1e-4, err  # the same float16 ε while inverting and editing: exact to float rounding
     out = retouch.ledits(xl_fp16, inv, add=["green circle"], remove=["red square"], preset="ledits++")
-    assert torch.isfinite(out.latents).all() and out.image.size == (768, 512)
-    assert all(0 < m.area < 1 for m in out.concept_masks) and out.mask.soft.shape == (512, 768)
+    assert torch.isfinite(out.latents).all() and out.image.size == (384, 256)
+    assert all(0 < m.area < 1 for m in out.concept_masks) and out.mask.soft.shape == (256, 384)
 
 
 def test_diffusers_refuses_sizes_off_32_pixels_ours_edits_them(mini_random):
