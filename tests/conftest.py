@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# two cores: one torch thread in each of pytest-xdist's two workers (the README's command), else two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def make_tiny(prediction_type: str, tmp_path_factory):

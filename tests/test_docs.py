@@ -173,7 +173,11 @@ def test_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150)"
     assert lines[0].startswith("bash setup.sh && .venv/bin/retouch edit ")
-    assert lines[1].startswith("bash setup.sh test") and lines[1].endswith(".venv/bin/python -m pytest")
+    assert lines[1].startswith("bash setup.sh test")
+    assert lines[1].endswith(
+        ".venv/bin/python -m pytest -n 2 --dist loadfile"
+    )  # pytest-xdist: the test extra
+    assert "pytest-xdist" in (ROOT / "pyproject.toml").read_text()
 
 
 def _python_blocks(path: Path) -> str:
