@@ -174,9 +174,8 @@ def test_readme_is_a_front_door():
     assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150)"
     assert lines[0].startswith("bash setup.sh && .venv/bin/retouch edit ")
     assert lines[1].startswith("bash setup.sh test")
-    assert lines[1].endswith(
-        ".venv/bin/python -m pytest -n 2 --dist loadfile"
-    )  # pytest-xdist: the test extra
+    # two processes: pytest-xdist, from the test extra
+    assert lines[1].endswith(".venv/bin/python -m pytest -n 2 --dist loadfile")
     assert "pytest-xdist" in (ROOT / "pyproject.toml").read_text()
 
 

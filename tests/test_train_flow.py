@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from retouch.shapes.train import TrainConfig
-from retouch.shapes.train_flow import _flow_latents
+from retouch.shapes.train_flow import _flow_latents, _save_cache
 
 
 def _cache(tmp_path, z, shift, scale):
     path = tmp_path / f"latents_{z.shape[0]}.safetensors"
-    d = {"latents": (z - shift) * scale, "seeds": torch.arange(z.shape[0]) * 7 + 3}
-    save_file({**d, "shift": torch.tensor(shift), "scale": torch.tensor(scale)}, path)
+    seeds = torch.arange(z.shape[0]) * 7 + 3
+    _save_cache({"latents": (z - shift) * scale, "seeds": seeds, "shift": torch.tensor(shift),
+                 "scale": torch.tensor(scale)}, path)  # fmt: skip
     return path
 
 
